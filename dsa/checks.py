@@ -1,0 +1,55 @@
+"""Argument checks that fail loudly, naming the argument (never a silent wrong answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def check_positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_top_k(top_k: int | torch.Tensor, seq_len: int, name: str = "top_k") -> None:
+    """k must satisfy 1 <= k <= L (a scalar, or every entry of a per-query tensor)."""
+    if isinstance(top_k, torch.Tensor):
+        if top_k.dtype.is_floating_point or top_k.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must have an integer dtype, got {top_k.dtype}")
+        if top_k.numel() == 0:
+            raise ValueError(f"{name} tensor is empty")
+        lo, hi = int(top_k.min()), int(top_k.max())
+    else:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise TypeError(f"{name} must be an int or an integer tensor, got {type(top_k).__name__}")
+        lo = hi = top_k
+    if lo < 1:
+        raise ValueError(f"{name} must be >= 1, got {lo}")
+    if hi > seq_len:
+        raise ValueError(f"{name} must be <= the sequence length L={seq_len}, got {hi}")
+
+
+def check_tensor(
+    name: str,
+    t: torch.Tensor,
+    ndim: int,
+    dtypes: Sequence[torch.dtype] | None = None,
+) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+
+
+def check_same(name_a: str, a: int, name_b: str, b: int) -> None:
+    if a != b:
+        raise ValueError(f"{name_a} ({a}) must equal {name_b} ({b})")
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
