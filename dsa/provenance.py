@@ -1,0 +1,66 @@
+"""Provenance recorded with every result: git commit, versions, device, date."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> dict:
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding this package."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = os.environ.get("DSA_GIT_COMMIT"), None
+    return {"commit": sha or os.environ.get("DSA_GIT_COMMIT"), "dirty": dirty}
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def provenance(device: torch.device | str) -> dict:
+    git = git_commit()
+    info = {
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device_name(device),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import triton  # noqa: PLC0415
+
+        info["triton_version"] = triton.__version__
+    except ImportError:
+        info["triton_version"] = None
+    if torch.cuda.is_available():
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> Path:
+    """Write JSON to a temp file in the same folder and rename it: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return path
