@@ -73,8 +73,8 @@ def sparse_attention_gather(
     """Attention of each query over its selected rows only, by gathering K/V in query chunks.
 
     q: (B, H, L, d); k, v: (B, H_kv, L, d); idx: (B, L, K) int (-1 = unused); valid: (B, L, K) bool.
-    Memory O(chunk * K * H_kv * d), never L x L. Softmax in float32; output in q's dtype.
-    returns out (B, H, L, d) [and lse (B, H, L) float32, -inf for a query with no selected token].
+    Memory O(chunk * K * H_kv * d), never L x L. Softmax in float32 (float64 for float64 inputs); output in q's dtype.
+    returns out (B, H, L, d) [and lse (B, H, L) float32 (float64 for float64 inputs), -inf for a query with no selected token].
     """
     g = _check_qkv(q, k, v)
     check_positive_int("chunk", chunk)
@@ -85,6 +85,7 @@ def sparse_attention_gather(
     kt = k.transpose(1, 2)  # (B, L, H_kv, d): rows to gather
     vt = v.transpose(1, 2)
     bi = torch.arange(b, device=q.device)[:, None, None]
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation, fp64 kept for fp64 checks
     outs, lses = [], []
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
@@ -93,12 +94,12 @@ def sparse_attention_gather(
         kg = kt[bi, ic]  # (B, C, K, H_kv, d)
         vg = vt[bi, ic]
         qc = q[:, :, c0:c1].reshape(b, hkv, g, c1 - c0, d)
-        s = torch.einsum("bhgcd,bckhd->bhgck", qc.float(), kg.float()) * scale
+        s = torch.einsum("bhgcd,bckhd->bhgck", qc.to(acc), kg.to(acc)) * scale
         s = s.masked_fill(~vc[:, None, None], float("-inf"))
         lse = torch.logsumexp(s, dim=-1)  # (B, H_kv, G, C)
-        p = torch.exp(s - lse.unsqueeze(-1).clamp(min=torch.finfo(torch.float32).min))
+        p = torch.exp(s - lse.unsqueeze(-1).clamp(min=torch.finfo(acc).min))
         p = torch.where(vc[:, None, None], p, torch.zeros((), device=p.device))
-        o = torch.einsum("bhgck,bckhd->bhgcd", p, vg.float())
+        o = torch.einsum("bhgck,bckhd->bhgcd", p, vg.to(acc))
         outs.append(o.reshape(b, h, c1 - c0, d).to(q.dtype))
         lses.append(lse.reshape(b, h, c1 - c0))
     out = torch.cat(outs, dim=2)

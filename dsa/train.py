@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import ModelConfig
+from .config import ATTENTION_KINDS, ModelConfig
 from .model import TransformerLM
 from .provenance import REPO_ROOT, provenance, write_json_atomic
 
@@ -79,6 +79,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_batches"):

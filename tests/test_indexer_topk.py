@@ -1,0 +1,117 @@
+"""The indexer against an independent evaluation of its formula; top-k shapes, padding, per-query k, errors."""
+
+import pytest
+import torch
+
+from dsa.indexer import IndexerConfig, LightningIndexer, indexer_scores
+from dsa.topk import Selection, indexer_topk, select_topk, selection_to_mask
+
+
+def _rand(gen, *shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen).to(dtype)
+
+
+def test_indexer_scores_match_the_formula_elementwise(gen):
+    b, l, hi, di = 2, 13, 3, 5
+    q, k, w = _rand(gen, b, l, hi, di), _rand(gen, b, l, di), _rand(gen, b, l, hi)
+    got = indexer_scores(q, k, w, causal=False)
+    want = torch.zeros(b, l, l, dtype=torch.float64)
+    for bb in range(b):
+        for t in range(l):
+            for s in range(l):
+                want[bb, t, s] = sum(
+                    float(w[bb, t, j]) * max(float(q[bb, t, j].double() @ k[bb, s].double()), 0.0) for j in range(hi)
+                )
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_scores_are_minus_inf_exactly_in_the_future(gen):
+    q, k, w = _rand(gen, 1, 9, 2, 4), _rand(gen, 1, 9, 4), _rand(gen, 1, 9, 2)
+    s = indexer_scores(q, k, w, causal=True)
+    fut = torch.triu(torch.ones(9, 9, dtype=torch.bool), 1)
+    assert torch.isneginf(s[0][fut]).all()
+    assert torch.isfinite(s[0][~fut]).all()
+
+
+def test_indexer_module_shapes_and_rope_requirement(gen):
+    from dsa.rope import rope_cos_sin
+
+    mod = LightningIndexer(IndexerConfig(d_model=24, n_heads=3, head_dim=8, rope_dim=4))
+    x = _rand(gen, 2, 11, 24)
+    q, k, w = mod(x, *rope_cos_sin(11, 4))
+    assert q.shape == (2, 11, 3, 8) and k.shape == (2, 11, 8) and w.shape == (2, 11, 3)
+    with pytest.raises(ValueError, match="cos/sin"):
+        mod(x)
+
+
+@pytest.mark.parametrize("l,k", [(1, 1), (17, 1), (17, 5), (23, 23), (31, 8)])
+def test_select_topk_picks_the_highest_past_scores(gen, l, k):
+    scores = _rand(gen, 2, l, l)
+    sel = select_topk(scores, k)
+    assert sel.idx.shape == (2, l, k) and sel.valid.shape == (2, l, k)
+    for b in range(2):
+        for t in range(l):
+            n = min(k, t + 1)
+            assert int(sel.valid[b, t].sum()) == n
+            chosen = sel.idx[b, t, :n]
+            assert (chosen <= t).all() and (sel.idx[b, t, n:] == -1).all()
+            want = torch.topk(scores[b, t, : t + 1], n).indices
+            assert set(chosen.tolist()) == set(want.tolist())
+
+
+def test_per_query_k_tensor(gen):
+    l = 19
+    scores = _rand(gen, 2, l, l)
+    kq = torch.randint(1, l + 1, (2, l), generator=gen)
+    sel = select_topk(scores, kq)
+    assert sel.k_max == int(kq.max())
+    want = torch.minimum(kq, torch.arange(1, l + 1)[None])
+    assert torch.equal(sel.counts(), want)
+    sel1 = select_topk(scores, kq[0])  # (L,) broadcasts over the batch
+    assert torch.equal(sel1.counts()[1], torch.minimum(kq[0], torch.arange(1, l + 1)))
+
+
+def test_chunked_indexer_topk_equals_unchunked(gen):
+    b, l = 2, 45
+    q, k, w = _rand(gen, b, l, 3, 6), _rand(gen, b, l, 6), _rand(gen, b, l, 3)
+    kq = torch.randint(1, 12, (b, l), generator=gen)
+    whole = select_topk(indexer_scores(q, k, w), kq)
+    chunked = indexer_topk(q, k, w, kq, chunk=7)
+    torch.testing.assert_close(selection_to_mask(whole, l), selection_to_mask(chunked, l))
+    assert torch.equal(whole.valid, chunked.valid)
+
+
+def test_leak_future_can_select_future_tokens(gen):
+    l = 16
+    scores = torch.zeros(1, l, l)
+    scores[0, :, -1] = 10.0  # the last token is the most attractive for everyone
+    leaky = select_topk(scores, 3, leak_future=True)
+    assert (leaky.idx[0, 0] == l - 1).any(), "the leaky selection should pick a future token"
+    causal = select_topk(scores, 3)
+    assert not (causal.idx[0, :-1] == l - 1).any()
+
+
+def test_selection_mask_keeps_position_zero_with_padding():
+    sel = Selection(idx=torch.tensor([[[0, -1]]]), valid=torch.tensor([[[True, False]]]))
+    assert selection_to_mask(sel, 3).tolist() == [[[True, False, False]]]
+
+
+@pytest.mark.parametrize(
+    "k,exc,match",
+    [(0, ValueError, "top_k must be >= 1"), (9, ValueError, "top_k must be <= the sequence length"),
+     (2.5, TypeError, "top_k"), (torch.tensor([1.0] * 8), TypeError, "top_k")],
+)
+def test_bad_k_is_rejected_with_its_name(k, exc, match):
+    with pytest.raises(exc, match=match):
+        select_topk(torch.zeros(1, 8, 8), k)
+
+
+def test_bad_shapes_and_dtypes_are_rejected():
+    with pytest.raises(ValueError, match="scores"):
+        select_topk(torch.zeros(8, 8), 2)
+    with pytest.raises(ValueError, match="top_k tensor must have shape"):
+        select_topk(torch.zeros(1, 8, 8), torch.ones(7, dtype=torch.long))
+    with pytest.raises(TypeError, match="q_idx"):
+        indexer_scores(torch.zeros(1, 4, 2, 3, dtype=torch.long), torch.zeros(1, 4, 3), torch.zeros(1, 4, 2))
+    with pytest.raises(ValueError, match="d_I"):
+        indexer_scores(torch.zeros(1, 4, 2, 3), torch.zeros(1, 4, 5), torch.zeros(1, 4, 2))

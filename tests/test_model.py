@@ -1,0 +1,91 @@
+"""Model: identical shared weights across attention kinds, parameter counts, k >= L equivalence, errors."""
+
+import pytest
+import torch
+
+from dsa.config import ModelConfig
+from dsa.model import TransformerLM
+
+
+def _cfg(**kw):
+    base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, max_seq_len=48, top_k=8, indexer_heads=2,
+                indexer_dim=8, indexer_rope_dim=4, chunk=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_dense_and_dsa_share_identical_main_weights():
+    d = TransformerLM(_cfg(attention="dense"), seed=5)
+    s = TransformerLM(_cfg(attention="dsa"), seed=5)
+    sp = dict(s.named_parameters())
+    for n, p in d.named_parameters():
+        assert torch.equal(p, sp[n]), n
+    assert set(sp) - set(dict(d.named_parameters())) == {n for n in sp if ".indexer." in n}
+
+
+def test_parameter_counts_report_the_indexer_separately():
+    s = TransformerLM(_cfg(attention="dsa"), seed=0)
+    c = s.parameter_counts()
+    assert c["indexer"] == sum(p.numel() for n, p in s.named_parameters() if ".indexer." in n) > 0
+    assert c["total"] == c["main"] + c["indexer"] == sum(p.numel() for p in s.parameters())
+    assert TransformerLM(_cfg(attention="dense"), seed=0).parameter_counts()["main"] == c["main"]
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_dsa_with_k_equal_l_matches_dense(gen, n_kv):
+    tokens = torch.randint(0, 61, (2, 37), generator=gen)
+    d = TransformerLM(_cfg(attention="dense", n_kv_heads=n_kv), seed=1)
+    s = TransformerLM(_cfg(attention="dsa", n_kv_heads=n_kv, top_k=48), seed=1)
+    torch.testing.assert_close(s(tokens).logits, d(tokens).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_dsa_dense_mode_is_dense_and_sparse_mode_differs(gen):
+    tokens = torch.randint(0, 61, (1, 40), generator=gen)
+    d = TransformerLM(_cfg(attention="dense"), seed=2)
+    s = TransformerLM(_cfg(attention="dsa", top_k=4), seed=2)
+    torch.testing.assert_close(s(tokens, sparse=False).logits, d(tokens).logits)
+    assert not torch.allclose(s(tokens).logits, d(tokens).logits)
+
+
+def test_indexer_losses_train_only_the_indexer(gen):
+    s = TransformerLM(_cfg(attention="dsa", top_k=5), seed=3)
+    tokens = torch.randint(0, 61, (2, 30), generator=gen)
+    for mode, sparse in (("dense", False), ("sparse", True)):
+        s.zero_grad()
+        out = s(tokens, sparse=sparse, indexer_loss=mode)
+        assert out.indexer_kl.ndim == 0 and float(out.indexer_kl) >= 0
+        out.indexer_kl.backward()
+        assert all(p.grad is None or not p.grad.any() for p in s.main_parameters())
+        assert any(p.grad is not None and p.grad.any() for p in s.indexer_parameters())
+    s.zero_grad()
+    lm = torch.nn.functional.cross_entropy(s(tokens).logits.flatten(0, 1), tokens.flatten())
+    lm.backward()
+    assert all(p.grad is None or not p.grad.any() for p in s.indexer_parameters()), "LM loss must not reach the indexer"
+
+
+def test_recall_is_one_when_k_covers_everything(gen):
+    s = TransformerLM(_cfg(attention="dsa", top_k=48), seed=0)
+    out = s(torch.randint(0, 61, (1, 48), generator=gen), recall=True)
+    assert out.recall["recall"] == 1.0 and abs(out.recall["recall_all"] - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"attention": "sparse"}, "attention must be one of"), ({"top_k": 0}, "top_k"), ({"top_k": 49}, "top_k"),
+     ({"n_kv_heads": 3}, "n_kv_heads"), ({"d_model": 30}, "d_model"), ({"attention": "dense", "leak_future": True},
+                                                                       "leak_future"),
+     ({"sparse_impl": "cuda"}, "sparse_impl")],
+)
+def test_bad_config_names_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)
+
+
+def test_bad_forward_input():
+    m = TransformerLM(_cfg(attention="dsa"), seed=0)
+    with pytest.raises(ValueError, match="tokens"):
+        m(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m(torch.zeros(1, 49, dtype=torch.long))
+    with pytest.raises(ValueError, match="indexer_loss"):
+        m(torch.zeros(1, 5, dtype=torch.long), indexer_loss="kl")
