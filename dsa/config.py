@@ -22,6 +22,9 @@ class ModelConfig:
     max_seq_len: int = 256
     attention: str = "dense"
     top_k: int = 64
+    k_policy: str = "fixed"  # fixed | mass | entropy (dsa.adaptive); adaptive rules cap k at top_k
+    k_mass: float = 0.9  # target indexer softmax mass of the "mass" policy
+    k_min: int = 1
     indexer_heads: int = 4
     indexer_dim: int = 32
     indexer_rope_dim: int = 16
@@ -54,6 +57,8 @@ class ModelConfig:
             self.d_ff = 32 * -(-(8 * self.d_model // 3) // 32)
         if not 1 <= self.top_k <= self.max_seq_len:
             raise ValueError(f"top_k must be in [1, max_seq_len={self.max_seq_len}], got {self.top_k}")
+        if self.k_policy not in ("fixed", "mass", "entropy"):
+            raise ValueError(f"k_policy must be fixed, mass or entropy, got {self.k_policy!r}")
         if self.leak_future and self.attention != "dsa":
             raise ValueError("leak_future only applies to attention='dsa'")
 

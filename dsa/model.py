@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adaptive import KPolicy, adaptive_k
 from .config import ModelConfig
 from .indexer import IndexerConfig, LightningIndexer
 from .indexer_loss import dense_indexer_kl, indexer_recall, sparse_indexer_kl
@@ -116,7 +117,11 @@ class Attention(nn.Module):
             # The indexer learns only from its KL loss: its input is cut from the LM graph.
             qi, ki, wi = self.indexer(x.detach(), *(rope_idx or (None, None)))
             with torch.no_grad():
-                sel = indexer_topk(qi, ki, wi, min(cfg.top_k, l), chunk=cfg.chunk, leak_future=cfg.leak_future)
+                k_sel: int | torch.Tensor = min(cfg.top_k, l)
+                if cfg.k_policy != "fixed":
+                    policy = KPolicy(cfg.k_policy, top_k=k_sel, mass=cfg.k_mass, k_min=min(cfg.k_min, k_sel))
+                    k_sel = adaptive_k(qi, ki, wi, policy, chunk=cfg.chunk)
+                sel = indexer_topk(qi, ki, wi, k_sel, chunk=cfg.chunk, leak_future=cfg.leak_future)
             aux.selection = sel
         if use_sparse:
             fn = _sparse_fn(cfg.sparse_impl, x.device)

@@ -44,6 +44,8 @@ class TrainConfig:
     recipe: str = "deepseek"
     seq_len: int = 128
     top_k: int = 64
+    k_policy: str = "fixed"  # fixed | mass | entropy: per-query k (dsa.adaptive), capped at top_k
+    k_mass: float = 0.9
     batch_size: int = 8
     steps: int = 150  # LM-training steps, identical for dense and DSA runs
     dense_steps: int | None = None  # deepseek recipe: default steps // 4
@@ -113,6 +115,7 @@ class TrainConfig:
         return ModelConfig(
             vocab_size=vocab_size, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads, max_seq_len=self.seq_len, attention=self.attention, top_k=self.top_k,
+            k_policy=self.k_policy, k_mass=self.k_mass,
             indexer_heads=self.indexer_heads, indexer_dim=self.indexer_dim,
             indexer_rope_dim=self.indexer_rope_dim, leak_future=self.leak_future,
             sparse_impl=self.sparse_impl, chunk=self.chunk,
