@@ -1,0 +1,194 @@
+"""Resumable sweeps: run a list of configurations, one JSON line per finished run, appended atomically.
+
+- A finished configuration is never re-run: its key (a hash of the config fields that change results) is
+  looked up in the results file first, and the sweep says how many it re-used.
+- Lines are appended whole, under an exclusive file lock, and fsync'ed, so a killed process loses at
+  most the run in flight; a torn last line (killed mid-write) is cut off before the next append.
+- With several devices, one worker process per device takes configurations from a shared queue.
+
+CLI: python -m dsa.sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .train import TrainConfig, train
+
+# Fields that name or route a run without changing its result.
+_NOT_IN_KEY = ("out", "name", "progress", "device")
+
+
+def config_key(cfg: TrainConfig) -> str:
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_results(path: str | Path) -> list[dict]:
+    """All complete records of a results file (a torn last line is skipped with a warning)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"warning: {path}: ignoring a torn last line (a run killed while writing)", file=sys.stderr)
+            else:
+                raise
+    return out
+
+
+def append_result(path: str | Path, record: dict) -> None:
+    """Append one record as one line, atomically with respect to other writers and to crashes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, default=str) + "\n").encode()
+    with open(path, "ab+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # torn line from a killed writer: cut back to the last newline
+                    f.seek(0)
+                    data = f.read()
+                    f.truncate(data.rfind(b"\n") + 1)
+            f.seek(0, os.SEEK_END)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_one(cfg: TrainConfig, device: str | None) -> dict:
+    cfg = replace(cfg, out="", progress=False, device=device or cfg.device)
+    rec = train(cfg)
+    rec.pop("model", None)
+    rec["key"] = config_key(cfg)
+    return rec
+
+
+def _worker(device: str, queue, results: str) -> None:
+    torch.cuda.set_device(device) if device.startswith("cuda") else None
+    while True:
+        item = queue.get()
+        if item is None:
+            return
+        rec = _run_one(TrainConfig(**item), device)
+        append_result(results, rec)
+
+
+def run_sweep(
+    configs: list[TrainConfig],
+    results: str | Path,
+    devices: list[str] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run every configuration not yet in ``results``; return the records of all of ``configs`` (in order).
+
+    devices: None = one process on the default device; several = one worker process per device.
+    """
+    results = Path(results)
+    done = {r["key"]: r for r in load_results(results)}
+    keys = [config_key(c) for c in configs]
+    todo = [c for c, k in zip(configs, keys) if k not in done]
+    reused = len(configs) - len(todo)
+    print(f"sweep {results.name}: {len(configs)} configurations, re-using {reused} finished ones from "
+          f"{results}, running {len(todo)}" + (f" on {devices}" if devices else ""))
+    if devices and len(devices) > 1 and todo:
+        import multiprocessing as mp  # noqa: PLC0415
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        for c in todo:
+            queue.put(asdict(c))
+        for _ in devices:
+            queue.put(None)
+        procs = [ctx.Process(target=_worker, args=(d, queue, str(results))) for d in devices]
+        for p in procs:
+            p.start()
+        bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
+        seen = 0
+        while any(p.is_alive() for p in procs):
+            for p in procs:
+                p.join(timeout=5)
+            n = len({r["key"] for r in load_results(results)} & set(keys)) - reused
+            bar.update(n - seen)
+            seen = n
+        bar.close()
+        failed = [d for d, p in zip(devices, procs) if p.exitcode]
+        if failed:
+            raise RuntimeError(f"sweep workers on {failed} failed; finished runs are kept in {results}")
+    else:
+        device = devices[0] if devices else None
+        for cfg in tqdm(todo, desc="sweep", disable=not progress):
+            append_result(results, _run_one(cfg, device))
+    done = {r["key"]: r for r in load_results(results)}
+    missing = [k for k in keys if k not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} configurations have no result in {results}")
+    return [done[k] for k in keys]
+
+
+def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+    """The same configuration with another number of LM steps; recipe phases that were left at their
+    defaults are re-derived from the new count, explicit ones are kept."""
+    default = TrainConfig(**{**asdict(cfg), "dense_steps": None, "warmup_steps": None, "indexer_kl": None})
+    kw = {**asdict(cfg), "steps": steps}
+    for name in ("dense_steps", "warmup_steps"):
+        if getattr(cfg, name) == getattr(default, name):
+            kw[name] = None
+    kw["eval_every"] = min(cfg.eval_every, steps)
+    return TrainConfig(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .experiments import EXPERIMENTS, get_experiment  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m dsa.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("--size", choices=("small", "full"), default="small")
+    p.add_argument("--out", default=None, help="results .jsonl (default runs/<experiment>-<size>.jsonl)")
+    p.add_argument("--devices", default=None, help="comma-separated devices, or 'all' for every CUDA device")
+    p.add_argument("--steps", type=int, default=None, help="override the steps of every configuration")
+    p.add_argument("--limit", type=int, default=None, help="run only the first N configurations")
+    args = p.parse_args(argv)
+    configs = get_experiment(args.experiment, args.size)
+    if args.steps:
+        configs = [with_steps(c, args.steps) for c in configs]
+    if args.limit:
+        configs = configs[: args.limit]
+    devices = None
+    if args.devices == "all":
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or None
+    elif args.devices:
+        devices = args.devices.split(",")
+    out = args.out or f"runs/{args.experiment}-{args.size}.jsonl"
+    recs = run_sweep(configs, out, devices)
+    for r in recs:
+        f = r["final"]
+        print(f"{r['name']:<40} val_loss={f['val_loss']:.4f} acc={f['val_acc']:.4f} "
+              f"t/step={1e3 * (f.get('time_per_step_s') or 0):.1f}ms recall={f.get('recall', float('nan')):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
