@@ -1,0 +1,166 @@
+"""Figures for the notebooks: saving static report figures (with where their numbers come from), plotly
+set-up, and the interactive indexer explorer (ipywidgets + a plotly FigureWidget updated in place).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .provenance import REPO_ROOT
+
+
+def figures_dir() -> Path:
+    """``$DSA_FIGURES_DIR`` or ``<repo>/figures``."""
+    return Path(os.environ.get("DSA_FIGURES_DIR", REPO_ROOT / "figures"))
+
+
+def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png``; ``source`` (e.g. ``fresh_run_label()`` or a
+    record's ``describe_provenance``) is stamped in the bottom-left corner so the figure says where its
+    numbers come from. Returns the path."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
+    if source:
+        fig.text(0.005, 0.005, source, fontsize=6, color="0.45", ha="left", va="bottom")
+    path = figures_dir() / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    print(f"[figures] saved {path}")
+    return path
+
+
+def setup_plotting() -> None:
+    """plotly: emit the plotly JSON mimetype (JupyterLab renders it; ``python -m dsa.report`` turns it into
+    HTML with plotly.js shipped next to the report, so figures render offline). seaborn: a clean style."""
+    import plotly.io as pio  # noqa: PLC0415
+    import seaborn as sns  # noqa: PLC0415
+
+    pio.renderers.default = "plotly_mimetype"
+    pio.templates.default = "plotly_white"
+    sns.set_theme(context="notebook", style="whitegrid")
+
+
+# ----------------------------------------------------------------------------------- the explorer
+PANELS = (
+    ("scores", "indexer score I[t,s]", "Viridis"),
+    ("selected", "top-k selection", [[0, "#f4f4f4"], [1, "#d62728"]]),
+    ("sparse", "sparse attention weights", "Blues"),
+    ("dense", "dense attention weights", "Blues"),
+)
+
+
+class IndexerExplorer:
+    """Sliders for k, sequence length, layer, attention head and indexer head, a causal-guard toggle, and
+    four linked heatmaps (indexer scores, top-k selection, sparse attention weights, dense attention for
+    comparison) in one plotly FigureWidget whose traces are updated in place.
+
+    layers: per layer, the dict of tensors of :func:`dsa.analysis.layer_tensors`.
+    compute: ``dsa.analysis.explorer_views``-like function of (tensors, seq_len=, top_k=, head=,
+             indexer_head=, causal=) -> dict of (L, L) matrices and 'stats'.
+    """
+
+    def __init__(
+        self,
+        layers: list[dict],
+        compute: Callable[..., dict],
+        *,
+        max_len: int,
+        top_k: int,
+        seq_len: int | None = None,
+        title: str = "Indexer explorer",
+    ) -> None:
+        import ipywidgets as W  # noqa: PLC0415
+        import plotly.graph_objects as go  # noqa: PLC0415
+        from plotly.subplots import make_subplots  # noqa: PLC0415
+
+        self.layers, self.compute = layers, compute
+        n_heads = layers[0]["q"].shape[1]
+        n_idx_heads = layers[0]["w"].shape[-1]
+        seq_len = min(seq_len or max_len, max_len)
+        style = {"description_width": "170px"}
+        lay = W.Layout(width="440px")
+        self.w_k = W.IntSlider(value=min(top_k, seq_len), min=1, max=seq_len, description="top-k k (keys)",
+                               style=style, layout=lay, continuous_update=False)
+        self.w_len = W.IntSlider(value=seq_len, min=2, max=max_len, description="sequence length L",
+                                 style=style, layout=lay, continuous_update=False)
+        self.w_layer = W.IntSlider(value=0, min=0, max=len(layers) - 1, description="layer", style=style,
+                                   layout=lay, continuous_update=False)
+        self.w_head = W.IntSlider(value=0, min=0, max=n_heads - 1, description="attention head", style=style,
+                                  layout=lay, continuous_update=False)
+        self.w_ihead = W.IntSlider(value=-1, min=-1, max=n_idx_heads - 1, description="indexer head (-1: sum)",
+                                   style=style, layout=lay, continuous_update=False)
+        self.w_causal = W.ToggleButton(value=True, description="causal guard ON", icon="shield",
+                                       button_style="success", layout=W.Layout(width="200px"))
+        self.w_stats = W.HTML()
+
+        fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in PANELS], horizontal_spacing=0.05)
+        for i, (_, label, cs) in enumerate(PANELS):
+            fig.add_trace(
+                go.Heatmap(z=[[0.0]], colorscale=cs, showscale=False, name=label,
+                           hovertemplate="t=%{y}, s=%{x}<br>" + label + ": %{z:.3g}<extra></extra>"),
+                row=1, col=i + 1,
+            )
+            fig.update_xaxes(title_text="key position s (tokens)", row=1, col=i + 1)
+            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
+        fig.update_yaxes(title_text="query position t (tokens)", row=1, col=1)
+        fig.update_layout(
+            title={"text": title, "font": {"size": 14}},
+            height=390, width=1040, margin={"l": 60, "r": 10, "t": 90, "b": 100},
+            annotations=list(fig.layout.annotations) + [{
+                "text": "Better: the red cells of the selection cover the dark cells of dense attention (high "
+                        "'dense mass recall');<br>with the causal guard no cell lies right of the diagonal "
+                        "(s > t is the future). Colour: score (a.u.), selected yes/no, attention probability.",
+                "xref": "paper", "yref": "paper", "x": 0, "y": -0.38, "showarrow": False,
+                "font": {"size": 11}, "xanchor": "left", "align": "left"}],
+        )
+        self.fig = go.FigureWidget(fig)
+        for w in (self.w_k, self.w_len, self.w_layer, self.w_head, self.w_ihead, self.w_causal):
+            w.observe(self._on_change, names="value")
+        controls = W.HBox([W.VBox([self.w_k, self.w_len, self.w_layer]),
+                           W.VBox([self.w_head, self.w_ihead, self.w_causal])])
+        self.widget = W.VBox([controls, self.w_stats, self.fig])
+        self.update()
+
+    def settings(self) -> dict:
+        return {"seq_len": self.w_len.value, "top_k": self.w_k.value, "head": self.w_head.value,
+                "indexer_head": self.w_ihead.value, "causal": self.w_causal.value}
+
+    def _on_change(self, change: dict) -> None:
+        if change["owner"] is self.w_len:  # k may not exceed L
+            self.w_k.max = self.w_len.value
+        if change["owner"] is self.w_causal:
+            on = self.w_causal.value
+            self.w_causal.description = "causal guard ON" if on else "causal guard OFF (seed's leak)"
+            self.w_causal.button_style = "success" if on else "danger"
+        self.update()
+
+    def update(self) -> dict:
+        """Recompute the four matrices for the current settings and write them into the figure in place."""
+        v = self.compute(self.layers[self.w_layer.value], **self.settings())
+        with self.fig.batch_update():
+            for i, (key, _, _) in enumerate(PANELS):
+                # NaN (masked) -> None: blank cells, and JSON-compliant for the widget's comm messages
+                self.fig.data[i].z = [[None if x != x else x for x in row] for row in v[key].tolist()]
+        st = v["stats"]
+        leak = st["future_selections"]
+        color = "#2ca02c" if leak == 0 else "#d62728"
+        self.w_stats.value = (
+            f"<b>{st['keys_per_query']:.1f}</b> keys per query ({100 * st['fraction_of_past_selected']:.0f}% of "
+            f"the past on average) · mean distance t−s <b>{st['mean_distance']:.1f}</b> tokens · dense mass "
+            f"recall (all heads) <b>{st.get('dense_mass_recall', float('nan')):.3f}</b> (1 = best) · "
+            f"<span style='color:{color}'>future selections: <b>{leak}</b></span> (must be 0)"
+        )
+        self.last = v
+        return v
+
+    def static_figure(self):
+        """A plain ``go.Figure`` copy of the current view (for static reports: a widget needs a kernel)."""
+        import plotly.graph_objects as go  # noqa: PLC0415
+
+        return go.Figure(self.fig)
+
+
+__all__ = ["IndexerExplorer", "figures_dir", "save_static", "setup_plotting"]
