@@ -1,0 +1,31 @@
+# The two commands of the README: `make report` (main job) and `make test`. Each creates .venv and
+# installs everything it needs first, so both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install report test browser-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the local CPU build; any other torch requirement downloads gigabytes of CUDA packages
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download is possible here)
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and cannot apt-get install it: the browser test will skip"; fi; }
+
+report: $(STAMP)
+	$(PY) -m dsa.report --params small
+
+test: $(STAMP) browser-deps
+	$(PY) -m pytest -q
