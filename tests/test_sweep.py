@@ -1,0 +1,106 @@
+"""Resumable sweeps: finished configurations are never re-run, appends are whole lines, a torn last line
+from a killed writer is cut off, and several worker processes share one results file."""
+
+import json
+
+import pytest
+
+import dsa.sweep as sweep
+from dsa.experiments import EXPERIMENTS, get_experiment
+from dsa.sweep import append_result, config_key, load_results, run_sweep, with_steps
+from dsa.train import TrainConfig
+
+
+def _tiny(seed: int, attention: str = "dense") -> TrainConfig:
+    return TrainConfig(attention=attention, seq_len=16, top_k=4, batch_size=2, steps=3, eval_every=3,
+                       eval_batches=1, d_model=16, n_layers=1, n_heads=2, indexer_heads=1, indexer_dim=8,
+                       indexer_rope_dim=4, seed=seed, out="", progress=False)
+
+
+def test_resume_skips_finished_configs_and_says_so(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r.jsonl"
+    configs = [_tiny(0), _tiny(1), _tiny(2, "dsa")]
+    real_train = sweep.train
+    calls = []
+    crash = {"armed": True}
+
+    def crashing(cfg):
+        calls.append(cfg.seed)
+        if cfg.seed == 1 and crash["armed"]:
+            crash["armed"] = False
+            raise RuntimeError("machine lost")
+        return real_train(cfg)
+
+    monkeypatch.setattr(sweep, "train", crashing)
+    with pytest.raises(RuntimeError, match="machine lost"):
+        run_sweep(configs, results, progress=False)
+    assert [r["config"]["seed"] for r in load_results(results)] == [0]
+    calls.clear()
+    recs = run_sweep(configs, results, progress=False)
+    assert calls == [1, 2], "the finished configuration must not run again"
+    assert "re-using 1 finished" in capsys.readouterr().out
+    assert [r["config"]["seed"] for r in recs] == [0, 1, 2]
+    calls.clear()
+    run_sweep(configs, results, progress=False)
+    assert calls == []
+    assert len(load_results(results)) == 3
+
+
+def test_torn_last_line_is_ignored_then_cut(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_result(path, {"key": "a", "x": 1})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "x"')  # killed mid-write
+    assert [r["key"] for r in load_results(path)] == ["a"]
+    append_result(path, {"key": "c", "x": 3})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "c"]
+
+
+def test_config_key_ignores_routing_fields_only():
+    a = _tiny(0)
+    assert config_key(a) == config_key(TrainConfig(**{**a.__dict__, "out": "x.json", "device": "cpu",
+                                                       "progress": True, "name": "n"}))
+    assert config_key(a) != config_key(_tiny(1))
+
+
+def test_two_worker_processes_share_one_file(tmp_path):
+    results = tmp_path / "r.jsonl"
+    configs = [_tiny(s) for s in range(3)]
+    recs = run_sweep(configs, results, devices=["cpu", "cpu"], progress=False)
+    assert sorted(r["config"]["seed"] for r in recs) == [0, 1, 2]
+    assert len(load_results(results)) == 3
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiments_build_valid_configs(name):
+    for size in ("small", "full"):
+        cfgs = get_experiment(name, size)
+        assert cfgs and len({config_key(c) for c in cfgs}) == len(cfgs), "duplicate configurations"
+        for c in cfgs:
+            if c.attention == "dsa" and c.recipe == "deepseek" and c.indexer_kl:
+                assert c.dense_steps > 0 or c.warmup_steps >= 0
+
+
+def test_exp4_has_the_seeds_variants():
+    cfgs = get_experiment("exp4_reproduce", "small")
+    kinds = {(c.attention, c.recipe if c.attention == "dsa" else "-", c.leak_future) for c in cfgs}
+    assert kinds == {("dense", "-", False), ("dsa", "scratch", True), ("dsa", "scratch", False),
+                     ("dsa", "deepseek", False)}
+    assert all(c.top_k == c.seq_len // 2 for c in cfgs)
+    ds = [c for c in cfgs if c.recipe == "deepseek" and c.attention == "dsa"]
+    assert all(c.dense_steps > 0 and c.warmup_steps > 0 and c.indexer_kl for c in ds)
+
+
+def test_with_steps_rederives_default_phases_and_keeps_explicit_ones():
+    c = TrainConfig(attention="dsa", steps=40)
+    assert with_steps(c, 200).phases() == [("dense", 50), ("warmup", 20), ("sparse", 150)]
+    explicit = TrainConfig(attention="dsa", steps=40, warmup_steps=7)
+    assert dict(with_steps(explicit, 200).phases())["warmup"] == 7
+
+
+def test_unknown_experiment_and_size():
+    with pytest.raises(ValueError, match="experiment"):
+        get_experiment("exp9")
+    with pytest.raises(ValueError, match="size"):
+        get_experiment("exp4_reproduce", "huge")
