@@ -45,7 +45,12 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-def _sparse_fn(impl: str, device: torch.device):
+# On CPU at small L the masked reference (one dense product) is several times faster than gathering,
+# whose scattered backward dominates; both compute the same function (tests/test_attention.py).
+MASKED_MAX_LEN_CPU = 512
+
+
+def _sparse_fn(impl: str, device: torch.device, seq_len: int):
     """The sparse attention implementation to call: the Triton kernel on CUDA when it is present."""
     if impl in ("auto", "triton") and device.type == "cuda":
         try:
@@ -57,7 +62,7 @@ def _sparse_fn(impl: str, device: torch.device):
                 raise
     if impl == "triton":
         raise RuntimeError("sparse_impl='triton' needs a CUDA device and dsa.kernels")
-    if impl == "masked":
+    if impl == "masked" or (impl == "auto" and device.type == "cpu" and seq_len <= MASKED_MAX_LEN_CPU):
         return lambda q, k, v, idx, valid: sparse_attention_masked(q, k, v, idx, valid)
     return None  # the gather reference, called with the config's chunk
 
@@ -124,7 +129,7 @@ class Attention(nn.Module):
                 sel = indexer_topk(qi, ki, wi, k_sel, chunk=cfg.chunk, leak_future=cfg.leak_future)
             aux.selection = sel
         if use_sparse:
-            fn = _sparse_fn(cfg.sparse_impl, x.device)
+            fn = _sparse_fn(cfg.sparse_impl, x.device, l)
             if fn is None:
                 o = sparse_attention_gather(q, k, v, sel.idx, sel.valid, chunk=cfg.chunk)
             else:

@@ -47,7 +47,7 @@ class TrainConfig:
     k_policy: str = "fixed"  # fixed | mass | entropy: per-query k (dsa.adaptive), capped at top_k
     k_mass: float = 0.9
     batch_size: int = 8
-    steps: int = 150  # LM-training steps, identical for dense and DSA runs
+    steps: int = 100  # LM-training steps, identical for dense and DSA runs
     dense_steps: int | None = None  # deepseek recipe: default steps // 4
     warmup_steps: int | None = None  # deepseek recipe: default max(steps // 10, 1); extra, indexer-only
     indexer_kl: bool | None = None  # default: True for deepseek, False for scratch

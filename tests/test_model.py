@@ -89,3 +89,17 @@ def test_bad_forward_input():
         m(torch.zeros(1, 49, dtype=torch.long))
     with pytest.raises(ValueError, match="indexer_loss"):
         m(torch.zeros(1, 5, dtype=torch.long), indexer_loss="kl")
+
+
+def test_sparse_implementations_agree_inside_the_model(gen):
+    tokens = torch.randint(0, 61, (2, 41), generator=gen)
+    outs = {}
+    for impl in ("gather", "masked", "auto"):
+        m = TransformerLM(_cfg(attention="dsa", top_k=7, n_kv_heads=2, sparse_impl=impl), seed=4)
+        out = m(tokens)
+        loss = out.logits.logsumexp(-1).mean()
+        loss.backward()
+        outs[impl] = (out.logits, m.layers[0].attn.wq.weight.grad)
+    for impl in ("masked", "auto"):
+        torch.testing.assert_close(outs[impl][0], outs["gather"][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(outs[impl][1], outs["gather"][1], rtol=1e-4, atol=1e-6)
