@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -100,11 +101,15 @@ def run_sweep(
     results: str | Path,
     devices: list[str] | None = None,
     progress: bool = True,
+    time_budget_s: float | None = None,
 ) -> list[dict]:
     """Run every configuration not yet in ``results``; return the records of all of ``configs`` (in order).
 
     devices: None = one process on the default device; several = one worker process per device.
+    time_budget_s: start no new configuration after this many seconds (single device); the records
+    finished so far are returned and a later call resumes with the rest.
     """
+    t0 = time.monotonic()
     results = Path(results)
     done = {r["key"]: r for r in load_results(results)}
     keys = [config_key(c) for c in configs]
@@ -139,12 +144,17 @@ def run_sweep(
     else:
         device = devices[0] if devices else None
         for cfg in tqdm(todo, desc="sweep", disable=not progress):
+            if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
+                break
             append_result(results, _run_one(cfg, device))
     done = {r["key"]: r for r in load_results(results)}
     missing = [k for k in keys if k not in done]
-    if missing:
+    if missing and time_budget_s is not None:
+        print(f"sweep {results.name}: time budget of {time_budget_s:.0f} s reached with {len(missing)} "
+              f"configurations left; run the same command again to resume")
+    elif missing:
         raise RuntimeError(f"{len(missing)} configurations have no result in {results}")
-    return [done[k] for k in keys]
+    return [done[k] for k in keys if k in done]
 
 
 def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default=None, help="comma-separated devices, or 'all' for every CUDA device")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every configuration")
     p.add_argument("--limit", type=int, default=None, help="run only the first N configurations")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="start no new configuration after this many seconds; re-run to resume")
     args = p.parse_args(argv)
     configs = get_experiment(args.experiment, args.size)
     if args.steps:
@@ -182,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.devices:
         devices = args.devices.split(",")
     out = args.out or f"runs/{args.experiment}-{args.size}.jsonl"
-    recs = run_sweep(configs, out, devices)
+    recs = run_sweep(configs, out, devices, time_budget_s=args.time_budget_s)
     for r in recs:
         f = r["final"]
         print(f"{r['name']:<40} val_loss={f['val_loss']:.4f} acc={f['val_acc']:.4f} "

@@ -104,3 +104,12 @@ def test_unknown_experiment_and_size():
         get_experiment("exp9")
     with pytest.raises(ValueError, match="size"):
         get_experiment("exp4_reproduce", "huge")
+
+
+def test_time_budget_stops_cleanly_and_the_next_call_resumes(tmp_path):
+    results = tmp_path / "r.jsonl"
+    configs = [_tiny(s) for s in range(3)]
+    run_sweep(configs[:1], results, progress=False)
+    partial = run_sweep(configs, results, progress=False, time_budget_s=0.0)
+    assert [r["config"]["seed"] for r in partial] == [0], "no new configuration may start past the budget"
+    assert len(run_sweep(configs, results, progress=False)) == 3
