@@ -1,0 +1,314 @@
+"""Benchmark: dense attention baselines vs the DSA path (indexer + top-k + sparse attention).
+
+    python -m dsa.bench                       # full sweep on CUDA (L = 1K..64K, k = 2048 and L/8)
+    python -m dsa.bench --quick               # tiny sizes; on CPU the reference paths only (smoke test)
+    python -m dsa.bench --seq-lens 4096 32768 --top-k 2048 --out data/bench/x.json
+
+Every number of one run comes from the same process: triton.testing.do_bench (median) on CUDA, a
+perf_counter median on CPU. Columns (ms): SDPA flash causal, FlexAttention causal, the seeds' masked SDPA
+(L x L mask, small L only), the gather reference (small L only), torch.topk over precomputed scores vs our
+indexer_topk_fast (which includes computing the scores), the sparse kernel alone, and the DSA layer
+(indexer top-k + sparse attention; fwd+bwd = attention backward, the selection carries no gradient), plus
+indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*L*k*H*d,
+fwd+bwd = 3.5 x fwd for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import HAS_TRITON, indexer_scores_at, indexer_topk_fast, sparse_attention, use_triton
+from .sparse_attention import expand_kv, seed_masked_attention, sparse_attention_gather
+from .topk import selection_to_mask
+
+
+def _git_commit() -> str | None:
+    from .provenance import git_commit  # noqa: PLC0415 (reads DSA_GIT_COMMIT where git is absent)
+
+    return git_commit()["commit"]
+
+
+def _timer(fn: Callable[[], object], cuda: bool, grad_to_none=None) -> float:
+    if cuda:
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=10, rep=60, grad_to_none=grad_to_none,
+                                             return_mode="median"))
+    ts = []
+    for i in range(4):
+        if grad_to_none:
+            for x in grad_to_none:
+                x.grad = None
+        t0 = time.perf_counter()
+        fn()
+        if i:  # first call is the warm-up
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def _measure(fn, cuda, grad_to_none=None):
+    """(ms, peak MiB) or (None, reason) on OOM / error."""
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        ms = _timer(fn, cuda, grad_to_none)
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+        return ms, peak
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None, "oom"
+    except Exception as exc:  # keep the sweep going, record why
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _flex():
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        return torch.compile(flex_attention, dynamic=False), create_block_mask
+    except Exception:
+        return None, None
+
+
+def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
+    cuda = torch.cuda.is_available() and not args.cpu
+    dev = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    h, d = args.heads, args.head_dim
+    hi, di = args.indexer_heads, args.indexer_dim
+    triton_path = HAS_TRITON and use_triton(torch.empty(1, device=dev))
+    flex_fn, create_block_mask = _flex() if (cuda and args.flex) else (None, None)
+    configs = []
+    for l in args.seq_lens:
+        ks = []
+        for k in args.top_k:
+            kk = l // 8 if k == 0 else k
+            if 1 <= kk <= l and kk not in ks:
+                ks.append(kk)
+        for kk in ks:
+            for hkv in args.kv_heads:
+                configs.append((l, kk, hkv))
+    rows: list = []
+    import importlib
+
+    try:
+        triton_version = importlib.import_module("triton").__version__
+    except Exception:
+        triton_version = None
+    res = dict(
+        provenance=dict(
+            git_commit=_git_commit(),
+            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            torch=torch.__version__,
+            triton=triton_version,
+            python=platform.python_version(),
+            device=torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+            cuda=torch.version.cuda if cuda else None,
+            sparse_path="triton" if triton_path else "reference (sparse_attention_gather / indexer_topk)",
+            timer="triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)",
+        ),
+        config=dict(vars(args), device_kind="cuda" if cuda else "cpu"),
+        rows=rows,
+    )
+    try:
+        from tqdm import tqdm
+    except Exception:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    for l, k, hkv in tqdm(configs, desc="dsa.bench", file=sys.stderr):
+        torch.manual_seed(0)
+        row: dict = dict(L=l, k=k, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
+        q = torch.randn(1, h, l, d, device=dev, dtype=dtype, requires_grad=True)
+        kx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
+        vx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
+        go = torch.randn(1, h, l, d, device=dev, dtype=dtype)
+        qi = torch.randn(1, l, hi, di, device=dev, dtype=dtype)
+        ki = torch.randn(1, l, di, device=dev, dtype=dtype)
+        wi = (torch.randn(1, l, hi, device=dev) * (hi**-0.5 * di**-0.5)).to(dtype)
+        leaves = [q, kx, vx]
+        dense_f = 2.0 * l * l * h * d
+        sparse_f = 4.0 * l * k * h * d
+
+        def rec(name, fn, flops=None, grad=False):
+            ms, peak = _measure(fn, cuda, leaves if grad else None)
+            if ms is None:
+                row[name] = None
+                row[name + "_why"] = peak
+                return
+            row[name + "_ms"] = ms
+            row[name + "_peak_mib"] = peak
+            if flops:
+                row[name + "_tflops"] = flops * (3.5 if grad else 1.0) / ms / 1e9
+
+        def fb(f):
+            def g():
+                f().backward(go)
+            return g
+
+        gqa = hkv != h
+
+        def sdpa():
+            if cuda:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return F.scaled_dot_product_attention(q, kx, vx, is_causal=True, enable_gqa=gqa)
+            return F.scaled_dot_product_attention(q, expand_kv(kx, h), expand_kv(vx, h), is_causal=True)
+
+        rec("flash_fwd", lambda: sdpa(), dense_f)
+        rec("flash_fwdbwd", fb(sdpa), dense_f, grad=True)
+        if flex_fn is not None and l <= args.flex_max_len:
+            try:
+                bm = create_block_mask(lambda b_, h_, qi_, ki_: qi_ >= ki_, None, None, l, l, device=dev)
+                flex = lambda: flex_fn(q, kx, vx, block_mask=bm, enable_gqa=gqa)  # noqa: E731
+                rec("flex_fwd", flex, dense_f)
+                if args.flex_bwd:
+                    rec("flex_fwdbwd", fb(flex), dense_f, grad=True)
+            except Exception as exc:
+                row["flex_why"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        # the selection (no grad)
+        stats: dict = {}
+        sel = indexer_topk_fast(qi, ki, wi, k, stats=stats)
+        row["topk_passes"] = stats.get("passes")
+        rec("topk_fast", lambda: indexer_topk_fast(qi, ki, wi, k))
+        if l <= args.scores_max_len:
+            try:
+                from .indexer import indexer_scores
+
+                scores = indexer_scores(qi, ki, wi)
+                rec("torch_topk", lambda: torch.topk(scores, k, dim=-1))
+                rec("scores_plus_torch_topk", lambda: torch.topk(indexer_scores(qi, ki, wi), k, dim=-1))
+                del scores
+            except torch.cuda.OutOfMemoryError:
+                row["torch_topk_why"] = "oom"
+        idx, valid = sel.idx, sel.valid
+        # the sparse kernel alone and the whole layer
+        sp = lambda: sparse_attention(q, kx, vx, idx, valid)  # noqa: E731
+        rec("sparse_fwd", sp, sparse_f)
+        rec("sparse_fwdbwd", fb(sp), sparse_f, grad=True)
+
+        def layer():
+            s = indexer_topk_fast(qi, ki, wi, k)
+            return sparse_attention(q, kx, vx, s.idx, s.valid)
+
+        rec("dsa_fwd", layer, sparse_f)
+        rec("dsa_fwdbwd", fb(layer), sparse_f, grad=True)
+        qis, kis, wis = (x.clone().requires_grad_() for x in (qi, ki, wi))
+        gs = torch.randn(1, l, k, device=dev)
+
+        def sat():
+            o = indexer_scores_at(qis, kis, wis, idx, valid)
+            (o.masked_fill(~valid, 0) * gs).sum().backward()
+
+        ms, _ = _measure(sat, cuda, [qis, kis, wis])
+        row["indexer_at_fwdbwd_ms"] = ms
+        if l <= args.masked_max_len:
+            mask = selection_to_mask(sel, l)
+            rec("masked_fwd", lambda: seed_masked_attention(q, kx, vx, mask), dense_f)
+            rec("masked_fwdbwd", fb(lambda: seed_masked_attention(q, kx, vx, mask)), dense_f, grad=True)
+            del mask
+        if l <= args.gather_max_len:
+            rec("gather_fwd", lambda: sparse_attention_gather(q, kx, vx, idx, valid), sparse_f)
+            rec("gather_fwdbwd", fb(lambda: sparse_attention_gather(q, kx, vx, idx, valid)), sparse_f, grad=True)
+        for mode in ("fwd", "fwdbwd"):
+            a, b_ = row.get(f"flash_{mode}_ms"), row.get(f"dsa_{mode}_ms")
+            if a and b_:
+                row[f"speedup_{mode}"] = a / b_
+        if row.get("torch_topk_ms") and row.get("topk_fast_ms"):
+            row["topk_speedup"] = row["torch_topk_ms"] / row["topk_fast_ms"]
+        if row.get("sparse_fwd_tflops") and row.get("flash_fwd_tflops"):
+            row["sparse_vs_flash_tflops"] = row["sparse_fwd_tflops"] / row["flash_fwd_tflops"]
+        rows.append(row)
+        if on_row is not None:
+            on_row(res)
+        del q, kx, vx, go, qi, ki, wi, sel, idx, valid, leaves
+        if cuda:
+            torch.cuda.empty_cache()
+    return res
+
+
+COLS = [
+    ("L", "L", "{:d}"), ("k", "k", "{:d}"), ("H_kv", "Hkv", "{:d}"),
+    ("flash_fwd_ms", "flash", "{:.2f}"), ("flex_fwd_ms", "flex", "{:.2f}"), ("masked_fwd_ms", "masked", "{:.2f}"),
+    ("gather_fwd_ms", "gather", "{:.2f}"), ("sparse_fwd_ms", "sparse", "{:.2f}"),
+    ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
+    ("torch_topk_ms", "t.topk", "{:.2f}"), ("topk_fast_ms", "topk", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
+    ("speedup_fwd", "x fwd", "{:.2f}"),
+    ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
+    ("sparse_fwdbwd_ms", "sp f+b", "{:.2f}"), ("dsa_fwdbwd_ms", "dsa f+b", "{:.2f}"),
+    ("speedup_fwdbwd", "x f+b", "{:.2f}"), ("indexer_at_fwdbwd_ms", "idx@ f+b", "{:.2f}"),
+]
+
+
+def table(res: dict) -> str:
+    head = [c[1] for c in COLS]
+    lines = [res["provenance"]["device"] + " | " + res["provenance"]["sparse_path"] + " | ms, median"]
+    body = []
+    for r in res["rows"]:
+        body.append([fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in COLS])
+    w = [max(len(hh), *(len(b[i]) for b in body)) if body else len(hh) for i, hh in enumerate(head)]
+    lines.append(" ".join(hh.rjust(w[i]) for i, hh in enumerate(head)))
+    for b in body:
+        lines.append(" ".join(x.rjust(w[i]) for i, x in enumerate(b)))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=None)
+    p.add_argument("--top-k", type=int, nargs="+", default=[2048, 0], help="0 means k = L/8")
+    p.add_argument("--kv-heads", type=int, nargs="+", default=None, help="default: H (MHA) and 2 (GQA)")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--indexer-heads", type=int, default=4)
+    p.add_argument("--indexer-dim", type=int, default=64)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is there")
+    p.add_argument("--no-flex", dest="flex", action="store_false")
+    p.add_argument("--flex-bwd", action="store_true", help="also FlexAttention fwd+bwd (one more compile per shape)")
+    p.add_argument("--flex-max-len", type=int, default=65536)
+    p.add_argument("--masked-max-len", type=int, default=8192)
+    p.add_argument("--gather-max-len", type=int, default=4096)
+    p.add_argument("--scores-max-len", type=int, default=65536)
+    p.add_argument("--out", type=str, default=None)
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.cpu
+    if args.quick:
+        args.seq_lens = args.seq_lens or ([1024, 4096] if cuda else [256])
+        args.top_k = [64, 0] if not cuda else args.top_k
+        if not cuda:
+            args.heads, args.head_dim, args.indexer_dim = 4, 32, 32
+    args.seq_lens = args.seq_lens or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    args.kv_heads = args.kv_heads or sorted({args.heads, 2}, reverse=True)
+    out = args.out
+    if out is None:
+        tag = ("cuda-" + torch.cuda.get_device_name().replace(" ", "_")) if cuda else "cpu"
+        out = f"data/bench/{tag}-{_dt.date.today().isoformat()}.json"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+
+    def dump(r):  # after every row: a run stopped half-way still leaves its numbers
+        Path(out).write_text(json.dumps(r, indent=1))
+
+    res = run(args, on_row=dump)
+    dump(res)
+    print(table(res))
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Triton kernels of the lightning indexer (imported only when triton is importable).
+
+``idx_pass_kernel``: one program = BLOCK_M queries of one batch row; it recomputes the indexer scores
+I[t, s] tile by tile for s <= t (never stored) and, by MODE:
+  0: per-row max / min of the scores;
+  1: per-row counts #(I[t, :] >= thr[t, j]) for NT thresholds per row;
+  2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
+     (the boundary, with their scores), compacted by a cumulative sum per row.
+The q tile holds BLOCK_M * HP rows (query t, indexer head j) so the product is one tl.dot
+[BLOCK_M*HP, d_I] @ [d_I, BLOCK_N]; ReLU and the head weights follow, and the heads are summed by a reshape.
+
+``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel``: scores at selected positions and their gradient; one program =
+one query t, its HP (padded to >= 16) indexer heads against BLOCK_K gathered keys.
+"""
+
+import triton
+import triton.language as tl
+
+
+def idx_pass_kernel(
+    QI, KI, W, THR, CNT, LO, HI, OUT, BND, BNDV, RMAX, RMIN,
+    sqb, sql, skb, skl, swb, swl, stb, stl, slb, sob, sol,
+    L, KMAX,
+    HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
+    INTERP: tl.constexpr,
+):
+    nblk = tl.cdiv(L, BLOCK_M)
+    mb = nblk - 1 - tl.program_id(0)  # longest rows first: better tail balance on the causal triangle
+    b = tl.program_id(1)
+    t0 = mb * BLOCK_M
+    dd = tl.arange(0, DI_PAD)
+    rows = t0 + tl.arange(0, BLOCK_M)
+    rmask = rows < L
+    cols = tl.arange(0, NT)
+    if MODE == 0:
+        mx = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        mn = tl.full([BLOCK_M], float("inf"), tl.float32)
+    if MODE == 1:
+        cnt = tl.zeros([BLOCK_M, NT], tl.int32)
+    if MODE == 2:
+        lo = tl.load(LO + b * slb + rows, mask=rmask, other=float("inf"))
+        hi = tl.load(HI + b * slb + rows, mask=rmask, other=float("inf"))
+        base_s = tl.zeros([BLOCK_M], tl.int32)
+        base_b = tl.zeros([BLOCK_M], tl.int32)
+    s_end = tl.minimum(t0 + BLOCK_M, L)
+    for s0 in range(0, s_end, BLOCK_N):
+        s = s0 + tl.arange(0, BLOCK_N)
+        kt = tl.load(KI + b * skb + s[:, None] * skl + dd[None, :], mask=(s < L)[:, None] & (dd < DI)[None, :],
+                     other=0.0)
+        if INTERP:
+            kt = kt.to(tl.float32)
+        sc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for j in tl.static_range(HP):  # one [BLOCK_M, d_I] x [d_I, BLOCK_N] product per indexer head
+            qj = tl.load(QI + b * sqb + rows[:, None] * sql + j * DI + dd[None, :],
+                         mask=rmask[:, None] & (dd < DI)[None, :], other=0.0)
+            wj = tl.load(W + b * swb + rows * swl + j, mask=rmask, other=0.0).to(tl.float32)
+            if INTERP:
+                qj = qj.to(tl.float32)
+            if IEEE:
+                logit = tl.dot(qj, tl.trans(kt), input_precision="ieee")
+            else:
+                logit = tl.dot(qj, tl.trans(kt))
+            sc += tl.maximum(logit, 0.0) * wj[:, None]
+        ok = (s[None, :] <= rows[:, None]) & rmask[:, None]
+        if MODE == 0:
+            mx = tl.maximum(mx, tl.max(tl.where(ok, sc, float("-inf")), 1))
+            mn = tl.minimum(mn, tl.min(tl.where(ok, sc, float("inf")), 1))
+        if MODE == 1:
+            # 4 thresholds per int32 (8-bit fields; a tile adds <= BLOCK_N < 256 per row): NT/4 row sums per tile
+            for g4 in tl.static_range(NT // 4):
+                packed = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+                for u in tl.static_range(4):
+                    thr_j = tl.load(THR + b * stb + rows * stl + (g4 * 4 + u), mask=rmask, other=float("inf"))
+                    packed += (ok & (sc >= thr_j[:, None])).to(tl.int32) << (8 * u)
+                ps = tl.sum(packed, 1)
+                for u in tl.static_range(4):
+                    cnt += tl.where(cols[None, :] == g4 * 4 + u, ((ps >> (8 * u)) & 255)[:, None], 0)
+        if MODE == 2:
+            sure = ok & (sc >= hi[:, None])
+            bnd = ok & (sc >= lo[:, None]) & (sc < hi[:, None])
+            si = sure.to(tl.int32)
+            bi = bnd.to(tl.int32)
+            ps = base_s[:, None] + tl.cumsum(si, 1) - 1
+            pb = base_b[:, None] + tl.cumsum(bi, 1) - 1
+            s2 = tl.broadcast_to(s[None, :], [BLOCK_M, BLOCK_N])
+            tl.store(OUT + b * sob + rows[:, None] * sol + ps, s2, mask=sure & (ps < KMAX))
+            tl.store(BND + b * sob + rows[:, None] * sol + pb, s2, mask=bnd & (pb < KMAX))
+            tl.store(BNDV + b * sob + rows[:, None] * sol + pb, sc, mask=bnd & (pb < KMAX))
+            base_s += tl.sum(si, 1)
+            base_b += tl.sum(bi, 1)
+    if MODE == 0:
+        tl.store(RMAX + b * slb + rows, mx, mask=rmask)
+        tl.store(RMIN + b * slb + rows, mn, mask=rmask)
+    if MODE == 1:
+        tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], cnt, mask=rmask[:, None])
+    if MODE == 2:
+        out2 = tl.where(cols[None, :] == 0, base_s[:, None], base_b[:, None])
+        tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], out2, mask=rmask[:, None] & (cols[None, :] < 2))
+
+
+def idx_at_fwd_kernel(
+    QI, KI, W, IDX, OUT,
+    sqb, sql, skb, skl, swb, swl, sib, sil,
+    KSEL, H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
+):
+    t = tl.program_id(0)
+    b = tl.program_id(1)
+    j = tl.arange(0, HP)
+    dd = tl.arange(0, DI_PAD)
+    jm = j < H
+    dm = dd < DI
+    q = tl.load(QI + b * sqb + t * sql + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
+    if INTERP:
+        q = q.to(tl.float32)
+    wv = tl.load(W + b * swb + t * swl + j, mask=jm, other=0.0).to(tl.float32)
+    for k0 in range(0, KSEL, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+        ok = ix >= 0
+        ixs = tl.where(ok, ix, 0).to(tl.int64)
+        kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
+        if INTERP:
+            kb = kb.to(tl.float32)
+        if IEEE:
+            logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
+        else:
+            logit = tl.dot(q, tl.trans(kb))
+        sc = tl.sum(tl.maximum(logit, 0.0) * wv[:, None], 0)
+        sc = tl.where(ok, sc, float("-inf"))
+        tl.store(OUT + b * sib + t * sil + kk, sc, mask=kk < KSEL)
+
+
+def idx_at_bwd_kernel(
+    QI, KI, W, IDX, GO, DQ, DK, DW,
+    sqb, sql, skb, skl, swb, swl, sib, sil, sdkb, sdkl,
+    KSEL, H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
+):
+    """dq (t), dw (t) in registers; dk of the gathered rows by fp32 atomics."""
+    t = tl.program_id(0)
+    b = tl.program_id(1)
+    j = tl.arange(0, HP)
+    dd = tl.arange(0, DI_PAD)
+    jm = j < H
+    dm = dd < DI
+    q = tl.load(QI + b * sqb + t * sql + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
+    if INTERP:
+        q = q.to(tl.float32)
+    wv = tl.load(W + b * swb + t * swl + j, mask=jm, other=0.0).to(tl.float32)
+    dq = tl.zeros([HP, DI_PAD], tl.float32)
+    dw = tl.zeros([HP], tl.float32)
+    for k0 in range(0, KSEL, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+        ok = ix >= 0
+        ixs = tl.where(ok, ix, 0).to(tl.int64)
+        rm = ok[:, None] & dm[None, :]
+        kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=rm, other=0.0)
+        if INTERP:
+            kb = kb.to(tl.float32)
+        go = tl.load(GO + b * sib + t * sil + kk, mask=(kk < KSEL) & ok, other=0.0)
+        if IEEE:
+            logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
+        else:
+            logit = tl.dot(q, tl.trans(kb))
+        dw += tl.sum(tl.maximum(logit, 0.0) * go[None, :], 1)
+        dl = tl.where(logit > 0.0, wv[:, None] * go[None, :], 0.0)  # [HP, BLOCK_K]
+        if IEEE:
+            dq += tl.dot(dl, kb, input_precision="ieee")
+            dk_blk = tl.dot(tl.trans(dl), q, input_precision="ieee")
+        else:
+            dq += tl.dot(dl.to(kb.dtype), kb)
+            dk_blk = tl.dot(tl.trans(dl.to(q.dtype)), q)
+        tl.atomic_add(DK + b * sdkb + ixs[:, None] * sdkl + dd[None, :], dk_blk, mask=rm, sem="relaxed")
+    tl.store(DQ + b * sqb + t * sql + j[:, None] * DI + dd[None, :], dq, mask=jm[:, None] & dm[None, :])
+    tl.store(DW + b * swb + t * swl + j, dw, mask=jm)

@@ -1,0 +1,274 @@
+"""Lightning-indexer kernels: top-k selection without an L x L tensor, and scores at selected positions
+with their backward.
+
+``indexer_topk_fast``: a threshold search on recomputed score tiles (Triton), memory O(L * (k + NT)):
+  pass R   per-row max/min of I[t, s<=t];
+  pass C*  per-row counts of I >= NT thresholds spread over the current bracket [lo, hi); the bracket
+           keeps the invariant count(I >= lo) >= need > count(I >= hi), need = min(k_t, t+1), and shrinks
+           (NT+1)x per pass; it stops when the boundary lo <= I < hi holds <= ``boundary`` entries, or the
+           bracket is narrower than fp32 resolution (ties: any of them is a correct choice);
+  pass E   emits every s with I >= hi (all selected) and the boundary entries with their scores;
+  finish   a small torch.topk over the boundary (<= ``boundary`` wide) picks the remaining need - count(>=hi).
+Rows with t+1 <= k take every past token (hi = -inf). Selected indices come in ascending position order for
+the sure part, then the boundary picks (not sorted by score; the set is what the attention uses).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checks import FLOAT_DTYPES, check_same, check_tensor, check_top_k
+from ..topk import Selection, _per_query_k, indexer_topk
+from ._common import interpret_mode, jit, next_pow2, use_triton
+
+
+def _kernels():
+    from . import _indexer_kernels as m
+
+    return jit(m.idx_pass_kernel), jit(m.idx_at_fwd_kernel), jit(m.idx_at_bwd_kernel)
+
+
+def _check_indexer(q_idx, k_idx, w):
+    check_tensor("q_idx", q_idx, 4, FLOAT_DTYPES)
+    check_tensor("k_idx", k_idx, 3, FLOAT_DTYPES)
+    check_tensor("w", w, 3, FLOAT_DTYPES)
+    check_same("q_idx.shape[-1] (d_I)", q_idx.shape[-1], "k_idx.shape[-1]", k_idx.shape[-1])
+    check_same("w.shape[-1] (H_I)", w.shape[-1], "q_idx.shape[2]", q_idx.shape[2])
+    check_same("k_idx.shape[1] (L)", k_idx.shape[1], "q_idx.shape[1]", q_idx.shape[1])
+
+
+def _pad_heads(q_idx, w, hp):
+    h = q_idx.shape[2]
+    if hp != h:
+        q_idx = torch.nn.functional.pad(q_idx, (0, 0, 0, hp - h))
+        w = torch.nn.functional.pad(w, (0, hp - h))
+    return q_idx.contiguous(), w.contiguous()
+
+
+def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt):
+    kern, _, _ = _kernels()
+    b, l, hp, di = qp.shape
+    grid = (triton_cdiv(l, block_m), b)
+    kern[grid](
+        qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin,
+        qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
+        cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
+        l, kmax,
+        HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
+        IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4, num_stages=2,
+    )
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+@torch.no_grad()
+def indexer_topk_fast(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    w: torch.Tensor,
+    top_k: int | torch.Tensor,
+    *,
+    nt: int = 16,
+    boundary: int = 256,
+    max_passes: int = 12,
+    block_m: int | None = None,
+    block_n: int = 64,
+    force_reference: bool = False,
+    stats: dict | None = None,
+) -> Selection:
+    """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (ties broken differently,
+    indices not sorted by score). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I);
+    top_k int or (L,)/(B, L). returns Selection (B, L, max k)."""
+    _check_indexer(q_idx, k_idx, w)
+    b, l, h, di = q_idx.shape
+    check_top_k(top_k, l)
+    if nt % 4:
+        raise ValueError(f"nt must be a multiple of 4, got {nt}")
+    if force_reference or not use_triton(q_idx, k_idx, w) or q_idx.dtype == torch.float64:
+        return indexer_topk(q_idx, k_idx, w, top_k)
+    dev = q_idx.device
+    k_t = _per_query_k(top_k, b, l, dev)
+    kmax = int(k_t.max())
+    hp = next_pow2(h)
+    if w.dtype != torch.float32:
+        w = w.float()
+    qp, wp = _pad_heads(q_idx, w, hp)
+    kc = k_idx.to(q_idx.dtype).contiguous()
+    if block_m is None:
+        block_m = 64 if not interpret_mode() else 16
+    f32 = dict(device=dev, dtype=torch.float32)
+    t = torch.arange(l, device=dev)
+    avail = (t + 1).expand(b, l)
+    need = torch.minimum(k_t, avail)
+    take_all = need >= avail
+    rmax = torch.empty(b, l, **f32)
+    rmin = torch.empty(b, l, **f32)
+    dummy_f = torch.empty(1, 1, nt, **f32)
+    dummy_i = torch.empty(1, 1, nt, device=dev, dtype=torch.int32)
+    dummy_l = torch.empty(1, 1, device=dev, dtype=torch.int32)
+    args = dict(kmax=kmax, block_m=block_m, block_n=block_n, nt=nt)
+    n_pass = 0
+    if bool(take_all.all()):
+        lo = torch.full((b, l), float("-inf"), **f32)
+        hi = lo.clone()
+    else:
+        _run_pass(0, qp, kc, wp, dummy_f, dummy_i, rmax, rmax, dummy_l, dummy_l, dummy_f, rmax, rmin, **args)
+        n_pass += 1
+        lo = rmin.clone()
+        hi = torch.nextafter(rmax, torch.full_like(rmax, float("inf")))
+        cnt_lo = avail.to(torch.int64).clone()
+        cnt_hi = torch.zeros(b, l, dtype=torch.int64, device=dev)
+        frac = torch.arange(1, nt + 1, **f32) / (nt + 1)
+        thr = torch.empty(b, l, nt, **f32)
+        cnt = torch.empty(b, l, nt, device=dev, dtype=torch.int32)
+        scale = torch.maximum(rmax.abs(), rmin.abs()).clamp(min=1e-30)
+        for _ in range(max_passes):
+            width_ok = (hi - lo) > scale * 2e-6
+            active = ~take_all & ((cnt_lo - cnt_hi) > boundary) & width_ok
+            if not bool(active.any()):
+                break
+            thr.copy_(lo[..., None] + (hi - lo)[..., None] * frac)
+            _run_pass(1, qp, kc, wp, thr, cnt, rmax, rmax, dummy_l, dummy_l, dummy_f, rmax, rmin, **args)
+            n_pass += 1
+            c = cnt.to(torch.int64)
+            ge = c >= need[..., None]  # thresholds that still keep >= need entries (a prefix, c decreasing)
+            n_ge = ge.sum(-1)  # thresholds in the prefix
+            j_lo = (n_ge - 1).clamp(min=0)
+            new_lo = torch.where(n_ge > 0, thr.gather(-1, j_lo[..., None])[..., 0], lo)
+            new_clo = torch.where(n_ge > 0, c.gather(-1, j_lo[..., None])[..., 0], cnt_lo)
+            j_hi = n_ge.clamp(max=nt - 1)
+            new_hi = torch.where(n_ge < nt, thr.gather(-1, j_hi[..., None])[..., 0], hi)
+            new_chi = torch.where(n_ge < nt, c.gather(-1, j_hi[..., None])[..., 0], cnt_hi)
+            lo = torch.where(active, new_lo, lo)
+            hi = torch.where(active, new_hi, hi)
+            cnt_lo = torch.where(active, new_clo, cnt_lo)
+            cnt_hi = torch.where(active, new_chi, cnt_hi)
+        lo = torch.where(take_all, float("-inf"), lo)
+        hi = torch.where(take_all, float("-inf"), hi)
+    cb = max(kmax, boundary)  # buffer width: every sure entry (< need <= kmax) and the boundary fit
+    out = torch.full((b, l, cb), -1, device=dev, dtype=torch.int32)
+    bnd = torch.full((b, l, cb), -1, device=dev, dtype=torch.int32)
+    bndv = torch.full((b, l, cb), float("-inf"), **f32)
+    cnt2 = torch.zeros(b, l, nt, device=dev, dtype=torch.int32)
+    # Compiled variants of the pass may round a score differently in the last bits (a different reduction
+    # order): widen the bracket by a few ulps of the row's scale so that no entry at lo or hi is lost.
+    if not bool(take_all.all()):
+        lo = torch.where(take_all, lo, lo - scale * 4e-6)
+        hi = torch.where(take_all, hi, hi + scale * 4e-6)
+    _run_pass(2, qp, kc, wp, dummy_f, cnt2, lo, hi, out, bnd, bndv, rmax, rmin, **{**args, "kmax": cb})
+    n_pass += 1
+    n_sure = cnt2[..., 0].to(torch.int64)
+    n_bnd = cnt2[..., 1].to(torch.int64)
+    quota = (need - n_sure).clamp(min=0)
+    # boundary picks: the top `quota` boundary scores when the boundary is small; when it is large the bracket
+    # is below fp32 resolution (ties), so its first `quota` entries are as good as any.
+    nb = boundary
+    qmax = int(quota.max()) if quota.numel() else 0
+    pos = torch.arange(cb, device=dev)
+    if qmax > 0:
+        if qmax <= nb:
+            top = torch.topk(bndv[..., :nb], qmax, dim=-1, sorted=True).indices  # sorted: a row takes a prefix
+            small = (n_bnd <= nb)[..., None]
+            pick = torch.where(small, top, pos[:qmax].expand_as(top))
+        else:
+            pick = pos[:qmax].expand(b, l, qmax)
+            if bool((n_bnd <= nb).any()):
+                top = torch.topk(bndv[..., :nb], nb, dim=-1, sorted=True).indices
+                top = torch.nn.functional.pad(top, (0, qmax - nb), value=0)
+                pick = torch.where((n_bnd <= nb)[..., None], top, pick)
+        chosen = bnd.gather(-1, pick)  # (B, L, qmax)
+        rel = (pos[None, None, :] - n_sure[..., None]).clamp(0, qmax - 1)
+        from_b = torch.gather(chosen, -1, rel)
+        in_b = (pos[None, None, :] >= n_sure[..., None]) & (pos[None, None, :] < need[..., None])
+        out = torch.where(in_b, from_b, out)
+    out = out[..., :kmax]
+    valid = pos[None, None, :kmax] < need[..., None]
+    idx = torch.where(valid, out.to(torch.int64), torch.full_like(out, -1, dtype=torch.int64))
+    if stats is not None:
+        stats.update(passes=n_pass, max_boundary=int(n_bnd.max()), max_sure=int(n_sure.max()))
+    return Selection(idx=idx, valid=valid)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scores at selected positions, with backward (for the indexer's KL loss).
+
+
+def indexer_scores_at_reference(q_idx, k_idx, w, idx, valid=None, chunk: int = 256):
+    """I[t, idx[t, j]] by gathering (differentiable through autograd), -inf at invalid slots. (B, L, K) fp32."""
+    _check_indexer(q_idx, k_idx, w)
+    if valid is None:
+        valid = idx >= 0
+    b, l = idx.shape[:2]
+    bi = torch.arange(b, device=idx.device)[:, None, None]
+    outs = []
+    for c0 in range(0, l, chunk):
+        c1 = min(c0 + chunk, l)
+        ic = idx[:, c0:c1].long().clamp(min=0)
+        kg = k_idx[bi, ic].float()  # (B, C, K, d)
+        lg = torch.einsum("bchd,bckd->bchk", q_idx[:, c0:c1].float(), kg).relu()
+        sc = torch.einsum("bchk,bch->bck", lg, w[:, c0:c1].float())
+        outs.append(sc.masked_fill(~valid[:, c0:c1], float("-inf")))
+    return torch.cat(outs, 1)
+
+
+class _IndexerScoresAt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_idx, k_idx, w, idx32):
+        _, fwd, _ = _kernels()
+        b, l, h, di = q_idx.shape
+        ksel = idx32.shape[-1]
+        out = torch.empty(b, l, ksel, device=q_idx.device, dtype=torch.float32)
+        block_k = 64 if not interpret_mode() else 32
+        fwd[(l, b)](
+            q_idx, k_idx, w, idx32, out,
+            q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
+            idx32.stride(0), idx32.stride(1),
+            ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
+            BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+        )
+        ctx.save_for_backward(q_idx, k_idx, w, idx32)
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        _, _, bwd = _kernels()
+        q_idx, k_idx, w, idx32 = ctx.saved_tensors
+        b, l, h, di = q_idx.shape
+        ksel = idx32.shape[-1]
+        go = go.float().contiguous()
+        dq = torch.empty(q_idx.shape, device=q_idx.device, dtype=torch.float32)
+        dk = torch.zeros(k_idx.shape, device=k_idx.device, dtype=torch.float32)
+        dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
+        block_k = 64 if not interpret_mode() else 32
+        bwd[(l, b)](
+            q_idx, k_idx, w, idx32, go, dq, dk, dw,
+            q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
+            idx32.stride(0), idx32.stride(1), dk.stride(0), dk.stride(1),
+            ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
+            BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+        )
+        return dq.to(q_idx.dtype), dk.to(k_idx.dtype), dw.to(w.dtype), None
+
+
+def indexer_scores_at(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    w: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    force_reference: bool = False,
+) -> torch.Tensor:
+    """Indexer scores at the selected positions: (B, L, K) fp32, I[t, idx[t, j]], -inf at invalid slots.
+
+    Differentiable w.r.t. q_idx, k_idx and w (Triton forward/backward on CUDA or under TRITON_INTERPRET=1,
+    else the gather reference through autograd)."""
+    _check_indexer(q_idx, k_idx, w)
+    if valid is None:
+        valid = idx >= 0
+    if force_reference or not use_triton(q_idx, k_idx, w, idx) or q_idx.dtype == torch.float64:
+        return indexer_scores_at_reference(q_idx, k_idx, w, idx, valid)
+    idx32 = torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
+    return _IndexerScoresAt.apply(q_idx.contiguous(), k_idx.contiguous(), w.contiguous(), idx32)

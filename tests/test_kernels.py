@@ -1,0 +1,217 @@
+"""Triton kernels vs the plain-PyTorch references (dsa.sparse_attention, dsa.topk, dsa.indexer).
+
+Without CUDA the Triton path runs through the CPU interpreter (TRITON_INTERPRET=1, set here before the
+first kernel is built; the kernels are decorated lazily, so it works even when another test module imported
+torch, triton or dsa.kernels first) at small, odd sizes. With CUDA the same tests run compiled, plus the
+`gpu`-only sizes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")
+
+from dsa.indexer import indexer_scores  # noqa: E402
+from dsa.kernels import (  # noqa: E402
+    indexer_scores_at,
+    indexer_scores_at_reference,
+    indexer_topk_fast,
+    interpret_mode,
+    sparse_attention,
+    use_triton,
+)
+from dsa.sparse_attention import sparse_attention_gather  # noqa: E402
+from dsa.topk import indexer_topk, selection_to_mask  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+gpu_only = pytest.mark.skipif(not CUDA, reason="real sizes run only with CUDA")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all(), "non-finite values in the kernel output"
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def _selection(b, l, k, gen, variable=True, empty_row=True):
+    """Causal random selection (distinct past positions), variable k per query, -1 padded, invalid slots."""
+    idx = torch.full((b, l, k), -1, dtype=torch.long)
+    valid = torch.zeros(b, l, k, dtype=torch.bool)
+    for bi in range(b):
+        for t in range(l):
+            n = min(k, t + 1)
+            if variable:
+                n = int(torch.randint(0, n + 1, (1,), generator=gen)) if t % 5 else n
+            if empty_row and t == 3:
+                n = 0
+            sel = torch.randperm(t + 1, generator=gen)[:n]
+            slots = torch.randperm(k, generator=gen)[:n]  # padded slots anywhere, not only at the end
+            idx[bi, t, slots] = sel
+            valid[bi, t, slots] = True
+    return idx.to(DEV), valid.to(DEV)
+
+
+def test_dispatch_rule():
+    assert use_triton(torch.zeros(1, device=DEV))
+    if not CUDA:
+        assert interpret_mode()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d", [(2, 2, 32), (4, 2, 32), (4, 1, 24), (8, 1, 32)])
+def test_sparse_attention_fwd_bwd(dtype, h, hkv, d):
+    gen = torch.Generator().manual_seed(1000 + h * 10 + hkv + d)
+    b, l, k = 2, 37, 13
+    q = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
+    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
+    idx, valid = _selection(b, l, k, gen)
+    go = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
+    qs, ks, vs = (x.clone().requires_grad_() for x in (q, kk, v))
+    out, lse = sparse_attention(qs, ks, vs, idx, valid, return_lse=True)
+    out.backward(go)
+    # reference in fp32 on the same (possibly bf16-valued) inputs
+    qr, kr, vr = (x.float().requires_grad_() for x in (q, kk, v))
+    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, valid, return_lse=True)
+    ref.backward(go.float())
+    tol = TOL[dtype]
+    assert out.dtype == dtype
+    assert rel(out, ref) < tol
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)  # -inf exactly for the queries with no selection
+    assert rel(lse[fin], ref_lse[fin]) < tol
+    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dv", vs.grad, vr.grad)):
+        assert a.dtype == dtype, name
+        assert rel(a, r.to(dtype).float() if dtype != torch.float32 else r) < tol, name
+
+
+def test_sparse_attention_scale_and_noncontiguous():
+    gen = torch.Generator().manual_seed(7)
+    b, h, hkv, l, d, k = 1, 4, 2, 21, 16, 9
+    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # non-contiguous (B, H, L, d) view
+    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
+    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
+    idx, valid = _selection(b, l, k, gen, variable=False, empty_row=False)
+    out = sparse_attention(q, kk, v, idx, None if True else valid, scale=0.3)
+    ref = sparse_attention_gather(q, kk, v, idx, scale=0.3)
+    assert rel(out, ref) < 1e-5
+
+
+def _check_topk(sel, scores, k_t, tol):
+    b, l, _ = scores.shape
+    t = torch.arange(l, device=scores.device)
+    need = torch.minimum(k_t, t + 1)
+    assert torch.equal(sel.valid.sum(-1), need)
+    assert torch.equal(sel.idx >= 0, sel.valid)
+    assert bool((sel.idx <= t[None, :, None]).all()), "a future token was selected"
+    srt = sel.idx.sort(-1).values
+    assert not bool(((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()), "duplicate selection"
+    mask = selection_to_mask(sel, l)
+    picked = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, float("inf")).min(-1).values
+    left = scores.masked_fill(mask, float("-inf")).max(-1).values  # future entries are -inf already
+    scale = scores.masked_fill(~torch.isfinite(scores), 0).abs().amax(-1).clamp(min=1e-6)
+    assert bool((left <= picked + tol * scale).all()), float((left - picked).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("boundary", [256, 4])  # 4 forces the threshold-count passes
+def test_indexer_topk_fast(dtype, boundary):
+    gen = torch.Generator().manual_seed(3 + boundary)
+    b, l, hi, di, k = 2, 83, 3, 24, 19
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
+    stats: dict = {}
+    sel = indexer_topk_fast(q, kk, w, k, boundary=boundary, stats=stats)
+    scores = indexer_scores(q, kk, w)
+    _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
+    if boundary == 4:
+        assert stats["passes"] > 2
+    # the same selected-score sums as the reference (ties aside)
+    ref = indexer_topk(q, kk, w, k)
+    s_fast = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.idx.clamp(min=0)).masked_fill(~ref.valid, 0).sum(-1)
+    assert torch.allclose(s_fast, s_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_indexer_topk_fast_per_query_k_and_ties():
+    gen = torch.Generator().manual_seed(11)
+    b, l, hi, di = 2, 50, 4, 16
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV)
+    w = torch.randn(b, l, hi, generator=gen).abs().to(DEV)  # w >= 0: many exact-zero scores (ReLU ties)
+    k_t = torch.randint(1, 30, (b, l), generator=gen).to(DEV)
+    sel = indexer_topk_fast(q, kk, w, k_t, boundary=4)
+    _check_topk(sel, indexer_scores(q, kk, w), k_t, 1e-5)
+    assert sel.k_max == int(k_t.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_indexer_scores_at_fwd_bwd(dtype):
+    gen = torch.Generator().manual_seed(5)
+    b, l, hi, di, k = 2, 41, 3, 24, 11
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
+    idx, valid = _selection(b, l, k, gen)
+    g = torch.randn(b, l, k, generator=gen).to(DEV)
+    qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
+    out = indexer_scores_at(qs, ks, ws, idx, valid)
+    (out.masked_fill(~valid, 0) * g).sum().backward()
+    qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
+    ref = indexer_scores_at_reference(qr, kr, wr, idx, valid)
+    (ref.masked_fill(~valid, 0) * g).sum().backward()
+    assert torch.equal(torch.isinf(out), ~valid)
+    # also equal to the full score matrix read at the selected positions
+    full = indexer_scores(q, kk, w).gather(-1, idx.clamp(min=0)).masked_fill(~valid, float("-inf"))
+    assert rel(out.masked_fill(~valid, 0), full.masked_fill(~valid, 0)) < 1e-5
+    assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
+    tol = TOL[dtype]
+    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dw", ws.grad, wr.grad)):
+        assert a.dtype == dtype, name
+        assert rel(a, r) < tol, name
+
+
+# ------------------------------------------------------------------------------------------ real sizes
+
+
+@gpu_only
+@pytest.mark.parametrize("h,hkv", [(16, 16), (16, 2)])
+def test_sparse_attention_gpu_real(h, hkv):
+    torch.manual_seed(0)
+    b, l, d, k = 1, 1024 + 77, 128, 500  # the autograd reference keeps every gathered chunk
+    q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    kk = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    qi = torch.randn(b, l, 4, 64, device=DEV)
+    sel = indexer_topk_fast(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
+    out = sparse_attention(q, kk, v, sel.idx, sel.valid)
+    go = torch.randn_like(out)
+    out.backward(go)
+    grads = [x.grad for x in (q, kk, v)]
+    qr, kr, vr = (x.detach().float().requires_grad_() for x in (q, kk, v))
+    ref = sparse_attention_gather(qr, kr, vr, sel.idx, sel.valid, chunk=64)
+    ref.backward(go.float())
+    assert rel(out, ref) < 1e-2
+    for a, r in zip(grads, (qr.grad, kr.grad, vr.grad)):
+        assert rel(a, r) < 1e-2
+
+
+@gpu_only
+def test_indexer_topk_gpu_real():
+    torch.manual_seed(0)
+    b, l, hi, di, k = 1, 8192 + 33, 4, 64, 2048
+    q = torch.randn(b, l, hi, di, device=DEV, dtype=torch.bfloat16)
+    kk = torch.randn(b, l, di, device=DEV, dtype=torch.bfloat16)
+    w = torch.randn(b, l, hi, device=DEV, dtype=torch.bfloat16)
+    sel = indexer_topk_fast(q, kk, w, k)
+    _check_topk(sel, indexer_scores(q, kk, w), torch.full((b, l), k, device=DEV), 1e-5)
