@@ -86,12 +86,14 @@ def _run_one(cfg: TrainConfig, device: str | None) -> dict:
     return rec
 
 
-def _worker(device: str, queue, results: str) -> None:
+def _worker(device: str, queue, results: str, deadline: float | None = None) -> None:
     torch.cuda.set_device(device) if device.startswith("cuda") else None
     while True:
         item = queue.get()
         if item is None:
             return
+        if deadline is not None and time.time() > deadline:  # wall clock: shared across processes
+            continue  # drain the queue without starting more runs
         rec = _run_one(TrainConfig(**item), device)
         append_result(results, rec)
 
@@ -105,9 +107,10 @@ def run_sweep(
 ) -> list[dict]:
     """Run every configuration not yet in ``results``; return the records of all of ``configs`` (in order).
 
-    devices: None = one process on the default device; several = one worker process per device.
-    time_budget_s: start no new configuration after this many seconds (single device); the records
-    finished so far are returned and a later call resumes with the rest.
+    devices: None = one process on the default device; several = one worker process per entry (an entry may
+    repeat, e.g. ``["cuda:0", "cuda:0"]`` runs two small trainings side by side on one GPU).
+    time_budget_s: start no new configuration after this many seconds; the records finished so far are
+    returned and a later call resumes with the rest.
     """
     t0 = time.monotonic()
     results = Path(results)
@@ -126,7 +129,8 @@ def run_sweep(
             queue.put(asdict(c))
         for _ in devices:
             queue.put(None)
-        procs = [ctx.Process(target=_worker, args=(d, queue, str(results))) for d in devices]
+        deadline = None if time_budget_s is None else time.time() + time_budget_s
+        procs = [ctx.Process(target=_worker, args=(d, queue, str(results), deadline)) for d in devices]
         for p in procs:
             p.start()
         bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--out", default=None, help="results .jsonl (default runs/<experiment>-<size>.jsonl)")
     p.add_argument("--devices", default=None, help="comma-separated devices, or 'all' for every CUDA device")
+    p.add_argument("--workers-per-device", type=int, default=1,
+                   help="training processes per device (small models leave a GPU mostly idle)")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every configuration")
     p.add_argument("--limit", type=int, default=None, help="run only the first N configurations")
     p.add_argument("--time-budget-s", type=float, default=None,
@@ -193,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or None
     elif args.devices:
         devices = args.devices.split(",")
+    if args.workers_per_device < 1:
+        p.error(f"--workers-per-device must be >= 1, got {args.workers_per_device}")
+    if args.workers_per_device > 1:
+        devices = [d for d in (devices or ["cuda:0" if torch.cuda.is_available() else "cpu"])
+                   for _ in range(args.workers_per_device)]
     out = args.out or f"runs/{args.experiment}-{args.size}.jsonl"
     recs = run_sweep(configs, out, devices, time_budget_s=args.time_budget_s)
     for r in recs:
