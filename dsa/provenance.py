@@ -16,7 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> dict:
-    """{'commit': sha or None, 'dirty': bool or None} of the repository holding this package."""
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding this package.
+
+    DSA_GIT_COMMIT, when set, wins: a copy of the tree on a lent machine may carry a stale .git."""
+    if os.environ.get("DSA_GIT_COMMIT"):
+        return {"commit": os.environ["DSA_GIT_COMMIT"], "dirty": None}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=10).stdout.strip() or None

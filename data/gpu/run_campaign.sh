@@ -16,12 +16,11 @@ full="--d-model 256 --n-layers 4 --n-heads 8 --indexer-heads 4 --indexer-dim 64 
       --batch-size 16 --eval-every 50 --eval-batches 8 --seq-len 256 --top-k 128 --steps 300
       --lr-warmup-steps 30 --no-progress"
 mkdir -p data/gpu/issue2
-if [ ! -f data/gpu/issue2/done ]; then
+if [ ! -f data/gpu/issue2/dsa-scratch-leaky-L256-k128-s0.json ]; then
   python -m dsa.train --attention dense $full --out data/gpu/issue2/dense-L256-k128-s0.json
   python -m dsa.train --attention dsa --recipe deepseek $full --out data/gpu/issue2/dsa-deepseek-L256-k128-s0.json
   python -m dsa.train --attention dsa --recipe scratch --leak-future $full \
     --out data/gpu/issue2/dsa-scratch-leaky-L256-k128-s0.json
-  touch data/gpu/issue2/done
 fi
 for exp in "${experiments[@]}"; do
   b=$(left)
