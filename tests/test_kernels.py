@@ -143,6 +143,48 @@ def test_indexer_topk_fast(dtype, boundary):
     assert torch.allclose(s_fast, s_ref, rtol=1e-5, atol=1e-4)
 
 
+def test_indexer_topk_fast_plateau_and_overflowing_boundary():
+    """Many exact-zero scores (every head's ReLU off) beside distinct small values: the bracket search cannot
+    split the plateau, its boundary outgrows the ranked buffer, and those rows must still be exact."""
+    gen = torch.Generator().manual_seed(5)
+    b, l, hi, di, k = 1, 97, 2, 16, 40
+    kk = torch.randn(b, l, di, generator=gen).abs().to(DEV)  # positive keys
+    q = torch.randn(b, l, hi, di, generator=gen)
+    q[:, :, :, :] = -q.abs()  # negative queries: every logit <= 0 -> score exactly 0 ...
+    q[:, :, 0, 0] = 0.05 * torch.randn(b, l, generator=gen)  # ... except a few tiny positive logits
+    kk[:, ::3] = torch.randn(b, (l + 2) // 3, di, generator=gen).abs().to(DEV) * 0.01
+    q = q.to(DEV)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV)
+    stats: dict = {}
+    sel = indexer_topk_fast(q, kk, w, k, boundary=4, stats=stats)
+    scores = indexer_scores(q.double(), kk.double(), w.double())
+    assert stats["fallback_rows"] > 0, stats  # the case this test is about happened
+    _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-6)
+
+
+def test_exact_rows_fallback_matches_reference():
+    """The exact re-selection used for rows whose boundary overflowed (seen on an H100 at L=8K with a
+    boundary of 1024: arbitrary boundary picks were up to 1.27 below the k-th score)."""
+    from dsa.kernels.indexer import _exact_rows
+
+    gen = torch.Generator().manual_seed(9)
+    b, l, hi, di, k = 2, 61, 3, 8, 17
+    q = torch.randn(b, l, hi, di, generator=gen)
+    kk = torch.randn(b, l, di, generator=gen)
+    w = torch.randn(b, l, hi, generator=gen)
+    rows = torch.rand(b, l, generator=gen) < 0.5
+    need = torch.minimum(torch.full((b, l), k), torch.arange(l) + 1)
+    out = torch.full((b, l, k), -7, dtype=torch.int32)
+    out = _exact_rows(out, rows, need, q, kk, w, chunk=5)
+    ref = indexer_topk(q, kk, w, k)
+    got = out.long().sort(-1).values
+    want = torch.where(ref.valid, ref.idx, torch.full_like(ref.idx, -1)).sort(-1).values
+    got_rows = got[rows].sort(-1).values
+    want_rows = want[rows].sort(-1).values
+    assert torch.equal(got_rows, want_rows)
+    assert bool((out[~rows] == -7).all()), "rows that were not flagged must be left alone"
+
+
 def test_indexer_topk_fast_per_query_k_and_ties():
     gen = torch.Generator().manual_seed(11)
     b, l, hi, di = 2, 50, 4, 16

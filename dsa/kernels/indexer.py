@@ -184,11 +184,41 @@ def indexer_topk_fast(
         in_b = (pos[None, None, :] >= n_sure[..., None]) & (pos[None, None, :] < need[..., None])
         out = torch.where(in_b, from_b, out)
     out = out[..., :kmax]
+    # Rows whose boundary outgrew the buffer that is ranked exactly (a bracket stopped at fp32 resolution
+    # over a plateau of equal scores, e.g. the exact zeros where every head's ReLU is off, or widened past
+    # the limit by the ulp margin): re-select them exactly from their full score rows. They are few, and the
+    # selection stays exact instead of taking arbitrary boundary entries.
+    over = ~take_all & (n_bnd > nb)
+    n_fallback = int(over.sum())
+    if n_fallback:
+        out = _exact_rows(out, over, need, qp[..., :h, :], kc, wp[..., :h])
     valid = pos[None, None, :kmax] < need[..., None]
     idx = torch.where(valid, out.to(torch.int64), torch.full_like(out, -1, dtype=torch.int64))
     if stats is not None:
-        stats.update(passes=n_pass, max_boundary=int(n_bnd.max()), max_sure=int(n_sure.max()))
+        stats.update(passes=n_pass, max_boundary=int(n_bnd.max()), max_sure=int(n_sure.max()),
+                     fallback_rows=n_fallback)
     return Selection(idx=idx, valid=valid)
+
+
+def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx: torch.Tensor,
+                k_idx: torch.Tensor, w: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Replaces the selection of the flagged rows by an exact causal top-need from their full score rows.
+
+    out (B, L, kmax) int32; rows (B, L) bool; need (B, L); q_idx (B, L, H_I, d_I); k_idx (B, L, d_I);
+    w (B, L, H_I). Memory O(chunk * H_I * L)."""
+    kmax = out.shape[-1]
+    pos = torch.arange(kmax, device=out.device)
+    s = torch.arange(k_idx.shape[1], device=out.device)
+    for b in range(rows.shape[0]):
+        (t_all,) = rows[b].nonzero(as_tuple=True)
+        for c0 in range(0, t_all.numel(), chunk):
+            t_c = t_all[c0:c0 + chunk]
+            lg = torch.einsum("nhd,kd->nhk", q_idx[b, t_c].float(), k_idx[b].float()).relu_()
+            sc = torch.einsum("nhk,nh->nk", lg, w[b, t_c].float())
+            sc = sc.masked_fill(s[None, :] > t_c[:, None], float("-inf"))
+            top = torch.topk(sc, kmax, dim=-1).indices.to(out.dtype)
+            out[b, t_c] = torch.where(pos[None, :] < need[b, t_c][:, None], top, torch.full_like(top, -1))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
