@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed as ddp_util
 from .config import ATTENTION_KINDS, ModelConfig
 from .model import TransformerLM
 from .provenance import REPO_ROOT, provenance, write_json_atomic
@@ -208,7 +209,10 @@ def train(cfg: TrainConfig, data=None) -> dict:
     """Runs the configured training and returns the run record (also written as JSON to ``cfg.out``
     unless it is the empty string). ``data`` = (vocab_size, train_sampler, warm_sampler, val_batches, meta)
     overrides the corpus (used by tests and synthetic tasks)."""
+    info = ddp_util.init_from_env(cfg.device)
     device = resolve_device(cfg.device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
     torch.manual_seed(cfg.seed)
     if data is None:
         corpus, train_s, warm_s, val = _load_data(cfg)
@@ -244,7 +248,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     lm_step = 0
     it = 0
     t_start = time.perf_counter()
-    bar = tqdm(total=total_iters, desc=cfg.run_name(), disable=not cfg.progress, leave=False)
+    bar = tqdm(total=total_iters, desc=cfg.run_name(), disable=not (cfg.progress and info.is_main), leave=False)
 
     def sync():
         if device.type == "cuda":
@@ -263,7 +267,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
         if window:
             mean_t = sum(window) / len(window)
             entry["time_per_step_s"] = mean_t
-            entry["tokens_per_s"] = cfg.batch_size * cfg.seq_len / mean_t
+            entry["tokens_per_s"] = info.world * cfg.batch_size * cfg.seq_len / mean_t
             window.clear()
         entry.update(_peak_memory_mb(device))
         history.append(entry)
@@ -275,8 +279,11 @@ def train(cfg: TrainConfig, data=None) -> dict:
         warm = phase == "warmup"
         for p in main_params:
             p.requires_grad_(not warm)
+        fwd = model if warm else ddp_util.wrap(model, info, device)
         for j in range(n):
-            x, y = (warm_s if warm else train_s).batch(j if warm else lm_step)
+            # under torchrun each rank takes its own slice of the same deterministic batch stream
+            b_i = (j if warm else lm_step) * info.world + info.rank
+            x, y = (warm_s if warm else train_s).batch(b_i)
             x, y = x.to(device), y.to(device)
             sync()
             t0 = time.perf_counter()
@@ -286,13 +293,14 @@ def train(cfg: TrainConfig, data=None) -> dict:
                 loss = out.indexer_kl
                 idx_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                ddp_util.all_reduce_grads(idx_params, info)
                 torch.nn.utils.clip_grad_norm_(idx_params, cfg.grad_clip)
                 idx_opt.step()
                 train_loss = float(loss.detach())
             else:
                 il = "sparse" if phase == "sparse" and cfg.indexer_kl else None
                 with autocast():
-                    out = model(x, sparse=phase == "sparse", indexer_loss=il)
+                    out = fwd(x, sparse=phase == "sparse", indexer_loss=il)
                 lm = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
                 total = lm + out.indexer_kl if il else lm
                 main_opt.zero_grad(set_to_none=True)
@@ -318,6 +326,8 @@ def train(cfg: TrainConfig, data=None) -> dict:
                 raise FloatingPointError(f"non-finite loss {train_loss} at iteration {it} ({phase})")
             if it % cfg.eval_every == 0 or j == n - 1:
                 do_eval(phase, train_loss)
+        fwd = None  # drop this phase's DDP wrapper (and its gradient hooks) before requires_grad changes
+        ddp_util.release_wrappers()
     bar.close()
     for p in main_params:
         p.requires_grad_(True)
@@ -330,7 +340,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     final["time_per_step_s"] = steady([t for p in ("dense", "sparse") if p in step_times for t in step_times[p]])
     final["time_per_step_by_phase_s"] = {p: steady(ts) for p, ts in step_times.items()}
     if final["time_per_step_s"]:
-        final["tokens_per_s"] = cfg.batch_size * cfg.seq_len / final["time_per_step_s"]
+        final["tokens_per_s"] = info.world * cfg.batch_size * cfg.seq_len / final["time_per_step_s"]
     record = {
         "name": cfg.run_name(),
         "config": asdict(cfg),
@@ -344,8 +354,11 @@ def train(cfg: TrainConfig, data=None) -> dict:
         "final": final,
         "wall_time_s": time.perf_counter() - t_start,
         "provenance": provenance(device),
+        "distributed": {"world_size": info.world, "backend": info.backend,
+                        "global_batch_size": info.world * cfg.batch_size,
+                        "param_checksums_by_rank": ddp_util.param_checksums(model, info)},
     }
-    if cfg.out != "":
+    if cfg.out != "" and info.is_main:
         out = Path(cfg.out) if cfg.out else REPO_ROOT / "runs" / f"{cfg.run_name()}.json"
         write_json_atomic(out, record)
         record["path"] = str(out)
@@ -382,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rec = train(cfg)
+    if not ddp_util.is_main_process():
+        ddp_util.barrier_and_close()
+        return 0
     f = rec["final"]
     line = (f"{rec['name']}: val_loss={f['val_loss']:.4f} val_acc={f['val_acc']:.4f} ppl={f['val_ppl']:.2f} "
             f"time/step={f['time_per_step_s'] * 1e3:.1f} ms")
@@ -395,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         import json  # noqa: PLC0415
 
         print(json.dumps({k: v for k, v in f.items()}, default=str))
+    ddp_util.barrier_and_close()
     return 0
 
 

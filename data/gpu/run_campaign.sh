@@ -26,6 +26,6 @@ for exp in "${experiments[@]}"; do
   b=$(left)
   [ "$b" -gt 30 ] || { echo "time budget spent before $exp"; break; }
   python -m dsa.sweep "$exp" --size full --out "data/gpu/$exp.jsonl" --time-budget-s "$b" \
-    --workers-per-device "${WORKERS:-4}"
+    --workers-per-device "${WORKERS:-4}" --devices "${DEVICES:-}"
 done
 echo "campaign done in $(( $(date +%s) - start )) s"
