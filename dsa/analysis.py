@@ -9,6 +9,7 @@ Everything here works on small L (plots, L x L tensors); the chunked paths for l
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,76 @@ def layer_attention_fn(model: torch.nn.Module, layer: int, top_k: int, *, leak: 
     return fn
 
 
+# ------------------------------------------------------------------------------- per-query k
+@contextmanager
+def k_policy_override(model: torch.nn.Module, policy: str, *, mass: float | None = None,
+                      top_k: int | None = None):
+    """Temporarily run a DSA ``TransformerLM`` with another k policy ('fixed', 'mass', 'entropy'), mass
+    target or k cap (every layer shares the model's config); restored on exit."""
+    cfg = model.cfg
+    old = (cfg.k_policy, cfg.k_mass, cfg.top_k)
+    if policy not in ("fixed", "mass", "entropy"):
+        raise ValueError(f"policy must be fixed, mass or entropy, got {policy!r}")
+    if top_k is not None and not 1 <= top_k <= cfg.max_seq_len:
+        raise ValueError(f"top_k must be in [1, max_seq_len={cfg.max_seq_len}], got {top_k}")
+    cfg.k_policy = policy
+    cfg.k_mass = cfg.k_mass if mass is None else mass
+    cfg.top_k = cfg.top_k if top_k is None else top_k
+    try:
+        yield model
+    finally:
+        cfg.k_policy, cfg.k_mass, cfg.top_k = old
+
+
+@torch.no_grad()
+def chosen_k_counts(model: torch.nn.Module, batches, *, max_batches: int | None = None) -> torch.Tensor:
+    """The number of keys each query attends to, per layer of a DSA ``TransformerLM`` (sparse forward with
+    its current k policy), over ``batches`` of (x, y) token pairs: (n_layers, N sequences, L) int64."""
+    if getattr(model.cfg, "attention", None) != "dsa":
+        raise ValueError("chosen_k needs a DSA model (attention='dsa')")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    per_layer: list[list[torch.Tensor]] = [[] for _ in range(model.cfg.n_layers)]
+    try:
+        for i, (x, _) in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            out = model(x.to(dev), sparse=True)
+            for li, aux in enumerate(out.aux):
+                per_layer[li].append(aux.selection.counts().cpu())
+    finally:
+        model.train(was_training)
+    if not per_layer[0]:
+        raise ValueError("no batches given")
+    return torch.stack([torch.cat(p) for p in per_layer])
+
+
+def chosen_k(model: torch.nn.Module, batches, *, max_batches: int | None = None):
+    """:func:`chosen_k_counts` summarised per (layer, query position): a DataFrame with columns layer,
+    position, mean_k (over the sequences), min_k, max_k, available (t + 1: the past tokens it could see)."""
+    import pandas as pd  # noqa: PLC0415
+
+    counts = chosen_k_counts(model, batches, max_batches=max_batches).float()
+    rows = []
+    for li, c in enumerate(counts):
+        l = c.shape[1]
+        rows.append(pd.DataFrame({"layer": li, "position": range(l), "mean_k": c.mean(0).numpy(),
+                                  "min_k": c.min(0).values.numpy(), "max_k": c.max(0).values.numpy(),
+                                  "available": range(1, l + 1)}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def fixed_mean_k(seq_len: int, top_k: int) -> float:
+    """Mean keys per query of a fixed top-k over a causal sequence: mean over t of min(k, t + 1) (the first
+    queries have fewer than k past tokens)."""
+    if seq_len < 1 or top_k < 1:
+        raise ValueError(f"seq_len and top_k must be >= 1, got {seq_len}, {top_k}")
+    k = min(top_k, seq_len)
+    # sum_{t<k} (t+1) + (L-k) k
+    return (k * (k + 1) / 2 + (seq_len - k) * k) / seq_len
+
+
 # ------------------------------------------------------------------------------- costs
 def flops_table(lengths, *, indexer_heads: int, indexer_dim: int, heads: int, head_dim: int, top_k: int):
     """Forward FLOPs (projections excluded) per sequence for each L: indexer (causal L x L), dense causal
@@ -340,10 +411,14 @@ def explorer_views(
 
 __all__ = [
     "attention_probs",
+    "chosen_k",
+    "chosen_k_counts",
     "explain_pair",
     "explorer_views",
+    "fixed_mean_k",
     "flops_table",
     "head_contributions",
+    "k_policy_override",
     "layer_attention_fn",
     "layer_tensors",
     "local_mass_share",

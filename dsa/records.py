@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from .provenance import REPO_ROOT, device_name, git_commit, provenance, write_json_atomic
@@ -61,9 +62,7 @@ def load_records(pattern: str, *, root: str | Path | None = None, required: bool
     for p in paths:
         rec = json.loads(p.read_text())
         prov = rec.get("provenance") if isinstance(rec, dict) else None
-        missing = [k for k in ("git_commit", "device", "date") if not isinstance(prov, dict) or k not in prov]
-        if missing:
-            raise ValueError(f"{p}: record lacks provenance field(s) {missing}")
+        _check_provenance(prov, str(p))
         rec["_path"] = str(p)
         out.append(rec)
         rel = _rel(p)
@@ -83,10 +82,82 @@ def _rel(p: Path) -> str:
 
 
 def describe_provenance(prov: dict) -> str:
-    """'recorded on NVIDIA H100 80GB HBM3, commit 1a2b3c4, 2026-11-22, torch 2.11.0'."""
+    """'recorded on NVIDIA H100 80GB HBM3, commit 1a2b3c4, 2026-11-22, torch 2.11.0'.
+
+    (``dsa.bench`` writes the torch version as ``torch``; it is read from there when ``torch_version`` is
+    absent.)"""
     commit = str(prov.get("git_commit", "unknown"))[:7] + ("+dirty" if prov.get("git_dirty") else "")
     date = str(prov.get("date", "?"))[:10]
-    return f"recorded on {prov.get('device', '?')}, commit {commit}, {date}, torch {prov.get('torch_version', '?')}"
+    torch_v = prov.get("torch_version", prov.get("torch", "?"))
+    return f"recorded on {prov.get('device', '?')}, commit {commit}, {date}, torch {torch_v}"
+
+
+def summarize_provenance(provs: Iterable[dict]) -> str:
+    """One line for many records: each distinct (device, commit, date, torch) with its count, e.g.
+    'recorded on NVIDIA H100 80GB HBM3, commit d93bd41, 2026-11-23, torch 2.11.0 (20 runs)'; '' if none."""
+    counts: dict[str, int] = {}
+    for prov in provs:
+        text = describe_provenance(prov or {})
+        counts[text] = counts.get(text, 0) + 1
+    return "; ".join(f"{t} ({n} run{'s' if n != 1 else ''})" for t, n in counts.items())
+
+
+def _check_provenance(prov: Any, where: str) -> None:
+    missing = [k for k in ("git_commit", "device", "date") if not isinstance(prov, dict) or k not in prov]
+    if missing:
+        raise ValueError(f"{where}: record lacks provenance field(s) {missing}")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of one JSON-lines file (one finished run per line, as ``dsa.sweep`` appends them).
+
+    A torn last line (a writer killed mid-line) is skipped with a printed warning; a bad line elsewhere is
+    an error naming the file and line. Every record must carry a ``provenance`` (git_commit, device, date).
+    """
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                print(f"[records] warning: {_rel(path)}: ignoring a torn last line (a run killed while writing)")
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON line: {e}") from e
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object per line")
+        _check_provenance(rec.get("provenance"), f"{path}:{i + 1}")
+        out.append(rec)
+    return out
+
+
+def load_jsonl_records(pattern: str, *, root: str | Path | None = None, required: bool = False) -> list[dict]:
+    """Run records from the JSON-lines files matching the glob ``pattern`` under ``root`` (default
+    ``data/``), e.g. ``gpu/exp4_reproduce.jsonl``: all lines of all files, in file order, each with ``_path``
+    (and ``_line``) added. Prints one line per file with a summary of where its runs were recorded, and logs
+    the file to ``$DSA_RECORDS_LOG`` like :func:`load_records` (with the first record's provenance and the
+    number of runs). required: raise FileNotFoundError when nothing matches (default: return [])."""
+    root = Path(root) if root is not None else data_dir()
+    paths = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix == ".jsonl")
+    if not paths and required:
+        raise FileNotFoundError(f"no recorded data matches {pattern!r} under {root}")
+    out = []
+    for p in paths:
+        recs = read_jsonl(p)
+        rel = _rel(p)
+        for i, rec in enumerate(recs):
+            rec["_path"] = str(p)
+            rec["_line"] = i
+        out.extend(recs)
+        print(f"[records] read {rel}: {summarize_provenance(r['provenance'] for r in recs) or 'no complete runs'}")
+        log = os.environ.get("DSA_RECORDS_LOG")
+        if log and recs:
+            with open(log, "a") as f:
+                f.write(json.dumps({"path": rel, "provenance": recs[0]["provenance"], "n_records": len(recs)}) + "\n")
+    return out
 
 
 def fresh_run_label(device: Any = None) -> str:
@@ -103,6 +174,9 @@ __all__ = [
     "data_dir",
     "describe_provenance",
     "fresh_run_label",
+    "load_jsonl_records",
     "load_records",
+    "read_jsonl",
     "save_record",
+    "summarize_provenance",
 ]

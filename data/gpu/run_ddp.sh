@@ -9,4 +9,4 @@ args="--attention dsa --recipe deepseek --seq-len 1024 --top-k 128 --d-model 256
       --eval-batches 8 --lr-warmup-steps 20 --no-progress"
 mkdir -p data/gpu/ddp
 python -m dsa.train $args --out data/gpu/ddp/single.json
-torchrun --standalone --nproc_per_node "$n" -m dsa.train $args --out "data/gpu/ddp/ddp-$n.json"
+python -m torch.distributed.run --standalone --nproc_per_node "$n" -m dsa.train $args --out "data/gpu/ddp/ddp-$n.json"
