@@ -90,6 +90,12 @@ INVALID = {
         ({"top_k": "8"}, "top_k"),  # wrong type
         ({"device": "tpu"}, "device"),
     ],
+    "02_sparse_vs_dense": [
+        ({"fresh_seq_lens": "100"}, "fresh_seq_lens"),  # not one of exp4's L
+        ({"fresh_seeds": "7"}, "fresh_seeds"),
+        ({"fresh_steps": -1}, "fresh_steps"),
+        ({"confidence": 1.5}, "confidence"),
+    ],
 }
 
 

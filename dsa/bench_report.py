@@ -1,0 +1,242 @@
+"""Benchmark results (``python -m dsa.bench`` JSON) as tables: several files merged into one frame, a long
+format for plots, and the study's speed targets evaluated on the data.
+
+A benchmark file is ``{provenance, config, rows: [{L, k, H, H_kv, d, flash_fwd_ms, ..., speedup_fwdbwd, ...}]}``
+(see ``dsa/bench.py`` for every column). Typical use::
+
+    results = load_bench_results("bench/*.json")      # dsa.records.load_records: prints what it read
+    df = bench_frame(results)                          # one row per (device, L, k, H, H_kv, d, ...)
+    long = long_times(df)                              # method, pass, ms, peak MiB, TFLOP/s per row
+    targets = evaluate_targets(df)                     # each target: measured value, met / missed / not measured
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+# method key (the column prefix in a bench row) -> label
+METHODS: dict[str, str] = {
+    "flash": "SDPA flash (dense, causal)",
+    "flex": "FlexAttention (dense, causal)",
+    "masked": "seeds' masked SDPA (L×L top-k mask)",
+    "gather": "gather reference (PyTorch)",
+    "sparse": "sparse attention kernel",
+    "dsa": "DSA layer (indexer top-k + sparse)",
+}
+TOPK_METHODS: dict[str, str] = {
+    "torch_topk": "torch.topk (scores precomputed)",
+    "scores_plus_torch_topk": "indexer scores + torch.topk",
+    "topk_fast": "indexer top-k (ours, scores included)",
+}
+PASSES = {"fwd": "forward", "fwdbwd": "forward + backward"}
+KEY = ("device", "L", "k", "H", "H_kv", "d", "H_I", "d_I", "dtype")
+
+
+def load_bench_results(pattern: str = "bench/*.json", root=None) -> list[dict]:
+    """Every benchmark JSON under ``data/`` matching ``pattern`` (``dsa.records.load_records``, which checks
+    and prints each file's provenance). [] when none exists."""
+    from .records import load_records  # noqa: PLC0415
+
+    return load_records(pattern, root=root)
+
+
+def attention_kind(h: int, h_kv: int) -> str:
+    """'MHA (H_kv=16)' or 'GQA (H=16, H_kv=2)'."""
+    return f"MHA (H_kv={h_kv})" if h == h_kv else f"GQA (H={h}, H_kv={h_kv})"
+
+
+def k_rule(l: int, k: int) -> str:
+    """How k relates to L: 'k=L/8' when k == L // 8 (the bench's `--top-k 0`), else 'k=<k>'; a k that is
+    both (L=16K, k=2048) reads 'k=2048=L/8'."""
+    if k == l // 8:
+        return "k=L/8" if k != 2048 else "k=2048=L/8"
+    return f"k={k}"
+
+
+def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """The rows of every result, one frame: each row gets ``device``, ``commit``, ``date``, ``file`` from its
+    file, plus ``kind`` (:func:`attention_kind`) and ``k_rule``. When several files hold the same
+    configuration (:data:`KEY`), the row from the most recent file wins (``superseded`` counts the others)."""
+    rows = []
+    for res in results:
+        prov = res.get("provenance") or {}
+        for r in res.get("rows") or []:
+            rows.append({**r, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
+                         "date": str(prov.get("date") or ""), "file": res.get("_path", "")})
+    if not rows:
+        return pd.DataFrame(columns=[*KEY, "kind", "k_rule", "commit", "date", "file", "superseded"])
+    df = pd.DataFrame(rows)
+    for c in KEY:
+        if c not in df.columns:
+            df[c] = None
+    df = df.sort_values("date", kind="stable")
+    dup = df.duplicated(list(KEY), keep="last")
+    counts = df.groupby(list(KEY), dropna=False)["L"].transform("size") - 1
+    df["superseded"] = counts
+    df = df[~dup].copy()
+    df["kind"] = [attention_kind(int(h), int(hk)) for h, hk in zip(df.H, df.H_kv)]
+    df["k_rule"] = [k_rule(int(l), int(k)) for l, k in zip(df.L, df.k)]
+    return df.sort_values(["device", "H_kv", "k", "L"], ascending=[True, False, True, True]).reset_index(drop=True)
+
+
+def select_k(df: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """Rows whose k follows ``rule``: 'L/8' (k == L // 8) or an integer k ('2048')."""
+    if rule.strip() == "L/8":
+        return df[df.k == df.L // 8]
+    return df[df.k == int(rule)]
+
+
+def long_times(df: pd.DataFrame, methods: dict[str, str] | None = None,
+               passes: Sequence[str] = ("fwd", "fwdbwd"), topk: bool = True) -> pd.DataFrame:
+    """One row per (bench row, method, pass) with ms, peak_mib, tflops (NaN where not measured); a method
+    that was skipped or ran out of memory has no row (:func:`skipped` lists those).
+    methods: key -> label (default :data:`METHODS`); topk: also the selections of :data:`TOPK_METHODS`
+    (pass 'selection (no grad)')."""
+    methods = dict(methods or METHODS)
+    out = []
+    id_cols = [c for c in ("device", "L", "k", "H", "H_kv", "d", "kind", "k_rule", "commit") if c in df.columns]
+    for _, r in df.iterrows():
+        ident = {c: r[c] for c in id_cols}
+        for key, label in methods.items():
+            for p in passes:
+                ms = r.get(f"{key}_{p}_ms")
+                if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+                    continue
+                out.append({**ident, "method": label, "method_key": key, "pass": PASSES.get(p, p), "ms": float(ms),
+                            "peak_mib": _num(r.get(f"{key}_{p}_peak_mib")), "tflops": _num(r.get(f"{key}_{p}_tflops"))})
+        if topk:
+            for key, label in TOPK_METHODS.items():
+                ms = r.get(f"{key}_ms")
+                if ms is not None and not (isinstance(ms, float) and math.isnan(ms)):
+                    out.append({**ident, "method": label, "method_key": key, "pass": "selection (no grad)",
+                                "ms": float(ms), "peak_mib": _num(r.get(f"{key}_peak_mib")), "tflops": float("nan")})
+    return pd.DataFrame(out)
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def skipped(df: pd.DataFrame) -> pd.DataFrame:
+    """Measurements the bench could not take (``<name>_why``: 'oom', an error), one row each."""
+    rows = []
+    for _, r in df.iterrows():
+        for c, v in r.items():
+            if isinstance(c, str) and c.endswith("_why") and isinstance(v, str):
+                rows.append({"device": r.get("device"), "L": r["L"], "k": r["k"], "kind": r.get("kind"),
+                             "measurement": c[: -len("_why")], "why": v})
+    return pd.DataFrame(rows, columns=["device", "L", "k", "kind", "measurement", "why"])
+
+
+def flex_artifacts(df: pd.DataFrame, factor: float = 10.0) -> pd.DataFrame:
+    """Rows where FlexAttention is more than ``factor`` x slower than SDPA flash on the same shape: a sign
+    of a torch.compile fallback (the recompile limit reached, the unfused path run instead), not of
+    FlexAttention's real speed. Columns L, k, kind, flex_fwd_ms, flash_fwd_ms, ratio, flex_fwd_peak_mib."""
+    cols = ["device", "L", "k", "kind", "flex_fwd_ms", "flash_fwd_ms", "ratio", "flex_fwd_peak_mib"]
+    if "flex_fwd_ms" not in df.columns:
+        return pd.DataFrame(columns=cols)
+    d = df[df.flex_fwd_ms.notna() & df.flash_fwd_ms.notna()].copy()
+    d["ratio"] = d.flex_fwd_ms / d.flash_fwd_ms
+    d = d[d.ratio > factor]
+    if "flex_fwd_peak_mib" not in d.columns:
+        d["flex_fwd_peak_mib"] = float("nan")
+    return d[cols].reset_index(drop=True)
+
+
+# -------------------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Target:
+    name: str
+    column: str  # the bench column measured
+    threshold: float  # met when the value >= threshold (for break-even: when L <= threshold)
+    at_len: int | None = None  # evaluated at this L only (None: over every L)
+    kind: str = "min_value"  # 'min_value': best value >= threshold; 'break_even': smallest L with value >= 1
+    note: str = ""
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("DSA layer fwd+bwd ≥ 4x faster than flash at L=32K", "speedup_fwdbwd", 4.0, 32768,
+           note="flash fwd+bwd ms / DSA layer fwd+bwd ms"),
+    Target("DSA layer fwd+bwd ≥ 8x faster than flash at L=64K", "speedup_fwdbwd", 8.0, 65536,
+           note="flash fwd+bwd ms / DSA layer fwd+bwd ms"),
+    Target("DSA layer fwd+bwd breaks even with flash at L ≤ 8K", "speedup_fwdbwd", 8192, kind="break_even",
+           note="smallest L where DSA fwd+bwd is no slower than flash"),
+    Target("indexer top-k ≥ 5x faster than torch.topk", "topk_speedup", 5.0,
+           note="torch.topk over precomputed scores ms / our top-k ms (ours also computes the scores)"),
+    Target("indexer top-k ≥ 5x faster than scores + torch.topk", "topk_vs_scores_plus_torch", 5.0,
+           note="the like-for-like comparison: both compute the indexer scores"),
+    Target("sparse kernel ≥ 60% of flash TFLOP/s", "sparse_vs_flash_tflops", 0.6,
+           note="sparse fwd TFLOP/s / flash fwd TFLOP/s on the same shape"),
+)
+
+
+def _config_text(r: pd.Series) -> str:
+    return f"L={int(r.L)}, k={int(r.k)}, {r.kind}"
+
+
+def evaluate_targets(df: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> pd.DataFrame:
+    """Each target on the data, taking the most favourable configuration measured (best over k and MHA /
+    GQA) so that 'missed' is never an artefact of the choice of row. Columns: target, measured (text),
+    best value, needed, met ('yes' / 'no' / 'not measured'), where (the configuration), per kind (the best
+    value for each attention kind), note."""
+    d = df.reset_index(drop=True)
+    if {"scores_plus_torch_topk_ms", "topk_fast_ms"} <= set(d.columns):
+        d["topk_vs_scores_plus_torch"] = d.scores_plus_torch_topk_ms / d.topk_fast_ms
+    rows = []
+    max_len = int(d.L.max()) if len(d) else 0
+    for t in targets:
+        sub = d[d[t.column].notna()] if t.column in d.columns else d.iloc[0:0]
+        if t.at_len is not None:
+            sub = sub[sub.L == t.at_len]
+        row = {"target": t.name, "needed": t.threshold, "note": t.note}
+        if sub.empty:
+            where = f"no row at L={t.at_len}" if t.at_len else "no data"
+            row.update(measured=f"not measured ({where}; largest L measured: {max_len})", best=float("nan"),
+                       met="not measured", where="", per_kind="")
+        elif t.kind == "break_even":
+            ok = sub[sub[t.column] >= 1.0]
+            best = sub.loc[sub[t.column].idxmax()]
+            if ok.empty:
+                row.update(measured=f"never up to L={int(sub.L.max())}: best {best[t.column]:.2f}x at "
+                                    f"{_config_text(best)}", best=float("nan"),
+                           met="no" if sub.L.max() >= t.threshold else "not measured", where=_config_text(best))
+            else:
+                first = ok.loc[ok.L.idxmin()]
+                row.update(measured=f"L={int(first.L)} ({first[t.column]:.2f}x, {_config_text(first)})",
+                           best=float(first.L), met="yes" if first.L <= t.threshold else "no",
+                           where=_config_text(first))
+            row["per_kind"] = "; ".join(f"{k}: best {g[t.column].max():.2f}x" for k, g in sub.groupby("kind"))
+        else:
+            best = sub.loc[sub[t.column].idxmax()]
+            v = float(best[t.column])
+            row.update(measured=f"{v:.3g} ({v / t.threshold:.0%} of the target) at {_config_text(best)}", best=v,
+                       met="yes" if v >= t.threshold else "no", where=_config_text(best))
+            row["per_kind"] = "; ".join(f"{k}: {g[t.column].max():.3g}" for k, g in sub.groupby("kind"))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["target", "measured", "best", "needed", "met", "where", "per_kind", "note"])
+
+
+__all__ = [
+    "KEY",
+    "METHODS",
+    "PASSES",
+    "TARGETS",
+    "TOPK_METHODS",
+    "Target",
+    "attention_kind",
+    "bench_frame",
+    "evaluate_targets",
+    "flex_artifacts",
+    "k_rule",
+    "load_bench_results",
+    "long_times",
+    "select_k",
+    "skipped",
+]

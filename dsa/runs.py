@@ -1,0 +1,266 @@
+"""Training-run records for the notebooks: a fresh sweep of (a subset of) one of the study's experiments,
+recorded GPU runs read from ``data/``, and tidy frames with a ``source`` column saying which is which.
+
+Typical use in a notebook::
+
+    fresh = fresh_sweep("exp4_reproduce", "small", notebook="02_sparse_vs_dense", seq_lens=[64], steps=150)
+    recorded = recorded_runs("gpu/exp4_reproduce.jsonl")              # [] when the file does not exist
+    df = pd.concat([runs_table(fresh, "fresh CPU"), runs_table(recorded, "H100 exp4")])
+    curves = curves_table(fresh, "fresh CPU")                          # one row per evaluation
+
+A fresh sweep writes its records under ``runs/notebooks/<notebook>/`` (git-ignored). By default the file is
+emptied first, so every number comes from this execution; ``reuse=True`` resumes instead (dsa.sweep re-uses
+every finished configuration and says so).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .provenance import REPO_ROOT
+from .stats import history_frame, runs_frame, snap
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def parse_list(text: str, kind: Callable[[str], Any] = int) -> list | None:
+    """'64, 128' -> [64, 128] (converted by ``kind``); '' or whitespace -> None (meaning: no filter).
+    Raises ValueError naming the bad item."""
+    if not text or not text.strip():
+        return None
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            out.append(kind(item))
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not a valid {kind.__name__}") from e
+    return out
+
+
+def valid_list(text: str, kind: Callable[[str], Any] = int, allowed: Iterable | None = None,
+               minimum: float | None = None) -> bool:
+    """True when ``text`` parses with :func:`parse_list` (empty allowed), every item is in ``allowed`` (if
+    given) and >= ``minimum`` (if given); for notebook parameter rules."""
+    try:
+        items = parse_list(text, kind)
+    except ValueError:
+        return False
+    if items is None:
+        return True
+    if allowed is not None:
+        allowed = list(allowed)
+        if any(not any(abs(i - a) < 1e-9 for a in allowed) for i in items):
+            return False
+    return minimum is None or all(i >= minimum for i in items)
+
+
+# ------------------------------------------------------------------------------------- fresh runs
+def runs_dir(notebook: str) -> Path:
+    """``$DSA_RUNS_DIR/<notebook>`` or ``<repo>/runs/notebooks/<notebook>`` (git-ignored)."""
+    base = os.environ.get("DSA_RUNS_DIR")
+    return (Path(base) if base else REPO_ROOT / "runs" / "notebooks") / notebook
+
+
+def config_ratio(cfg: Any, ratios: Sequence[float] | None = None) -> float:
+    """k/L of a DSA configuration (snapped to the nearest of ``ratios`` when given); 1.0 for dense."""
+    if cfg.attention == "dense":
+        return 1.0
+    return snap(cfg.top_k / cfg.seq_len, ratios)
+
+
+def experiment_levels(experiment: str, size: str, ratio_grid: Sequence[float] | None = None) -> dict[str, list]:
+    """The sequence lengths, seeds, steps and (DSA) k/L ratios an experiment's configurations use at
+    ``size``: {'seq_lens': [...], 'seeds': [...], 'ratios': [...], 'steps': [...]} (sorted, distinct).
+    For parameter checks: a filter outside these levels would select nothing."""
+    from .experiments import get_experiment  # noqa: PLC0415
+
+    cs = get_experiment(experiment, size)
+    return {"seq_lens": sorted({c.seq_len for c in cs}), "seeds": sorted({c.seed for c in cs}),
+            "ratios": sorted({config_ratio(c, ratio_grid) for c in cs if c.attention == "dsa"}),
+            "steps": sorted({c.steps for c in cs})}
+
+
+def select_configs(
+    configs: Sequence[Any],
+    *,
+    seq_lens: Iterable[int] | None = None,
+    seeds: Iterable[int] | None = None,
+    ratios: Iterable[float] | None = None,
+    ratio_grid: Sequence[float] | None = None,
+    keep_dense: bool = True,
+    steps: int | None = None,
+    where: Callable[[Any], bool] | None = None,
+) -> list:
+    """The configurations of an experiment restricted to the given sequence lengths, seeds and (DSA only)
+    k/L ratios (matched after snapping to ``ratio_grid``); ``keep_dense`` keeps dense runs whatever the
+    ratio filter; ``steps`` (if given) re-derives each configuration for that many LM steps
+    (``dsa.sweep.with_steps``); ``where`` is a further predicate. None means no filter."""
+    from .sweep import with_steps  # noqa: PLC0415 (imports the trainer)
+
+    lens = None if seq_lens is None else set(seq_lens)
+    sds = None if seeds is None else set(seeds)
+    rts = None if ratios is None else [float(r) for r in ratios]
+    out = []
+    for c in configs:
+        if lens is not None and c.seq_len not in lens:
+            continue
+        if sds is not None and c.seed not in sds:
+            continue
+        if rts is not None and not (keep_dense and c.attention == "dense"):
+            r = config_ratio(c, ratio_grid)
+            if not any(abs(r - x) < 1e-9 for x in rts):
+                continue
+        if where is not None and not where(c):
+            continue
+        out.append(with_steps(c, steps) if steps else c)
+    return out
+
+
+def fresh_sweep(
+    experiment: str,
+    size: str = "small",
+    *,
+    notebook: str,
+    device: str | None = None,
+    reuse: bool = False,
+    time_budget_s: float | None = None,
+    progress: bool = False,
+    **select: Any,
+) -> list[dict]:
+    """Run (a subset of) ``experiment`` at ``size`` through ``dsa.sweep.run_sweep`` into
+    ``runs_dir(notebook)/<experiment>-<size>.jsonl`` and return its records.
+
+    select: keyword filters of :func:`select_configs` (seq_lens, seeds, ratios, ratio_grid, keep_dense,
+    steps, where). reuse False (default) empties the results file first, so every record is from this call.
+    device: 'cpu', 'cuda', ... (None: each configuration's own, 'auto').
+    """
+    from .experiments import get_experiment  # noqa: PLC0415
+    from .sweep import run_sweep  # noqa: PLC0415
+
+    configs = select_configs(get_experiment(experiment, size), **select)
+    if not configs:
+        raise ValueError(f"no configuration of {experiment} ({size}) matches the filters {select}")
+    out = runs_dir(notebook) / f"{experiment}-{size}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not reuse:
+        out.unlink()
+        print(f"[runs] {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}: emptied "
+              "(reuse=False): every run below is trained now")
+    devices = [device] if device and device != "auto" else None
+    return run_sweep(configs, out, devices, progress=progress, time_budget_s=time_budget_s)
+
+
+def train_keeping_models(configs: Sequence[Any], device: str | None = None) -> list[dict]:
+    """Train each configuration in this process (``dsa.train.train``, no JSON written) and return the
+    records *with* their trained model under ``'model'`` (a sweep drops it). For analyses that need the
+    model itself, e.g. the per-query k an adaptive policy chooses."""
+    from .train import train  # noqa: PLC0415
+
+    out = []
+    for c in configs:
+        kw = {"out": "", "progress": False}
+        if device and device != "auto":
+            kw["device"] = device
+        out.append(train(replace(c, **kw)))
+    return out
+
+
+def validation_batches(cfg: Any, n_batches: int | None = None) -> list:
+    """The fixed validation batches a run of ``cfg`` (a TrainConfig) is evaluated on: (x, y) pairs of
+    (batch_size, seq_len) tokens from the corpus's validation split (``n_batches`` default: the config's)."""
+    from .batches import eval_batches  # noqa: PLC0415
+    from .corpus import load_corpus  # noqa: PLC0415
+
+    corpus = load_corpus(cfg.data, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size)
+    return eval_batches(corpus.val, cfg.seq_len, cfg.batch_size, n_batches or cfg.eval_batches)
+
+
+# --------------------------------------------------------------------------------- recorded runs
+def recorded_runs(pattern: str, *, root: str | Path | None = None) -> list[dict]:
+    """Recorded run records under ``data/`` (or ``root``) matching the glob ``pattern``: JSON-lines files
+    (one run per line, ``dsa.sweep``) and single-run JSON files (``dsa.train --out``) alike. [] if none."""
+    from .records import load_jsonl_records, load_records  # noqa: PLC0415
+
+    return load_jsonl_records(pattern, root=root) + load_records(pattern, root=root)
+
+
+# ----------------------------------------------------------------------------------------- frames
+def arm_label(cfg: dict) -> str:
+    """What distinguishes a run inside one experiment: 'dense', 'fixed k=25%', 'mass 0.8 (k≤96)',
+    'entropy (k≤96)', with '(leaky)' for the seeds' variant and the recipe for causal ones."""
+    if cfg.get("attention", "dense") == "dense":
+        return "dense"
+    pol = cfg.get("k_policy", "fixed")
+    if pol == "fixed":
+        return f"fixed k={cfg['top_k'] / cfg['seq_len']:.0%}"
+    if pol == "mass":
+        return f"mass {cfg.get('k_mass', 0.9):g} (k≤{cfg['top_k']})"
+    return f"{pol} (k≤{cfg['top_k']})"
+
+
+def runs_table(records: Iterable[dict], source: str, ratios: Sequence[float] | None = None) -> pd.DataFrame:
+    """``dsa.stats.runs_frame`` plus ``source`` (the label given), ``arm`` (:func:`arm_label`),
+    ``sparse_time_per_step_s`` (the sparse phase's steady time per step for DSA, the whole run's for dense:
+    the deepseek recipe's overall figure mixes in its dense phase) and ``wall_time_s``."""
+    records = list(records)
+    df = runs_frame(records, ratios)
+    df.insert(0, "source", source)
+    df["arm"] = [arm_label(r.get("config") or {}) for r in records]
+    sparse_t, wall = [], []
+    for r in records:
+        fin = r.get("final") or {}
+        by_phase = fin.get("time_per_step_by_phase_s") or {}
+        sparse_t.append(by_phase.get("sparse") if (r.get("config") or {}).get("attention") == "dsa"
+                        else fin.get("time_per_step_s"))
+        wall.append(r.get("wall_time_s"))
+    df["sparse_time_per_step_s"] = pd.to_numeric(pd.Series(sparse_t, index=df.index), errors="coerce")
+    df["wall_time_s"] = pd.to_numeric(pd.Series(wall, index=df.index), errors="coerce")
+    return df
+
+
+def curves_table(records: Iterable[dict], source: str, ratios: Sequence[float] | None = None) -> pd.DataFrame:
+    """``dsa.stats.history_frame`` (one row per evaluation) plus ``source`` and ``arm``."""
+    records = list(records)
+    parts = []
+    for r in records:
+        h = history_frame([r], ratios)
+        if h.empty:
+            continue
+        h["arm"] = arm_label(r.get("config") or {})
+        parts.append(h)
+    if not parts:
+        return pd.DataFrame(columns=["source", "arm", "lm_step", "val_loss"])
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(0, "source", source)
+    return out
+
+
+def source_label(records: Sequence[dict], what: str) -> str:
+    """'<what>: recorded on NVIDIA H100 80GB HBM3, commit d93bd41, 2026-11-23, torch 2.11.0 (20 runs)'."""
+    from .records import summarize_provenance  # noqa: PLC0415
+
+    return f"{what}: {summarize_provenance(r.get('provenance') or {} for r in records) or 'no runs'}"
+
+
+__all__ = [
+    "arm_label",
+    "config_ratio",
+    "curves_table",
+    "experiment_levels",
+    "fresh_sweep",
+    "parse_list",
+    "recorded_runs",
+    "runs_dir",
+    "runs_table",
+    "select_configs",
+    "source_label",
+    "train_keeping_models",
+    "valid_list",
+    "validation_batches",
+]

@@ -1,0 +1,302 @@
+"""The notebooks' reporting helpers on hand-made records: JSON-lines records with provenance, run tables,
+mean/CI tables and the exp4 verdicts (dsa.verdicts), the benchmark merge and target evaluation
+(dsa.bench_report), per-query k helpers (dsa.analysis) and the config filters of dsa.runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dsa import bench_report as B
+from dsa import runs as R
+from dsa import verdicts as V
+from dsa.analysis import chosen_k, chosen_k_counts, fixed_mean_k, k_policy_override
+from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
+
+PROV = {"git_commit": "abcdef1234567", "git_dirty": False, "device": "NVIDIA H100 80GB HBM3",
+        "date": "2026-11-23T10:00:00+00:00", "torch_version": "2.11.0"}
+
+
+def run_record(variant: str, seq_len: int, seed: int, loss: float, acc: float, t: float,
+               causal_loss: float | None = None, steps: int = 1000, k_policy: str = "fixed",
+               top_k: int | None = None, k_mass: float = 0.9, prov: dict | None = None) -> dict:
+    """A record shaped like dsa.train's, for one of exp4's variants."""
+    att = "dense" if variant == "dense" else "dsa"
+    recipe = {"dense": "deepseek", "leaky": "scratch", "scratch": "scratch", "deepseek": "deepseek"}[variant]
+    cfg = {"attention": att, "recipe": recipe, "seq_len": seq_len, "top_k": top_k or seq_len // 2, "seed": seed,
+           "data_seed": 0, "steps": steps, "leak_future": variant == "leaky", "k_policy": k_policy,
+           "k_mass": k_mass}
+    final = {"val_loss": loss, "val_acc": acc, "val_ppl": math.exp(loss), "time_per_step_s": t,
+             "time_per_step_by_phase_s": {"sparse": t} if att == "dsa" else {"dense": t}}
+    if causal_loss is not None:
+        final.update(val_loss_causal_eval=causal_loss, val_acc_causal_eval=0.1)
+    hist = [{"iter": 0, "lm_step": 0, "phase": "dense", "val_loss": 7.6, "val_acc": 0.02},
+            {"iter": steps, "lm_step": steps, "phase": "sparse" if att == "dsa" else "dense", **final}]
+    return {"name": f"{variant}-L{seq_len}-s{seed}", "config": cfg, "final": final, "history": hist,
+            "provenance": dict(prov or PROV), "wall_time_s": 10.0}
+
+
+def exp4_records(leak_loss: float = 0.4, dsa_delta: float = 0.0, dsa_time: float = 0.05,
+                 lens=(64, 128), seeds=(0, 1, 2)) -> list[dict]:
+    recs = []
+    rng = np.random.default_rng(0)
+    for l in lens:
+        for s in seeds:
+            base = 4.2 + 0.02 * rng.standard_normal()
+            recs.append(run_record("dense", l, s, base, 0.21, 0.02))
+            recs.append(run_record("leaky", l, s, leak_loss + 0.01 * s, 0.93, 0.048, causal_loss=7.3))
+            recs.append(run_record("scratch", l, s, base + dsa_delta + 0.01, 0.20, dsa_time))
+            recs.append(run_record("deepseek", l, s, base + dsa_delta - 0.002 * (s - 1), 0.21, dsa_time))
+    return recs
+
+
+# ------------------------------------------------------------------------------------------- records
+def test_jsonl_records_need_provenance_and_skip_a_torn_last_line(tmp_path, capsys, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("DSA_RECORDS_LOG", str(log))
+    p = tmp_path / "gpu" / "x.jsonl"
+    p.parent.mkdir()
+    recs = exp4_records(lens=(64,), seeds=(0,))
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"name": "torn", "conf')
+    got = load_jsonl_records("gpu/*.jsonl", root=tmp_path)
+    assert [r["name"] for r in got] == [r["name"] for r in recs]
+    out = capsys.readouterr().out
+    assert "torn last line" in out and "(4 runs)" in out and "commit abcdef1" in out
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    assert logged[0]["n_records"] == 4 and logged[0]["provenance"]["device"] == PROV["device"]
+
+    bad = tmp_path / "gpu" / "y.jsonl"
+    rec = dict(recs[0])
+    rec["provenance"] = {"device": "x"}
+    bad.write_text(json.dumps(rec) + "\n" + json.dumps(recs[1]) + "\n")
+    with pytest.raises(ValueError, match="lacks provenance field"):
+        read_jsonl(bad)
+    bad.write_text("not json\n" + json.dumps(recs[1]) + "\n")
+    with pytest.raises(ValueError, match="y.jsonl:1"):
+        read_jsonl(bad)
+    assert load_jsonl_records("nothing/*.jsonl", root=tmp_path) == []
+    with pytest.raises(FileNotFoundError):
+        load_jsonl_records("nothing/*.jsonl", root=tmp_path, required=True)
+
+
+def test_provenance_texts():
+    assert "torch 2.11.0" in describe_provenance({**PROV})
+    bench_style = {k: v for k, v in PROV.items() if k != "torch_version"} | {"torch": "2.9.1"}
+    assert "torch 2.9.1" in describe_provenance(bench_style)
+    other = {**PROV, "git_commit": "1111111aaaa", "git_dirty": True}
+    s = summarize_provenance([PROV, PROV, other])
+    assert "commit abcdef1" in s and "(2 runs)" in s and "commit 1111111+dirty" in s and "(1 run)" in s
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def test_parse_and_valid_list():
+    assert R.parse_list("64, 128") == [64, 128]
+    assert R.parse_list("  ") is None
+    assert R.parse_list("0.25,0.5", float) == [0.25, 0.5]
+    with pytest.raises(ValueError, match="'x'"):
+        R.parse_list("64,x")
+    assert R.valid_list("64,128", int, [64, 128, 256])
+    assert not R.valid_list("100", int, [64, 128, 256])
+    assert not R.valid_list("64,abc", int)
+    assert R.valid_list("", int, [64])
+    assert not R.valid_list("-1", int, minimum=0)
+    assert R.valid_list("0.33", float, [0.25, 0.33])
+
+
+def test_select_configs_filters_and_steps():
+    from dsa.experiments import SPARSITY_RATIOS, get_experiment
+
+    cs = get_experiment("exp5_sparsity", "small")
+    sel = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25, 0.9], ratio_grid=SPARSITY_RATIOS, steps=12)
+    assert {c.seq_len for c in sel} == {64} and {c.seed for c in sel} == {1}
+    assert sorted(c.attention for c in sel) == ["dense", "dsa", "dsa"]
+    assert sorted(c.top_k for c in sel if c.attention == "dsa") == [16, 58]
+    assert all(c.steps == 12 for c in sel)
+    no_dense = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25], ratio_grid=SPARSITY_RATIOS,
+                                keep_dense=False)
+    assert [c.attention for c in no_dense] == ["dsa"]
+    lv = R.experiment_levels("exp5_sparsity", "small", SPARSITY_RATIOS)
+    assert lv["seq_lens"] == [64, 128] and lv["seeds"] == [0, 1, 2] and 0.33 in lv["ratios"]
+
+
+def test_runs_table_and_arm_labels():
+    recs = exp4_records(lens=(64,), seeds=(0,))
+    recs.append(run_record("deepseek", 128, 0, 4.0, 0.2, 0.05, k_policy="mass", top_k=96, k_mass=0.8))
+    df = R.runs_table(recs, "src")
+    assert set(df.source) == {"src"}
+    assert list(df.variant[:4]) == ["dense", "DSA scratch (leaky)", "DSA scratch", "DSA deepseek"]
+    assert list(df.arm) == ["dense", "fixed k=50%", "fixed k=50%", "fixed k=50%", "mass 0.8 (k≤96)"]
+    assert df.sparse_time_per_step_s.tolist() == pytest.approx([0.02, 0.048, 0.05, 0.05, 0.05])
+    c = R.curves_table(recs, "src")
+    assert len(c) == 2 * len(recs) and set(c.arm) >= {"dense", "mass 0.8 (k≤96)"}
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+def test_seeds_formula():
+    # the seeds' table: 7.15 vs 1.78 reported as "302% better"
+    assert V.seeds_percent_better(7.15, 1.78) == pytest.approx(3.02, abs=0.005)
+
+
+def test_summary_table_means_and_intervals():
+    df = R.runs_table(exp4_records(), "src")
+    s = V.summary_table(df)
+    row = s[(s.variant == "DSA scratch (leaky)") & (s.metric == "val_loss") & (s.seq_len == 64)].iloc[0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.41)
+    assert row["ci_low"] < 0.41 < row["ci_high"]
+    assert s[(s.variant == "dense") & (s.metric == "val_loss_causal_eval")].empty  # only the leaky runs have it
+    wide = V.format_summary(s)
+    cell = wide[(wide.variant == "DSA scratch (leaky)") & (wide.seq_len == 64)]["val loss (nats/token)"].iloc[0]
+    assert cell.startswith("0.410 ± ") and cell.endswith("(n=3)")
+    assert V.format_mean_ci(1.0, float("nan"), 1) == "1.000 (n=1, no CI)"
+
+
+def test_verdicts_refute_the_seeds_claims_when_only_the_leak_wins():
+    df = R.runs_table(exp4_records(), "H100")
+    v = V.exp4_verdicts(df).set_index("claim")
+    assert v.loc[V.CLAIMS["loss"][0], "verdict"] == "refuted"
+    assert "leaky" in v.loc[V.CLAIMS["loss"][0], "evidence"]
+    assert "causal guard on at eval 7.300" in v.loc[V.CLAIMS["loss"][0], "evidence"]
+    assert v.loc[V.CLAIMS["accuracy"][0], "verdict"] == "refuted"
+    assert v.loc[V.CLAIMS["speed"][0], "verdict"] == "refuted"
+    assert "2.5x slower" in v.loc[V.CLAIMS["speed"][0], "evidence"]  # 20 ms vs 50 ms
+    assert v.loc[V.CLAIMS["parity"][0], "verdict"] == "supported"
+
+
+def test_verdicts_follow_the_data():
+    # a causal DSA that really is 20% better and 1.5x faster: the claims are supported
+    df = R.runs_table(exp4_records(dsa_delta=-0.85, dsa_time=0.0133), "good")
+    v = V.exp4_verdicts(df).set_index("claim")
+    assert v.loc[V.CLAIMS["loss"][0], "verdict"] == "supported"
+    assert v.loc[V.CLAIMS["speed"][0], "verdict"] == "supported"
+    # 20% better is not "within 5%": parity holds in the "no worse" sense only
+    assert "better in places" in v.loc[V.CLAIMS["parity"][0], "evidence"]
+    # a leaky variant that gains nothing (too little training): not reproduced, not refuted
+    df = R.runs_table(exp4_records(leak_loss=4.2), "short")
+    v = V.exp4_verdicts(df).set_index("claim")
+    assert v.loc[V.CLAIMS["loss"][0], "verdict"] == "not reproduced"
+    # causal DSA 10% worse: parity refuted
+    df = R.runs_table(exp4_records(dsa_delta=0.45), "worse")
+    assert V.parity_verdict(df, "worse").verdict == "refuted"
+    # no sparse runs at all
+    only_dense = df[df.variant == "dense"]
+    assert V.loss_verdict(only_dense, "x").verdict == "no data"
+    assert V.speed_verdict(only_dense, "x").verdict == "no data"
+
+
+def test_leak_table():
+    t = V.leak_table(R.runs_table(exp4_records(), "src"))
+    assert list(t.seq_len) == [64, 128]
+    assert t["leaky, causal guard on at eval"].tolist() == pytest.approx([7.3, 7.3])
+    assert (t["seeds' '% better' (leaky)"] > 5).all()
+
+
+# --------------------------------------------------------------------------------------------- bench
+def bench_result(date: str, lens=(1024, 2048), speed=0.1, flash=1.0, device="NVIDIA H100 80GB HBM3",
+                 flex_factor=1.0) -> dict:
+    rows = []
+    for l in lens:
+        for hkv in (16, 2):
+            for k in sorted({2048, l // 8}):
+                if k > l:
+                    continue
+                r = {"L": l, "k": k, "H": 16, "H_kv": hkv, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bfloat16",
+                     "flash_fwd_ms": flash * l / 1024, "flash_fwdbwd_ms": 3.5 * flash * l / 1024,
+                     "flash_fwd_tflops": 300.0, "sparse_fwd_ms": 1.0, "sparse_fwd_tflops": 30.0,
+                     "dsa_fwd_ms": 2.0, "dsa_fwdbwd_ms": 3.5 * flash * l / 1024 / speed,
+                     "torch_topk_ms": 1.0, "topk_fast_ms": 4.0, "scores_plus_torch_topk_ms": 3.0,
+                     "flex_fwd_ms": flex_factor * flash * l / 1024, "gather_fwd": None, "gather_fwd_why": "oom"}
+                r["speedup_fwdbwd"] = r["flash_fwdbwd_ms"] / r["dsa_fwdbwd_ms"]
+                r["topk_speedup"] = r["torch_topk_ms"] / r["topk_fast_ms"]
+                r["sparse_vs_flash_tflops"] = r["sparse_fwd_tflops"] / r["flash_fwd_tflops"]
+                rows.append(r)
+    return {"provenance": {"git_commit": "c0ffee0", "device": device, "date": date, "torch": "2.11"},
+            "config": {}, "rows": rows, "_path": f"bench-{date}.json"}
+
+
+def test_bench_frame_merges_files_latest_wins():
+    old = bench_result("2026-11-20", lens=(1024, 2048), flash=9.0)
+    new = bench_result("2026-11-23", lens=(2048, 32768), flash=1.0)
+    df = B.bench_frame([new, old])
+    assert sorted(df.L.unique()) == [1024, 2048, 32768]
+    r = df[(df.L == 2048) & (df.H_kv == 2) & (df.k == 256)].iloc[0]
+    assert r.flash_fwd_ms == pytest.approx(2.0) and r.superseded == 1 and r.date.startswith("2026-11-23")
+    assert set(df.kind) == {"MHA (H_kv=16)", "GQA (H=16, H_kv=2)"}
+    assert set(df[df.L == 32768].k_rule) == {"k=2048", "k=L/8"}
+    assert B.k_rule(16384, 2048) == "k=2048=L/8"
+    assert len(B.select_k(df, "L/8")) == 6 and set(B.select_k(df, "2048").k) == {2048}
+    lt = B.long_times(df)
+    assert {"forward", "forward + backward", "selection (no grad)"} <= set(lt["pass"])
+    assert not (lt.method_key == "gather").any()  # not measured (oom) -> no row
+    sk = B.skipped(df)
+    assert set(sk.why) == {"oom"} and set(sk.measurement) == {"gather_fwd"}
+
+
+def test_targets_missed_met_and_not_measured():
+    slow = B.bench_frame([bench_result("2026-11-23", lens=(4096, 8192, 16384), speed=0.3)])
+    t = slow.pipe(B.evaluate_targets).set_index("target")
+    names = [x.name for x in B.TARGETS]
+    assert t.loc[names[0], "met"] == "not measured" and "largest L measured: 16384" in t.loc[names[0], "measured"]
+    assert t.loc[names[2], "met"] == "no" and t.loc[names[2], "measured"].startswith("never up to L=16384")
+    assert t.loc[names[3], "met"] == "no" and t.loc[names[3], "best"] == pytest.approx(0.25)
+    assert t.loc[names[4], "best"] == pytest.approx(0.75)
+    assert t.loc[names[5], "best"] == pytest.approx(0.1)
+
+    fast = B.bench_frame([bench_result("2026-11-23", lens=(4096, 8192, 32768, 65536), speed=9.0)])
+    t = B.evaluate_targets(fast).set_index("target")
+    assert t.loc[names[0], "met"] == "yes" and t.loc[names[1], "met"] == "yes"
+    assert t.loc[names[2], "met"] == "yes" and t.loc[names[2], "best"] == 4096
+    # break-even only beyond 8K: missed
+    late = B.bench_frame([bench_result("2026-11-23", lens=(4096, 8192))])
+    late.loc[late.L == 8192, "speedup_fwdbwd"] = 1.2
+    late2 = B.bench_frame([bench_result("2026-11-23", lens=(16384,))])
+    late2["speedup_fwdbwd"] = 1.5
+    t = B.evaluate_targets(pd.concat([late[late.L == 4096], late2])).set_index("target")
+    assert t.loc[names[2], "met"] == "no" and t.loc[names[2], "best"] == 16384
+
+
+def test_flex_artifacts():
+    df = B.bench_frame([bench_result("2026-11-23", lens=(1024,)), bench_result("2026-11-24", lens=(16384,),
+                                                                             flex_factor=47.0)])
+    a = B.flex_artifacts(df)
+    assert set(a.L) == {16384} and (a.ratio > 40).all()
+
+
+# ----------------------------------------------------------------------------------- per-query k
+def test_fixed_mean_k_matches_a_direct_count():
+    for l, k in ((8, 3), (128, 96), (64, 64), (5, 9)):
+        assert fixed_mean_k(l, k) == pytest.approx(np.mean([min(k, t + 1) for t in range(l)]))
+    with pytest.raises(ValueError):
+        fixed_mean_k(0, 3)
+
+
+def test_chosen_k_per_layer_and_policy_override():
+    from dsa.config import ModelConfig
+    from dsa.model import TransformerLM
+
+    cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, max_seq_len=24, attention="dsa", top_k=6,
+                      indexer_heads=2, indexer_dim=8, indexer_rope_dim=4)
+    model = TransformerLM(cfg, seed=0)
+    x = torch.randint(0, 50, (3, 24), generator=torch.Generator().manual_seed(0))
+    batches = [(x, x), (x[:1], x[:1])]
+    c = chosen_k_counts(model, batches)
+    assert c.shape == (2, 4, 24)
+    assert torch.equal(c[0, 0], torch.clamp(torch.arange(1, 25), max=6))  # fixed: min(k, t+1)
+    df = chosen_k(model, batches)
+    assert len(df) == 48 and (df.mean_k <= df.available).all()
+    assert df.mean_k.mean() == pytest.approx(fixed_mean_k(24, 6))
+    with k_policy_override(model, "mass", mass=0.5, top_k=20):
+        a = chosen_k_counts(model, batches)
+        assert model.cfg.k_policy == "mass"
+    assert (model.cfg.k_policy, model.cfg.k_mass, model.cfg.top_k) == ("fixed", 0.9, 6)
+    assert (a >= 1).all() and (a <= 20).all()
+    t = torch.arange(1, 25)
+    assert (a <= t).all()
+    assert not torch.equal(a, torch.clamp(t, max=20).expand_as(a))  # the mass rule keeps fewer than the cap
+    with pytest.raises(ValueError, match="policy"):
+        with k_policy_override(model, "bogus"):
+            pass
