@@ -96,6 +96,12 @@ INVALID = {
         ({"fresh_steps": -1}, "fresh_steps"),
         ({"confidence": 1.5}, "confidence"),
     ],
+    "03_sparsity_sweep": [
+        ({"fresh_ratios": "0.4"}, "fresh_ratios"),  # not one of exp5's ratios
+        ({"fresh_seq_lens": "64,4096"}, "fresh_seq_lens"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"fresh_seeds": "x"}, "fresh_seeds"),
+    ],
 }
 
 

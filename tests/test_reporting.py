@@ -300,3 +300,46 @@ def test_chosen_k_per_layer_and_policy_override():
     with pytest.raises(ValueError, match="policy"):
         with k_policy_override(model, "bogus"):
             pass
+
+
+# ---------------------------------------------------------------------------------------------- exp5
+def exp5_records(effect: float, lens=(64, 256), ratios=(0.25, 0.5, 0.9), seeds=(0, 1, 2)) -> list[dict]:
+    """Loss = 4 + effect * (ratio - best(L))^2 + seed noise; the best ratio falls with L (0.9 at the first L,
+    0.25 at the last)."""
+    rng = np.random.default_rng(1)
+    recs = []
+    for i, l in enumerate(lens):
+        best = ratios[-1] if i == 0 else ratios[0]
+        for s in seeds:
+            noise = 0.01 * rng.standard_normal()
+            recs.append(run_record("dense", l, s, 4.05 + noise, 0.2, 0.02))
+            for r in ratios:
+                recs.append(run_record("deepseek", l, s, 4.0 + effect * (r - best) ** 2 + noise
+                                       + 0.002 * rng.standard_normal(), 0.2, 0.05, top_k=round(r * l)))
+    return recs
+
+
+def test_exp5_verdict_supported_and_not():
+    from dsa.experiments import SPARSITY_RATIOS
+
+    df = R.runs_table(exp5_records(effect=1.0), "x", ratios=SPARSITY_RATIOS)
+    v = V.exp5_verdict(df)
+    assert v["verdict"] == "supported", v["summary"]
+    assert list(v["optimal"].best_ratio) == [0.9, 0.25]
+    assert v["anova"].significant.all()
+    assert "L=64: best k/L=0.9" in v["per_len"][0]
+    vs = v["vs_dense"]
+    assert set(vs.variant) == {"k/L=0.25", "k/L=0.5", "k/L=0.9"}
+    # the best ratio is 0.05 below dense at every L: significantly better, paired by seed
+    assert vs[(vs.seq_len == 64) & (vs.variant == "k/L=0.9")].significant.item()
+
+    flat = R.runs_table(exp5_records(effect=0.0), "x", ratios=SPARSITY_RATIOS)
+    v = V.exp5_verdict(flat)
+    assert v["verdict"] == "not supported" and "noise" in v["summary"]
+    assert "every ratio is within noise" in v["per_len"][0]
+
+    rising = R.runs_table(exp5_records(effect=1.0, lens=(256, 64)), "x", ratios=SPARSITY_RATIOS)
+    # lens given in that order: 0.9 best at L=256, 0.25 at L=64 -> the best ratio rises with L
+    v = V.exp5_verdict(rising)
+    assert v["verdict"] == "not supported" and "does not decrease" in v["summary"]
+    assert V.exp5_verdict(flat[flat.attention == "dense"])["verdict"] == "no data"
