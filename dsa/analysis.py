@@ -200,22 +200,25 @@ def layer_attention_fn(model: torch.nn.Module, layer: int, top_k: int, *, leak: 
 # ------------------------------------------------------------------------------- per-query k
 @contextmanager
 def k_policy_override(model: torch.nn.Module, policy: str, *, mass: float | None = None,
-                      top_k: int | None = None):
+                      top_k: int | None = None, k_min: int | None = None):
     """Temporarily run a DSA ``TransformerLM`` with another k policy ('fixed', 'mass', 'entropy'), mass
-    target or k cap (every layer shares the model's config); restored on exit."""
+    target, k cap or smallest adaptive k (every layer shares the model's config); restored on exit."""
     cfg = model.cfg
-    old = (cfg.k_policy, cfg.k_mass, cfg.top_k)
+    old = (cfg.k_policy, cfg.k_mass, cfg.top_k, cfg.k_min)
     if policy not in ("fixed", "mass", "entropy"):
         raise ValueError(f"policy must be fixed, mass or entropy, got {policy!r}")
     if top_k is not None and not 1 <= top_k <= cfg.max_seq_len:
         raise ValueError(f"top_k must be in [1, max_seq_len={cfg.max_seq_len}], got {top_k}")
+    if k_min is not None and not 1 <= k_min <= (top_k or cfg.top_k):
+        raise ValueError(f"k_min must be in [1, top_k={top_k or cfg.top_k}], got {k_min}")
     cfg.k_policy = policy
     cfg.k_mass = cfg.k_mass if mass is None else mass
     cfg.top_k = cfg.top_k if top_k is None else top_k
+    cfg.k_min = cfg.k_min if k_min is None else k_min
     try:
         yield model
     finally:
-        cfg.k_policy, cfg.k_mass, cfg.top_k = old
+        cfg.k_policy, cfg.k_mass, cfg.top_k, cfg.k_min = old
 
 
 @torch.no_grad()
@@ -265,6 +268,18 @@ def fixed_mean_k(seq_len: int, top_k: int) -> float:
     k = min(top_k, seq_len)
     # sum_{t<k} (t+1) + (L-k) k
     return (k * (k + 1) / 2 + (seq_len - k) * k) / seq_len
+
+
+def config_mean_k(cfg: dict) -> float:
+    """Mean keys per query that a run's config implies without looking at the model: dense attends to all
+    t + 1 past tokens, (L + 1) / 2 on average; a fixed top-k :func:`fixed_mean_k`; an adaptive policy
+    depends on the trained indexer: NaN (measure it with :func:`chosen_k_counts`)."""
+    l = int(cfg["seq_len"])
+    if cfg.get("attention", "dense") == "dense":
+        return (l + 1) / 2
+    if cfg.get("k_policy", "fixed") == "fixed":
+        return fixed_mean_k(l, int(cfg["top_k"]))
+    return float("nan")
 
 
 # ------------------------------------------------------------------------------- costs
@@ -413,6 +428,7 @@ __all__ = [
     "attention_probs",
     "chosen_k",
     "chosen_k_counts",
+    "config_mean_k",
     "explain_pair",
     "explorer_views",
     "fixed_mean_k",

@@ -15,6 +15,8 @@ every finished configuration and says so).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -61,6 +63,20 @@ def valid_list(text: str, kind: Callable[[str], Any] = int, allowed: Iterable | 
 
 
 # ------------------------------------------------------------------------------------- fresh runs
+@contextlib.contextmanager
+def gc_frozen():
+    """Move every object that exists now to the collector's permanent generation for the duration.
+
+    ``dsa.train`` calls ``gc.collect()`` at each phase change (``dsa.distributed.release_wrappers``); in a
+    notebook kernel holding pandas, plotly and matplotlib each call rescans that whole heap, which costs a
+    good part of a small CPU run. Objects created inside the block are still collected."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def runs_dir(notebook: str) -> Path:
     """``$DSA_RUNS_DIR/<notebook>`` or ``<repo>/runs/notebooks/<notebook>`` (git-ignored)."""
     base = os.environ.get("DSA_RUNS_DIR")
@@ -153,7 +169,8 @@ def fresh_sweep(
         print(f"[runs] {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}: emptied "
               "(reuse=False): every run below is trained now")
     devices = [device] if device and device != "auto" else None
-    return run_sweep(configs, out, devices, progress=progress, time_budget_s=time_budget_s)
+    with gc_frozen():
+        return run_sweep(configs, out, devices, progress=progress, time_budget_s=time_budget_s)
 
 
 def train_keeping_models(configs: Sequence[Any], device: str | None = None) -> list[dict]:
@@ -163,11 +180,12 @@ def train_keeping_models(configs: Sequence[Any], device: str | None = None) -> l
     from .train import train  # noqa: PLC0415
 
     out = []
-    for c in configs:
-        kw = {"out": "", "progress": False}
-        if device and device != "auto":
-            kw["device"] = device
-        out.append(train(replace(c, **kw)))
+    with gc_frozen():
+        for c in configs:
+            kw = {"out": "", "progress": False}
+            if device and device != "auto":
+                kw["device"] = device
+            out.append(train(replace(c, **kw)))
     return out
 
 
@@ -254,6 +272,7 @@ __all__ = [
     "curves_table",
     "experiment_levels",
     "fresh_sweep",
+    "gc_frozen",
     "parse_list",
     "recorded_runs",
     "runs_dir",

@@ -54,7 +54,7 @@ class Verdict:
     source: str
     claim: str
     seeds_said: str
-    verdict: str  # supported | partly supported | refuted | not reproduced | no data
+    verdict: str  # supported | partly supported | refuted | not reproduced | inconclusive | no data
     evidence: str
 
 
@@ -262,37 +262,68 @@ def accuracy_verdict(df: pd.DataFrame, source: str, confidence: float = CONFIDEN
     return Verdict(source, claim, said, verdict, evidence)
 
 
-def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tuple[float, float] = CLAIMED_SPEEDUP
-                  ) -> Verdict:
-    """The seeds' speed claim: dense time per step / causal DSA time per step (sparse phase), per L."""
+def _time_cmp(base: pd.DataFrame, other: pd.DataFrame, confidence: float) -> dict:
+    """Time per step (sparse phase) of ``other`` vs ``base``, paired by seed: {ratio (base / other: above 1 =
+    ``other`` faster), clear (the CI of the difference excludes 0; True when there is one seed per side and
+    so no CI), base_s, other_s, n}."""
+    col = "sparse_time_per_step_s"
+    a = base.groupby("seed")[col].mean().dropna()
+    b = other.groupby("seed")[col].mean().dropna()
+    r = compare_variants(pd.concat([a.rename(col).reset_index().assign(arm="a"),
+                                    b.rename(col).reset_index().assign(arm="b")]).assign(_all=0),
+                         "a", by="_all", value=col, variant_col="arm", confidence=confidence).iloc[0]
+    ci_ok = math.isfinite(r.ci_low) and math.isfinite(r.ci_high)
+    clear = (not (r.ci_low <= 0 <= r.ci_high)) if ci_ok else r.n_pairs < 2 and min(len(a), len(b)) < 2
+    return {"ratio": r.mean_a / r.mean_b, "clear": bool(clear), "base_s": r.mean_a, "other_s": r.mean_b,
+            "n": int(r.n_pairs)}
+
+
+NOISY = "the timings are too noisy to decide: a paired CI of the time difference includes 0"
+
+
+def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tuple[float, float] = CLAIMED_SPEEDUP,
+                  confidence: float = CONFIDENCE) -> Verdict:
+    """The seeds' speed claim: dense time per step / causal DSA time per step (sparse phase), per L, paired
+    by seed. 'inconclusive' when any comparison's CI of the time difference includes 0."""
     claim, said = CLAIMS["speed"]
     col = "sparse_time_per_step_s"
-    ratios, parts = [], []
+    comps, parts = [], []
     for l in _lens(df):
-        g = df[df.seq_len == l]
-        d = _mean(g, DENSE, col)
-        if not math.isfinite(d):
+        g = df[(df.seq_len == l) & np.isfinite(pd.to_numeric(df[col], errors="coerce"))]
+        dense = g[g.variant == DENSE]
+        if dense.empty:
             continue
-        bits = [f"L={l}: dense {d * 1e3:.1f} ms/step"]
+        bits = [f"L={l}: dense {dense[col].mean() * 1e3:.1f} ms/step"]
         for v in CAUSAL:
-            s = _mean(g, v, col)
-            if math.isfinite(s) and s > 0:
-                r = d / s
-                ratios.append(r)
-                bits.append(f"{v} {s * 1e3:.1f} ms ({r:.2f}x" + (f", i.e. {1 / r:.1f}x slower)" if r < 1 else ")"))
+            sub = g[g.variant == v]
+            if sub.empty:
+                continue
+            c = _time_cmp(dense, sub, confidence)
+            comps.append(c)
+            r = c["ratio"]
+            bits.append(f"{v} {c['other_s'] * 1e3:.1f} ms ({r:.2f}x" + (f", i.e. {1 / r:.1f}x slower" if r < 1 else "")
+                        + ("" if c["clear"] else ", within noise") + ")")
         parts.append(", ".join(bits))
-    if not ratios:
+    if not comps:
         return Verdict(source, claim, said, "no data", "needs timed dense and causal DSA runs")
+    # decided on the comparisons whose paired CI excludes 0; the others are reported as "within noise"
+    clear = [c["ratio"] for c in comps if c["clear"]]
+    ratios = [c["ratio"] for c in comps]
     where = f" on {device}" if device else ""
     evidence = "; ".join(parts)
-    if max(ratios) < 1:
+    noisy_note = ("" if len(clear) == len(comps) else
+                  f" ({len(comps) - len(clear)} of {len(comps)} comparisons within noise, not counted)")
+    if not clear or (min(clear) < 1 <= max(clear)):
+        verdict = "inconclusive"
+        evidence = f"{NOISY} ({device or 'this device'}). " + evidence
+    elif max(clear) < 1:
         verdict = "refuted"
-        evidence = (f"causal DSA is slower per step than dense{where} at every L measured "
-                    f"({min(ratios):.2f}x to {max(ratios):.2f}x dense's speed): at these short L the indexer, "
-                    "top-k and gather cost more than the attention they save. " + evidence)
-    elif min(ratios) >= claimed[0]:
+        evidence = (f"causal DSA is slower per step than dense{where} wherever the difference is beyond noise"
+                    f"{noisy_note}: {min(clear):.2f}x to {max(clear):.2f}x dense's speed. At these short L the "
+                    "indexer, top-k and gather cost more than the attention they save. " + evidence)
+    elif min(ratios) >= claimed[0] and len(clear) == len(comps):
         verdict = "supported"
-    elif max(ratios) >= claimed[0]:
+    elif max(clear) >= claimed[0]:
         verdict = "partly supported"
     else:
         verdict = "refuted"
@@ -331,7 +362,7 @@ def exp4_verdicts(df: pd.DataFrame, confidence: float = CONFIDENCE, tol: float =
         devices = sorted(str(x) for x in g.device.dropna().unique())
         dev = " / ".join(devices)
         for v in (loss_verdict(g, label, confidence, tol), accuracy_verdict(g, label, confidence, tol),
-                  speed_verdict(g, label, dev), parity_verdict(g, label, confidence, tol)):
+                  speed_verdict(g, label, dev, confidence=confidence), parity_verdict(g, label, confidence, tol)):
             rows.append(asdict(v))
     return pd.DataFrame(rows, columns=["source", "claim", "seeds_said", "verdict", "evidence"])
 
@@ -399,6 +430,75 @@ def exp5_verdict(df: pd.DataFrame, alpha: float = 0.05, confidence: float = CONF
     return out
 
 
+# ------------------------------------------------------------------------------------------- exp3
+EXP3_CLAIMS = {
+    "quality": ("Adaptive k reaches a better final loss than fixed sparsity",
+                "5-15% better final performance than fixed sparsity (a target, never measured)"),
+    "speed": ("Adaptive k trains faster than fixed sparsity", "10-30% faster training than fixed sparsity (a target)"),
+}
+
+
+def _arm_kind(df: pd.DataFrame) -> pd.Series:
+    return np.where(df.attention == "dense", "dense", np.where(df.k_policy == "fixed", "fixed", "adaptive"))
+
+
+def exp3_verdicts(df: pd.DataFrame, source: str, confidence: float = CONFIDENCE, tol: float = EQUIV_TOL,
+                  speed_tol: float = 0.10) -> pd.DataFrame:
+    """The seeds' exp3 targets on one data set (``df``: a runs_table of exp3-like runs, column ``arm``).
+
+    quality: each adaptive arm against the best fixed-k arm (lowest mean loss), paired by seed; supported
+    when some adaptive arm is more than ``tol`` (5%) better with a CI excluding 0.
+    speed: each adaptive arm's time per step (sparse phase) against the fixed arm with the same k cap
+    (``top_k``), i.e. what it replaces; supported when some adaptive arm is at least ``speed_tol`` (10%)
+    faster. Rows: source, claim, seeds_said, verdict, evidence.
+    """
+    d = df.assign(kind=_arm_kind(df))
+    fixed, adaptive = d[d.kind == "fixed"], d[d.kind == "adaptive"]
+    rows = []
+    claim, said = EXP3_CLAIMS["quality"]
+    if fixed.empty or adaptive.empty:
+        rows.append(Verdict(source, claim, said, "no data", "needs fixed-k and adaptive-k runs"))
+        rows.append(Verdict(source, *EXP3_CLAIMS["speed"], "no data", "needs fixed-k and adaptive-k runs"))
+        return pd.DataFrame([asdict(r) for r in rows])
+    best_fixed = fixed.groupby("arm").val_loss.mean().idxmin()
+    parts, better = [], False
+    base = fixed[fixed.arm == best_fixed]
+    for arm, g in adaptive.groupby("arm", sort=True):
+        c = compare_variants(pd.concat([base, g]).assign(_all=0), best_fixed, by="_all", variant_col="arm",
+                             confidence=confidence)
+        r = c.iloc[0]
+        rel = r.mean_diff / r.mean_a
+        if rel < -tol and math.isfinite(r.ci_high) and r.ci_high < 0:
+            better = True
+        parts.append(f"{arm}: {r.mean_b:.3f} vs {best_fixed} {r.mean_a:.3f} ({rel:+.1%}, "
+                     f"{_ci_text(r.ci_low, r.ci_high, confidence)})")
+    evidence = f"the best fixed arm is {best_fixed}. " + "; ".join(parts)
+    rows.append(Verdict(source, claim, said, "supported" if better else "not supported",
+                        evidence if better else "no adaptive arm beats the best fixed k by 5%: " + evidence))
+    claim, said = EXP3_CLAIMS["speed"]
+    col = "sparse_time_per_step_s"
+    parts, comps = [], []
+    for arm, g in adaptive.groupby("arm", sort=True):
+        same = fixed[fixed.top_k == g.top_k.iloc[0]]
+        if same.empty or not np.isfinite(g[col]).any() or not np.isfinite(same[col]).any():
+            continue
+        c = _time_cmp(same, g, confidence)
+        comps.append(c)
+        parts.append(f"{arm}: {1e3 * c['other_s']:.1f} ms/step vs {same.arm.iloc[0]} {1e3 * c['base_s']:.1f} ms "
+                     f"({c['ratio']:.2f}x" + ("" if c["clear"] else ", within noise") + ")")
+    devs = " / ".join(sorted(str(x) for x in d.device.dropna().unique()))
+    if not comps:
+        rows.append(Verdict(source, claim, said, "no data", "no timed fixed arm with the adaptive arms' k cap"))
+    elif any(c["ratio"] >= 1 + speed_tol and c["clear"] for c in comps):
+        rows.append(Verdict(source, claim, said, "supported", "; ".join(parts)))
+    elif not any(c["clear"] for c in comps) or any(c["ratio"] >= 1 + speed_tol for c in comps):
+        rows.append(Verdict(source, claim, said, "inconclusive", f"{NOISY} ({devs}). " + "; ".join(parts)))
+    else:
+        rows.append(Verdict(source, claim, said, "not supported", f"no adaptive arm is {speed_tol:.0%} faster than the "
+                            f"fixed arm it replaces on {devs}: " + "; ".join(parts)))
+    return pd.DataFrame([asdict(r) for r in rows])
+
+
 __all__ = [
     "CAUSAL",
     "CLAIMS",
@@ -408,6 +508,8 @@ __all__ = [
     "VARIANT_ORDER",
     "Verdict",
     "accuracy_verdict",
+    "EXP3_CLAIMS",
+    "exp3_verdicts",
     "exp4_verdicts",
     "exp5_verdict",
     "format_mean_ci",

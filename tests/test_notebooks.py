@@ -102,6 +102,12 @@ INVALID = {
         ({"alpha": 0.0}, "alpha"),
         ({"fresh_seeds": "x"}, "fresh_seeds"),
     ],
+    "04_adaptive_k": [
+        ({"k_min": 200}, "k_min"),  # above the k cap (0.75 L = 96 at the small size)
+        ({"mass_levels": "0.5,1.5"}, "mass_levels"),
+        ({"analysis_batches": 0}, "analysis_batches"),
+        ({"fresh_size": "huge"}, "fresh_size"),
+    ],
 }
 
 

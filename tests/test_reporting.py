@@ -343,3 +343,54 @@ def test_exp5_verdict_supported_and_not():
     v = V.exp5_verdict(rising)
     assert v["verdict"] == "not supported" and "does not decrease" in v["summary"]
     assert V.exp5_verdict(flat[flat.attention == "dense"])["verdict"] == "no data"
+
+
+def test_config_mean_k():
+    from dsa.analysis import config_mean_k
+
+    assert config_mean_k({"attention": "dense", "seq_len": 128}) == 64.5
+    assert config_mean_k({"attention": "dsa", "seq_len": 8, "top_k": 3, "k_policy": "fixed"}) == pytest.approx(
+        (1 + 2 + 3 * 6) / 8)
+    assert math.isnan(config_mean_k({"attention": "dsa", "seq_len": 8, "top_k": 3, "k_policy": "mass"}))
+
+
+def test_exp3_verdicts():
+    def recs(adaptive_loss: float, adaptive_time: float) -> list[dict]:
+        out = []
+        for s in (0, 1, 2):
+            n = 0.01 * s
+            out.append(run_record("dense", 128, s, 4.0 + n, 0.2, 0.02))
+            for k, loss in ((32, 4.2), (64, 4.1), (96, 4.05)):
+                out.append(run_record("deepseek", 128, s, loss + n, 0.2, 0.05, top_k=k))
+            for pol, m in (("mass", 0.8), ("entropy", 0.9)):
+                out.append(run_record("deepseek", 128, s, adaptive_loss + n + 0.001 * s * s, 0.2, adaptive_time,
+                                      k_policy=pol, top_k=96, k_mass=m))
+        return out
+
+    v = V.exp3_verdicts(R.runs_table(recs(4.06, 0.06), "x"), "x").set_index("claim")
+    q, sp = V.EXP3_CLAIMS["quality"][0], V.EXP3_CLAIMS["speed"][0]
+    assert v.loc[q, "verdict"] == "not supported" and "best fixed arm is fixed k=75%" in v.loc[q, "evidence"]
+    assert v.loc[sp, "verdict"] == "not supported" and "0.83x" in v.loc[sp, "evidence"]
+    v = V.exp3_verdicts(R.runs_table(recs(3.5, 0.04), "x"), "x").set_index("claim")
+    assert v.loc[q, "verdict"] == "supported" and v.loc[sp, "verdict"] == "supported"
+    only_fixed = R.runs_table([r for r in recs(4.0, 0.05) if r["config"]["k_policy"] == "fixed"], "x")
+    assert set(V.exp3_verdicts(only_fixed, "x").verdict) == {"no data"}
+
+
+def test_speed_verdicts_inconclusive_when_timings_are_noise():
+    recs = exp4_records(dsa_time=0.05)
+    # per-step times that swing from seed to seed: dense faster for seed 0, slower for seed 1, equal for seed 2
+    swing = {("dense", 0): 0.01, ("dense", 1): 0.05, ("dense", 2): 0.03}
+    for r in recs:
+        c = r["config"]
+        t = swing.get((c["attention"], c["seed"]), {0: 0.05, 1: 0.01, 2: 0.031}[c["seed"]])
+        r["final"]["time_per_step_s"] = t
+        r["final"]["time_per_step_by_phase_s"] = {"sparse": t, "dense": t}
+    v = V.speed_verdict(R.runs_table(recs, "noisy"), "noisy")
+    assert v.verdict == "inconclusive" and "within noise" in v.evidence
+    # one clearly slower comparison decides, the noisy ones are set aside and counted
+    for r in recs:
+        if r["config"]["seq_len"] == 64 and r["config"]["attention"] == "dsa":
+            r["final"]["time_per_step_by_phase_s"]["sparse"] = 0.2 + 0.001 * r["config"]["seed"]
+    v = V.speed_verdict(R.runs_table(recs, "mixed"), "mixed")
+    assert v.verdict == "refuted" and "comparisons within noise, not counted" in v.evidence
