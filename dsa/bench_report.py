@@ -64,9 +64,17 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     rows = []
     for res in results:
         prov = res.get("provenance") or {}
+        shapes: list[tuple] = []  # distinct attention shapes FlexAttention was compiled for, in file order
         for r in res.get("rows") or []:
+            shape_no = None
+            if "flex_fwd_ms" in r or "flex_fwd" in r or "flex_why" in r:
+                shape = (r.get("L"), r.get("H"), r.get("H_kv"), r.get("d"))
+                if shape not in shapes:
+                    shapes.append(shape)
+                shape_no = shapes.index(shape) + 1
             rows.append({**r, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
-                         "date": str(prov.get("date") or ""), "file": res.get("_path", "")})
+                         "date": str(prov.get("date") or ""), "file": res.get("_path", ""),
+                         "flex_shape_no": shape_no})
     if not rows:
         return pd.DataFrame(columns=[*KEY, "kind", "k_rule", "commit", "date", "file", "superseded"])
     df = pd.DataFrame(rows)
@@ -96,7 +104,7 @@ def long_times(df: pd.DataFrame, methods: dict[str, str] | None = None,
     that was skipped or ran out of memory has no row (:func:`skipped` lists those).
     methods: key -> label (default :data:`METHODS`); topk: also the selections of :data:`TOPK_METHODS`
     (pass 'selection (no grad)')."""
-    methods = dict(methods or METHODS)
+    methods = dict(METHODS if methods is None else methods)
     out = []
     id_cols = [c for c in ("device", "L", "k", "H", "H_kv", "d", "kind", "k_rule", "commit") if c in df.columns]
     for _, r in df.iterrows():
@@ -138,16 +146,51 @@ def skipped(df: pd.DataFrame) -> pd.DataFrame:
 def flex_artifacts(df: pd.DataFrame, factor: float = 10.0) -> pd.DataFrame:
     """Rows where FlexAttention is more than ``factor`` x slower than SDPA flash on the same shape: a sign
     of a torch.compile fallback (the recompile limit reached, the unfused path run instead), not of
-    FlexAttention's real speed. Columns L, k, kind, flex_fwd_ms, flash_fwd_ms, ratio, flex_fwd_peak_mib."""
-    cols = ["device", "L", "k", "kind", "flex_fwd_ms", "flash_fwd_ms", "ratio", "flex_fwd_peak_mib"]
+    FlexAttention's real speed. Columns L, k, kind, flex_fwd_ms, flash_fwd_ms, ratio, flex_fwd_peak_mib,
+    flex_shape_no (the how-many-th distinct shape compiled in its file: ``dsa.bench`` compiles
+    ``flex_attention`` with ``dynamic=False``, one compilation per shape)."""
+    cols = ["device", "L", "k", "kind", "flex_fwd_ms", "flash_fwd_ms", "ratio", "flex_fwd_peak_mib", "flex_shape_no"]
     if "flex_fwd_ms" not in df.columns:
         return pd.DataFrame(columns=cols)
     d = df[df.flex_fwd_ms.notna() & df.flash_fwd_ms.notna()].copy()
     d["ratio"] = d.flex_fwd_ms / d.flash_fwd_ms
     d = d[d.ratio > factor]
-    if "flex_fwd_peak_mib" not in d.columns:
-        d["flex_fwd_peak_mib"] = float("nan")
+    for c in ("flex_fwd_peak_mib", "flex_shape_no"):
+        if c not in d.columns:
+            d[c] = float("nan")
     return d[cols].reset_index(drop=True)
+
+
+def layer_breakdown(df: pd.DataFrame) -> pd.DataFrame:
+    """Where the DSA layer's time goes, per row: the selection's share of the layer's forward
+    (topk_fast_ms / dsa_fwd_ms) and the sparse kernel's share of the layer's fwd+bwd, with the kernel's
+    TFLOP/s next to flash's. Rows without the needed columns are left out."""
+    need = ["dsa_fwd_ms", "topk_fast_ms", "sparse_fwd_ms", "dsa_fwdbwd_ms", "sparse_fwdbwd_ms"]
+    if not set(need) <= set(df.columns):
+        return pd.DataFrame()
+    d = df.dropna(subset=need).copy()
+    d["selection share of fwd"] = d.topk_fast_ms / d.dsa_fwd_ms
+    d["sparse kernel share of fwd+bwd"] = d.sparse_fwdbwd_ms / d.dsa_fwdbwd_ms
+    cols = ["L", "k", "kind", "dsa_fwd_ms", "topk_fast_ms", "selection share of fwd", "dsa_fwdbwd_ms",
+            "sparse_fwdbwd_ms", "sparse kernel share of fwd+bwd", "sparse_fwd_tflops", "flash_fwd_tflops"]
+    return d[[c for c in cols if c in d.columns]].reset_index(drop=True)
+
+
+def breakdown_text(df: pd.DataFrame, k: int = 2048) -> str:
+    """One sentence per attention kind at the largest L measured with this ``k``: how long the layer takes,
+    how much of it is the selection and how much the sparse kernel, and the kernel's TFLOP/s vs flash's."""
+    b = layer_breakdown(df)
+    if b.empty or not (b.k == k).any():
+        return ""
+    parts = []
+    for kind, g in b[b.k == k].groupby("kind", sort=False):
+        r = g.loc[g.L.idxmax()]
+        parts.append(
+            f"{kind} at L={int(r.L)}, k={k}: the layer's forward takes {r.dsa_fwd_ms:.1f} ms, of which the selection "
+            f"{r.topk_fast_ms:.1f} ms ({r['selection share of fwd']:.0%}); its fwd+bwd {r.dsa_fwdbwd_ms:.1f} ms, of which "
+            f"the sparse kernel {r.sparse_fwdbwd_ms:.1f} ms ({r['sparse kernel share of fwd+bwd']:.0%}); the kernel's "
+            f"forward reaches {r.sparse_fwd_tflops:.1f} TFLOP/s where flash reaches {r.flash_fwd_tflops:.0f}")
+    return "; ".join(parts) + "."
 
 
 # -------------------------------------------------------------------------------------------- targets
@@ -232,9 +275,11 @@ __all__ = [
     "Target",
     "attention_kind",
     "bench_frame",
+    "breakdown_text",
     "evaluate_targets",
     "flex_artifacts",
     "k_rule",
+    "layer_breakdown",
     "load_bench_results",
     "long_times",
     "select_k",

@@ -108,6 +108,12 @@ INVALID = {
         ({"analysis_batches": 0}, "analysis_batches"),
         ({"fresh_size": "huge"}, "fresh_size"),
     ],
+    "05_efficiency": [
+        ({"bench_seq_lens": "128,256", "bench_top_k": "512"}, "bench_top_k"),  # k > L
+        ({"bench_kv_heads": "3"}, "bench_kv_heads"),  # does not divide bench_heads
+        ({"plot_k": "L/4"}, "plot_k"),
+        ({"bench_seq_lens": ""}, "bench_seq_lens"),
+    ],
 }
 
 

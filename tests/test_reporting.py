@@ -394,3 +394,19 @@ def test_speed_verdicts_inconclusive_when_timings_are_noise():
             r["final"]["time_per_step_by_phase_s"]["sparse"] = 0.2 + 0.001 * r["config"]["seed"]
     v = V.speed_verdict(R.runs_table(recs, "mixed"), "mixed")
     assert v.verdict == "refuted" and "comparisons within noise, not counted" in v.evidence
+
+
+def test_flex_shape_numbers_and_breakdown():
+    res = bench_result("2026-11-23", lens=(1024, 2048, 4096))
+    df = B.bench_frame([res])
+    # MHA and GQA at each L are distinct shapes, in file order: 1024 (2), 2048 (2), 4096 (2)
+    got = df.groupby(["L", "H_kv"]).flex_shape_no.first()
+    assert got.loc[(1024, 16)] == 1 and got.loc[(1024, 2)] == 2 and got.loc[(4096, 2)] == 6
+    for c in ("topk_fast_ms", "sparse_fwdbwd_ms", "sparse_fwd_tflops"):
+        df[c] = 1.0
+    df["dsa_fwd_ms"], df["dsa_fwdbwd_ms"] = 4.0, 2.0
+    b = B.layer_breakdown(df)
+    assert b["selection share of fwd"].eq(0.25).all() and b["sparse kernel share of fwd+bwd"].eq(0.5).all()
+    text = B.breakdown_text(df)
+    assert "L=4096, k=2048" in text and "(25%)" in text and "(50%)" in text
+    assert B.long_times(df, methods={}, topk=False).empty

@@ -1,0 +1,366 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Efficiency: where (and whether) sparse attention pays off
+#
+# DSA replaces the $O(L^2)$ attention by an $O(L^2)$ but cheap indexer plus an $O(L k)$ attention over
+# the selected keys. Whether that is faster in practice depends on kernels. This notebook compares, for
+# one attention layer over $L$ (`python -m dsa.bench`, one process per table, median times):
+#
+# | method | what it is |
+# | --- | --- |
+# | SDPA flash | `scaled_dot_product_attention(is_causal=True)`, FlashAttention backend: the dense baseline |
+# | FlexAttention | `torch.nn.attention.flex_attention` with a causal block mask (compiled) |
+# | seeds' masked SDPA | the seeds' approach: an $L \times L$ top-k mask passed to SDPA — dense cost, no saving |
+# | gather reference | our plain-PyTorch sparse attention: gathers the $k$ keys of every query |
+# | sparse kernel | our Triton sparse attention (GQA-aware, padded slots) over precomputed indices |
+# | indexer top-k | our fused threshold-search top-k (scores included) vs `torch.topk` over precomputed scores, and vs scores + `torch.topk` |
+# | DSA layer | indexer top-k + sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
+#
+# for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$.
+#
+# The **recorded** numbers come from `data/bench/*.json` (an H100; every file's device, commit and date
+# are printed and stamped on the figures; several files are merged, the newest winning for a repeated
+# configuration). A CPU cannot measure GPU kernels, so the **fresh** benchmark run here uses small sizes
+# and the PyTorch reference paths: it checks that the benchmark runs, not how fast the kernels are.
+
+# %%
+import sys
+from pathlib import Path
+
+try:
+    import dsa  # noqa: F401
+except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
+    sys.path.insert(0, str(Path.cwd().parent))
+
+from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.runs import parse_list, valid_list
+
+_ns_before = snapshot_namespace(globals())
+
+# %% tags=["parameters"]
+# Parameters: annotated assignments only (the annotation declares the parameter and its type).
+device: str = "cpu"  # device of the fresh benchmark: "cpu", "cuda" or "auto"
+run_fresh: bool = True  # run a fresh dsa.bench in this notebook
+bench_seq_lens: str = "128,256,512"  # comma-separated sequence lengths of the fresh benchmark (tokens)
+bench_top_k: str = "64,0"  # comma-separated k values of the fresh benchmark; 0 means L/8
+bench_heads: int = 4  # attention heads H of the fresh benchmark
+bench_kv_heads: str = "4,2"  # comma-separated key/value head counts (H for MHA, fewer for GQA)
+bench_head_dim: int = 32  # head dimension d of the fresh benchmark
+bench_indexer_heads: int = 4  # indexer heads of the fresh benchmark
+bench_indexer_dim: int = 32  # indexer head dimension of the fresh benchmark
+recorded: str = "bench/*.json"  # glob under data/: the recorded benchmark files (merged)
+plot_k: str = "2048"  # the k shown in the plots over L: an integer, or "L/8"
+flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than flash is flagged as an artefact
+save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
+
+# %%
+P = check_params(
+    globals(),
+    _ns_before,
+    rules={
+        "device": one_of("cpu", "cuda", "auto"),
+        "bench_seq_lens": satisfies(lambda v, p: bool(parse_list(v) if valid_list(v, int, minimum=16) else None),
+                                    "must be a non-empty comma-separated list of lengths >= 16"),
+        "bench_top_k": satisfies(
+            lambda v, p: valid_list(v, int, minimum=0) and bool(parse_list(v)) and valid_list(p["bench_seq_lens"], int)
+            and all(k <= min(parse_list(p["bench_seq_lens"]) or [0]) for k in parse_list(v)),
+            "must be a non-empty comma-separated list of k in [0, the smallest bench_seq_lens] (0 means L/8)"),
+        "bench_heads": between(1, None),
+        "bench_kv_heads": satisfies(
+            lambda v, p: valid_list(v, int, minimum=1) and bool(parse_list(v))
+            and all(p["bench_heads"] % h == 0 for h in parse_list(v)),
+            "must be a comma-separated list of divisors of bench_heads"),
+        "bench_head_dim": satisfies(lambda v, p: v >= 2 and v % 2 == 0, "must be an even number >= 2"),
+        "bench_indexer_heads": between(1, None),
+        "bench_indexer_dim": between(1, None),
+        "plot_k": satisfies(lambda v, p: v.strip() == "L/8" or (v.strip().isdigit() and int(v) >= 1),
+                            'must be a positive integer or "L/8"'),
+        "flex_artifact_factor": satisfies(lambda v, p: v > 1, "must be > 1"),
+    },
+)
+P
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+
+from dsa import bench as dsa_bench
+from dsa import bench_report as B
+from dsa.figures import save_static, setup_plotting
+from dsa.records import describe_provenance, fresh_run_label
+from dsa.runs import runs_dir
+
+setup_plotting()
+pd.set_option("display.max_colwidth", None)
+DEV = torch.device("cuda" if P.device == "auto" and torch.cuda.is_available() else
+                   ("cpu" if P.device == "auto" else P.device))
+FRESH_LABEL = fresh_run_label(DEV)
+METHOD_COLORS = {label: c for label, c in zip(
+    [*B.METHODS.values(), *B.TOPK_METHODS.values()],
+    ["#444444", "#8c564b", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#e377c2", "#17becf"])}
+
+
+def maybe_save(fig, name, source):
+    if P.save_figures:
+        save_static(fig, name, source=source)
+
+
+def len_ticks(ax, lengths):
+    """x ticks at the measured lengths, labelled 1K, 2K, ... (log axes otherwise print 2x10^3)."""
+    xs = sorted({int(x) for x in lengths})
+    ax.set_xticks(xs, [f"{x // 1024}K" if x >= 1024 else str(x) for x in xs])
+    ax.minorticks_off()
+
+
+def ms_vs_len(long, title, rule):
+    """Plotly: ms vs L (log-log), one line per method, MHA / GQA side by side, one row per pass."""
+    d = long[long["pass"] != "selection (no grad)"]
+    fig = px.line(d, x="L", y="ms", color="method", facet_col="kind", facet_row="pass", markers=True, log_x=True,
+                  log_y=True, color_discrete_map=METHOD_COLORS, hover_data=["k", "peak_mib", "tflops"],
+                  labels={"L": "sequence length L (tokens)", "ms": "time (ms)"},
+                  title=f"{title}: time per layer call, {rule} (lower is better)")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_layout(height=650)
+    return fig
+
+
+# %% [markdown]
+# ## 1 · Recorded benchmark data
+
+# %%
+results = B.load_bench_results(P.recorded)
+df = B.bench_frame(results)
+if df.empty:
+    display(Markdown(f"**No recorded benchmark**: nothing matches `data/{P.recorded}`. Run `python -m dsa.bench "
+                     "--out data/bench/<name>.json` on a GPU. Only the fresh CPU run is shown below."))
+    REC_LABEL = ""
+else:
+    REC_LABEL = "; ".join(sorted({describe_provenance(r["provenance"]) for r in results}))
+    print(f"{len(df)} configurations from {len(results)} file(s); {int((df.superseded > 0).sum())} configuration(s) "
+          "were measured in more than one file (the newest kept)")
+    display(df.groupby(["kind", "k_rule"]).L.apply(lambda s: ", ".join(str(int(x)) for x in sorted(s)))
+            .rename("L measured").to_frame())
+    sk = B.skipped(df)
+    if len(sk):
+        display(Markdown("Measurements the benchmark could not take (out of memory on the GPU, or skipped by size):"))
+        display(sk)
+
+# %% [markdown]
+# ## 2 · Time over sequence length
+#
+# Per method, the time of one layer call against $L$ on log-log axes: a slope of 2 is quadratic, 1 is
+# linear. `plot_k` chooses the $k$ of the sparse methods (the dense ones do not depend on it).
+
+# %%
+if not df.empty:
+    rec = B.select_k(df, P.plot_k)
+    rule = f"k={P.plot_k}" if P.plot_k != "L/8" else "k=L/8"
+    long = B.long_times(rec)
+    ms_vs_len(long, f"Recorded ({REC_LABEL})", rule).show()
+
+    d = long[long["pass"] != "selection (no grad)"]
+    kinds = sorted(d.kind.unique(), key=lambda k: not k.startswith("MHA"))
+    fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 8.5), squeeze=False, sharex=True)
+    for j, kind in enumerate(kinds):
+        for i, ps in enumerate(("forward", "forward + backward")):
+            ax = axes[i, j]
+            sub = d[(d.kind == kind) & (d["pass"] == ps)]
+            for m, g in sub.groupby("method", sort=False):
+                ax.plot(g.L, g.ms, marker="o", ms=4, label=m, color=METHOD_COLORS.get(m))
+            ax.set(xscale="log", yscale="log", xlabel="sequence length L (tokens)", ylabel="time per call (ms)",
+                   title=f"{kind}, {ps} ({rule}; lower is better)")
+            len_ticks(ax, sub.L)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0.01, 1, 0.94))
+    maybe_save(fig, "05_time_vs_len", REC_LABEL)
+    plt.show()
+
+# %% [markdown]
+# ## 3 · The whole DSA layer against flash: speed-up over L
+#
+# Speed-up = flash time / DSA layer time (above 1: DSA is faster; the dotted line is break-even). The
+# targets of the study are marked: 4x at 32K and 8x at 64K for fwd+bwd, break-even by 8K.
+
+# %%
+if not df.empty:
+    sp = df.melt(id_vars=["L", "k", "kind", "k_rule"], value_vars=["speedup_fwd", "speedup_fwdbwd"],
+                 var_name="pass", value_name="speed-up").dropna()
+    sp["pass"] = sp["pass"].map({"speedup_fwd": "forward", "speedup_fwdbwd": "forward + backward"})
+    sp["config"] = sp.kind + ", " + sp.k_rule.str.replace("=2048=L/8", "=2048")
+    fig = px.line(sp, x="L", y="speed-up", color="config", facet_col="pass", markers=True, log_x=True, log_y=True,
+                  labels={"L": "sequence length L (tokens)", "speed-up": "flash ms / DSA layer ms"},
+                  title=f"DSA layer speed-up over SDPA flash (above 1 is better)<br><sup>{REC_LABEL}</sup>")
+    fig.add_hline(y=1, line_dash="dot")
+    fig.add_scatter(x=[32768, 65536], y=[4, 8], mode="markers", marker_symbol="star", marker_size=12,
+                    marker_color="black", name="targets (fwd+bwd)", row=1, col=2)
+    fig.show()
+
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    fb = sp[sp["pass"] == "forward + backward"]
+    for cfg, g in fb.groupby("config"):
+        g = g.sort_values("L")
+        ax.plot(g.L, g["speed-up"], marker="o", ms=4, label=cfg)
+    ax.axhline(1, color="0.4", ls=":", lw=1, label="break-even")
+    ax.scatter([32768, 65536], [4, 8], marker="*", s=160, color="k", zorder=5, label="targets: 4x at 32K, 8x at 64K")
+    ax.axvspan(fb.L.min() / 1.3, 8192, color="#2ca02c", alpha=0.06,
+               label="break-even target region (L ≤ 8K)")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L (tokens)",
+           ylabel="flash fwd+bwd ms / DSA layer fwd+bwd ms",
+           title="DSA layer fwd+bwd speed-up over flash (above 1 is better)")
+    len_ticks(ax, fb.L)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    maybe_save(fig, "05_speedup", REC_LABEL)
+    plt.show()
+
+# %% [markdown]
+# ## 4 · The parts: top-k selection and the sparse kernel's throughput
+#
+# Left: the selection. `torch.topk` is timed over scores computed beforehand, our top-k includes
+# computing the scores, so "scores + `torch.topk`" is the like-for-like comparison. Right: achieved
+# TFLOP/s of the sparse kernel and of flash on the same shape (FLOPs: $2L^2Hd$ for causal dense, $4LkHd$
+# for sparse), higher is better.
+
+# %%
+if not df.empty:
+    tk = B.long_times(df, methods={}, passes=())
+    tk = tk[tk.k_rule.isin(["k=2048", "k=2048=L/8"]) if P.plot_k != "L/8" else tk.k_rule.str.contains("L/8")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    for (m, kind), g in tk.groupby(["method", "kind"]):
+        g = g.sort_values("L")
+        axes[0].plot(g.L, g.ms, marker="o", ms=4, color=METHOD_COLORS.get(m),
+                     ls="-" if kind.startswith("MHA") else "--", label=f"{m} · {kind.split(' ')[0]}")
+    axes[0].set(xscale="log", yscale="log", xlabel="sequence length L (tokens)", ylabel="time (ms)",
+                title=f"Top-k selection, {rule} (lower is better)")
+    len_ticks(axes[0], tk.L)
+    axes[0].legend(fontsize=6)
+    tf = df.melt(id_vars=["L", "k", "kind", "k_rule"], value_vars=["sparse_fwd_tflops", "flash_fwd_tflops"],
+                 var_name="method", value_name="TFLOP/s").dropna()
+    tf["method"] = tf.method.map({"sparse_fwd_tflops": "sparse kernel fwd", "flash_fwd_tflops": "flash fwd"})
+    tf = B.select_k(tf, P.plot_k)
+    for (m, kind), g in tf.groupby(["method", "kind"]):
+        g = g.sort_values("L")
+        axes[1].plot(g.L, g["TFLOP/s"], marker="o", ms=4, ls="-" if kind.startswith("MHA") else "--",
+                     color="#1f77b4" if m.startswith("sparse") else "#444444", label=f"{m} · {kind.split(' ')[0]}")
+    axes[1].set(xscale="log", xlabel="sequence length L (tokens)", ylabel="achieved TFLOP/s",
+                title=f"Throughput, {rule} (higher is better)")
+    len_ticks(axes[1], tf.L)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    maybe_save(fig, "05_topk_tflops", REC_LABEL)
+    plt.show()
+
+# %% [markdown]
+# ### Memory
+#
+# Peak memory allocated during each call, beyond what was allocated before it (the inputs). The seeds'
+# masked SDPA materialises an $L \times L$ mask; the gather reference an $L \times k \times d$ copy per
+# head.
+
+# %%
+if not df.empty:
+    mem = long.dropna(subset=["peak_mib"])
+    px.line(mem[mem["pass"] != "selection (no grad)"], x="L", y="peak_mib", color="method", facet_col="kind",
+            facet_row="pass", log_x=True, log_y=True, markers=True, color_discrete_map=METHOD_COLORS,
+            labels={"L": "sequence length L (tokens)", "peak_mib": "peak memory (MiB)"},
+            title=f"Peak memory per call, {rule} (lower is better)<br><sup>{REC_LABEL}</sup>").update_layout(
+        height=650).for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1])).show()
+
+# %% [markdown]
+# ## 5 · The study's targets, on the recorded data
+#
+# Each target is evaluated on the **most favourable** configuration measured (best over $k$ and
+# MHA / GQA), so a miss is not an artefact of which row is shown; `per_kind` gives the best per attention
+# kind. "not measured" means the data has no row at that length.
+
+# %%
+if not df.empty:
+    targets = B.evaluate_targets(df)
+    display(targets[["target", "measured", "met", "per_kind", "note"]])
+    met = (targets.met == "yes").sum()
+    lines = [f"**{met} of {len(targets)} targets met** on the recorded data ({REC_LABEL})."]
+    for _, t in targets.iterrows():
+        lines.append(f"* {t.target}: **{t.met}** — {t.measured}.")
+    why = B.breakdown_text(df)
+    if why:
+        lines += ["", "Where the time goes: " + why]
+    display(Markdown("\n".join(lines)))
+    display(B.layer_breakdown(df).round(3))
+
+# %% [markdown]
+# ### A caveat on FlexAttention
+
+# %%
+if not df.empty:
+    fa = B.flex_artifacts(df, P.flex_artifact_factor)
+    if fa.empty:
+        display(Markdown(f"No FlexAttention measurement is more than {P.flex_artifact_factor:g}x slower than flash."))
+    else:
+        display(fa.round(2))
+        import torch._dynamo.config as dynamo_config
+
+        limit = getattr(dynamo_config, "recompile_limit", getattr(dynamo_config, "cache_size_limit", None))
+        all_ratio = (df.flex_fwd_ms / df.flash_fwd_ms).dropna()
+        ok_ratio = all_ratio[all_ratio <= P.flex_artifact_factor]
+
+        def span(lo, hi, fmt):
+            return f"{lo:{fmt}}x" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}-{hi:{fmt}}x"
+
+        display(Markdown(
+            f"At L = {', '.join(str(int(x)) for x in sorted(fa.L.unique()))} FlexAttention is "
+            f"{span(fa.ratio.min(), fa.ratio.max(), '.0f')} slower than flash and needs up to "
+            f"{fa.flex_fwd_peak_mib.max() / 1024:.0f} GiB, while at every other L it runs at "
+            f"{span(ok_ratio.min(), ok_ratio.max(), '.2f')} flash's time. Those rows are distinct shape no. "
+            f"{', '.join(str(int(x)) for x in sorted(fa.flex_shape_no.dropna().unique()))} that the benchmark "
+            f"compiled `flex_attention` for (`dynamic=False`: one compilation per shape); torch.compile's "
+            f"recompile limit is {limit} in the torch installed here (8 by default). Past it, torch.compile stops "
+            "compiling and runs the function eagerly, i.e. the unfused path that materialises the full score "
+            "matrix. The number is an artefact of the benchmark harness, not FlexAttention's speed; read "
+            "FlexAttention ≈ flash here."))
+
+# %% [markdown]
+# ## 6 · A fresh benchmark, on this machine
+#
+# `dsa.bench` at small sizes (parameters `bench_*`). On a CPU every method runs its PyTorch reference
+# (SDPA math, the gather reference, `indexer_topk`), so the times say nothing about the GPU kernels; on a
+# GPU (`device: cuda`) this is a quick re-measurement.
+
+# %%
+if P.run_fresh:
+    out = runs_dir("05_efficiency") / f"bench-{DEV.type}.json"
+    argv = ["--seq-lens", *P.bench_seq_lens.split(","), "--top-k", *P.bench_top_k.split(","),
+            "--kv-heads", *P.bench_kv_heads.split(","), "--heads", str(P.bench_heads), "--head-dim",
+            str(P.bench_head_dim), "--indexer-heads", str(P.bench_indexer_heads), "--indexer-dim",
+            str(P.bench_indexer_dim), "--out", str(out)] + (["--cpu"] if DEV.type == "cpu" else [])
+    fresh = dsa_bench.main([a.strip() for a in argv])
+    fresh["_path"] = str(out)
+    fdf = B.bench_frame([fresh])
+    print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['sparse_path']}")
+    flong = B.long_times(fdf)
+    frule = "k=L/8" if "0" in P.bench_top_k.split(",") else f"k={P.bench_top_k.split(',')[0]}"
+    fsel = B.select_k(fdf, "L/8") if "0" in P.bench_top_k.split(",") else B.select_k(fdf, P.bench_top_k.split(",")[0])
+    ms_vs_len(B.long_times(fsel), f"Fresh ({FRESH_LABEL})", frule).show()
+    display(fdf[["L", "k", "kind", "flash_fwd_ms", "masked_fwd_ms", "gather_fwd_ms", "sparse_fwd_ms", "dsa_fwd_ms",
+                 "torch_topk_ms", "topk_fast_ms", "speedup_fwd", "speedup_fwdbwd"]].round(3))
+else:
+    print("run_fresh is off: no fresh benchmark.")
