@@ -208,6 +208,25 @@ def recorded_runs(pattern: str, *, root: str | Path | None = None) -> list[dict]
     return load_jsonl_records(pattern, root=root) + load_records(pattern, root=root)
 
 
+def coverage(records: Sequence[dict], experiment: str, size: str = "full") -> dict:
+    """How much of an experiment a set of recorded runs covers, matched by ``dsa.sweep.config_key`` (the
+    key a sweep stores with each record): {'expected', 'found', 'missing_seq_lens' (L with a missing
+    configuration), 'text'} — e.g. '16 of 105 configurations of exp5_sparsity (full) recorded; incomplete
+    at L = 64, 128, 256, 512, 1024'."""
+    from .experiments import get_experiment  # noqa: PLC0415
+    from .sweep import config_key  # noqa: PLC0415
+
+    configs = get_experiment(experiment, size)
+    have = {r.get("key") for r in records}
+    missing = [c for c in configs if config_key(c) not in have]
+    found = len(configs) - len(missing)
+    lens = sorted({c.seq_len for c in missing})
+    text = f"{found} of {len(configs)} configurations of {experiment} ({size}) recorded"
+    if lens:
+        text += f"; incomplete at L = {', '.join(map(str, lens))}"
+    return {"expected": len(configs), "found": found, "missing_seq_lens": lens, "text": text}
+
+
 # ----------------------------------------------------------------------------------------- frames
 def arm_label(cfg: dict) -> str:
     """What distinguishes a run inside one experiment: 'dense', 'fixed k=25%', 'mass 0.8 (k≤96)',
@@ -269,6 +288,7 @@ def source_label(records: Sequence[dict], what: str) -> str:
 __all__ = [
     "arm_label",
     "config_ratio",
+    "coverage",
     "curves_table",
     "experiment_levels",
     "fresh_sweep",

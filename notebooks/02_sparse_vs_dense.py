@@ -104,7 +104,7 @@ from IPython.display import Markdown, display
 from dsa import verdicts as V
 from dsa.figures import save_static, setup_plotting
 from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import curves_table, fresh_sweep, parse_list, recorded_runs, runs_table
+from dsa.runs import coverage, curves_table, fresh_sweep, parse_list, recorded_runs, runs_table
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -170,6 +170,8 @@ for recs, what in ((rec_exp4, "exp4 sweep"), (rec_issue2, "issue 2")):
 for recs, name in ((rec_exp4, P.recorded_exp4), (rec_issue2, P.recorded_issue2)):
     if not recs:
         print(f"no recorded data matches data/{name}")
+if rec_exp4:
+    print(f"data/{P.recorded_exp4}: {coverage(rec_exp4, 'exp4_reproduce')['text']}")
 RECORDED = rec_exp4 + rec_issue2
 RECORDED_LABEL = summarize_provenance(r["provenance"] for r in RECORDED)
 if not sources:

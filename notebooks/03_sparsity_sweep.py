@@ -97,7 +97,7 @@ from dsa import stats as S
 from dsa import verdicts as V
 from dsa.figures import save_static, setup_plotting
 from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import fresh_sweep, parse_list, recorded_runs, runs_table
+from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, runs_table
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -129,7 +129,7 @@ if recorded:
     steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recorded}))
     sources.append((f"recorded exp5 sweep ({steps} steps)", recorded,
                     summarize_provenance(r["provenance"] for r in recorded)))
-    print(f"recorded: {len(recorded)} runs from data/{P.recorded}")
+    print(f"recorded: {len(recorded)} runs from data/{P.recorded}; {coverage(recorded, 'exp5_sparsity')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`. "
                      "Everything below comes from the fresh run. (On a GPU: `python -m dsa.sweep exp5_sparsity "
@@ -275,4 +275,7 @@ for label, recs, prov in sources:
 if not recorded:
     lines.append("The GPU sweep, the one with enough training to separate the ratios, has not been recorded yet: "
                  "the fresh CPU run above is a check of the machinery, not evidence about the ratios.")
+elif coverage(recorded, "exp5_sparsity")["missing_seq_lens"]:
+    lines.append(f"The recorded GPU sweep is incomplete ({coverage(recorded, 'exp5_sparsity')['text']}): its verdict "
+                 "covers only the lengths and seeds recorded so far.")
 display(Markdown("\n".join(lines)))

@@ -98,7 +98,7 @@ from dsa.analysis import chosen_k_counts, config_mean_k, k_policy_override
 from dsa.experiments import get_experiment
 from dsa.figures import save_static, setup_plotting
 from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import (arm_label, parse_list, recorded_runs, runs_table, select_configs, train_keeping_models,
+from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, runs_table, select_configs, train_keeping_models,
                       validation_batches)
 
 setup_plotting()
@@ -134,6 +134,7 @@ if recorded:
     steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recorded}))
     sources.append((f"recorded exp3 sweep ({steps} steps)", recorded,
                     summarize_provenance(r["provenance"] for r in recorded)))
+    print(f"data/{P.recorded}: {coverage(recorded, 'exp3_adaptive')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`; "
                      "everything below comes from the fresh run. (On a GPU: `python -m dsa.sweep exp3_adaptive "

@@ -410,3 +410,15 @@ def test_flex_shape_numbers_and_breakdown():
     text = B.breakdown_text(df)
     assert "L=4096, k=2048" in text and "(25%)" in text and "(50%)" in text
     assert B.long_times(df, methods={}, topk=False).empty
+
+
+def test_coverage_matches_sweep_keys():
+    from dsa.experiments import get_experiment
+    from dsa.sweep import config_key
+
+    cs = get_experiment("exp4_reproduce", "full")
+    recs = [{"key": config_key(c)} for c in cs if c.seq_len != 256]
+    cov = R.coverage(recs, "exp4_reproduce", "full")
+    assert cov["expected"] == len(cs) == 36 and cov["found"] == 24 and cov["missing_seq_lens"] == [256]
+    assert cov["text"] == "24 of 36 configurations of exp4_reproduce (full) recorded; incomplete at L = 256"
+    assert R.coverage([{"key": config_key(c)} for c in cs], "exp4_reproduce", "full")["missing_seq_lens"] == []
