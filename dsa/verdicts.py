@@ -35,7 +35,7 @@ VARIANT_ORDER = (DENSE, LEAKY, "DSA scratch", "DSA deepseek")
 EQUIV_TOL = 0.05
 CLAIMED_SPEEDUP = (1.4, 1.7)
 SUMMARY_METRICS = ("val_loss", "val_acc", "sparse_time_per_step_s", "val_loss_causal_eval", "val_acc_causal_eval")
-GROUP = ("source", "seq_len", "steps")
+GROUP = ("source", "device", "seq_len", "steps")  # a sweep may mix GPUs: every table keeps them apart
 
 CLAIMS = {
     "loss": ("Sparse attention reaches a far lower validation loss than dense",
@@ -283,27 +283,31 @@ NOISY = "the timings are too noisy to decide: a paired CI of the time difference
 
 def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tuple[float, float] = CLAIMED_SPEEDUP,
                   confidence: float = CONFIDENCE) -> Verdict:
-    """The seeds' speed claim: dense time per step / causal DSA time per step (sparse phase), per L, paired
-    by seed. 'inconclusive' when any comparison's CI of the time difference includes 0."""
+    """The seeds' speed claim: dense time per step / causal DSA time per step (sparse phase), per L and
+    device (times from different GPUs are never compared), paired by seed. Decided on the comparisons whose
+    paired CI of the time difference excludes 0; 'inconclusive' when none does or they disagree."""
     claim, said = CLAIMS["speed"]
     col = "sparse_time_per_step_s"
     comps, parts = [], []
+    devs = df.device.fillna("?")
+    several = devs.nunique() > 1
     for l in _lens(df):
-        g = df[(df.seq_len == l) & np.isfinite(pd.to_numeric(df[col], errors="coerce"))]
-        dense = g[g.variant == DENSE]
-        if dense.empty:
-            continue
-        bits = [f"L={l}: dense {dense[col].mean() * 1e3:.1f} ms/step"]
-        for v in CAUSAL:
-            sub = g[g.variant == v]
-            if sub.empty:
+        for dev in sorted(devs[df.seq_len == l].unique()):
+            g = df[(df.seq_len == l) & (devs == dev) & np.isfinite(pd.to_numeric(df[col], errors="coerce"))]
+            dense = g[g.variant == DENSE]
+            if dense.empty:
                 continue
-            c = _time_cmp(dense, sub, confidence)
-            comps.append(c)
-            r = c["ratio"]
-            bits.append(f"{v} {c['other_s'] * 1e3:.1f} ms ({r:.2f}x" + (f", i.e. {1 / r:.1f}x slower" if r < 1 else "")
-                        + ("" if c["clear"] else ", within noise") + ")")
-        parts.append(", ".join(bits))
+            bits = [f"L={l}" + (f" ({dev})" if several else "") + f": dense {dense[col].mean() * 1e3:.1f} ms/step"]
+            for v in CAUSAL:
+                sub = g[g.variant == v]
+                if sub.empty:
+                    continue
+                c = _time_cmp(dense, sub, confidence)
+                comps.append(c)
+                r = c["ratio"]
+                bits.append(f"{v} {c['other_s'] * 1e3:.1f} ms ({r:.2f}x" + (f", i.e. {1 / r:.1f}x slower" if r < 1 else "")
+                            + ("" if c["clear"] else ", within noise") + ")")
+            parts.append(", ".join(bits))
     if not comps:
         return Verdict(source, claim, said, "no data", "needs timed dense and causal DSA runs")
     # decided on the comparisons whose paired CI excludes 0; the others are reported as "within noise"

@@ -243,27 +243,34 @@ display(leak.round(3))
 plot_src = [label for label, recs in sources if recs is not fresh_recs] or [FRESH_SOURCE]
 pdat = df[df.source.isin(plot_src)].copy()
 stamp = RECORDED_LABEL if RECORDED else FRESH_LABEL
-pdat["L (steps)"] = "L=" + pdat.seq_len.astype(str) + "\n(" + pdat.steps.astype(str) + " steps)"
+several_devices = pdat.device.nunique() > 1  # then each bar says its GPU: times from two GPUs never share a bar
+pdat["L (steps)"] = ("L=" + pdat.seq_len.astype(str) + "\n" + pdat.steps.astype(str) + " steps"
+                     + ("\n" + pdat.device.map(lambda d: short_device([{"provenance": {"device": d}}]))
+                        if several_devices else ""))
 bars = [pdat.assign(arm=pdat.variant)]
 lk = pdat[pdat.variant == V.LEAKY].copy()
 if len(lk):
     bars.append(lk.assign(arm=V.LEAKY + ", causal guard on at eval", val_loss=lk.val_loss_causal_eval))
 bars = pd.concat(bars, ignore_index=True)
 order = [v for v in [*V.VARIANT_ORDER, V.LEAKY + ", causal guard on at eval"] if v in set(bars.arm)]
-x_order = sorted(bars["L (steps)"].unique(), key=lambda s: int(s.split("=")[1].split("\n")[0]))
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+x_order = sorted(bars["L (steps)"].unique(), key=lambda s: (int(s.split("=")[1].split("\n")[0]), s))
+fig, axes = plt.subplots(1, 2, figsize=(13 + 1.2 * several_devices, 4.4))
 sns.barplot(bars, x="L (steps)", y="val_loss", hue="arm", hue_order=order, order=x_order, ax=axes[0],
             palette=[COLORS[o] for o in order], errorbar=("ci", 100 * P.confidence))
-axes[0].set(ylabel="final validation loss (nats/token)", xlabel="sequence length L (training steps)",
+axes[0].set(ylabel="final validation loss (nats/token)", xlabel="sequence length L (training steps"
+            + (", GPU" if several_devices else "") + ")",
             title="Validation loss (lower is better; error bars: bootstrap CI over seeds)")
-axes[0].legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+axes[0].legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3)
+axes[0].tick_params(axis="x", labelsize=8)
 tdat = pdat[pdat.variant != V.LEAKY].assign(ms=lambda d: 1e3 * d.sparse_time_per_step_s)
 sns.barplot(tdat, x="L (steps)", y="ms", hue="variant", order=x_order,
             hue_order=[v for v in V.VARIANT_ORDER if v in set(tdat.variant)], ax=axes[1],
             palette=[COLORS[v] for v in V.VARIANT_ORDER if v in set(tdat.variant)])
-axes[1].set(ylabel="time per training step (ms)", xlabel="sequence length L (training steps)",
+axes[1].set(ylabel="time per training step (ms)", xlabel="sequence length L (training steps"
+            + (", GPU" if several_devices else "") + ")",
             title="Time per step (lower is better; DSA: sparse phase)")
-axes[1].legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+axes[1].legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3)
+axes[1].tick_params(axis="x", labelsize=8)
 fig.suptitle("The seeds' exp4: " + " + ".join(plot_src), fontsize=9)
 fig.tight_layout()
 maybe_save(fig, "02_exp4_loss_speed", stamp)

@@ -422,3 +422,17 @@ def test_coverage_matches_sweep_keys():
     assert cov["expected"] == len(cs) == 36 and cov["found"] == 24 and cov["missing_seq_lens"] == [256]
     assert cov["text"] == "24 of 36 configurations of exp4_reproduce (full) recorded; incomplete at L = 256"
     assert R.coverage([{"key": config_key(c)} for c in cs], "exp4_reproduce", "full")["missing_seq_lens"] == []
+
+
+def test_times_from_different_gpus_are_never_compared():
+    # dense timed on a fast GPU, DSA on a slow one: compared across devices DSA would look 2.5x slower
+    recs = exp4_records(dsa_time=0.05)
+    fast = {**PROV, "device": "fast GPU"}
+    for r in recs:
+        if r["config"]["attention"] == "dense":
+            r["provenance"] = fast
+    v = V.speed_verdict(R.runs_table(recs, "mixed"), "mixed")
+    assert v.verdict == "no data"
+    s = V.summary_table(R.runs_table(recs, "mixed"))
+    assert set(s[s.variant == "dense"].device) == {"fast GPU"}
+    assert set(s[s.variant != "dense"].device) == {PROV["device"]}
