@@ -482,14 +482,16 @@ def exp3_verdicts(df: pd.DataFrame, source: str, confidence: float = CONFIDENCE,
     claim, said = EXP3_CLAIMS["speed"]
     col = "sparse_time_per_step_s"
     parts, comps = [], []
-    for arm, g in adaptive.groupby("arm", sort=True):
-        same = fixed[fixed.top_k == g.top_k.iloc[0]]
+    several = d.device.nunique() > 1
+    for (dev, arm), g in adaptive.groupby(["device", "arm"], sort=True):  # times of one GPU only
+        same = fixed[(fixed.top_k == g.top_k.iloc[0]) & (fixed.device == dev)]
         if same.empty or not np.isfinite(g[col]).any() or not np.isfinite(same[col]).any():
             continue
         c = _time_cmp(same, g, confidence)
         comps.append(c)
-        parts.append(f"{arm}: {1e3 * c['other_s']:.1f} ms/step vs {same.arm.iloc[0]} {1e3 * c['base_s']:.1f} ms "
-                     f"({c['ratio']:.2f}x" + ("" if c["clear"] else ", within noise") + ")")
+        parts.append(f"{arm}" + (f" ({dev})" if several else "") + f": {1e3 * c['other_s']:.1f} ms/step vs "
+                     f"{same.arm.iloc[0]} {1e3 * c['base_s']:.1f} ms ({c['ratio']:.2f}x"
+                     + ("" if c["clear"] else ", within noise") + ")")
     devs = " / ".join(sorted(str(x) for x in d.device.dropna().unique()))
     if not comps:
         rows.append(Verdict(source, claim, said, "no data", "no timed fixed arm with the adaptive arms' k cap"))

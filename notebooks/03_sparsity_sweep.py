@@ -248,14 +248,17 @@ for label, recs, prov in sources:
 # %%
 for label, recs, prov in sources:
     d = df[df.source == label].assign(ms=lambda x: 1e3 * x.sparse_time_per_step_s)
-    t = S.group_summary(d, ["seq_len", "k/L"], value="ms", confidence=P.confidence)
+    t = S.group_summary(d, ["device", "seq_len", "k/L"], value="ms", confidence=P.confidence)  # one GPU per panel
     sp = t[t["k/L"] != "dense"].assign(ratio=lambda x: x["k/L"].astype(float))
-    fig = px.line(sp, x="ratio", y="mean", color=sp.seq_len.astype(str), markers=True,
+    fig = px.line(sp, x="ratio", y="mean", color=sp.seq_len.astype(str), markers=True, facet_col="device",
                   error_y=sp.ci_high - sp["mean"], error_y_minus=sp["mean"] - sp.ci_low,
                   labels={"ratio": "k/L (fraction of past tokens kept)", "mean": "time per step (ms)", "color": "L"},
                   title=f"{label}: time per training step (lower is better)<br><sup>{prov}</sup>")
+    devices = list(dict.fromkeys(sp.device))
     for _, r in t[t["k/L"] == "dense"].iterrows():
-        fig.add_hline(y=r["mean"], line_dash="dash", line_width=1, annotation_text=f"dense L={int(r.seq_len)}")
+        if r.device in devices:
+            fig.add_hline(y=r["mean"], line_dash="dash", line_width=1, annotation_text=f"dense L={int(r.seq_len)}",
+                          col=devices.index(r.device) + 1, row=1)
     fig.show()
 
 # %% [markdown]

@@ -186,13 +186,13 @@ if per_layer_rows:
 # %%
 def arm_summary(d):
     s = V.summary_table(d.assign(variant=d.arm), metrics=("val_loss", "val_acc", "sparse_time_per_step_s", "recall",
-                                                           "mean_k"), by=("source", "seq_len"),
+                                                           "mean_k"), by=("source", "device", "seq_len"),
                         confidence=P.confidence)
     return s
 
 
 summary = arm_summary(df)
-table = V.format_summary(summary, by=("source", "seq_len"), formats={
+table = V.format_summary(summary, by=("source", "device", "seq_len"), formats={
     "val_loss": (3, 1.0, "val loss (nats/token)"), "val_acc": (1, 100.0, "val accuracy (%)"),
     "mean_k": (1, 1.0, "keys per query (mean)"), "sparse_time_per_step_s": (1, 1e3, "time per step (ms)"),
     "recall": (3, 1.0, "indexer recall (dense mass kept)")})
