@@ -220,7 +220,9 @@ for label, recs, prov in sources:
     fig.update_traces(textposition="top center", textfont_size=9)
     fig.show()
 
-plot_label, _, plot_prov = sources[-1] if recorded else sources[0]
+# the static figure shows the recorded sweep once it holds fixed and adaptive arms, else the fresh run
+rec_kinds = set(pts[pts.source == sources[-1][0]].kind) if recorded else set()
+plot_label, _, plot_prov = sources[-1] if {"fixed k", "adaptive k"} <= rec_kinds else sources[0]
 p = pts[pts.source == plot_label]
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 sns.scatterplot(p, x="keys", y="loss", hue="kind", style="kind", s=90, ax=axes[0])
@@ -321,6 +323,8 @@ ver = pd.concat([V.exp3_verdicts(df[df.source == label], label, confidence=P.con
 display(ver[["source", "claim", "verdict", "seeds_said"]])
 display(Markdown("\n".join(f"* **{r.claim}** — *{r.source}*: **{r.verdict.upper()}**. {r.evidence}"
                            for _, r in ver.iterrows())
-                 + ("" if recorded else "\n\nOnly the fresh CPU run exists so far: a few dozen steps on a tiny "
-                    "model, where the indexer has barely learned anything to adapt to. The recorded GPU sweep is "
-                    "the evidence to wait for.")))
+                 + ("" if recorded and not coverage(recorded, "exp3_adaptive")["missing_seq_lens"] else
+                    "\n\nThe recorded GPU sweep is " + (f"incomplete ({coverage(recorded, 'exp3_adaptive')['text']})"
+                                                          if recorded else "not there yet")
+                    + ". The fresh CPU run is a few dozen steps on a tiny model, where the indexer has barely learned "
+                    "anything to adapt to: the complete GPU sweep is the evidence to wait for.")))
