@@ -326,8 +326,9 @@ def train(cfg: TrainConfig, data=None) -> dict:
                 raise FloatingPointError(f"non-finite loss {train_loss} at iteration {it} ({phase})")
             if it % cfg.eval_every == 0 or j == n - 1:
                 do_eval(phase, train_loss)
-        fwd = None  # drop this phase's DDP wrapper (and its gradient hooks) before requires_grad changes
-        ddp_util.release_wrappers()
+        if fwd is not model:  # drop this phase's DDP wrapper (and its gradient hooks) before requires_grad changes
+            fwd = None
+            ddp_util.release_wrappers()
     bar.close()
     for p in main_params:
         p.requires_grad_(True)
