@@ -182,6 +182,7 @@ def evaluate(model: TransformerLM, batches, device, autocast, sparse: bool, reca
     model.eval()
     tot_loss, tot_correct, tot_n = 0.0, 0, 0
     rec = None
+    sel_k: dict = {}
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device), y.to(device)
         with autocast():
@@ -191,11 +192,18 @@ def evaluate(model: TransformerLM, batches, device, autocast, sparse: bool, reca
         tot_n += y.numel()
         if out.recall is not None:
             rec = out.recall
+        if sparse and i == 0:
+            # keys each query attends to (an adaptive policy's average k; causal queries near the start
+            # have fewer than k past tokens), per layer and as the mean over layers
+            by_layer = [float(a.selection.counts().float().mean()) for a in out.aux if a.selection is not None]
+            if by_layer:
+                sel_k = {"mean_k": sum(by_layer) / len(by_layer), "mean_k_by_layer": by_layer}
     model.train()
     loss = tot_loss / tot_n
     res = {"val_loss": loss, "val_acc": tot_correct / tot_n, "val_ppl": math.exp(min(loss, 50.0))}
     if rec is not None:
         res.update(rec)
+    res.update(sel_k)
     return res
 
 

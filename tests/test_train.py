@@ -122,3 +122,15 @@ def test_cli_rejects_unknown_flags_and_bad_values(capsys):
     assert "top_k" in capsys.readouterr().err
     assert main(["--attention", "nope"]) == 2
     assert "attention" in capsys.readouterr().err
+
+
+def test_sparse_eval_records_keys_per_query():
+    """mean_k: the keys each query attends to, per layer; fixed k counts min(k, t+1) for query t."""
+    rec = train(_cfg(attention="dsa", recipe="scratch", steps=4, eval_every=4), data=_data())
+    f = rec["final"]
+    want = float(torch.minimum(torch.full((SEQ,), 12), torch.arange(SEQ) + 1).float().mean())
+    assert f["mean_k"] == pytest.approx(want)
+    assert len(f["mean_k_by_layer"]) == 2
+    adaptive = train(_cfg(attention="dsa", recipe="scratch", steps=4, eval_every=4, k_policy="mass", k_mass=0.5),
+                     data=_data())
+    assert 1.0 <= adaptive["final"]["mean_k"] < want
