@@ -79,6 +79,14 @@ def _flex():
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+        # one compiled kernel per shape: the default recompile limit (8) made later shapes fall back to the
+        # unfused path (the recorded 16K FlexAttention rows are that artefact)
+        import torch._dynamo.config as dcfg  # noqa: PLC0415
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dcfg, name):
+                setattr(dcfg, name, max(getattr(dcfg, name), 256))
+
         return torch.compile(flex_attention, dynamic=False), create_block_mask
     except Exception:
         return None, None
