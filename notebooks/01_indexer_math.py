@@ -42,6 +42,7 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
+from dsa.train import resolve_device
 from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
 
 _ns_before = snapshot_namespace(globals())
@@ -119,8 +120,7 @@ from dsa.records import fresh_run_label
 from dsa.topk import indexer_topk, select_topk, selection_to_mask
 
 setup_plotting()
-DEV = torch.device("cuda" if P.device == "auto" and torch.cuda.is_available() else
-                   ("cpu" if P.device == "auto" else P.device))
+DEV = resolve_device(P.device)
 SOURCE = fresh_run_label(DEV)
 print("Every number and figure in this notebook is a", SOURCE, "(no recorded data is read).")
 

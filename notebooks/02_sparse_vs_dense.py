@@ -51,6 +51,7 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
+from dsa.train import resolve_device
 from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
 from dsa.runs import experiment_levels, valid_list
 
@@ -98,7 +99,6 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import seaborn as sns
-import torch
 from IPython.display import Markdown, display
 
 from dsa import verdicts as V
@@ -108,8 +108,7 @@ from dsa.runs import coverage, curves_table, fresh_sweep, parse_list, recorded_r
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
-DEV = torch.device("cuda" if P.device == "auto" and torch.cuda.is_available() else
-                   ("cpu" if P.device == "auto" else P.device))
+DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 
 

@@ -40,6 +40,7 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
+from dsa.train import resolve_device
 from dsa.experiments import SPARSITY_RATIOS
 from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
 from dsa.runs import experiment_levels, valid_list
@@ -90,7 +91,6 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import seaborn as sns
-import torch
 from IPython.display import Markdown, display
 
 from dsa import stats as S
@@ -101,8 +101,7 @@ from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, runs_tabl
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
-DEV = torch.device("cuda" if P.device == "auto" and torch.cuda.is_available() else
-                   ("cpu" if P.device == "auto" else P.device))
+DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 
 

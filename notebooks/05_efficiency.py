@@ -46,6 +46,7 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
+from dsa.train import resolve_device
 from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
 from dsa.runs import parse_list, valid_list
 
@@ -111,8 +112,7 @@ from dsa.runs import runs_dir
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
-DEV = torch.device("cuda" if P.device == "auto" and torch.cuda.is_available() else
-                   ("cpu" if P.device == "auto" else P.device))
+DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 METHOD_COLORS = {label: c for label, c in zip(
     [*B.METHODS.values(), *B.TOPK_METHODS.values()],

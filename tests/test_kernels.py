@@ -13,8 +13,22 @@ import os
 import pytest
 import torch
 
+
+_OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads the variable then too
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter_for_this_module_only():
+    """Put the variable back after this module: it would otherwise reach the notebook kernels that later
+    tests start, and run their CPU benchmarks in the Triton interpreter (minutes instead of seconds)."""
+    yield
+    if _OLD_INTERPRET is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+
 
 triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")
 
