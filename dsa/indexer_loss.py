@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from .indexer import indexer_scores
+from .kernels import indexer_scores_at as indexer_scores_at_kernel
+from .kernels import use_triton
 from .sparse_attention import expand_kv
 from .topk import Selection
 
@@ -41,16 +43,17 @@ def sparse_attention_target(
     """Head-summed, L1-normalised sparse attention over the selected slots of queries c0..c1-1.
 
     q: (B, H, L, d); k: (B, H_kv, L, d); sel idx/valid (B, L, K) -> (B, C, K) float32, zero at invalid slots.
+    Memory O(B * H * C * L): one dense product over the chunk, then a gather. Gathering C*K key rows
+    instead moves K*d floats per query with no reuse and was the slowest part of a DSA training step.
     """
-    b, h, _, d = q.shape
+    b, h, l, d = q.shape
     hkv = k.shape[1]
     scale = d**-0.5 if scale is None else scale
-    idx = sel.idx[:, c0:c1].clamp(min=0)
+    idx = sel.idx[:, c0:c1].clamp(min=0)  # (B, C, K)
     valid = sel.valid[:, c0:c1]
-    bi = torch.arange(b, device=q.device)[:, None, None]
-    kg = k.transpose(1, 2)[bi, idx].float()  # (B, C, K, H_kv, d)
     qc = q[:, :, c0:c1].float().reshape(b, hkv, h // hkv, c1 - c0, d)
-    s = torch.einsum("bhgcd,bckhd->bhgck", qc, kg) * scale
+    s = torch.einsum("bhgcd,bhkd->bhgck", qc, k.float()) * scale  # (B, H_kv, G, C, L)
+    s = s.gather(-1, idx[:, None, None].expand(-1, hkv, h // hkv, -1, -1))  # (B, H_kv, G, C, K)
     s = s.masked_fill(~valid[:, None, None], float("-inf"))
     p = s.softmax(-1).nan_to_num(0.0).sum((1, 2))
     return p / p.sum(-1, keepdim=True).clamp(min=1e-30)
@@ -91,15 +94,17 @@ def dense_indexer_kl(
 def indexer_scores_at(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> torch.Tensor:
     """Indexer scores at the selected positions only: I[t, idx[t, j]], -inf at unused slots.
 
-    q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I), sel (B, L, K) -> (B, L, K) float32.
-    Gathers k_idx rows (memory O(L * K * d_I)); differentiable w.r.t. all three inputs.
+    q_idx (B, C, H_I, d_I), k_idx (B, L, d_I), w (B, C, H_I), sel (B, C, K) -> (B, C, K) float32;
+    differentiable w.r.t. all three inputs. The Triton kernel on CUDA; elsewhere the scores of the C
+    queries against all L keys, then a gather (memory O(B * C * L * H_I)). Gathering the K key rows per
+    query instead makes autograd scatter them back with a sorting index_put: 20-75% of a DSA step on an
+    H100 (data/bench/step-*.json).
     """
-    b = q_idx.shape[0]
-    bi = torch.arange(b, device=q_idx.device)[:, None, None]
-    kg = k_idx[bi, sel.idx.clamp(min=0)].float()  # (B, L, K, d_I)
-    logits = torch.einsum("blhd,blkd->blhk", q_idx.float(), kg).relu()
-    scores = torch.einsum("blhk,blh->blk", logits, w.float())
-    return scores.masked_fill(~sel.valid, float("-inf"))
+    if use_triton(q_idx, k_idx, w, sel.idx) and q_idx.dtype != torch.float64:
+        return indexer_scores_at_kernel(q_idx, k_idx, w, sel.idx, sel.valid)
+    scores = indexer_scores(q_idx, k_idx, w, causal=False)  # (B, C, L)
+    out = scores.gather(-1, sel.idx.clamp(min=0).long())
+    return out.masked_fill(~sel.valid, float("-inf"))
 
 
 def sparse_indexer_kl(

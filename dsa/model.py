@@ -48,23 +48,36 @@ class SwiGLU(nn.Module):
 # On CPU at small L the masked reference (one dense product) is several times faster than gathering,
 # whose scattered backward dominates; both compute the same function (tests/test_attention.py).
 MASKED_MAX_LEN_CPU = 512
+# On CUDA the query chunk of the references grows until one chunk's (B, H, chunk, L) float32 scores reach
+# this many elements (256 MiB): at chunk=128 a DSA step at L=4096 launched thousands of small kernels
+# (data/bench/step-*.json). The chunk changes memory and speed only, never the result.
+CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
-def _sparse_fn(impl: str, device: torch.device, seq_len: int):
-    """The sparse attention implementation to call: the Triton kernel on CUDA when it is present."""
+def effective_chunk(chunk: int, device: torch.device, batch: int, n_heads: int, seq_len: int) -> int:
+    """The query chunk used on ``device``: ``chunk`` on CPU; on CUDA at least ``chunk``, grown to the
+    memory budget CUDA_CHUNK_ELEMENTS, never past seq_len."""
+    if device.type != "cuda":
+        return chunk
+    return max(chunk, min(seq_len, CUDA_CHUNK_ELEMENTS // max(1, batch * n_heads * seq_len)))
+
+
+def resolved_sparse_impl(impl: str, device: torch.device, seq_len: int) -> str:
+    """Which implementation ``impl`` ('auto' included) runs on ``device`` at ``seq_len``: 'triton' (the
+    kernel, CUDA only), 'masked' or 'gather' (the references)."""
     if impl in ("auto", "triton") and device.type == "cuda":
         try:
-            from .kernels import sparse_attention as kernel  # noqa: PLC0415 (optional, GPU only)
+            from . import kernels  # noqa: F401, PLC0415 (optional, GPU only)
 
-            return kernel
+            return "triton"
         except ImportError:
             if impl == "triton":
                 raise
     if impl == "triton":
         raise RuntimeError("sparse_impl='triton' needs a CUDA device and dsa.kernels")
     if impl == "masked" or (impl == "auto" and device.type == "cpu" and seq_len <= MASKED_MAX_LEN_CPU):
-        return lambda q, k, v, idx, valid: sparse_attention_masked(q, k, v, idx, valid)
-    return None  # the gather reference, called with the config's chunk
+        return "masked"
+    return "gather"
 
 
 @dataclass
@@ -108,6 +121,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, l, _ = x.shape
         hd = cfg.head_dim
+        chunk = effective_chunk(cfg.chunk, x.device, b, cfg.n_heads, l)
         q = self.wq(x).view(b, l, cfg.n_heads, hd).transpose(1, 2)
         k = self.wk(x).view(b, l, cfg.n_kv_heads, hd).transpose(1, 2)
         v = self.wv(x).view(b, l, cfg.n_kv_heads, hd).transpose(1, 2)
@@ -125,23 +139,27 @@ class Attention(nn.Module):
                 k_sel: int | torch.Tensor = min(cfg.top_k, l)
                 if cfg.k_policy != "fixed":
                     policy = KPolicy(cfg.k_policy, top_k=k_sel, mass=cfg.k_mass, k_min=min(cfg.k_min, k_sel))
-                    k_sel = adaptive_k(qi, ki, wi, policy, chunk=cfg.chunk)
-                sel = indexer_topk(qi, ki, wi, k_sel, chunk=cfg.chunk, leak_future=cfg.leak_future)
+                    k_sel = adaptive_k(qi, ki, wi, policy, chunk=chunk)
+                sel = indexer_topk(qi, ki, wi, k_sel, chunk=chunk, leak_future=cfg.leak_future)
             aux.selection = sel
         if use_sparse:
-            fn = _sparse_fn(cfg.sparse_impl, x.device, l)
-            if fn is None:
-                o = sparse_attention_gather(q, k, v, sel.idx, sel.valid, chunk=cfg.chunk)
+            impl = resolved_sparse_impl(cfg.sparse_impl, x.device, l)
+            if impl == "triton":
+                from .kernels import sparse_attention as sparse_attention_kernel  # noqa: PLC0415
+
+                o = sparse_attention_kernel(q, k, v, sel.idx, sel.valid)
+            elif impl == "masked":
+                o = sparse_attention_masked(q, k, v, sel.idx, sel.valid)
             else:
-                o = fn(q, k, v, sel.idx, sel.valid)
+                o = sparse_attention_gather(q, k, v, sel.idx, sel.valid, chunk=chunk)
         else:
             o = dense_causal_attention(q, k, v)
         if indexer_loss == "dense":
-            aux.indexer_kl = dense_indexer_kl(q.detach(), k.detach(), qi, ki, wi, chunk=cfg.chunk)
+            aux.indexer_kl = dense_indexer_kl(q.detach(), k.detach(), qi, ki, wi, chunk=chunk)
         elif indexer_loss == "sparse":
-            aux.indexer_kl = sparse_indexer_kl(q.detach(), k.detach(), qi, ki, wi, sel, chunk=cfg.chunk)
+            aux.indexer_kl = sparse_indexer_kl(q.detach(), k.detach(), qi, ki, wi, sel, chunk=chunk)
         if recall and sel is not None:
-            aux.recall = indexer_recall(q.detach(), k.detach(), sel, chunk=cfg.chunk)
+            aux.recall = indexer_recall(q.detach(), k.detach(), sel, chunk=chunk)
         if keep_tensors:
             aux.tensors = {"q": q.detach(), "k": k.detach(), "v": v.detach()}
             if need_index:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp_util
 from .config import ATTENTION_KINDS, ModelConfig
-from .model import TransformerLM
+from .model import TransformerLM, effective_chunk, resolved_sparse_impl
 from .provenance import REPO_ROOT, provenance, write_json_atomic
 
 RECIPES = ("deepseek", "scratch")
@@ -357,6 +357,10 @@ def train(cfg: TrainConfig, data=None) -> dict:
         "seed": cfg.seed,
         "data_seed": cfg.data_seed,
         "params": model.parameter_counts(),
+        # what "auto" and the chunk resolved to on this device (they change speed and memory, not results)
+        "runtime": {"sparse_impl": resolved_sparse_impl(mcfg.sparse_impl, device, cfg.seq_len)
+                    if cfg.attention == "dsa" else None,
+                    "chunk": effective_chunk(mcfg.chunk, device, cfg.batch_size, mcfg.n_heads, cfg.seq_len)},
         "phases": phases,
         "data": meta,
         "history": history,

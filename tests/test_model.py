@@ -103,3 +103,25 @@ def test_sparse_implementations_agree_inside_the_model(gen):
     for impl in ("masked", "auto"):
         torch.testing.assert_close(outs[impl][0], outs["gather"][0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(outs[impl][1], outs["gather"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_effective_chunk_grows_on_cuda_only_within_budget():
+    from dsa.model import CUDA_CHUNK_ELEMENTS, effective_chunk
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert effective_chunk(128, cpu, 16, 8, 4096) == 128
+    assert effective_chunk(128, cuda, 16, 8, 512) == 512  # capped at L
+    c = effective_chunk(128, cuda, 1, 8, 4096)
+    assert c == CUDA_CHUNK_ELEMENTS // (8 * 4096) and 128 < c < 4096
+    assert effective_chunk(128, cuda, 4, 16, 1 << 16) == 128  # never below the configured chunk
+
+
+def test_resolved_sparse_impl_on_cpu():
+    from dsa.model import MASKED_MAX_LEN_CPU, resolved_sparse_impl
+
+    cpu = torch.device("cpu")
+    assert resolved_sparse_impl("auto", cpu, MASKED_MAX_LEN_CPU) == "masked"
+    assert resolved_sparse_impl("auto", cpu, MASKED_MAX_LEN_CPU + 1) == "gather"
+    assert resolved_sparse_impl("gather", cpu, 64) == "gather"
+    with pytest.raises(RuntimeError, match="triton"):
+        resolved_sparse_impl("triton", cpu, 64)
