@@ -91,17 +91,24 @@ def dense_indexer_kl(
     return total / (b * l)
 
 
+def _kernel_applies(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> bool:
+    """The Triton scores-at kernel takes all L queries at once (not a chunk) and no float64."""
+    return (use_triton(q_idx, k_idx, w, sel.idx) and q_idx.shape[1] == k_idx.shape[1]
+            and torch.float64 not in (q_idx.dtype, k_idx.dtype, w.dtype))
+
+
 def indexer_scores_at(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> torch.Tensor:
     """Indexer scores at the selected positions only: I[t, idx[t, j]], -inf at unused slots.
 
     q_idx (B, C, H_I, d_I), k_idx (B, L, d_I), w (B, C, H_I), sel (B, C, K) -> (B, C, K) float32;
-    differentiable w.r.t. all three inputs. The Triton kernel on CUDA; elsewhere the scores of the C
+    differentiable w.r.t. all three inputs. The Triton kernel on CUDA when C = L; otherwise the scores of the C
     queries against all L keys, then a gather (memory O(B * C * L * H_I)). Gathering the K key rows per
     query instead makes autograd scatter them back with a sorting index_put: 20-75% of a DSA step on an
     H100 (data/bench/step-*.json).
     """
-    if use_triton(q_idx, k_idx, w, sel.idx) and q_idx.dtype != torch.float64:
-        return indexer_scores_at_kernel(q_idx, k_idx, w, sel.idx, sel.valid)
+    if _kernel_applies(q_idx, k_idx, w, sel):
+        dt = torch.promote_types(torch.promote_types(q_idx.dtype, k_idx.dtype), w.dtype)  # autocast mixes them
+        return indexer_scores_at_kernel(q_idx.to(dt), k_idx.to(dt), w.to(dt), sel.idx, sel.valid)
     scores = indexer_scores(q_idx, k_idx, w, causal=False)  # (B, C, L)
     out = scores.gather(-1, sel.idx.clamp(min=0).long())
     return out.masked_fill(~sel.valid, float("-inf"))
@@ -123,11 +130,16 @@ def sparse_indexer_kl(
     """
     b, _, l, _ = q.shape
     total = q_idx.new_zeros((), dtype=torch.float32)
+    # the kernel scores every query at once in O(L * K) memory; the reference goes chunk by chunk
+    log_q_all = indexer_scores_at(q_idx, k_idx, w, sel).log_softmax(-1) if _kernel_applies(q_idx, k_idx, w, sel) else None
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         sub = Selection(sel.idx[:, c0:c1], sel.valid[:, c0:c1])
         p = sparse_attention_target(q, k, sel, c0, c1)
-        log_q = indexer_scores_at(q_idx[:, c0:c1], k_idx, w[:, c0:c1], sub).log_softmax(-1)
+        if log_q_all is not None:
+            log_q = log_q_all[:, c0:c1]
+        else:
+            log_q = indexer_scores_at(q_idx[:, c0:c1], k_idx, w[:, c0:c1], sub).log_softmax(-1)
         total = total + _kl(p, log_q).sum()
     return total / (b * l)
 

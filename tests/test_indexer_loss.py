@@ -84,3 +84,4 @@ def test_scores_at_padded_slots_are_minus_inf(gen):
     assert bool((~sel.valid).any())
     out = indexer_scores_at(qi, ki, w, Selection(sel.idx, sel.valid))
     assert bool(torch.isneginf(out[~sel.valid]).all()) and bool(torch.isfinite(out[sel.valid]).all())
+

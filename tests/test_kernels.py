@@ -274,3 +274,34 @@ def test_indexer_topk_gpu_real():
     # exact bf16 products with fp32 accumulation
     ref = indexer_scores(q.double(), kk.double(), w.double())
     _check_topk(sel, ref, torch.full((b, l), k, device=DEV), 1e-5)
+
+
+
+def test_sparse_indexer_kl_through_the_kernel_with_autocast_dtypes(gen):
+    """The sparse KL loss takes the Triton scores-at path (compiled on CUDA, interpreted on CPU) with bf16
+    indexer queries/weights and fp32 keys, as autocast hands them over: loss and gradients as a float32
+    dense-scores-then-gather computation gives them."""
+    from dsa.indexer_loss import _kl, sparse_attention_target, sparse_indexer_kl  # noqa: PLC0415
+
+    b, h, hkv, l, d, hi, di = 2, 4, 2, 37, 16, 3, 16
+    q, k = torch.randn(b, h, l, d, generator=gen).to(DEV), torch.randn(b, hkv, l, d, generator=gen).to(DEV)
+    qi = torch.randn(b, l, hi, di, generator=gen).bfloat16()
+    ki, w = torch.randn(b, l, di, generator=gen), torch.randn(b, l, hi, generator=gen).bfloat16()
+    sel = indexer_topk(qi.float(), ki, w.float(), 9)
+    sel = type(sel)(sel.idx.to(DEV), sel.valid.to(DEV))
+    ker = [x.to(DEV).clone().requires_grad_() for x in (qi, ki, w)]
+    got = sparse_indexer_kl(q, k, *ker, sel, chunk=8)
+    got.backward()
+    ref_in = [x.to(DEV).float().clone().requires_grad_() for x in (qi, ki, w)]
+    total = 0.0
+    for c0 in range(0, l, 8):
+        c1 = min(c0 + 8, l)
+        sc = indexer_scores(ref_in[0][:, c0:c1], ref_in[1], ref_in[2][:, c0:c1], causal=False)
+        lq = sc.gather(-1, sel.idx[:, c0:c1].clamp(min=0)).masked_fill(~sel.valid[:, c0:c1], float("-inf"))
+        total = total + _kl(sparse_attention_target(q, k, sel, c0, c1), lq.log_softmax(-1)).sum()
+    ref = total / (b * l)
+    ref.backward()
+    assert float(got) == pytest.approx(float(ref), rel=1e-4)
+    for name, a, r in zip(("q_idx", "k_idx", "w"), ker, ref_in):
+        assert a.grad.dtype == a.dtype, name  # a bf16 leaf gets a bf16 gradient: its rounding sets the bar
+        assert rel(a.grad.float(), r.grad) < (1e-3 if a.dtype == torch.float32 else TOL[torch.bfloat16]), name
