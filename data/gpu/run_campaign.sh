@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU campaign as it was run on the lent machine (see data/gpu/README.md). Usage:
-#   bash data/gpu/run_campaign.sh TIME_BUDGET_S [EXPERIMENT ...]
+#   [RESULTS_DIR=data/gpu] [WORKERS=4] [DEVICES=all] bash data/gpu/run_campaign.sh TIME_BUDGET_S [EXPERIMENT ...]
 # Runs issue 2's short dense-vs-DSA comparison (once), then each experiment's full-size sweep with what is
-# left of the time budget. Sweeps resume: results already in data/gpu/<experiment>.jsonl are re-used.
+# left of the time budget. Sweeps resume: results already in $RESULTS_DIR/<experiment>.jsonl are re-used
+# (point RESULTS_DIR at the folder that comes back from the lent machine, so a run cut off still returns
+# every finished line).
 # The caller packs data/gpu to bring it back (also when a hard timeout cuts a run short: every finished
 # run is already on disk, whole).
 set -u
@@ -25,7 +27,7 @@ fi
 for exp in "${experiments[@]}"; do
   b=$(left)
   [ "$b" -gt 30 ] || { echo "time budget spent before $exp"; break; }
-  python -m dsa.sweep "$exp" --size full --out "data/gpu/$exp.jsonl" --time-budget-s "$b" \
+  python -m dsa.sweep "$exp" --size full --out "${RESULTS_DIR:-data/gpu}/$exp.jsonl" --time-budget-s "$b" \
     --workers-per-device "${WORKERS:-4}" --devices "${DEVICES:-}"
 done
 echo "campaign done in $(( $(date +%s) - start )) s"
