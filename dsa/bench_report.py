@@ -193,6 +193,92 @@ def breakdown_text(df: pd.DataFrame, k: int = 2048) -> str:
     return "; ".join(parts) + "."
 
 
+# -------------------------------------------------------------------------------------------- roofline
+# Peak HBM bandwidth (TB/s) of the GPUs the study ran on, from the vendors' data sheets (SXM parts).
+HBM_TB_S: dict[str, float] = {"H100": 3.35, "H200": 4.8}
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def hbm_peak_tb_s(device: str | None) -> float:
+    """The data-sheet HBM bandwidth of ``device`` (a CUDA device name), NaN when it is not listed."""
+    for name, bw in HBM_TB_S.items():
+        if device and name in str(device):
+            return bw
+    return float("nan")
+
+
+def gather_roofline(df: pd.DataFrame, targets: dict[int, float] | None = None) -> pd.DataFrame:
+    """What the sparse attention has to move, against what it would need to move it in to meet a speed-up.
+
+    Per query, KV head and selected slot the forward reads one K and one V row (2 d values); the backward
+    reads them again and adds dK, dV back at scattered rows (float32 atomics: 2 d values of 4 bytes). So
+    the forward moves at least B_f = L * H_kv * k * 2d * e bytes (e = bytes per element) and fwd+bwd at
+    least B_fb = L * H_kv * k * d * (4e + 8). These are lower bounds with no reuse; rows that several
+    queries select can come from L2 instead, so the *effective* bandwidth (bytes / measured time) may
+    exceed the HBM peak. Columns: L, k, kind, G (= H / H_kv: flops per byte of the forward), the bytes, the
+    effective bandwidth reached (fwd, fwd+bwd), and the effective bandwidth the whole layer's fwd+bwd
+    would need to be ``targets[L]`` x faster than flash (default: 1x everywhere, 4x at 32K, 8x at 64K,
+    the study's targets) counting only the sparse attention's bytes, with that need over the HBM peak.
+    """
+    targets = {32768: 4.0, 65536: 8.0} if targets is None else targets
+    need = ["sparse_fwd_ms", "sparse_fwdbwd_ms", "flash_fwdbwd_ms"]
+    if df.empty or not set(need) <= set(df.columns):
+        return pd.DataFrame()
+    d = df.dropna(subset=need).copy()
+    e = d["dtype"].map(_DTYPE_BYTES).fillna(2) if "dtype" in d.columns else 2
+    d["G"] = d.H // d.H_kv
+    slots = d.L * d.H_kv * d.k
+    d["fwd GB"] = slots * 2 * d.d * e / 1e9
+    d["fwd+bwd GB"] = slots * d.d * (4 * e + 8) / 1e9
+    d["fwd TB/s reached"] = d["fwd GB"] / d.sparse_fwd_ms
+    d["fwd+bwd TB/s reached"] = d["fwd+bwd GB"] / d.sparse_fwdbwd_ms
+    d["target x"] = d.L.map(lambda l: targets.get(int(l), 1.0))
+    d["TB/s needed for target"] = d["fwd+bwd GB"] / (d.flash_fwdbwd_ms / d["target x"])
+    d["HBM peak TB/s"] = d.device.map(hbm_peak_tb_s) if "device" in d.columns else float("nan")
+    d["needed / HBM peak"] = d["TB/s needed for target"] / d["HBM peak TB/s"]
+    cols = ["L", "k", "kind", "G", "fwd GB", "fwd TB/s reached", "fwd+bwd GB", "fwd+bwd TB/s reached",
+            "target x", "TB/s needed for target", "HBM peak TB/s", "needed / HBM peak"]
+    return d[[c for c in cols if c in d.columns]].sort_values(["kind", "L", "k"]).reset_index(drop=True)
+
+
+def roofline_text(df: pd.DataFrame) -> str:
+    """One sentence per attention kind at each target length (32K, 64K) measured with k = 2048."""
+    r = gather_roofline(df)
+    if r.empty:
+        return ""
+    parts = []
+    for _, x in r[(r["target x"] > 1) & (r.k == 2048)].iterrows():
+        parts.append(
+            f"{x.kind}, L={int(x.L)}: the sparse attention moves at least {x['fwd+bwd GB']:.0f} GB in fwd+bwd "
+            f"(it reached {x['fwd+bwd TB/s reached']:.1f} TB/s effective); a layer {x['target x']:g}x faster than "
+            f"flash would need {x['TB/s needed for target']:.0f} TB/s for those bytes alone, "
+            f"{x['needed / HBM peak']:.0f}x the HBM peak")
+    return "; ".join(parts) + "." if parts else ""
+
+
+# ------------------------------------------------------------------------------------ training steps
+def step_profile_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """``python -m dsa.step_profile`` files as one frame, a row per (file, variant): stage (the file's folder,
+    e.g. 'before-kl-fix'), device, commit, date, L, k, batch, variant, ms per step (median), ratio to the file's first
+    variant (dense when listed first: same process, same model but the attention), peak MiB and the
+    top operator by self time."""
+    rows = []
+    for res in results:
+        cfg, prov = res.get("config") or {}, res.get("provenance") or {}
+        stage = str(res.get("_path", "")).replace("\\", "/").rsplit("/", 2)[-2] if "/" in str(res.get("_path", "")) else ""
+        for v in res.get("variants") or []:
+            top = (v.get("top_ops") or [{}])[0]
+            rows.append({"stage": stage, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
+                         "date": str(prov.get("date") or ""),
+                         "L": cfg.get("seq_len"), "k": cfg.get("top_k"), "batch": cfg.get("batch_size"),
+                         "variant": v["variant"], "ms_per_step": v["ms_per_step_median"],
+                         "x_first": v.get("ratio_to_first"), "peak_mib": v.get("peak_mem_mb"),
+                         "top_op": top.get("name", ""), "top_op_ms": top.get("self_ms_per_step")})
+    cols = ["stage", "device", "commit", "date", "L", "k", "batch", "variant", "ms_per_step", "x_first", "peak_mib",
+            "top_op", "top_op_ms"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 # -------------------------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
 class Target:
@@ -278,10 +364,14 @@ __all__ = [
     "breakdown_text",
     "evaluate_targets",
     "flex_artifacts",
+    "gather_roofline",
+    "hbm_peak_tb_s",
+    "roofline_text",
     "k_rule",
     "layer_breakdown",
     "load_bench_results",
     "long_times",
     "select_k",
     "skipped",
+    "step_profile_frame",
 ]

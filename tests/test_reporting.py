@@ -259,6 +259,40 @@ def test_targets_missed_met_and_not_measured():
     assert t.loc[names[2], "met"] == "no" and t.loc[names[2], "best"] == 16384
 
 
+def test_gather_roofline_bytes_and_needed_bandwidth():
+    res = bench_result("2026-11-23", lens=(32768,))
+    for r in res["rows"]:
+        r["sparse_fwdbwd_ms"] = 100.0
+    roof = B.gather_roofline(B.bench_frame([res])).set_index(["kind", "k"])
+    gqa = roof.loc[("GQA (H=16, H_kv=2)", 2048)]
+    slots = 32768 * 2 * 2048
+    assert gqa["G"] == 8
+    assert gqa["fwd GB"] == pytest.approx(slots * 2 * 128 * 2 / 1e9)  # K and V rows, bf16
+    assert gqa["fwd+bwd GB"] == pytest.approx(slots * 128 * (4 * 2 + 8) / 1e9)  # + dK, dV float32 atomics
+    assert gqa["fwd TB/s reached"] == pytest.approx(gqa["fwd GB"] / 1.0)  # GB per ms = TB/s
+    # a 4x target at 32K: the layer gets a quarter of flash's fwd+bwd time (3.5 * 32 ms)
+    assert gqa["TB/s needed for target"] == pytest.approx(gqa["fwd+bwd GB"] / (3.5 * 32 / 4))
+    assert gqa["HBM peak TB/s"] == 3.35
+    mha = roof.loc[("MHA (H_kv=16)", 2048)]
+    assert mha["fwd+bwd GB"] == pytest.approx(8 * gqa["fwd+bwd GB"])  # 8x the KV heads, 8x the bytes
+    assert "4x faster than flash would need" in B.roofline_text(B.bench_frame([res]))
+    assert np.isnan(B.hbm_peak_tb_s("some other GPU")) and B.gather_roofline(pd.DataFrame()).empty
+
+def test_step_profile_frame_reads_stages_and_ratios():
+    def res(stage, date, dsa_ms):
+        return {"_path": f"data/bench/step-profile/{stage}/step-L512.json",
+                "provenance": {"git_commit": "abc1234def", "device": "NVIDIA H100 80GB HBM3", "date": date},
+                "config": {"seq_len": 512, "top_k": 128, "batch_size": 16},
+                "variants": [{"variant": "dense", "ms_per_step_median": 10.0, "ratio_to_first": 1.0,
+                              "top_ops": [{"name": "mm", "self_ms_per_step": 1.0}]},
+                             {"variant": "dsa:triton:128", "ms_per_step_median": dsa_ms, "ratio_to_first": dsa_ms / 10,
+                              "top_ops": []}]}
+    f = B.step_profile_frame([res("before", "2026-11-23T01", 90.0), res("after", "2026-11-23T02", 30.0)])
+    assert list(f.stage) == ["before", "before", "after", "after"] and f.commit.iloc[0] == "abc1234"
+    assert f.loc[f.date.idxmax(), "stage"] == "after"
+    assert f[(f.stage == "after") & (f.variant != "dense")].x_first.item() == pytest.approx(3.0)
+    assert f.top_op.iloc[1] == "" and B.step_profile_frame([]).empty
+
 def test_flex_artifacts():
     df = B.bench_frame([bench_result("2026-11-23", lens=(1024,)), bench_result("2026-11-24", lens=(16384,),
                                                                              flex_factor=47.0)])
