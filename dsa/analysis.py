@@ -270,6 +270,17 @@ def fixed_mean_k(seq_len: int, top_k: int) -> float:
     return (k * (k + 1) / 2 + (seq_len - k) * k) / seq_len
 
 
+def random_recall(seq_len: int, top_k: int) -> float:
+    """The indexer recall (``dsa.indexer_loss.indexer_recall``'s ``recall``) that a selection of k of the t + 1
+    past tokens drawn uniformly at random keeps in expectation, whatever the attention: k / (t + 1) for each
+    query, averaged over the queries that must drop tokens (t + 1 > k); 1.0 when none must. The floor an
+    untrained indexer is compared with."""
+    if seq_len < 1 or top_k < 1:
+        raise ValueError(f"seq_len and top_k must be >= 1, got {seq_len}, {top_k}")
+    n = range(top_k + 1, seq_len + 1)  # t + 1 for the non-trivial queries
+    return sum(top_k / m for m in n) / len(n) if len(n) else 1.0
+
+
 def config_mean_k(cfg: dict) -> float:
     """Mean keys per query that a run's config implies without looking at the model: dense attends to all
     t + 1 past tokens, (L + 1) / 2 on average; a fixed top-k :func:`fixed_mean_k`; an adaptive policy
@@ -440,6 +451,7 @@ __all__ = [
     "local_mass_share",
     "make_inspect_model",
     "per_head_selection",
+    "random_recall",
     "selected_distances",
     "sparsity_stats",
     "structured_tokens",

@@ -278,6 +278,104 @@ def curves_table(records: Iterable[dict], source: str, ratios: Sequence[float] |
     return out
 
 
+# ------------------------------------------------------------------------------------- ablations
+# The three ablations of DSA's indexer (dsa.experiments): which configuration field each one varies.
+ABLATIONS: dict[str, dict[str, str]] = {
+    "kl": {"experiment": "ablation_kl", "factor": "indexer_kl", "title": "indexer KL loss on / off"},
+    "warmup": {"experiment": "ablation_warmup", "factor": "warmup_steps", "title": "dense warm-up length"},
+    "heads": {"experiment": "ablation_indexer_heads", "factor": "indexer_heads", "title": "number of indexer heads"},
+}
+
+
+def _ablation(ablation: str) -> dict[str, str]:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {sorted(ABLATIONS)}, got {ablation!r}")
+    return ABLATIONS[ablation]
+
+
+def ablation_level(cfg: Any, ablation: str) -> int:
+    """The value of the ablated field of a configuration (dict or TrainConfig): KL 1 (on) / 0 (off),
+    warm-up steps, indexer heads."""
+    field = _ablation(ablation)["factor"]
+    v = cfg.get(field) if isinstance(cfg, dict) else getattr(cfg, field)
+    return int(bool(v)) if ablation == "kl" else int(v)
+
+
+def ablation_arm(cfg: Any, ablation: str) -> str:
+    """'KL on (warm-up 100)', 'KL off (indexer untrained)', 'warm-up 200', '4 heads'."""
+    lv = ablation_level(cfg, ablation)
+    if ablation == "kl":
+        w = cfg.get("warmup_steps") if isinstance(cfg, dict) else cfg.warmup_steps
+        return f"KL on (warm-up {w})" if lv else "KL off (indexer untrained)"
+    if ablation == "warmup":
+        return f"warm-up {lv}"
+    return f"{lv} head" + ("" if lv == 1 else "s")
+
+
+def ablation_table(records: Iterable[dict], source: str, ablation: str) -> pd.DataFrame:
+    """:func:`runs_table` plus what an ablation needs: ``level`` (the ablated value, :func:`ablation_level`;
+    the table is sorted by it, then seed), ``arm`` (:func:`ablation_arm`), the recipe fields
+    ``indexer_kl``, ``warmup_steps``, ``dense_steps``, ``indexer_heads`` and ``origin`` (the file a recorded
+    run was read from, with '(shared)' when it was borrowed by :func:`share_records`; '' for a fresh run)."""
+    records = list(records)
+    df = runs_table(records, source)
+    cfgs = [r.get("config") or {} for r in records]
+    for col in ("indexer_kl", "warmup_steps", "dense_steps", "indexer_heads"):
+        df[col] = [c.get(col) for c in cfgs]
+    df["level"] = [ablation_level(c, ablation) for c in cfgs]
+    df["arm"] = [ablation_arm(c, ablation) for c in cfgs]
+    df["origin"] = [Path(r["_path"]).name + (" (shared)" if r.get("_shared") else "") if r.get("_path") else ""
+                    for r in records]
+    return df.sort_values(["level", "seed"], kind="stable").reset_index(drop=True)
+
+
+def share_records(own: Sequence[dict], pool: Iterable[dict], ablation: str, size: str = "full") -> list[dict]:
+    """``own`` (an ablation's recorded runs) plus the runs of ``pool`` (other files) whose configuration
+    belongs to this ablation too, matched by the key ``dsa.sweep`` stores with each record (e.g. the KL
+    ablation's with-KL runs are exactly the warm-up-100 and 4-head configurations at the full size).
+    Borrowed records are shallow copies marked ``_shared``; a key already in ``own`` is never borrowed."""
+    from .experiments import get_experiment  # noqa: PLC0415
+    from .sweep import config_key  # noqa: PLC0415
+
+    keys = {config_key(c) for c in get_experiment(_ablation(ablation)["experiment"], size)}
+    have = {r.get("key") for r in own}
+    out = list(own)
+    for r in pool:
+        k = r.get("key")
+        if k in keys and k not in have:
+            out.append({**r, "_shared": True})
+            have.add(k)
+    return out
+
+
+def ablation_coverage(records: Sequence[dict], ablation: str, size: str = "full") -> dict:
+    """How much of an ablation the records cover, per arm (matched by sweep key, as :func:`coverage`):
+    {'expected', 'found', 'arms' ({arm label: (seeds found, seeds expected)}), 'missing_arms' (labels of arms
+    with a seed missing), 'complete_arms' (with every seed), 'text'} — e.g. '3 of 12 configurations of
+    ablation_warmup (full) recorded; missing: warm-up 100 (seeds 0, 1, 2), ...'."""
+    from .experiments import get_experiment  # noqa: PLC0415
+    from .sweep import config_key  # noqa: PLC0415
+
+    exp = _ablation(ablation)["experiment"]
+    configs = get_experiment(exp, size)
+    have = {r.get("key") for r in records}
+    arms: dict[str, tuple[list[int], list[int]]] = {}
+    for c in sorted(configs, key=lambda c: (ablation_level(c, ablation), c.seed)):
+        found, expected = arms.setdefault(ablation_arm(c, ablation), ([], []))
+        expected.append(c.seed)
+        if config_key(c) in have:
+            found.append(c.seed)
+    n_found = sum(len(f) for f, _ in arms.values())
+    missing = {a: sorted(set(e) - set(f)) for a, (f, e) in arms.items() if len(f) < len(e)}
+    text = f"{n_found} of {len(configs)} configurations of {exp} ({size}) recorded"
+    if missing:
+        text += "; missing: " + ", ".join(f"{a} (seed{'s' if len(m) > 1 else ''} {', '.join(map(str, m))})"
+                                          for a, m in missing.items())
+    return {"expected": len(configs), "found": n_found,
+            "arms": {a: (sorted(f), sorted(e)) for a, (f, e) in arms.items()},
+            "missing_arms": list(missing), "complete_arms": [a for a in arms if a not in missing], "text": text}
+
+
 def source_label(records: Sequence[dict], what: str) -> str:
     """'<what>: recorded on NVIDIA H100 80GB HBM3, commit d93bd41, 2026-11-23, torch 2.11.0 (20 runs)'."""
     from .records import summarize_provenance  # noqa: PLC0415
@@ -286,6 +384,11 @@ def source_label(records: Sequence[dict], what: str) -> str:
 
 
 __all__ = [
+    "ABLATIONS",
+    "ablation_arm",
+    "ablation_coverage",
+    "ablation_level",
+    "ablation_table",
     "arm_label",
     "config_ratio",
     "coverage",
@@ -298,6 +401,7 @@ __all__ = [
     "runs_dir",
     "runs_table",
     "select_configs",
+    "share_records",
     "source_label",
     "train_keeping_models",
     "valid_list",

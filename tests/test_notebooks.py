@@ -114,6 +114,12 @@ INVALID = {
         ({"plot_k": "L/4"}, "plot_k"),
         ({"bench_seq_lens": ""}, "bench_seq_lens"),
     ],
+    "06_ablations": [
+        ({"fresh_ablations": "kl,depth"}, "fresh_ablations"),  # not one of kl, warmup, heads
+        ({"fresh_seeds": "2"}, "fresh_seeds"),  # the small size has seeds 0, 1
+        ({"recorded_warmup": "/tmp/x.jsonl"}, "recorded_warmup"),  # not under data/
+        ({"share_recorded": "yes"}, "share_recorded"),  # wrong type
+    ],
 }
 
 

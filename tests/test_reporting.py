@@ -308,6 +308,22 @@ def test_fixed_mean_k_matches_a_direct_count():
         fixed_mean_k(0, 3)
 
 
+def test_random_recall_is_the_expected_mass_of_a_random_selection():
+    from itertools import combinations
+
+    from dsa.analysis import random_recall
+
+    assert random_recall(4, 2) == pytest.approx((2 / 3 + 2 / 4) / 2)
+    assert random_recall(8, 8) == 1.0  # no query has to drop a token
+    # exhaustive: for any attention distribution over n tokens, a uniformly random k-subset keeps k/n of it
+    p = np.random.default_rng(0).dirichlet(np.ones(5))
+    kept = [p[list(s)].sum() for s in combinations(range(5), 2)]
+    assert np.mean(kept) == pytest.approx(2 / 5)
+    assert random_recall(512, 128) == pytest.approx(np.mean([128 / (t + 1) for t in range(128, 512)]))
+    with pytest.raises(ValueError):
+        random_recall(0, 1)
+
+
 def test_chosen_k_per_layer_and_policy_override():
     from dsa.config import ModelConfig
     from dsa.model import TransformerLM
@@ -470,3 +486,122 @@ def test_times_from_different_gpus_are_never_compared():
     s = V.summary_table(R.runs_table(recs, "mixed"))
     assert set(s[s.variant == "dense"].device) == {"fast GPU"}
     assert set(s[s.variant != "dense"].device) == {PROV["device"]}
+
+
+# ------------------------------------------------------------------------------------------ ablations
+def ablation_frame(levels, seeds=(0, 1, 2), loss=lambda lv, s: 3.6, recall=lambda lv, s: 0.8,
+                   arm=str, source="src") -> pd.DataFrame:
+    """A synthetic ablation table (the columns of dsa.runs.ablation_table that the verdicts read)."""
+    rows = [{"source": source, "level": lv, "arm": arm(lv), "seed": s, "val_loss": loss(lv, s),
+             "val_acc": 0.3 - 0.1 * (loss(lv, s) - 3.6), "recall": recall(lv, s),
+             "sparse_time_per_step_s": 0.1 + 0.01 * lv / max(levels), "device": "GPU"}
+            for lv in levels for s in seeds]
+    return pd.DataFrame(rows)
+
+
+NOISE = {0: 0.004, 1: -0.003, 2: 0.001}  # per-seed noise shared by the arms (what pairing by seed removes)
+JITTER = dict(zip([(lv, s) for lv in (1, 2, 4, 8, 16) for s in (0, 1, 2)],
+                  np.random.default_rng(0).standard_normal(15)))  # run-to-run noise, no trend
+KL_ARM = {0: "KL off (indexer untrained)", 1: "KL on (warm-up 100)"}.get
+
+
+def test_kl_ablation_verdict_follows_the_data():
+    clear = ablation_frame((0, 1), loss=lambda lv, s: 3.77 - 0.15 * lv + NOISE[s] + 0.002 * lv * s,
+                           recall=lambda lv, s: 0.46 + 0.37 * lv + 0.01 * s, arm=KL_ARM)
+    v = V.kl_ablation_verdict(clear, "H100")
+    assert v.verdict == "supported", v.evidence
+    assert "val loss 3.623 with KL vs 3.771 without" in v.evidence and "recall 0.840 vs 0.470" in v.evidence
+    assert "3 seeds paired" in v.evidence
+    # the same arms without any difference beyond the per-seed noise: the neutral answer
+    same = ablation_frame((0, 1), loss=lambda lv, s: 3.7 + NOISE[s] + 0.003 * lv * (s - 1),
+                          recall=lambda lv, s: 0.5 + 0.01 * lv * (s - 1), arm=KL_ARM)
+    assert V.kl_ablation_verdict(same, "x").verdict == "inconclusive"
+    # recall clearly up, loss within noise
+    rec_only = ablation_frame((0, 1), loss=lambda lv, s: 3.7 + NOISE[s] + 0.003 * lv * (s - 1),
+                              recall=lambda lv, s: 0.5 + 0.3 * lv + 0.01 * lv * s, arm=KL_ARM)
+    assert V.kl_ablation_verdict(rec_only, "x").verdict == "partly supported"
+    worse = ablation_frame((0, 1), loss=lambda lv, s: 3.6 + 0.1 * lv + NOISE[s] + 0.002 * lv * s, arm=KL_ARM)
+    assert V.kl_ablation_verdict(worse, "x").verdict == "refuted"
+    # an arm missing, or a single seed per arm: no verdict
+    for d in (clear[clear.level == 1], clear[clear.seed == 0], clear.iloc[0:0]):
+        v = V.kl_ablation_verdict(d, "x")
+        assert v.verdict == V.NOT_ENOUGH and "needs both arms" in v.evidence
+
+
+def test_trend_verdicts_for_warmup_and_heads():
+    wu = (0, 100, 200, 500)
+    falling = ablation_frame(wu, loss=lambda lv, s: 3.62 - 0.0001 * lv + NOISE[s] + 0.001 * (s - 1) * lv / 500,
+                             arm=lambda lv: f"warm-up {lv}")
+    v = V.warmup_verdict(falling, "x")
+    assert v.verdict == "supported", v.evidence
+    assert "fitted change from warm-up 0 to warm-up 500 -0.0500" in v.evidence
+    assert "falls monotonically" in v.evidence and "best arm warm-up 500, worst warm-up 0" in v.evidence
+    flat = ablation_frame(wu, loss=lambda lv, s: 3.62 + NOISE[s] + 0.002 * (s - 1) * (lv / 100 - 2) ** 2,
+                          arm=lambda lv: f"warm-up {lv}")
+    assert V.warmup_verdict(flat, "x").verdict == "inconclusive"
+    # what the recorded warm-up file holds today: one arm only (and arms of a single seed do not count)
+    one_arm = pd.concat([falling[falling.level == 0], falling[(falling.level == 100) & (falling.seed == 0)]])
+    v = V.warmup_verdict(one_arm, "x")
+    assert v.verdict == V.NOT_ENOUGH and "warm-up 0: 3 seeds, warm-up 100: 1 seed" in v.evidence
+    # two arms of 3 seeds and one of 1 seed: judged on the two, the third named as left out
+    partial = pd.concat([falling[falling.level <= 100], falling[(falling.level == 500) & (falling.seed == 2)]])
+    v = V.warmup_verdict(partial, "x")
+    assert v.verdict == "supported" and "left out: warm-up 500" in v.evidence
+
+    heads = (1, 2, 4, 8, 16)
+    rising = ablation_frame(heads, loss=lambda lv, s: 3.6 + 0.01 * np.log2(lv) + NOISE[s] + 0.001 * s * np.log2(lv),
+                            arm=lambda lv: f"{lv} heads")
+    v = V.indexer_heads_verdict(rising, "x")
+    assert v.verdict == "refuted" and "fitted change from 1 heads to 16 heads +0.0440" in v.evidence
+    better_recall = ablation_frame(heads, loss=lambda lv, s: 3.6 + NOISE[s] + 0.003 * JITTER[lv, s],
+                                   recall=lambda lv, s: 0.7 + 0.02 * np.log2(lv) + 0.001 * s * lv,
+                                   arm=lambda lv: f"{lv} heads")
+    assert V.indexer_heads_verdict(better_recall, "x").verdict == "partly supported"
+    # every source judged apart
+    both = pd.concat([rising, better_recall.assign(source="other")])
+    got = V.ablation_verdicts(both, "heads").set_index("source").verdict
+    assert got.to_dict() == {"src": "refuted", "other": "partly supported"}
+    with pytest.raises(ValueError, match="ablation"):
+        V.ablation_verdicts(both, "depth")
+
+
+def test_ablation_contrasts_against_the_lowest_level():
+    d = ablation_frame((0, 1), loss=lambda lv, s: 3.77 - 0.15 * lv + NOISE[s], arm=KL_ARM)
+    c = V.ablation_contrasts(d)
+    row = c[c.value == "val_loss"].iloc[0]
+    assert row.baseline == "KL off (indexer untrained)" and row.variant == "KL on (warm-up 100)"
+    assert row.mean_diff == pytest.approx(-0.15) and row.n_pairs == 3
+    assert V.ablation_contrasts(d[d.level == 0]).empty
+
+
+def test_ablation_tables_share_records_and_coverage():
+    from dataclasses import asdict
+
+    from dsa.experiments import get_experiment
+    from dsa.sweep import config_key
+
+    def rec(c, path):
+        return {"name": c.run_name(), "config": asdict(c), "key": config_key(c), "_path": path,
+                "final": {"val_loss": 3.6, "val_acc": 0.3, "recall": 0.8, "time_per_step_s": 0.1,
+                          "time_per_step_by_phase_s": {"sparse": 0.1}}, "provenance": dict(PROV)}
+
+    kl = [rec(c, "data/gpu/ablation_kl.jsonl") for c in get_experiment("ablation_kl", "full")]
+    wu = [rec(c, "data/gpu/ablation_warmup.jsonl") for c in get_experiment("ablation_warmup", "full")
+          if c.warmup_steps == 0]
+    assert R.ablation_coverage(kl, "kl")["text"] == "6 of 6 configurations of ablation_kl (full) recorded"
+    cov = R.ablation_coverage(wu, "warmup")
+    assert cov["found"] == 3 and cov["missing_arms"] == ["warm-up 100", "warm-up 200", "warm-up 500"]
+    # the with-KL runs of the KL ablation are the warm-up-100 and the 4-head configurations
+    shared = R.share_records(wu, kl, "warmup")
+    assert len(shared) == 6 and sum(bool(r.get("_shared")) for r in shared) == 3
+    cov = R.ablation_coverage(shared, "warmup")
+    assert cov["text"] == ("6 of 12 configurations of ablation_warmup (full) recorded; missing: warm-up 200 "
+                           "(seeds 0, 1, 2), warm-up 500 (seeds 0, 1, 2)")
+    assert cov["complete_arms"] == ["warm-up 0", "warm-up 100"]
+    heads = R.ablation_table(R.share_records([], kl + wu, "heads"), "rec", "heads")
+    assert list(heads.arm.unique()) == ["4 heads"] and set(heads.origin) == {"ablation_kl.jsonl (shared)"}
+    t = R.ablation_table(kl, "rec", "kl")
+    assert list(t.level) == [0, 0, 0, 1, 1, 1] and list(t.seed) == [0, 1, 2, 0, 1, 2]
+    assert list(t.arm.unique()) == ["KL off (indexer untrained)", "KL on (warm-up 100)"]
+    assert V.kl_ablation_verdict(t, "rec").verdict == "inconclusive"  # identical numbers in both arms
+    assert R.ablation_coverage([], "heads")["missing_arms"] == ["1 head", "2 heads", "4 heads", "8 heads", "16 heads"]
