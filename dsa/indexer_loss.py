@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 
 from .indexer import indexer_scores
-from .kernels import indexer_scores_at as indexer_scores_at_kernel
-from .kernels import use_triton
 from .sparse_attention import expand_kv
 from .topk import Selection
 
@@ -91,24 +89,38 @@ def dense_indexer_kl(
     return total / (b * l)
 
 
-def _kernel_applies(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> bool:
-    """The Triton scores-at kernel takes all L queries at once (not a chunk) and no float64."""
-    return (use_triton(q_idx, k_idx, w, sel.idx) and q_idx.shape[1] == k_idx.shape[1]
-            and torch.float64 not in (q_idx.dtype, k_idx.dtype, w.dtype))
+def _kernel_applies(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection,
+                    use_kernel: bool | None) -> bool:
+    """Whether the Triton scores-at kernel runs: use_kernel=None picks it for CUDA tensors when Triton is
+    there; True asks for it (on CPU it then needs TRITON_INTERPRET=1). It takes all L queries at once (not
+    a chunk) and no float64."""
+    if use_kernel is False or q_idx.shape[1] != k_idx.shape[1] or torch.float64 in (q_idx.dtype, k_idx.dtype, w.dtype):
+        return False
+    if use_kernel is None and not q_idx.is_cuda:
+        return False
+    # imported here, not at module level: importing dsa.kernels imports triton, which reads TRITON_INTERPRET
+    # once, and every model import would otherwise fix it before a test or user could set it
+    from .kernels import use_triton  # noqa: PLC0415
+
+    return use_triton(q_idx, k_idx, w, sel.idx)
 
 
-def indexer_scores_at(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> torch.Tensor:
+def indexer_scores_at(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection, *,
+                      use_kernel: bool | None = None) -> torch.Tensor:
     """Indexer scores at the selected positions only: I[t, idx[t, j]], -inf at unused slots.
 
     q_idx (B, C, H_I, d_I), k_idx (B, L, d_I), w (B, C, H_I), sel (B, C, K) -> (B, C, K) float32;
-    differentiable w.r.t. all three inputs. The Triton kernel on CUDA when C = L; otherwise the scores of the C
+    differentiable w.r.t. all three inputs. The Triton kernel (see ``use_kernel`` in _kernel_applies) on CUDA
+    when C = L; otherwise the scores of the C
     queries against all L keys, then a gather (memory O(B * C * L * H_I)). Gathering the K key rows per
     query instead makes autograd scatter them back with a sorting index_put: 20-75% of a DSA step on an
     H100 (data/bench/step-*.json).
     """
-    if _kernel_applies(q_idx, k_idx, w, sel):
+    if _kernel_applies(q_idx, k_idx, w, sel, use_kernel):
         dt = torch.promote_types(torch.promote_types(q_idx.dtype, k_idx.dtype), w.dtype)  # autocast mixes them
-        return indexer_scores_at_kernel(q_idx.to(dt), k_idx.to(dt), w.to(dt), sel.idx, sel.valid)
+        from .kernels import indexer_scores_at as kernel  # noqa: PLC0415 (see _kernel_applies)
+
+        return kernel(q_idx.to(dt), k_idx.to(dt), w.to(dt), sel.idx, sel.valid)
     scores = indexer_scores(q_idx, k_idx, w, causal=False)  # (B, C, L)
     out = scores.gather(-1, sel.idx.clamp(min=0).long())
     return out.masked_fill(~sel.valid, float("-inf"))
@@ -123,15 +135,20 @@ def sparse_indexer_kl(
     sel: Selection,
     *,
     chunk: int = 128,
+    use_kernel: bool | None = None,
 ) -> torch.Tensor:
     """Sparse-stage loss, mean over queries of KL(p[t,S_t] || softmax(I[t,S_t])).
 
     Shapes as :func:`dense_indexer_kl`, plus sel (B, L, K). Returns a scalar float32 tensor.
+    use_kernel: the Triton scores-at kernel (None: on CUDA when Triton is there; True: also on CPU under
+    TRITON_INTERPRET=1; False: the reference).
     """
     b, _, l, _ = q.shape
     total = q_idx.new_zeros((), dtype=torch.float32)
     # the kernel scores every query at once in O(L * K) memory; the reference goes chunk by chunk
-    log_q_all = indexer_scores_at(q_idx, k_idx, w, sel).log_softmax(-1) if _kernel_applies(q_idx, k_idx, w, sel) else None
+    log_q_all = None
+    if _kernel_applies(q_idx, k_idx, w, sel, use_kernel):
+        log_q_all = indexer_scores_at(q_idx, k_idx, w, sel, use_kernel=True).log_softmax(-1)
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         sub = Selection(sel.idx[:, c0:c1], sel.valid[:, c0:c1])
@@ -139,7 +156,7 @@ def sparse_indexer_kl(
         if log_q_all is not None:
             log_q = log_q_all[:, c0:c1]
         else:
-            log_q = indexer_scores_at(q_idx[:, c0:c1], k_idx, w[:, c0:c1], sub).log_softmax(-1)
+            log_q = indexer_scores_at(q_idx[:, c0:c1], k_idx, w[:, c0:c1], sub, use_kernel=False).log_softmax(-1)
         total = total + _kl(p, log_q).sum()
     return total / (b * l)
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dsa.indexer_loss import dense_indexer_kl, indexer_scores_at, sparse_attention_target, sparse_indexer_kl
-from dsa.kernels import indexer_scores_at_reference
 from dsa.topk import Selection, indexer_topk
 
 
@@ -63,6 +62,10 @@ def test_sparse_target_is_a_distribution_on_valid_slots(gen):
 
 
 def test_scores_at_and_gradients_match_the_gather_reference(gen):
+    # imported here: importing dsa.kernels imports triton, which must not happen before tests/test_kernels.py
+    # (collected later) sets TRITON_INTERPRET
+    from dsa.kernels import indexer_scores_at_reference  # noqa: PLC0415
+
     _, _, qi, ki, w = _inputs(gen, l=23)
     sel = indexer_topk(qi, ki, w, 9)
     leaves = [x.clone().requires_grad_() for x in (qi, ki, w)]

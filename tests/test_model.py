@@ -125,3 +125,15 @@ def test_resolved_sparse_impl_on_cpu():
     assert resolved_sparse_impl("gather", cpu, 64) == "gather"
     with pytest.raises(RuntimeError, match="triton"):
         resolved_sparse_impl("triton", cpu, 64)
+
+
+def test_importing_the_model_does_not_import_triton():
+    """triton reads TRITON_INTERPRET once, at import: the model (imported by nearly everything) must leave
+    that to the first kernel call, or CPU tests and users can no longer choose the interpreter."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = "import sys, dsa.model, dsa.train, dsa.indexer_loss; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
