@@ -1,8 +1,9 @@
 """Triton kernels vs the plain-PyTorch references (dsa.sparse_attention, dsa.topk, dsa.indexer).
 
 Without CUDA the Triton path runs through the CPU interpreter (TRITON_INTERPRET=1, set here before the
-first kernel is built; the kernels are decorated lazily, so it works even when another test module imported
-torch, triton or dsa.kernels first) at small, odd sizes. With CUDA the same tests run compiled, plus the
+first kernel is built, and before triton is imported: triton reads it at import, so no test module
+collected earlier may import triton or dsa.kernels at module level; tests/test_model.py checks that the
+model does not) at small, odd sizes. With CUDA the same tests run compiled, plus the
 `gpu`-only sizes.
 """
 
