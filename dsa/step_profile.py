@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .config import SPARSE_IMPLS, ModelConfig
 from .model import TransformerLM
 from .provenance import provenance, write_json_atomic
+from .train import resolve_device
 
 
 @dataclass
@@ -126,8 +127,7 @@ def run(cfg: StepProfileConfig, variants: list[str]) -> dict:
         parse_variant(v)  # every name checked before any time is spent
     if cfg.top_k < 1 or cfg.top_k > cfg.seq_len:
         raise ValueError(f"top_k must be in [1, seq_len={cfg.seq_len}], got {cfg.top_k}")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     rows = [profile_variant(cfg, v, device) for v in variants]
     base = rows[0]["ms_per_step_median"]
     for r in rows:
