@@ -13,6 +13,7 @@ A benchmark file is ``{provenance, config, rows: [{L, k, H, H_kv, d, flash_fwd_m
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -265,7 +266,7 @@ def step_profile_frame(results: Iterable[dict]) -> pd.DataFrame:
     rows = []
     for res in results:
         cfg, prov = res.get("config") or {}, res.get("provenance") or {}
-        stage = str(res.get("_path", "")).replace("\\", "/").rsplit("/", 2)[-2] if "/" in str(res.get("_path", "")) else ""
+        stage = PurePath(str(res.get("_path", ""))).parent.name
         for v in res.get("variants") or []:
             top = (v.get("top_ops") or [{}])[0]
             rows.append({"stage": stage, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],

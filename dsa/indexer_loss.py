@@ -44,7 +44,7 @@ def sparse_attention_target(
     Memory O(B * H * C * L): one dense product over the chunk, then a gather. Gathering C*K key rows
     instead moves K*d floats per query with no reuse and was the slowest part of a DSA training step.
     """
-    b, h, l, d = q.shape
+    b, h, _, d = q.shape
     hkv = k.shape[1]
     scale = d**-0.5 if scale is None else scale
     idx = sel.idx[:, c0:c1].clamp(min=0)  # (B, C, K)
@@ -105,22 +105,26 @@ def _kernel_applies(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, s
     return use_triton(q_idx, k_idx, w, sel.idx)
 
 
+def _scores_at_kernel(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection) -> torch.Tensor:
+    """The Triton scores-at kernel on one dtype (autocast hands over bf16 queries and fp32 keys)."""
+    from .kernels import indexer_scores_at as kernel  # noqa: PLC0415 (see _kernel_applies)
+
+    dt = torch.promote_types(torch.promote_types(q_idx.dtype, k_idx.dtype), w.dtype)
+    return kernel(q_idx.to(dt), k_idx.to(dt), w.to(dt), sel.idx, sel.valid)
+
+
 def indexer_scores_at(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, sel: Selection, *,
                       use_kernel: bool | None = None) -> torch.Tensor:
     """Indexer scores at the selected positions only: I[t, idx[t, j]], -inf at unused slots.
 
     q_idx (B, C, H_I, d_I), k_idx (B, L, d_I), w (B, C, H_I), sel (B, C, K) -> (B, C, K) float32;
-    differentiable w.r.t. all three inputs. The Triton kernel (see ``use_kernel`` in _kernel_applies) on CUDA
-    when C = L; otherwise the scores of the C
-    queries against all L keys, then a gather (memory O(B * C * L * H_I)). Gathering the K key rows per
-    query instead makes autograd scatter them back with a sorting index_put: 20-75% of a DSA step on an
-    H100 (data/bench/step-*.json).
+    differentiable w.r.t. all three inputs. The Triton kernel (``use_kernel``: see :func:`_kernel_applies`)
+    when C = L; otherwise the scores of the C queries against all L keys, then a gather (memory
+    O(B * C * L * H_I)). Gathering the K key rows per query instead makes autograd scatter them back with a
+    sorting index_put: 20-75% of a DSA step on an H100 (data/bench/step-profile/before-kl-fix/).
     """
     if _kernel_applies(q_idx, k_idx, w, sel, use_kernel):
-        dt = torch.promote_types(torch.promote_types(q_idx.dtype, k_idx.dtype), w.dtype)  # autocast mixes them
-        from .kernels import indexer_scores_at as kernel  # noqa: PLC0415 (see _kernel_applies)
-
-        return kernel(q_idx.to(dt), k_idx.to(dt), w.to(dt), sel.idx, sel.valid)
+        return _scores_at_kernel(q_idx, k_idx, w, sel)
     scores = indexer_scores(q_idx, k_idx, w, causal=False)  # (B, C, L)
     out = scores.gather(-1, sel.idx.clamp(min=0).long())
     return out.masked_fill(~sel.valid, float("-inf"))
@@ -148,7 +152,7 @@ def sparse_indexer_kl(
     # the kernel scores every query at once in O(L * K) memory; the reference goes chunk by chunk
     log_q_all = None
     if _kernel_applies(q_idx, k_idx, w, sel, use_kernel):
-        log_q_all = indexer_scores_at(q_idx, k_idx, w, sel, use_kernel=True).log_softmax(-1)
+        log_q_all = _scores_at_kernel(q_idx, k_idx, w, sel).log_softmax(-1)
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         sub = Selection(sel.idx[:, c0:c1], sel.valid[:, c0:c1])

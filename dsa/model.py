@@ -50,7 +50,7 @@ class SwiGLU(nn.Module):
 MASKED_MAX_LEN_CPU = 512
 # On CUDA the query chunk of the references grows until one chunk's (B, H, chunk, L) float32 scores reach
 # this many elements (256 MiB): at chunk=128 a DSA step at L=4096 launched thousands of small kernels
-# (data/bench/step-*.json). The chunk changes memory and speed only, never the result.
+# (data/bench/step-profile/). The chunk changes memory and speed only, never the result.
 CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
