@@ -92,6 +92,54 @@ def _flex():
         return None, None
 
 
+def _causal_scores(qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """The causal indexer scores (B, L, L) fp32 (-inf above the diagonal), built a query chunk at a time:
+    the one-shot product holds a (B, L, H_I, L) logit tensor (64 GiB at L = 64K, H_I = 4)."""
+    from .indexer import indexer_scores  # noqa: PLC0415
+
+    b, l = qi.shape[:2]
+    out = torch.empty(b, l, l, device=qi.device, dtype=torch.float32)
+    for t0 in range(0, l, chunk):
+        out[:, t0:t0 + chunk] = indexer_scores(qi[:, t0:t0 + chunk], ki, wi[:, t0:t0 + chunk], q_start=t0)
+    return out
+
+
+def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int) -> None:
+    """torch.topk vs the radix select over the same precomputed causal scores; records whether the two
+    select the same scores (as multisets: ties may pick different positions)."""
+    from .kernels.radix_topk import causal_lengths, radix_topk  # noqa: PLC0415
+
+    l = qi.shape[1]
+    scores = _causal_scores(qi, ki, wi)
+    lens = causal_lengths(l, qi.device, batch=qi.shape[0])
+    rec("torch_topk", lambda: torch.topk(scores, k, dim=-1))
+    rec("radix_topk", lambda: radix_topk(scores, k, lens, out_dtype=torch.int32))
+    ref = torch.topk(scores, k, dim=-1).values.sort(dim=-1).values
+    got_idx = radix_topk(scores, k, lens)
+    got = torch.where(got_idx >= 0, scores.gather(-1, got_idx.clamp(min=0)), float("-inf")).sort(dim=-1).values
+    row["radix_same_scores"] = bool(torch.equal(got, ref))
+    del ref, got, got_idx
+    del scores
+    if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
+        from .indexer import indexer_scores  # noqa: PLC0415
+
+        rec("scores_plus_torch_topk", lambda: torch.topk(indexer_scores(qi, ki, wi), k, dim=-1))
+    rec("chunked_scores_plus_radix", lambda: radix_topk(_causal_scores(qi, ki, wi), k, lens, out_dtype=torch.int32))
+
+
+def _speedups(row: dict) -> None:
+    for mode in ("fwd", "fwdbwd"):
+        a, b_ = row.get(f"flash_{mode}_ms"), row.get(f"dsa_{mode}_ms")
+        if a and b_:
+            row[f"speedup_{mode}"] = a / b_
+    if row.get("torch_topk_ms") and row.get("topk_fast_ms"):
+        row["topk_speedup"] = row["torch_topk_ms"] / row["topk_fast_ms"]
+    if row.get("torch_topk_ms") and row.get("radix_topk_ms"):
+        row["radix_speedup"] = row["torch_topk_ms"] / row["radix_topk_ms"]
+    if row.get("sparse_fwd_tflops") and row.get("flash_fwd_tflops"):
+        row["sparse_vs_flash_tflops"] = row["sparse_fwd_tflops"] / row["flash_fwd_tflops"]
+
+
 def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
     cuda = torch.cuda.is_available() and not args.cpu
     dev = torch.device("cuda" if cuda else "cpu")
@@ -177,17 +225,18 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
                     return F.scaled_dot_product_attention(q, kx, vx, is_causal=True, enable_gqa=gqa)
             return F.scaled_dot_product_attention(q, expand_kv(kx, h), expand_kv(vx, h), is_causal=True)
 
-        rec("flash_fwd", lambda: sdpa(), dense_f)
-        rec("flash_fwdbwd", fb(sdpa), dense_f, grad=True)
-        if flex_fn is not None and l <= args.flex_max_len:
-            try:
-                bm = create_block_mask(lambda b_, h_, qi_, ki_: qi_ >= ki_, None, None, l, l, device=dev)
-                flex = lambda: flex_fn(q, kx, vx, block_mask=bm, enable_gqa=gqa)  # noqa: E731
-                rec("flex_fwd", flex, dense_f)
-                if args.flex_bwd:
-                    rec("flex_fwdbwd", fb(flex), dense_f, grad=True)
-            except Exception as exc:
-                row["flex_why"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if not args.selection_only:
+            rec("flash_fwd", lambda: sdpa(), dense_f)
+            rec("flash_fwdbwd", fb(sdpa), dense_f, grad=True)
+            if flex_fn is not None and l <= args.flex_max_len:
+                try:
+                    bm = create_block_mask(lambda b_, h_, qi_, ki_: qi_ >= ki_, None, None, l, l, device=dev)
+                    flex = lambda: flex_fn(q, kx, vx, block_mask=bm, enable_gqa=gqa)  # noqa: E731
+                    rec("flex_fwd", flex, dense_f)
+                    if args.flex_bwd:
+                        rec("flex_fwdbwd", fb(flex), dense_f, grad=True)
+                except Exception as exc:
+                    row["flex_why"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         # the selection (no grad)
         stats: dict = {}
         sel = indexer_topk_fast(qi, ki, wi, k, stats=stats)
@@ -195,14 +244,19 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         rec("topk_fast", lambda: indexer_topk_fast(qi, ki, wi, k))
         if l <= args.scores_max_len:
             try:
-                from .indexer import indexer_scores
-
-                scores = indexer_scores(qi, ki, wi)
-                rec("torch_topk", lambda: torch.topk(scores, k, dim=-1))
-                rec("scores_plus_torch_topk", lambda: torch.topk(indexer_scores(qi, ki, wi), k, dim=-1))
-                del scores
+                _selection_over_scores(row, rec, qi, ki, wi, k)
             except torch.cuda.OutOfMemoryError:
                 row["torch_topk_why"] = "oom"
+                torch.cuda.empty_cache()
+        if args.selection_only:
+            _speedups(row)
+            rows.append(row)
+            if on_row is not None:
+                on_row(res)
+            del q, kx, vx, go, qi, ki, wi, sel, leaves
+            if cuda:
+                torch.cuda.empty_cache()
+            continue
         idx, valid = sel.idx, sel.valid
         # the sparse kernel alone and the whole layer
         sp = lambda: sparse_attention(q, kx, vx, idx, valid)  # noqa: E731
@@ -232,14 +286,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         if l <= args.gather_max_len:
             rec("gather_fwd", lambda: sparse_attention_gather(q, kx, vx, idx, valid), sparse_f)
             rec("gather_fwdbwd", fb(lambda: sparse_attention_gather(q, kx, vx, idx, valid)), sparse_f, grad=True)
-        for mode in ("fwd", "fwdbwd"):
-            a, b_ = row.get(f"flash_{mode}_ms"), row.get(f"dsa_{mode}_ms")
-            if a and b_:
-                row[f"speedup_{mode}"] = a / b_
-        if row.get("torch_topk_ms") and row.get("topk_fast_ms"):
-            row["topk_speedup"] = row["torch_topk_ms"] / row["topk_fast_ms"]
-        if row.get("sparse_fwd_tflops") and row.get("flash_fwd_tflops"):
-            row["sparse_vs_flash_tflops"] = row["sparse_fwd_tflops"] / row["flash_fwd_tflops"]
+        _speedups(row)
         rows.append(row)
         if on_row is not None:
             on_row(res)
@@ -254,7 +301,8 @@ COLS = [
     ("flash_fwd_ms", "flash", "{:.2f}"), ("flex_fwd_ms", "flex", "{:.2f}"), ("masked_fwd_ms", "masked", "{:.2f}"),
     ("gather_fwd_ms", "gather", "{:.2f}"), ("sparse_fwd_ms", "sparse", "{:.2f}"),
     ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
-    ("torch_topk_ms", "t.topk", "{:.2f}"), ("topk_fast_ms", "topk", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
+    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "radix", "{:.2f}"), ("radix_speedup", "x radix", "{:.1f}"),
+    ("topk_fast_ms", "topk", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
     ("speedup_fwd", "x fwd", "{:.2f}"),
     ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
     ("sparse_fwdbwd_ms", "sp f+b", "{:.2f}"), ("dsa_fwdbwd_ms", "dsa f+b", "{:.2f}"),
@@ -292,6 +340,8 @@ def main(argv=None) -> dict:
     p.add_argument("--masked-max-len", type=int, default=8192)
     p.add_argument("--gather-max-len", type=int, default=4096)
     p.add_argument("--scores-max-len", type=int, default=65536)
+    p.add_argument("--selection-only", action="store_true",
+                   help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu

@@ -7,6 +7,7 @@
 - With several devices, one worker process per device takes configurations from a shared queue.
 
 CLI: python -m dsa.sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
+     python -m dsa.sweep EXP1 EXP2 ... --size full --out-dir data/gpu --workers-per-device 8  (one pool)
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _run_one(cfg: TrainConfig, device: str | None) -> dict:
     return rec
 
 
-def _worker(device: str, queue, results: str, deadline: float | None = None) -> None:
+def _worker(device: str, queue, deadline: float | None = None) -> None:
     torch.cuda.set_device(device) if device.startswith("cuda") else None
     while True:
         item = queue.get()
@@ -94,7 +95,8 @@ def _worker(device: str, queue, results: str, deadline: float | None = None) -> 
             return
         if deadline is not None and time.time() > deadline:  # wall clock: shared across processes
             continue  # drain the queue without starting more runs
-        rec = _run_one(TrainConfig(**item), device)
+        cfg, results = item
+        rec = _run_one(TrainConfig(**cfg), device)
         append_result(results, rec)
 
 
@@ -112,53 +114,77 @@ def run_sweep(
     time_budget_s: start no new configuration after this many seconds; the records finished so far are
     returned and a later call resumes with the rest.
     """
+    return run_sweeps([(configs, results)], devices, progress, time_budget_s)[0]
+
+
+def run_sweeps(
+    sweeps: list[tuple[list[TrainConfig], str | Path]],
+    devices: list[str] | None = None,
+    progress: bool = True,
+    time_budget_s: float | None = None,
+) -> list[list[dict]]:
+    """Several sweeps (configurations, results file) through one pool of workers: configurations start in
+    the order given (the first sweep's first), each record goes to its own sweep's file, and a worker that
+    finishes one sweep's share goes on with the next sweep's instead of idling. Same resume and time-budget
+    rules as :func:`run_sweep`; returns each sweep's records."""
     t0 = time.monotonic()
-    results = Path(results)
-    done = {r["key"]: r for r in load_results(results)}
-    keys = [config_key(c) for c in configs]
-    todo = [c for c, k in zip(configs, keys) if k not in done]
-    reused = len(configs) - len(todo)
-    print(f"sweep {results.name}: {len(configs)} configurations, re-using {reused} finished ones from "
-          f"{results}, running {len(todo)}" + (f" on {devices}" if devices else ""))
-    if devices and len(devices) > 1 and todo:
+    plan = []  # (config, key, results path)
+    all_keys: dict[Path, list[str]] = {}
+    reused = 0
+    for configs, results in sweeps:
+        results = Path(results)
+        done = {r["key"] for r in load_results(results)}
+        keys = [config_key(c) for c in configs]
+        all_keys.setdefault(results, []).extend(keys)
+        todo = [(c, k, results) for c, k in zip(configs, keys) if k not in done]
+        reused += len(configs) - len(todo)
+        plan.extend(todo)
+        print(f"sweep {results.name}: {len(configs)} configurations, re-using {len(configs) - len(todo)} finished "
+              f"ones from {results}, running {len(todo)}" + (f" on {devices}" if devices else ""))
+    if devices and len(devices) > 1 and plan:
         import multiprocessing as mp  # noqa: PLC0415
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        for c in todo:
-            queue.put(asdict(c))
+        for c, _, results in plan:
+            queue.put((asdict(c), str(results)))
         for _ in devices:
             queue.put(None)
         deadline = None if time_budget_s is None else time.time() + time_budget_s
-        procs = [ctx.Process(target=_worker, args=(d, queue, str(results), deadline)) for d in devices]
+        procs = [ctx.Process(target=_worker, args=(d, queue, deadline)) for d in devices]
         for p in procs:
             p.start()
-        bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
+        bar = tqdm(total=len(plan), desc="sweep", disable=not progress)
+        todo_keys = {(str(r), k) for _, k, r in plan}
         seen = 0
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=5)
-            n = len({r["key"] for r in load_results(results)} & set(keys)) - reused
+            n = sum(len({(str(r), x["key"]) for x in load_results(r)} & todo_keys) for r in all_keys)
             bar.update(n - seen)
             seen = n
         bar.close()
         failed = [d for d, p in zip(devices, procs) if p.exitcode]
         if failed:
-            raise RuntimeError(f"sweep workers on {failed} failed; finished runs are kept in {results}")
+            raise RuntimeError(f"sweep workers on {failed} failed; finished runs are kept in "
+                               f"{', '.join(map(str, all_keys))}")
     else:
         device = devices[0] if devices else None
-        for cfg in tqdm(todo, desc="sweep", disable=not progress):
+        for cfg, _, results in tqdm(plan, desc="sweep", disable=not progress):
             if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
                 break
             append_result(results, _run_one(cfg, device))
-    done = {r["key"]: r for r in load_results(results)}
-    missing = [k for k in keys if k not in done]
-    if missing and time_budget_s is not None:
-        print(f"sweep {results.name}: time budget of {time_budget_s:.0f} s reached with {len(missing)} "
-              f"configurations left; run the same command again to resume")
-    elif missing:
-        raise RuntimeError(f"{len(missing)} configurations have no result in {results}")
-    return [done[k] for k in keys if k in done]
+    out = []
+    for results, keys in all_keys.items():
+        done = {r["key"]: r for r in load_results(results)}
+        missing = [k for k in keys if k not in done]
+        if missing and time_budget_s is not None:
+            print(f"sweep {results.name}: time budget of {time_budget_s:.0f} s reached with {len(missing)} "
+                  f"configurations left; run the same command again to resume")
+        elif missing:
+            raise RuntimeError(f"{len(missing)} configurations have no result in {results}")
+        out.append([done[k] for k in keys if k in done])
+    return out
 
 
 def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
@@ -178,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m dsa.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("experiment", nargs="+", choices=sorted(EXPERIMENTS),
+                   help="one or more experiments; several share one pool of workers, in the order given")
     p.add_argument("--size", choices=("small", "full"), default="small")
-    p.add_argument("--out", default=None, help="results .jsonl (default runs/<experiment>-<size>.jsonl)")
+    p.add_argument("--out", default=None, help="results .jsonl of one experiment (default runs/<experiment>-<size>.jsonl)")
+    p.add_argument("--out-dir", default=None, help="folder for <experiment>.jsonl files (several experiments)")
     p.add_argument("--devices", default=None, help="comma-separated devices, or 'all' for every CUDA device")
     p.add_argument("--workers-per-device", type=int, default=1,
                    help="training processes per device (small models leave a GPU mostly idle)")
@@ -189,11 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="start no new configuration after this many seconds; re-run to resume")
     args = p.parse_args(argv)
-    configs = get_experiment(args.experiment, args.size)
-    if args.steps:
-        configs = [with_steps(c, args.steps) for c in configs]
-    if args.limit:
-        configs = configs[: args.limit]
+    if args.out and len(args.experiment) > 1:
+        p.error("--out names one results file: give several experiments --out-dir instead")
+    if args.out and args.out_dir:
+        p.error("give --out or --out-dir, not both")
+    sweeps = []
+    for name in dict.fromkeys(args.experiment):
+        configs = get_experiment(name, args.size)
+        if args.steps:
+            configs = [with_steps(c, args.steps) for c in configs]
+        if args.limit:
+            configs = configs[: args.limit]
+        if args.out:
+            out = args.out
+        elif args.out_dir:
+            out = str(Path(args.out_dir) / f"{name}.jsonl")
+        else:
+            out = f"runs/{name}-{args.size}.jsonl"
+        sweeps.append((configs, out))
     devices = None
     if args.devices == "all":
         devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or None
@@ -204,12 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers_per_device > 1:
         devices = [d for d in (devices or ["cuda:0" if torch.cuda.is_available() else "cpu"])
                    for _ in range(args.workers_per_device)]
-    out = args.out or f"runs/{args.experiment}-{args.size}.jsonl"
-    recs = run_sweep(configs, out, devices, time_budget_s=args.time_budget_s)
-    for r in recs:
-        f = r["final"]
-        print(f"{r['name']:<40} val_loss={f['val_loss']:.4f} acc={f['val_acc']:.4f} "
-              f"t/step={1e3 * (f.get('time_per_step_s') or 0):.1f}ms recall={f.get('recall', float('nan')):.3f}")
+    for recs in run_sweeps(sweeps, devices, time_budget_s=args.time_budget_s):
+        for r in recs:
+            f = r["final"]
+            print(f"{r['name']:<40} val_loss={f['val_loss']:.4f} acc={f['val_acc']:.4f} "
+                  f"t/step={1e3 * (f.get('time_per_step_s') or 0):.1f}ms recall={f.get('recall', float('nan')):.3f}")
     return 0
 
 

@@ -306,3 +306,114 @@ def test_sparse_indexer_kl_through_the_kernel_with_autocast_dtypes(gen):
     for name, a, r in zip(("q_idx", "k_idx", "w"), ker, ref_in):
         assert a.grad.dtype == a.dtype, name  # a bf16 leaf gets a bf16 gradient: its rounding sets the bar
         assert rel(a.grad.float(), r.grad) < (1e-3 if a.dtype == torch.float32 else TOL[torch.bfloat16]), name
+
+
+# ----------------------------------------------------------------------------------------------------
+# Radix select over precomputed scores (dsa.kernels.radix_topk) vs torch.topk.
+
+
+def _radix():
+    from dsa.kernels.radix_topk import causal_lengths, radix_topk, radix_topk_reference  # noqa: PLC0415
+
+    return radix_topk, radix_topk_reference, causal_lengths
+
+
+def _picked(scores, idx):
+    """The scores at the picked positions, sorted (-inf for the -1 slots): equal for any correct top-k."""
+    return torch.where(idx >= 0, scores.float().gather(-1, idx.clamp(min=0)), float("-inf")).sort(-1).values
+
+
+@pytest.mark.parametrize("rows,n,k", [(7, 301, 37), (5, 97, 1), (3, 130, 130), (9, 1000, 513)])
+def test_radix_topk_matches_torch_topk_on_distinct_scores(gen, rows, n, k):
+    """Continuous random scores (no ties): exactly torch.topk's positions, in ascending order."""
+    radix_topk, ref, _ = _radix()
+    s = (torch.randn(rows, n, generator=gen) * torch.rand(rows, 1, generator=gen) * 10).to(DEV)
+    got = radix_topk(s, k, block=64)
+    want = torch.topk(s, k, dim=-1).indices.sort(-1).values
+    assert got.shape == (rows, k) and got.dtype == torch.int64
+    assert torch.equal(got, want)
+    assert torch.equal(ref(s, k), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_radix_topk_causal_rows_with_short_prefixes(gen, dtype):
+    """A causal (L, L) score matrix with lengths t+1, L odd, k not a multiple of the block; rows shorter
+    than k take every valid position and pad with -1."""
+    radix_topk, ref, causal_lengths = _radix()
+    l, k = 83, 29
+    s = torch.randn(2, l, l, generator=gen).to(dtype).to(DEV)
+    lens = causal_lengths(l, DEV, batch=2)
+    got = radix_topk(s, k, lens, block=32)
+    want = ref(s, k, lens)
+    assert torch.equal(_picked(s, got), _picked(s, want))
+    t = torch.arange(l, device=DEV)
+    n_valid = (got >= 0).sum(-1)
+    assert torch.equal(n_valid, torch.minimum(t + 1, torch.tensor(k, device=DEV)).expand(2, l))
+    assert bool((got < (t + 1)[None, :, None]).all()), "a query picked a future position"
+    assert bool((got[..., 1:][got[..., 1:] >= 0] > got[..., :-1][got[..., 1:] >= 0]).all()), "not ascending"
+
+
+def test_radix_topk_ties_take_the_first_positions(gen):
+    """Few distinct values (many ties at the threshold, as bf16 and ReLU zeros give): the selected scores
+    equal torch.topk's, and among the scores equal to the threshold the first positions are taken."""
+    radix_topk, _, _ = _radix()
+    rows, n, k = 6, 211, 50
+    s = (torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5).to(DEV)
+    got = radix_topk(s, k, block=64)
+    assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices))
+    for r in range(rows):
+        thr = float(s[r, got[r]].min())
+        eq = (s[r] == thr).nonzero().flatten()
+        n_eq = int((s[r, got[r]] == thr).sum())
+        assert torch.equal(got[r][s[r, got[r]] == thr], eq[:n_eq])
+
+
+def test_radix_topk_signs_infinities_and_empty_rows(gen):
+    """Order across signs and -inf entries; a row of length 0 returns only -1."""
+    radix_topk, ref, _ = _radix()
+    rows, n, k = 4, 150, 20
+    s = torch.randn(rows, n, generator=gen) * 100
+    s[0, ::3] = float("-inf")
+    s[1] = -s[1].abs()  # all negative
+    s[2, :140] = float("-inf")  # fewer finite than k: -inf entries fill the rest
+    s = s.to(DEV)
+    lens = torch.tensor([n, n, n, 0], device=DEV)
+    got = radix_topk(s, k, lens, block=32)
+    want = ref(s, k, lens)
+    assert torch.equal(_picked(s, got)[:3], _picked(s, want)[:3])
+    assert bool((got[3] == -1).all())
+
+
+def test_radix_topk_names_bad_arguments():
+    radix_topk, _, _ = _radix()
+    s = torch.randn(3, 10)
+    with pytest.raises(ValueError, match="k"):
+        radix_topk(s, 0)
+    with pytest.raises(ValueError, match="k"):
+        radix_topk(s, 11)
+    with pytest.raises(TypeError, match="k"):
+        radix_topk(s, 2.0)
+    with pytest.raises(ValueError, match="lengths"):
+        radix_topk(s, 2, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="lengths"):
+        radix_topk(s, 2, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="lengths"):
+        radix_topk(s, 2, torch.tensor([1, 2, 11]))
+    with pytest.raises(TypeError, match="scores"):
+        radix_topk(torch.ones(3, 10, dtype=torch.int32), 2)
+
+
+@gpu_only
+@pytest.mark.parametrize("l,k", [(4096, 2048), (8191, 1000), (16384, 2048)])
+def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
+    """Causal indexer scores at real sizes (bf16 inputs, fp32 scores): the same selected scores as
+    torch.topk, rows shorter than k complete."""
+    radix_topk, _, causal_lengths = _radix()
+    from dsa.bench import _causal_scores  # noqa: PLC0415
+
+    qi = torch.randn(1, l, 4, 64, generator=gen).bfloat16().to(DEV)
+    ki = torch.randn(1, l, 64, generator=gen).bfloat16().to(DEV)
+    w = torch.randn(1, l, 4, generator=gen).to(DEV)
+    s = _causal_scores(qi, ki, w)
+    got = radix_topk(s, k, causal_lengths(l, DEV, batch=1))
+    assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices))

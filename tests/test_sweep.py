@@ -7,7 +7,7 @@ import pytest
 
 import dsa.sweep as sweep
 from dsa.experiments import EXPERIMENTS, get_experiment
-from dsa.sweep import append_result, config_key, load_results, run_sweep, with_steps
+from dsa.sweep import append_result, config_key, load_results, run_sweep, run_sweeps, with_steps
 from dsa.train import TrainConfig
 
 
@@ -70,6 +70,30 @@ def test_two_worker_processes_share_one_file(tmp_path):
     recs = run_sweep(configs, results, devices=["cpu", "cpu"], progress=False)
     assert sorted(r["config"]["seed"] for r in recs) == [0, 1, 2]
     assert len(load_results(results)) == 3
+
+
+def test_several_sweeps_share_one_pool_and_keep_their_own_files(tmp_path):
+    """Two experiments through one pool of two workers: each record lands in its own sweep's file, a
+    finished configuration of either is re-used, and the records come back per sweep in config order."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    ca, cb = [_tiny(0), _tiny(1, "dsa")], [_tiny(2), _tiny(3)]
+    run_sweep(cb[:1], b, progress=False)
+    recs_a, recs_b = run_sweeps([(ca, a), (cb, b)], devices=["cpu", "cpu"], progress=False)
+    assert [r["config"]["seed"] for r in recs_a] == [0, 1]
+    assert [r["config"]["seed"] for r in recs_b] == [2, 3]
+    assert sorted(r["config"]["seed"] for r in load_results(a)) == [0, 1]
+    assert [r["config"]["seed"] for r in load_results(b)] == [2, 3], "the finished seed 2 ran again"
+
+
+def test_cli_takes_several_experiments_with_an_out_dir_only(tmp_path):
+    with pytest.raises(SystemExit):
+        sweep.main(["exp3_adaptive", "ablation_kl", "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(SystemExit):
+        sweep.main(["exp3_adaptive", "--out", "x.jsonl", "--out-dir", str(tmp_path)])
+    assert sweep.main(["ablation_kl", "exp3_adaptive", "--size", "small", "--limit", "1", "--steps", "2",
+                       "--out-dir", str(tmp_path)]) == 0
+    assert len(load_results(tmp_path / "ablation_kl.jsonl")) == 1
+    assert len(load_results(tmp_path / "exp3_adaptive.jsonl")) == 1
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

@@ -1,0 +1,104 @@
+"""Top-k positions of each row of precomputed scores by a radix select (Triton), with a torch reference.
+
+``torch.topk`` sorts its k winners and returns their values; the attention needs only the set of positions.
+:func:`radix_topk` finds the k-th largest score of each row by four 8-bit histogram passes over the row and
+then writes the positions at or above it (see ``_radix_topk_kernels``): no sort, no values, memory O(rows * k)
+beyond the scores. Its result equals :func:`radix_topk_reference` up to the order of the positions (ascending
+here) and the choice among tied scores at the threshold (the first ones by position here).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
+from ._common import interpret_mode, jit, use_triton
+
+
+def _kernel():
+    from . import _radix_topk_kernels as m
+
+    return jit(m.radix_topk_kernel)
+
+
+def _check(scores: torch.Tensor, k: int, lengths: torch.Tensor | None) -> None:
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 1:
+        raise ValueError("scores must be a tensor with at least one dimension (..., N)")
+    check_tensor("scores", scores, scores.dim(), FLOAT_DTYPES)
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    check_top_k(k, scores.shape[-1], name="k")
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise TypeError("lengths must be an integer tensor of shape scores.shape[:-1]")
+        if tuple(lengths.shape) != tuple(scores.shape[:-1]):
+            raise ValueError(f"lengths must have shape {tuple(scores.shape[:-1])} (scores.shape[:-1]), "
+                             f"got {tuple(lengths.shape)}")
+        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > scores.shape[-1]):
+            raise ValueError(f"lengths must lie in [0, N={scores.shape[-1]}]")
+
+
+def causal_lengths(l: int, device: torch.device | str | None = None, batch: int | None = None) -> torch.Tensor:
+    """Valid prefix of each row of a causal (L, L) score matrix: t + 1 for query t. (L,) or (batch, L) int32."""
+    t = torch.arange(1, l + 1, device=device, dtype=torch.int32)
+    return t if batch is None else t.expand(batch, l).contiguous()
+
+
+def radix_topk_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.topk over the valid prefix of each row. scores (..., N) float; lengths (...) int, default N.
+    Returns (..., k) int64 positions in ascending order, -1 in the slots a short row cannot fill."""
+    _check(scores, k, lengths)
+    n = scores.shape[-1]
+    if lengths is None:
+        idx = torch.topk(scores, k, dim=-1).indices
+        return idx.sort(dim=-1).values
+    pos = torch.arange(n, device=scores.device)
+    valid = pos < lengths[..., None]
+    masked = scores.float().masked_fill(~valid, float("-inf"))
+    idx = torch.topk(masked, k, dim=-1).indices
+    ok = torch.arange(k, device=scores.device) < lengths[..., None].clamp(max=k)
+    # among a short row's k picks the invalid ones are the -inf fills: keep the valid positions only
+    idx = torch.where(valid.gather(-1, idx), idx, torch.full_like(idx, n))
+    idx = idx.sort(dim=-1).values
+    return torch.where(ok, idx, torch.full_like(idx, -1))
+
+
+@torch.no_grad()
+def radix_topk(
+    scores: torch.Tensor,
+    k: int,
+    lengths: torch.Tensor | None = None,
+    *,
+    block: int | None = None,
+    out_dtype: torch.dtype = torch.int64,
+    force_reference: bool = False,
+) -> torch.Tensor:
+    """Positions of the k largest scores of each row, among its first ``lengths`` entries.
+
+    scores (..., N) fp32/bf16/fp16 (any layout with a unit last stride works without a copy); k int in
+    [1, N]; lengths (...) integer, default N (a causal L x L matrix: :func:`causal_lengths`).
+    Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer than k valid entries
+    returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position.
+    Runs the Triton kernel on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
+    reference."""
+    _check(scores, k, lengths)
+    if force_reference or not use_triton(scores) or scores.dtype == torch.float64:
+        return radix_topk_reference(scores, k, lengths).to(out_dtype)
+    n = scores.shape[-1]
+    lead = scores.shape[:-1]
+    s2 = scores.reshape(-1, n)
+    if s2.stride(-1) != 1:
+        s2 = s2.contiguous()
+    rows = s2.shape[0]
+    if lengths is None:
+        ln = torch.full((rows,), n, device=scores.device, dtype=torch.int32)
+    else:
+        ln = lengths.reshape(-1).to(device=scores.device, dtype=torch.int32).contiguous()
+    out = torch.empty(rows, k, device=scores.device, dtype=torch.int32)
+    if block is None:
+        block = 256 if interpret_mode() else 2048
+    if rows:
+        _kernel()[(rows,)](s2, out, ln, s2.stride(0), out.stride(0), n, k, BLOCK=block,
+                           num_warps=4 if interpret_mode() else 8)
+    out = out.reshape(*lead, k)
+    return out if out_dtype == torch.int32 else out.to(out_dtype)
