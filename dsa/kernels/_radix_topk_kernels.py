@@ -32,7 +32,6 @@ def radix_topk_kernel(S, OUT, LEN, ss, so, N, K, BLOCK: tl.constexpr):
     quota = big
     done = (n <= K).to(tl.int32)  # short rows take every valid position: thr = 0 keeps them all
     for p in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * p
         if done == 0:
             hist = tl.zeros([256], tl.int32)
             other = tl.zeros([], tl.int32)  # keys outside the prefix (and padding): counted into bin 0 by the histogram, removed below
@@ -43,7 +42,7 @@ def radix_topk_kernel(S, OUT, LEN, ss, so, N, K, BLOCK: tl.constexpr):
                 b = x.to(tl.uint32, bitcast=True)
                 key = tl.where((b & sign) != 0, ~b, b | sign)
                 match = ((key & pmask) == prefix) & inb
-                dig = ((key >> shift) & 255).to(tl.int32)
+                dig = ((key >> (24 - 8 * p)) & 255).to(tl.int32)
                 hist += tl.histogram(tl.where(match, dig, 0), 256)
                 other += BLOCK - tl.sum(match.to(tl.int32))
             hist = hist - tl.where(bins == 0, other, 0)
@@ -53,8 +52,8 @@ def radix_topk_kernel(S, OUT, LEN, ss, so, N, K, BLOCK: tl.constexpr):
             c_gt = tl.sum(tl.where(bins > d, hist, 0))
             h_d = tl.sum(tl.where(bins == d, hist, 0))
             remaining = remaining - c_gt
-            prefix = prefix | (d.to(tl.uint32) << shift)
-            pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+            prefix = prefix | (d.to(tl.uint32) << (24 - 8 * p))
+            pmask = pmask | (tl.full([], 255, tl.uint32) << (24 - 8 * p))
             # the whole bin is taken: keys >= prefix are exactly the selection
             done = tl.where(h_d == remaining, 1, done)
             if p == 3:
