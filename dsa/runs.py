@@ -244,13 +244,15 @@ def arm_label(cfg: dict) -> str:
 def runs_table(records: Iterable[dict], source: str, ratios: Sequence[float] | None = None) -> pd.DataFrame:
     """``dsa.stats.runs_frame`` plus ``source`` (the label given), ``arm`` (:func:`arm_label`),
     ``sparse_time_per_step_s`` (the sparse phase's steady time per step for DSA, the whole run's for dense:
-    the deepseek recipe's overall figure mixes in its dense phase) and ``wall_time_s``."""
+    the deepseek recipe's overall figure mixes in its dense phase), ``wall_time_s`` and ``gpu_shared_by``
+    (training processes that time-shared the run's GPU, from the record's ``timing``; NaN where unknown)."""
     records = list(records)
     df = runs_frame(records, ratios)
     df.insert(0, "source", source)
     df["arm"] = [arm_label(r.get("config") or {}) for r in records]
-    sparse_t, wall = [], []
+    sparse_t, wall, shared = [], [], []
     for r in records:
+        shared.append((r.get("timing") or {}).get("workers_on_device"))
         fin = r.get("final") or {}
         by_phase = fin.get("time_per_step_by_phase_s") or {}
         sparse_t.append(by_phase.get("sparse") if (r.get("config") or {}).get("attention") == "dsa"
@@ -258,6 +260,7 @@ def runs_table(records: Iterable[dict], source: str, ratios: Sequence[float] | N
         wall.append(r.get("wall_time_s"))
     df["sparse_time_per_step_s"] = pd.to_numeric(pd.Series(sparse_t, index=df.index), errors="coerce")
     df["wall_time_s"] = pd.to_numeric(pd.Series(wall, index=df.index), errors="coerce")
+    df["gpu_shared_by"] = pd.to_numeric(pd.Series(shared, index=df.index), errors="coerce")
     return df
 
 

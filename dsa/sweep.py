@@ -79,15 +79,18 @@ def append_result(path: str | Path, record: dict) -> None:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run_one(cfg: TrainConfig, device: str | None) -> dict:
+def _run_one(cfg: TrainConfig, device: str | None, workers_on_device: int = 1) -> dict:
     cfg = replace(cfg, out="", progress=False, device=device or cfg.device)
     rec = train(cfg)
     rec.pop("model", None)
     rec["key"] = config_key(cfg)
+    # Several training processes on one GPU time-share it: a run's time per step then includes waiting
+    # for the others, so it is no speed measurement (the analysis says so when this is above 1).
+    rec["timing"] = {"workers_on_device": workers_on_device}
     return rec
 
 
-def _worker(device: str, queue, deadline: float | None = None) -> None:
+def _worker(device: str, queue, deadline: float | None = None, workers_on_device: int = 1) -> None:
     torch.cuda.set_device(device) if device.startswith("cuda") else None
     while True:
         item = queue.get()
@@ -96,7 +99,7 @@ def _worker(device: str, queue, deadline: float | None = None) -> None:
         if deadline is not None and time.time() > deadline:  # wall clock: shared across processes
             continue  # drain the queue without starting more runs
         cfg, results = item
-        rec = _run_one(TrainConfig(**cfg), device)
+        rec = _run_one(TrainConfig(**cfg), device, workers_on_device)
         append_result(results, rec)
 
 
@@ -151,7 +154,7 @@ def run_sweeps(
         for _ in devices:
             queue.put(None)
         deadline = None if time_budget_s is None else time.time() + time_budget_s
-        procs = [ctx.Process(target=_worker, args=(d, queue, deadline)) for d in devices]
+        procs = [ctx.Process(target=_worker, args=(d, queue, deadline, devices.count(d))) for d in devices]
         for p in procs:
             p.start()
         bar = tqdm(total=len(plan), desc="sweep", disable=not progress)

@@ -288,7 +288,8 @@ def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tupl
                   confidence: float = CONFIDENCE) -> Verdict:
     """The seeds' speed claim: dense time per step / causal DSA time per step (sparse phase), per L and
     device (times from different GPUs are never compared), paired by seed. Decided on the comparisons whose
-    paired CI of the time difference excludes 0; 'inconclusive' when none does or they disagree."""
+    paired CI of the time difference excludes 0; 'inconclusive' when none does or they disagree, or when
+    the runs shared their GPU with other training processes (``gpu_shared_by`` > 1)."""
     claim, said = CLAIMS["speed"]
     col = "sparse_time_per_step_s"
     comps, parts = [], []
@@ -313,6 +314,15 @@ def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tupl
             parts.append(", ".join(bits))
     if not comps:
         return Verdict(source, claim, said, "no data", "needs timed dense and causal DSA runs")
+    timed = df[df.variant.isin([DENSE, *CAUSAL])]
+    shared = pd.to_numeric(timed["gpu_shared_by"], errors="coerce").max() if "gpu_shared_by" in timed else float("nan")
+    if math.isfinite(shared) and shared > 1:
+        # time-sliced with other training processes: a step's time includes waiting for them
+        return Verdict(source, claim, said, "inconclusive",
+                       f"not a speed measurement: these runs were timed while up to {int(shared)} training "
+                       "processes time-shared one GPU, so a step's time includes waiting for the others "
+                       "(notebook 05's step profile times dense and DSA steps alone, in one process). "
+                       + "; ".join(parts))
     # decided on the comparisons whose paired CI excludes 0; the others are reported as "within noise"
     clear = [c["ratio"] for c in comps if c["clear"]]
     ratios = [c["ratio"] for c in comps]

@@ -446,6 +446,22 @@ def test_speed_verdicts_inconclusive_when_timings_are_noise():
     assert v.verdict == "refuted" and "comparisons within noise, not counted" in v.evidence
 
 
+def test_speed_verdict_refuses_timings_from_a_shared_gpu():
+    """Runs timed while several training processes time-shared one GPU (a sweep pool's ``timing``) give no
+    speed verdict, whatever their ratio; a single process per GPU is judged as usual."""
+    recs = exp4_records(dsa_time=0.2)
+    base = V.speed_verdict(R.runs_table(recs, "alone"), "alone")
+    assert base.verdict == "refuted"
+    for r in recs:
+        r["timing"] = {"workers_on_device": 1}
+    assert V.speed_verdict(R.runs_table(recs, "one"), "one").verdict == "refuted"
+    recs[3]["timing"] = {"workers_on_device": 12}
+    df = R.runs_table(recs, "shared")
+    assert df.gpu_shared_by.max() == 12
+    v = V.speed_verdict(df, "shared")
+    assert v.verdict == "inconclusive" and "12 training processes" in v.evidence and "ms/step" in v.evidence
+
+
 def test_flex_shape_numbers_and_breakdown():
     res = bench_result("2026-11-23", lens=(1024, 2048, 4096))
     df = B.bench_frame([res])

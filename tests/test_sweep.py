@@ -70,6 +70,7 @@ def test_two_worker_processes_share_one_file(tmp_path):
     recs = run_sweep(configs, results, devices=["cpu", "cpu"], progress=False)
     assert sorted(r["config"]["seed"] for r in recs) == [0, 1, 2]
     assert len(load_results(results)) == 3
+    assert {r["timing"]["workers_on_device"] for r in recs} == {2}, "the records must say their device was shared"
 
 
 def test_several_sweeps_share_one_pool_and_keep_their_own_files(tmp_path):
