@@ -281,6 +281,18 @@ def _time_cmp(base: pd.DataFrame, other: pd.DataFrame, confidence: float) -> dic
             "n": int(r.n_pairs)}
 
 
+def _shared_gpu(df: pd.DataFrame) -> int:
+    """The most training processes that time-shared a GPU in ``df``'s runs (``gpu_shared_by``); 1 if unknown."""
+    n = pd.to_numeric(df["gpu_shared_by"], errors="coerce").max() if "gpu_shared_by" in df.columns else float("nan")
+    return int(n) if math.isfinite(n) and n > 1 else 1
+
+
+def _shared_note(df: pd.DataFrame) -> str:
+    """' (timed while up to N training processes shared the GPU: not a speed measurement)' or ''."""
+    n = _shared_gpu(df)
+    return f" (timed while up to {n} training processes shared the GPU: not a speed measurement)" if n > 1 else ""
+
+
 NOISY = "the timings are too noisy to decide: a paired CI of the time difference includes 0"
 
 
@@ -314,12 +326,11 @@ def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tupl
             parts.append(", ".join(bits))
     if not comps:
         return Verdict(source, claim, said, "no data", "needs timed dense and causal DSA runs")
-    timed = df[df.variant.isin([DENSE, *CAUSAL])]
-    shared = pd.to_numeric(timed["gpu_shared_by"], errors="coerce").max() if "gpu_shared_by" in timed else float("nan")
-    if math.isfinite(shared) and shared > 1:
+    shared = _shared_gpu(df[df.variant.isin([DENSE, *CAUSAL])])
+    if shared > 1:
         # time-sliced with other training processes: a step's time includes waiting for them
         return Verdict(source, claim, said, "inconclusive",
-                       f"not a speed measurement: these runs were timed while up to {int(shared)} training "
+                       f"not a speed measurement: these runs were timed while up to {shared} training "
                        "processes time-shared one GPU, so a step's time includes waiting for the others "
                        "(notebook 05's step profile times dense and DSA steps alone, in one process). "
                        + "; ".join(parts))
@@ -508,6 +519,9 @@ def exp3_verdicts(df: pd.DataFrame, source: str, confidence: float = CONFIDENCE,
     devs = " / ".join(sorted(str(x) for x in d.device.dropna().unique()))
     if not comps:
         rows.append(Verdict(source, claim, said, "no data", "no timed fixed arm with the adaptive arms' k cap"))
+    elif _shared_gpu(d) > 1:
+        rows.append(Verdict(source, claim, said, "inconclusive", f"not a speed measurement: timed while up to "
+                            f"{_shared_gpu(d)} training processes shared the GPU. " + "; ".join(parts)))
     elif any(c["ratio"] >= 1 + speed_tol and c["clear"] for c in comps):
         rows.append(Verdict(source, claim, said, "supported", "; ".join(parts)))
     elif not any(c["clear"] for c in comps) or any(c["ratio"] >= 1 + speed_tol for c in comps):
@@ -591,7 +605,8 @@ def kl_ablation_verdict(df: pd.DataFrame, source: str, confidence: float = CONFI
     if _single_device(df) and len(_per_seed(df, 1, col)) and len(_per_seed(df, 0, col)):
         c = _time_cmp(df[df.level == 0], df[df.level == 1], confidence)
         parts.append(f"time per step (sparse phase) {1e3 * c['other_s']:.1f} ms with KL vs {1e3 * c['base_s']:.1f} ms "
-                     f"without ({1 / c['ratio']:.2f}x the time" + ("" if c["clear"] else ", within noise") + ")")
+                     f"without ({1 / c['ratio']:.2f}x the time" + ("" if c["clear"] else ", within noise") + ")"
+                     + _shared_note(df))
     parts.append(f"{loss['n_pairs']} seeds paired")
     evidence = "; ".join(parts)
     lo, hi = loss["ci_low"], loss["ci_high"]
@@ -684,7 +699,8 @@ def trend_verdict(df: pd.DataFrame, source: str, claim: str, seeds_said: str, *,
     if _single_device(d) and col in d.columns and d[col].notna().any():
         tmeans = d.groupby("level")[col].mean()
         parts.append("time per step (sparse phase): " + ", ".join(f"{_arm_name(d, lv)} {1e3 * t:.1f} ms"
-                                                                  for lv, t in tmeans.items() if math.isfinite(t)))
+                                                                  for lv, t in tmeans.items() if math.isfinite(t))
+                     + _shared_note(d))
     parts.append(f"{len(slopes)} seeds, {len(arms)} arms" + (f" (arms with fewer than {MIN_SEEDS} seeds left out: "
                  + ", ".join(_arm_name(df, lv) for lv in counts.index if lv not in arms) + ")"
                  if len(arms) < len(counts) else ""))

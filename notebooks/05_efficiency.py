@@ -27,7 +27,7 @@
 # | seeds' masked SDPA | the seeds' approach: an $L \times L$ top-k mask passed to SDPA — dense cost, no saving |
 # | gather reference | our plain-PyTorch sparse attention: gathers the $k$ keys of every query |
 # | sparse kernel | our Triton sparse attention (GQA-aware, padded slots) over precomputed indices |
-# | indexer top-k | our fused threshold-search top-k (scores included) vs `torch.topk` over precomputed scores, and vs scores + `torch.topk` |
+# | indexer top-k | our fused threshold-search top-k (scores included) vs scores + `torch.topk`; our radix select vs `torch.topk` over the same precomputed scores |
 # | DSA layer | indexer top-k + sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
 #
 # for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$.
@@ -117,7 +117,8 @@ DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 METHOD_COLORS = {label: c for label, c in zip(
     [*B.METHODS.values(), *B.TOPK_METHODS.values()],
-    ["#444444", "#8c564b", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#e377c2", "#17becf"])}
+    ["#444444", "#8c564b", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#e377c2", "#17becf",
+     "#bcbd22", "#7f7f7f"])}
 
 
 def maybe_save(fig, name, source):
@@ -270,6 +271,20 @@ if not df.empty:
     fig.tight_layout()
     maybe_save(fig, "05_topk_tflops", REC_LABEL)
     plt.show()
+
+# %% [markdown]
+# ### The selection alone: radix select vs `torch.topk` over the same scores
+#
+# `torch.topk` sorts its $k$ winners and returns their values; the attention needs only the set of
+# positions. `dsa.kernels.radix_topk` (one Triton program per row) finds the $k$-th largest score with four
+# 8-bit histogram passes over the row and writes the positions at or above it. Both read the same
+# precomputed causal scores (`python -m dsa.bench --selection-only`); a ratio above 1 means the radix
+# select is faster. The target is 5x.
+
+# %%
+if not df.empty:
+    txt = B.selection_text(df)
+    display(Markdown(txt or "No recorded row measured the radix select."))
 
 # %% [markdown]
 # ### Memory

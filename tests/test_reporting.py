@@ -209,6 +209,7 @@ def bench_result(date: str, lens=(1024, 2048), speed=0.1, flash=1.0, device="NVI
                      "flash_fwd_tflops": 300.0, "sparse_fwd_ms": 1.0, "sparse_fwd_tflops": 30.0,
                      "dsa_fwd_ms": 2.0, "dsa_fwdbwd_ms": 3.5 * flash * l / 1024 / speed,
                      "torch_topk_ms": 1.0, "topk_fast_ms": 4.0, "scores_plus_torch_topk_ms": 3.0,
+                     "radix_topk_ms": 0.5, "radix_speedup": 2.0,
                      "flex_fwd_ms": flex_factor * flash * l / 1024, "gather_fwd": None, "gather_fwd_why": "oom"}
                 r["speedup_fwdbwd"] = r["flash_fwdbwd_ms"] / r["dsa_fwdbwd_ms"]
                 r["topk_speedup"] = r["torch_topk_ms"] / r["topk_fast_ms"]
@@ -236,13 +237,31 @@ def test_bench_frame_merges_files_latest_wins():
     assert set(sk.why) == {"oom"} and set(sk.measurement) == {"gather_fwd"}
 
 
+def test_bench_frame_merges_a_selection_only_file_into_older_rows():
+    """A newer file with the selection columns only keeps the older file's attention columns of the same
+    configuration, and its own selection numbers win."""
+    full = bench_result("2026-11-20", lens=(32768,))
+    sel = {"provenance": {"git_commit": "beef000", "device": full["provenance"]["device"], "date": "2026-11-23"},
+           "config": {}, "_path": "sel.json",
+           "rows": [{k: r[k] for k in (*B.KEY[1:],)} | {"torch_topk_ms": 14.0, "radix_topk_ms": 7.0,
+                                                          "radix_speedup": 2.0, "chunked_scores_plus_radix_ms": 1.5}
+                    for r in full["rows"] if r["H_kv"] == 16]}
+    df = B.bench_frame([full, sel])
+    r = df[(df.H_kv == 16) & (df.k == 2048)].iloc[0]
+    assert r.flash_fwd_ms == pytest.approx(32.0) and r.torch_topk_ms == 14.0 and r.radix_speedup == 2.0
+    assert r.superseded == 1 and "sel.json" in r.files and r.commit == "beef000"
+    assert df[df.H_kv == 2].torch_topk_ms.eq(1.0).all()
+    t = B.evaluate_targets(df).set_index("target")
+    assert t.loc[B.TARGETS[4].name, "best"] == pytest.approx(2.0)  # 3.0 ms / min(4.0, 1.5) ms
+
+
 def test_targets_missed_met_and_not_measured():
     slow = B.bench_frame([bench_result("2026-11-23", lens=(4096, 8192, 16384), speed=0.3)])
     t = slow.pipe(B.evaluate_targets).set_index("target")
     names = [x.name for x in B.TARGETS]
     assert t.loc[names[0], "met"] == "not measured" and "largest L measured: 16384" in t.loc[names[0], "measured"]
     assert t.loc[names[2], "met"] == "no" and t.loc[names[2], "measured"].startswith("never up to L=16384")
-    assert t.loc[names[3], "met"] == "no" and t.loc[names[3], "best"] == pytest.approx(0.25)
+    assert t.loc[names[3], "met"] == "no" and t.loc[names[3], "best"] == pytest.approx(2.0)
     assert t.loc[names[4], "best"] == pytest.approx(0.75)
     assert t.loc[names[5], "best"] == pytest.approx(0.1)
 
@@ -423,6 +442,12 @@ def test_exp3_verdicts():
     assert v.loc[sp, "verdict"] == "not supported" and "0.83x" in v.loc[sp, "evidence"]
     v = V.exp3_verdicts(R.runs_table(recs(3.5, 0.04), "x"), "x").set_index("claim")
     assert v.loc[q, "verdict"] == "supported" and v.loc[sp, "verdict"] == "supported"
+    shared = recs(3.5, 0.04)
+    for r in shared:
+        r["timing"] = {"workers_on_device": 8}
+    v = V.exp3_verdicts(R.runs_table(shared, "x"), "x").set_index("claim")
+    assert v.loc[sp, "verdict"] == "inconclusive" and v.loc[sp, "evidence"].startswith(
+        "not a speed measurement: timed while up to 8 training processes shared the GPU. ")
     only_fixed = R.runs_table([r for r in recs(4.0, 0.05) if r["config"]["k_policy"] == "fixed"], "x")
     assert set(V.exp3_verdicts(only_fixed, "x").verdict) == {"no data"}
 
