@@ -128,16 +128,9 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int) -> None:
 
 
 def _speedups(row: dict) -> None:
-    for mode in ("fwd", "fwdbwd"):
-        a, b_ = row.get(f"flash_{mode}_ms"), row.get(f"dsa_{mode}_ms")
-        if a and b_:
-            row[f"speedup_{mode}"] = a / b_
-    if row.get("torch_topk_ms") and row.get("topk_fast_ms"):
-        row["topk_speedup"] = row["torch_topk_ms"] / row["topk_fast_ms"]
-    if row.get("torch_topk_ms") and row.get("radix_topk_ms"):
-        row["radix_speedup"] = row["torch_topk_ms"] / row["radix_topk_ms"]
-    if row.get("sparse_fwd_tflops") and row.get("flash_fwd_tflops"):
-        row["sparse_vs_flash_tflops"] = row["sparse_fwd_tflops"] / row["flash_fwd_tflops"]
+    from .bench_report import derive_ratios  # noqa: PLC0415
+
+    derive_ratios(row)
 
 
 def run(args, on_row: Callable[[dict], None] | None = None) -> dict:

@@ -60,11 +60,43 @@ def k_rule(l: int, k: int) -> str:
     return f"k={k}"
 
 
+# ratio column -> (numerator, denominator): every ratio the benchmark derives from two columns of a row
+RATIOS: dict[str, tuple[str, str]] = {
+    "speedup_fwd": ("flash_fwd_ms", "dsa_fwd_ms"),
+    "speedup_fwdbwd": ("flash_fwdbwd_ms", "dsa_fwdbwd_ms"),
+    "topk_speedup": ("torch_topk_ms", "topk_fast_ms"),
+    "radix_speedup": ("torch_topk_ms", "radix_topk_ms"),
+    "sparse_vs_flash_tflops": ("sparse_fwd_tflops", "flash_fwd_tflops"),
+}
+
+
+def derive_ratios(row: dict) -> dict:
+    """Sets each :data:`RATIOS` column of a bench row from its two inputs, and removes it where an input is
+    missing (so a ratio never outlives the numbers it came from). Returns the row."""
+    for name, (a, b) in RATIOS.items():
+        x, y = _num(row.get(a)), _num(row.get(b))
+        if math.isfinite(x) and math.isfinite(y) and y > 0:
+            row[name] = x / y
+        else:
+            row.pop(name, None)
+    return row
+
+
+def _measurement_cols(columns: Iterable[str]) -> dict[str, list[str]]:
+    """measurement name -> its columns (``<name>``, ``_ms``, ``_peak_mib``, ``_tflops``, ``_why``)."""
+    suffixes = ("_ms", "_peak_mib", "_tflops", "_why")
+    cols = list(columns)
+    names = {c[: -len(sfx)] for c in cols for sfx in suffixes if c.endswith(sfx)}
+    return {n: [c for c in (n, *(n + sfx for sfx in suffixes)) if c in cols] for n in names}
+
+
 def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     """The rows of every result, one frame: each row gets ``device``, ``commit``, ``date``, ``file`` from its
     file, plus ``kind`` (:func:`attention_kind`) and ``k_rule``. When several files hold the same
-    configuration (:data:`KEY`), their rows are merged column by column, the most recent file's value winning
-    where several measured it (``superseded`` counts the older rows, ``files`` names them all)."""
+    configuration (:data:`KEY`), their rows are merged measurement by measurement: the most recent file that
+    measured (or failed to measure) a method wins for it, the others keep theirs; the :data:`RATIOS` are
+    derived again from the merged numbers (``superseded`` counts the older rows, ``files`` names them all;
+    ``commit`` / ``date`` / ``file`` are the newest file's)."""
     rows = []
     for res in results:
         prov = res.get("provenance") or {}
@@ -91,8 +123,22 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     files = df.groupby(list(KEY), dropna=False)["file"].transform(lambda f: ", ".join(dict.fromkeys(map(str, f))))
     df["files"] = files
     # merge, not replace: a newer file that measured only some columns (e.g. `dsa.bench --selection-only`)
-    # must not erase the older file's other columns; where both measured, the newer value wins
+    # must not erase the older file's other columns. Per measurement the newest row that says anything
+    # about it (a time, or why there is none) wins whole: an old time never sits beside a new "oom".
+    df = df.reset_index(drop=True)
+    groups = df.groupby(list(KEY), dropna=False, sort=False).indices
+    for cols in _measurement_cols(df.columns).values():
+        says = df[cols].notna().any(axis=1).to_numpy()
+        for idx in groups.values():
+            speaking = [i for i in idx if says[i]]  # idx follows the date order
+            if len(speaking) > 1:
+                df.loc[speaking[:-1], cols] = None
     df = df.groupby(list(KEY), dropna=False, sort=False).last().reset_index()
+    ratio_cols = [c for c in RATIOS if c in df.columns]
+    df = df.drop(columns=ratio_cols)
+    derived = pd.DataFrame([derive_ratios({c: r.get(c) for c in {x for ab in RATIOS.values() for x in ab}})
+                            for r in df.to_dict("records")], index=df.index)
+    df = pd.concat([df, derived.drop(columns=[c for c in derived.columns if c not in RATIOS])], axis=1)
     df["kind"] = [attention_kind(int(h), int(hk)) for h, hk in zip(df.H, df.H_kv)]
     df["k_rule"] = [k_rule(int(l), int(k)) for l, k in zip(df.L, df.k)]
     return df.sort_values(["device", "H_kv", "k", "L"], ascending=[True, False, True, True]).reset_index(drop=True)
@@ -384,9 +430,12 @@ def selection_text(df: pd.DataFrame) -> str:
     text = ("Radix select vs torch.topk over the same precomputed causal scores (above 1: the radix select is "
             "faster): " + "; ".join(parts) + ".")
     if one_read_ms == one_read_ms:
-        text += (f" At L = {int(big.L)} it takes {big.radix_topk_ms:.1f} ms, {big.radix_topk_ms / one_read_ms:.0f}x "
-                 f"the {one_read_ms:.2f} ms one read of the fp32 causal triangle needs at {peak:.2f} TB/s: the "
-                 "four histogram passes, not memory, bound it.")
+        reads = big.radix_topk_ms / one_read_ms
+        text += (f" At L = {int(big.L)} it takes {big.radix_topk_ms:.1f} ms, {reads:.0f}x the {one_read_ms:.2f} ms "
+                 f"one read of the fp32 causal triangle needs at {peak:.2f} TB/s" +
+                 (": more than its five passes over each row would cost even from HBM, so the histogram work, not "
+                  "memory, bounds it." if reads > 5 else
+                  ", within the cost of its five passes over each row from HBM: memory bounds it."))
     if len(same):
         text += (" It selected the same scores as torch.topk in every measured row." if bool(same.all()) else
                  f" It selected different scores from torch.topk in {int((~same.astype(bool)).sum())} row(s).")
@@ -397,12 +446,14 @@ __all__ = [
     "KEY",
     "METHODS",
     "PASSES",
+    "RATIOS",
     "TARGETS",
     "TOPK_METHODS",
     "Target",
     "attention_kind",
     "bench_frame",
     "breakdown_text",
+    "derive_ratios",
     "evaluate_targets",
     "flex_artifacts",
     "gather_roofline",

@@ -132,14 +132,19 @@ def run_sweeps(
     rules as :func:`run_sweep`; returns each sweep's records."""
     t0 = time.monotonic()
     plan = []  # (config, key, results path)
-    all_keys: dict[Path, list[str]] = {}
+    per_sweep: list[tuple[Path, list[str]]] = []
+    planned: set[tuple[str, str]] = set()  # a configuration named twice for one file runs once
     reused = 0
     for configs, results in sweeps:
         results = Path(results)
         done = {r["key"] for r in load_results(results)}
         keys = [config_key(c) for c in configs]
-        all_keys.setdefault(results, []).extend(keys)
-        todo = [(c, k, results) for c, k in zip(configs, keys) if k not in done]
+        per_sweep.append((results, keys))
+        todo = []
+        for c, k in zip(configs, keys):
+            if k not in done and (str(results), k) not in planned:
+                planned.add((str(results), k))
+                todo.append((c, k, results))
         reused += len(configs) - len(todo)
         plan.extend(todo)
         print(f"sweep {results.name}: {len(configs)} configurations, re-using {len(configs) - len(todo)} finished "
@@ -163,14 +168,14 @@ def run_sweeps(
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=5)
-            n = sum(len({(str(r), x["key"]) for x in load_results(r)} & todo_keys) for r in all_keys)
+            n = sum(len({(str(r), x["key"]) for x in load_results(r)} & todo_keys) for r in {p for p, _ in per_sweep})
             bar.update(n - seen)
             seen = n
         bar.close()
         failed = [d for d, p in zip(devices, procs) if p.exitcode]
         if failed:
             raise RuntimeError(f"sweep workers on {failed} failed; finished runs are kept in "
-                               f"{', '.join(map(str, all_keys))}")
+                               f"{', '.join(dict.fromkeys(str(p) for p, _ in per_sweep))}")
     else:
         device = devices[0] if devices else None
         for cfg, _, results in tqdm(plan, desc="sweep", disable=not progress):
@@ -178,7 +183,7 @@ def run_sweeps(
                 break
             append_result(results, _run_one(cfg, device))
     out = []
-    for results, keys in all_keys.items():
+    for results, keys in per_sweep:
         done = {r["key"]: r for r in load_results(results)}
         missing = [k for k in keys if k not in done]
         if missing and time_budget_s is not None:

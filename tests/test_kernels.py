@@ -384,6 +384,18 @@ def test_radix_topk_signs_infinities_and_empty_rows(gen):
     assert bool((got[3] == -1).all())
 
 
+def test_radix_topk_reference_valid_minus_inf_and_float64():
+    """The reference never returns a position past a row's length, also when a valid entry is -inf like the
+    masked-off ones, and it keeps float64 resolution."""
+    _, ref, _ = _radix()
+    inf = float("inf")
+    s = torch.tensor([[1.0, -inf, -inf, -inf]])
+    assert ref(s, 3, torch.tensor([2])).tolist() == [[0, 1, -1]]
+    assert ref(s, 2, torch.tensor([2])).tolist() == [[0, 1]]
+    d = torch.tensor([[1.0, 1.0 + 1e-12, 0.0]], dtype=torch.float64)
+    assert ref(d, 1, torch.tensor([3])).tolist() == [[1]] == ref(d, 1).tolist()
+
+
 def test_radix_topk_names_bad_arguments():
     radix_topk, _, _ = _radix()
     s = torch.randn(3, 10)

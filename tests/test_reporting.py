@@ -255,6 +255,27 @@ def test_bench_frame_merges_a_selection_only_file_into_older_rows():
     assert t.loc[B.TARGETS[4].name, "best"] == pytest.approx(2.0)  # 3.0 ms / min(4.0, 1.5) ms
 
 
+def test_bench_frame_newest_word_on_a_measurement_wins_and_ratios_are_rederived():
+    """A newer file that could not take a measurement (oom) drops the older time of it, a newer time drops
+    an older 'oom', and ratios come from the merged numbers, never from a file whose inputs were replaced."""
+    key = {"L": 32768, "k": 2048, "H": 16, "H_kv": 16, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bfloat16"}
+    dev = "NVIDIA H100 80GB HBM3"
+    old = {"provenance": {"device": dev, "date": "2026-11-20"}, "_path": "old.json",
+           "rows": [{**key, "torch_topk_ms": 10.0, "topk_fast_ms": 4.0, "topk_speedup": 2.5,
+                     "gather_fwd": None, "gather_fwd_why": "oom"}]}
+    new = {"provenance": {"device": dev, "date": "2026-11-23"}, "_path": "new.json",
+           "rows": [{**key, "torch_topk": None, "torch_topk_why": "oom", "topk_fast_ms": 1.0,
+                     "gather_fwd_ms": 7.0}]}
+    r = B.bench_frame([old, new]).iloc[0]
+    assert pd.isna(r.torch_topk_ms) and r.torch_topk_why == "oom" and r.topk_fast_ms == 1.0
+    assert "topk_speedup" not in r.index or pd.isna(r.topk_speedup), "a ratio outlived its inputs"
+    assert r.gather_fwd_ms == 7.0 and pd.isna(r.gather_fwd_why)
+    assert set(B.skipped(B.bench_frame([old, new])).measurement) == {"torch_topk"}
+    new["rows"][0].update(torch_topk_ms=8.0, torch_topk_why=None, torch_topk=8.0)
+    r = B.bench_frame([old, new]).iloc[0]
+    assert r.topk_speedup == pytest.approx(8.0)
+
+
 def test_targets_missed_met_and_not_measured():
     slow = B.bench_frame([bench_result("2026-11-23", lens=(4096, 8192, 16384), speed=0.3)])
     t = slow.pipe(B.evaluate_targets).set_index("target")

@@ -86,6 +86,16 @@ def test_several_sweeps_share_one_pool_and_keep_their_own_files(tmp_path):
     assert [r["config"]["seed"] for r in load_results(b)] == [2, 3], "the finished seed 2 ran again"
 
 
+def test_the_same_configuration_named_twice_for_one_file_runs_once(tmp_path, monkeypatch):
+    a = tmp_path / "a.jsonl"
+    calls = []
+    real_train = sweep.train
+    monkeypatch.setattr(sweep, "train", lambda cfg: calls.append(cfg.seed) or real_train(cfg))
+    out = run_sweeps([([_tiny(0)], a), ([_tiny(0), _tiny(1)], a)], progress=False)
+    assert calls == [0, 1] and len(out) == 2
+    assert [r["config"]["seed"] for r in out[0]] == [0] and [r["config"]["seed"] for r in out[1]] == [0, 1]
+
+
 def test_cli_takes_several_experiments_with_an_out_dir_only(tmp_path):
     with pytest.raises(SystemExit):
         sweep.main(["exp3_adaptive", "ablation_kl", "--out", str(tmp_path / "x.jsonl")])

@@ -52,10 +52,12 @@ def radix_topk_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor | N
     if lengths is None:
         idx = torch.topk(scores, k, dim=-1).indices
         return idx.sort(dim=-1).values
+    lengths = lengths.to(scores.device)
     pos = torch.arange(n, device=scores.device)
     valid = pos < lengths[..., None]
-    masked = scores.float().masked_fill(~valid, float("-inf"))
-    idx = torch.topk(masked, k, dim=-1).indices
+    masked = scores.masked_fill(~valid, float("-inf"))
+    # a stable sort ranks a valid -inf (position < length) before the invalid fills at the same value
+    idx = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
     ok = torch.arange(k, device=scores.device) < lengths[..., None].clamp(max=k)
     # among a short row's k picks the invalid ones are the -inf fills: keep the valid positions only
     idx = torch.where(valid.gather(-1, idx), idx, torch.full_like(idx, n))
