@@ -104,9 +104,12 @@ def _causal_scores(qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor, chunk: 
     return out
 
 
-def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int) -> None:
-    """torch.topk vs the radix select over the same precomputed causal scores; records whether the two
-    select the same scores (as multisets: ties may pick different positions)."""
+def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = False) -> None:
+    """torch.topk vs our top-k kernel (sampled bracket, radix fallback) and the radix select alone, over the
+    same precomputed causal scores; records whether they select the same scores as torch.topk (as
+    multisets: ties may pick different positions) and the share of rows the sampled bracket served.
+    tune (CUDA): also times our kernel over a grid of sample sizes (0 = radix only), block sizes and the
+    two ways to select inside the bracket."""
     from .kernels.radix_topk import causal_lengths, radix_topk  # noqa: PLC0415
 
     l = qi.shape[1]
@@ -114,11 +117,26 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int) -> None:
     lens = causal_lengths(l, qi.device, batch=qi.shape[0])
     rec("torch_topk", lambda: torch.topk(scores, k, dim=-1))
     rec("radix_topk", lambda: radix_topk(scores, k, lens, out_dtype=torch.int32))
+    rec("radix_only", lambda: radix_topk(scores, k, lens, sample=0, out_dtype=torch.int32))
     ref = torch.topk(scores, k, dim=-1).values.sort(dim=-1).values
-    got_idx = radix_topk(scores, k, lens)
-    got = torch.where(got_idx >= 0, scores.gather(-1, got_idx.clamp(min=0)), float("-inf")).sort(dim=-1).values
-    row["radix_same_scores"] = bool(torch.equal(got, ref))
-    del ref, got, got_idx
+    for name, sample in (("radix", 1024), ("radix_only", 0)):
+        stats = torch.empty(lens.shape, dtype=torch.int32, device=lens.device)
+        got_idx = radix_topk(scores, k, lens, sample=sample, stats=stats)
+        got = torch.where(got_idx >= 0, scores.gather(-1, got_idx.clamp(min=0)), float("-inf")).sort(dim=-1).values
+        row[f"{name}_same_scores"] = bool(torch.equal(got, ref))
+        long_rows = stats > 0  # 0: a row shorter than k; -1: no kernel ran (the reference on CPU)
+        if sample and bool(long_rows.any()):
+            row["radix_sampled_share"] = float((stats[long_rows] == 1).float().mean())
+        del got, got_idx
+    del ref
+    if tune:
+        grid = [(0, bl, False) for bl in (1024, 2048)] + [
+            (sm, bl, srt) for sm in (512, 1024, 2048) for bl in (1024, 2048) for srt in (False, True)]
+        row["radix_tuning"] = [
+            {"sample": sm, "block": bl, "bracket_sort": srt,
+             "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, bracket_sort=srt,
+                                               out_dtype=torch.int32), True)[0]}
+            for sm, bl, srt in grid]
     del scores
     if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
         from .indexer import indexer_scores  # noqa: PLC0415
@@ -237,7 +255,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         rec("topk_fast", lambda: indexer_topk_fast(qi, ki, wi, k))
         if l <= args.scores_max_len:
             try:
-                _selection_over_scores(row, rec, qi, ki, wi, k)
+                _selection_over_scores(row, rec, qi, ki, wi, k, tune=args.tune_selection and cuda)
             except torch.cuda.OutOfMemoryError:
                 row["torch_topk_why"] = "oom"
                 torch.cuda.empty_cache()
@@ -294,7 +312,8 @@ COLS = [
     ("flash_fwd_ms", "flash", "{:.2f}"), ("flex_fwd_ms", "flex", "{:.2f}"), ("masked_fwd_ms", "masked", "{:.2f}"),
     ("gather_fwd_ms", "gather", "{:.2f}"), ("sparse_fwd_ms", "sparse", "{:.2f}"),
     ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
-    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "radix", "{:.2f}"), ("radix_speedup", "x radix", "{:.1f}"),
+    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"), ("radix_speedup", "x ours", "{:.1f}"),
+    ("radix_only_ms", "radix", "{:.2f}"),
     ("topk_fast_ms", "topk", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
     ("speedup_fwd", "x fwd", "{:.2f}"),
     ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
@@ -335,6 +354,8 @@ def main(argv=None) -> dict:
     p.add_argument("--scores-max-len", type=int, default=65536)
     p.add_argument("--selection-only", action="store_true",
                    help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
+    p.add_argument("--tune-selection", action="store_true",
+                   help="CUDA: also time our top-k kernel over sample sizes x block sizes (row['radix_tuning'])")
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu

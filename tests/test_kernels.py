@@ -396,6 +396,62 @@ def test_radix_topk_reference_valid_minus_inf_and_float64():
     assert ref(d, 1, torch.tensor([3])).tolist() == [[1]] == ref(d, 1).tolist()
 
 
+def _paths(stats):
+    """Rows per way the kernel took: [short rows, sampled bracket, radix select]."""
+    return torch.bincount(stats.view(-1).long().cpu(), minlength=3).tolist()
+
+
+@pytest.mark.parametrize("rows,n,k,bracket_sort", [(4, 701, 37, False), (3, 1001, 150, True)])
+def test_radix_topk_sampled_bracket_is_exact(gen, rows, n, k, bracket_sort):
+    """Rows long enough for the sampled bracket (n >= 2 * sample): every row takes it, and the positions
+    equal the reference's (ascending, the first positions among ties), with the default bracket scratch
+    and either selection inside the bracket (histograms or a sort)."""
+    radix_topk, ref, _ = _radix()
+    s = (torch.randn(rows, n, generator=gen) * torch.rand(rows, 1, generator=gen) * 10).to(DEV)
+    stats = torch.empty(rows, dtype=torch.int32, device=DEV)
+    got = radix_topk(s, k, block=128, sample=64, stats=stats, bracket_sort=bracket_sort)
+    assert _paths(stats)[1] >= rows - 1  # ~1 row in 300 misses its bracket and falls back
+    assert torch.equal(got, ref(s, k, torch.full((rows,), n, device=DEV)))
+
+
+def test_radix_topk_sampled_bracket_with_ties_and_causal_rows(gen):
+    """bf16 rows of random valid lengths (some shorter than k, some too short to sample, most sampled) and
+    a matrix of few distinct values: every row gives the reference's positions exactly."""
+    radix_topk, ref, _ = _radix()
+    rows, n, k = 14, 601, 41
+    s = torch.randn(rows, n, generator=gen).bfloat16().to(DEV)
+    lens = torch.cat([torch.tensor([0, 30, 41, 100]), torch.randint(128, n + 1, (rows - 4,), generator=gen)]).to(DEV)
+    stats = torch.empty(rows, dtype=torch.int32, device=DEV)
+    got = radix_topk(s, k, lens, block=64, sample=64, cap=256, stats=stats)
+    short, sampled, radix = _paths(stats)
+    assert short == 3 and radix >= 1 and sampled >= rows - 4 - 1  # a rare sample miss falls back
+    assert torch.equal(got, ref(s, k, lens))
+    # 40 levels: ~20 keys tie at the threshold, inside the bracket (cap 512): the quota picks the first
+    t = (torch.randint(0, 40, (3, 800), generator=gen).float() / 8).to(DEV)
+    stats = torch.empty(3, dtype=torch.int32, device=DEV)
+    got = radix_topk(t, 101, block=128, sample=64, cap=512, stats=stats)
+    assert _paths(stats)[1] == 3
+    assert torch.equal(got, ref(t, 101, torch.full((3,), 800, device=DEV)))
+
+
+def test_radix_topk_falls_back_when_the_sample_misses(gen):
+    """A row built so that its sample is unrepresentative (the sampled runs hold the lowest scores) and a
+    row of one repeated value (the bracket overflows the scratch): both fall back to the radix select and
+    stay exact."""
+    radix_topk, ref, _ = _radix()
+    n, k, sample = 1024, 100, 64
+    s = torch.randn(2, n, generator=gen)
+    runs = (torch.arange(sample // 8)[:, None] * n // (sample // 8) + torch.arange(8)[None, :]).flatten()
+    s[0, runs] = -100 - torch.rand(sample, generator=gen)
+    s[1] = 0.25
+    s = s.to(DEV)
+    stats = torch.empty(2, dtype=torch.int32, device=DEV)
+    got = radix_topk(s, k, block=128, sample=sample, cap=64, stats=stats)
+    assert _paths(stats) == [0, 0, 2]
+    assert torch.equal(got, ref(s, k, torch.full((2,), n, device=DEV)))
+    assert got[1].tolist() == list(range(k))
+
+
 def test_radix_topk_names_bad_arguments():
     radix_topk, _, _ = _radix()
     s = torch.randn(3, 10)
@@ -413,6 +469,12 @@ def test_radix_topk_names_bad_arguments():
         radix_topk(s, 2, torch.tensor([1, 2, 11]))
     with pytest.raises(TypeError, match="scores"):
         radix_topk(torch.ones(3, 10, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="sample"):
+        radix_topk(s, 2, sample=100)
+    with pytest.raises(ValueError, match="cap"):
+        radix_topk(s, 2, cap=48)
+    with pytest.raises(ValueError, match="stats"):
+        radix_topk(s, 2, stats=torch.empty(4, dtype=torch.int32))
 
 
 @gpu_only
@@ -427,5 +489,10 @@ def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
     ki = torch.randn(1, l, 64, generator=gen).bfloat16().to(DEV)
     w = torch.randn(1, l, 4, generator=gen).to(DEV)
     s = _causal_scores(qi, ki, w)
-    got = radix_topk(s, k, causal_lengths(l, DEV, batch=1))
-    assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices))
+    lens = causal_lengths(l, DEV, batch=1)
+    stats = torch.empty(1, l, dtype=torch.int32, device=DEV)
+    for sample in (1024, 0):
+        got = radix_topk(s, k, lens, sample=sample, stats=stats)
+        assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices)), sample
+        short, sampled, radix = _paths(stats)
+        assert short == k and (sampled >= 0.97 * (l - 2048 - k) if sample else sampled == 0), (short, sampled, radix)

@@ -255,6 +255,31 @@ def test_bench_frame_merges_a_selection_only_file_into_older_rows():
     assert t.loc[B.TARGETS[4].name, "best"] == pytest.approx(2.0)  # 3.0 ms / min(4.0, 1.5) ms
 
 
+def test_selection_text_reads_the_kernel_path_and_the_agreement():
+    """The selection paragraph gives the speed-up ranges of our top-k and of the radix select alone, the
+    number of row reads that bounds the kernel (two when the sampled bracket served the rows, five when the
+    radix passes did), and says when a kernel selected different scores from torch.topk."""
+    base = {"device": "NVIDIA H100 80GB HBM3", "H": 16, "H_kv": 16, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bf16"}
+    rows = [base | {"L": l, "k": 2048, "torch_topk_ms": 0.5 * l / 1024, "radix_topk_ms": 0.05 * l / 1024,
+                    "radix_only_ms": 0.3 * l / 1024, "radix_same_scores": True, "radix_only_same_scores": l != 65536,
+                    "radix_sampled_share": 0.99}
+            for l in (8192, 65536)]
+    df = pd.DataFrame(rows)
+    df["k_rule"] = [B.k_rule(r["L"], r["k"]) for r in rows]
+    text = B.selection_text(df)
+    assert "k=2048: 10.0x at L = 8192..65536" in text
+    assert "radix select alone (no sample): k=2048: 1.7x" in text
+    assert "served 99% of its rows" in text and "read twice" in text
+    # 3.2 ms at 64K on an H100 is ~1.2 reads of the 8.6 GB triangle: within two reads -> memory-bound
+    assert "memory bounds it" in text
+    assert "Ours selected the same scores" in text and "alone selected different scores from torch.topk in 1 row" in text
+    df["radix_sampled_share"] = 0.2
+    df["radix_topk_ms"] = df.radix_only_ms * 5
+    text = B.selection_text(df)
+    assert "up to five times" in text and "not memory, bounds it" in text
+    assert B.selection_text(df.drop(columns=["radix_topk_ms"])) == ""
+
+
 def test_bench_frame_newest_word_on_a_measurement_wins_and_ratios_are_rederived():
     """A newer file that could not take a measurement (oom) drops the older time of it, a newer time drops
     an older 'oom', and ratios come from the merged numbers, never from a file whose inputs were replaced."""

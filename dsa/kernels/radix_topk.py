@@ -1,10 +1,12 @@
-"""Top-k positions of each row of precomputed scores by a radix select (Triton), with a torch reference.
+"""Top-k positions of each row of precomputed scores (Triton), with a torch reference.
 
 ``torch.topk`` sorts its k winners and returns their values; the attention needs only the set of positions.
-:func:`radix_topk` finds the k-th largest score of each row by four 8-bit histogram passes over the row and
-then writes the positions at or above it (see ``_radix_topk_kernels``): no sort, no values, memory O(rows * k)
-beyond the scores. Its result equals :func:`radix_topk_reference` up to the order of the positions (ascending
-here) and the choice among tied scores at the threshold (the first ones by position here).
+:func:`radix_topk` finds the k-th largest score of each row and then writes the positions at or above it
+(see ``_radix_topk_kernels``): no sort of the row, no values, memory O(rows * k) beyond the scores. The
+k-th score comes from a sorted stratified sample that brackets it and one counting pass (two reads of the
+row in all), or, when the sample misses, from four 8-bit histogram passes (a radix select). Its result
+equals :func:`radix_topk_reference` up to the order of the positions (ascending here) and the choice among
+tied scores at the threshold (the first ones by position here).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
-from ._common import interpret_mode, jit, use_triton
+from ._common import interpret_mode, jit, next_pow2, use_triton
 
 
 def _kernel():
@@ -65,6 +67,15 @@ def radix_topk_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor | N
     return torch.where(ok, idx, torch.full_like(idx, -1))
 
 
+def _bracket_cap(n: int, k: int, sample: int) -> int:
+    """Scratch slots per program for the sampled bracket: 1.5x the bracket expected on the longest row
+    (the kernel's margin is 3 sqrt(r) + 3 sample ranks around r = k * sample / n), a power of two in
+    [256, 8192]; a row whose bracket overflows falls back to the radix select."""
+    r = k * sample / n
+    expected = (2 * (3 * r**0.5 + 3) + 2) / sample * n
+    return min(8192, max(256, next_pow2(int(1.5 * expected))))
+
+
 @torch.no_grad()
 def radix_topk(
     scores: torch.Tensor,
@@ -72,8 +83,12 @@ def radix_topk(
     lengths: torch.Tensor | None = None,
     *,
     block: int | None = None,
+    sample: int = 1024,
+    cap: int | None = None,
     out_dtype: torch.dtype = torch.int64,
     force_reference: bool = False,
+    stats: torch.Tensor | None = None,
+    bracket_sort: bool = False,
 ) -> torch.Tensor:
     """Positions of the k largest scores of each row, among its first ``lengths`` entries.
 
@@ -81,10 +96,23 @@ def radix_topk(
     [1, N]; lengths (...) integer, default N (a causal L x L matrix: :func:`causal_lengths`).
     Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer than k valid entries
     returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position.
+    sample: keys in the sorted sample that brackets the k-th score (a power of two >= 64; 0 = radix select
+    only); cap: bracket slots per program (a power of two; default from N, k, sample); stats: an optional
+    (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix select);
+    bracket_sort: select inside the bracket by a sort instead of histograms (a tuning choice, same result).
     Runs the Triton kernel on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
     reference."""
     _check(scores, k, lengths)
+    if not isinstance(sample, int) or isinstance(sample, bool) or (sample and (sample < 64 or sample & (sample - 1))):
+        raise ValueError(f"sample must be 0 or a power of two >= 64, got {sample!r}")
+    if cap is not None and (not isinstance(cap, int) or cap < 16 or cap & (cap - 1)):
+        raise ValueError(f"cap must be a power of two >= 16, got {cap!r}")
+    if stats is not None and (not isinstance(stats, torch.Tensor) or stats.dtype != torch.int32
+                              or tuple(stats.shape) != tuple(scores.shape[:-1]) or not stats.is_contiguous()):
+        raise ValueError(f"stats must be a contiguous int32 tensor of shape {tuple(scores.shape[:-1])}")
     if force_reference or not use_triton(scores) or scores.dtype == torch.float64:
+        if stats is not None:
+            stats.fill_(-1)  # no kernel ran
         return radix_topk_reference(scores, k, lengths).to(out_dtype)
     n = scores.shape[-1]
     lead = scores.shape[:-1]
@@ -99,8 +127,17 @@ def radix_topk(
     out = torch.empty(rows, k, device=scores.device, dtype=torch.int32)
     if block is None:
         block = 256 if interpret_mode() else 2048
+    if cap is None:
+        cap = _bracket_cap(n, k, sample) if sample else 16
     if rows:
-        _kernel()[(rows,)](s2, out, ln, s2.stride(0), out.stride(0), n, k, BLOCK=block,
-                           num_warps=4 if interpret_mode() else 8)
+        if interpret_mode():
+            programs = min(rows, 3)  # several rows per program: the persistent loop is exercised too
+        else:
+            programs = min(rows, 4 * torch.cuda.get_device_properties(scores.device).multi_processor_count)
+        scratch = torch.empty(programs, cap, device=scores.device, dtype=torch.int32)
+        st = stats.view(-1) if stats is not None else ln  # any int32 tensor: not written without WITH_STATS
+        _kernel()[(programs,)](s2, out, ln, scratch, st, s2.stride(0), out.stride(0), n, k, rows, BLOCK=block,
+                               SAMPLE=sample, CAP=cap, WITH_STATS=stats is not None, BRACKET_SORT=bool(bracket_sort),
+                               num_warps=4 if interpret_mode() else 8)
     out = out.reshape(*lead, k)
     return out if out_dtype == torch.int32 else out.to(out_dtype)
