@@ -89,6 +89,8 @@ def radix_topk(
     force_reference: bool = False,
     stats: torch.Tensor | None = None,
     bracket_sort: bool = False,
+    programs_per_sm: int = 4,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Positions of the k largest scores of each row, among its first ``lengths`` entries.
 
@@ -99,7 +101,9 @@ def radix_topk(
     sample: keys in the sorted sample that brackets the k-th score (a power of two >= 64; 0 = radix select
     only); cap: bracket slots per program (a power of two; default from N, k, sample); stats: an optional
     (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix select);
-    bracket_sort: select inside the bracket by a sort instead of histograms (a tuning choice, same result).
+    bracket_sort: select inside the bracket by a sort instead of histograms; programs_per_sm: programs of the
+    persistent grid per multiprocessor (0: one program per row); num_warps: per program (default 8). These
+    three are tuning choices: the result is the same.
     Runs the Triton kernel on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
     reference."""
     _check(scores, k, lengths)
@@ -132,12 +136,15 @@ def radix_topk(
     if rows:
         if interpret_mode():
             programs = min(rows, 3)  # several rows per program: the persistent loop is exercised too
+        elif programs_per_sm <= 0:
+            programs = rows
         else:
-            programs = min(rows, 4 * torch.cuda.get_device_properties(scores.device).multi_processor_count)
+            sms = torch.cuda.get_device_properties(scores.device).multi_processor_count
+            programs = min(rows, programs_per_sm * sms)
         scratch = torch.empty(programs, cap, device=scores.device, dtype=torch.int32)
         st = stats.view(-1) if stats is not None else ln  # any int32 tensor: not written without WITH_STATS
         _kernel()[(programs,)](s2, out, ln, scratch, st, s2.stride(0), out.stride(0), n, k, rows, BLOCK=block,
                                SAMPLE=sample, CAP=cap, WITH_STATS=stats is not None, BRACKET_SORT=bool(bracket_sort),
-                               num_warps=4 if interpret_mode() else 8)
+                               num_warps=4 if interpret_mode() else (num_warps or 8))
     out = out.reshape(*lead, k)
     return out if out_dtype == torch.int32 else out.to(out_dtype)
