@@ -108,8 +108,7 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     """torch.topk vs our top-k kernel (sampled bracket, radix fallback) and the radix select alone, over the
     same precomputed causal scores; records whether they select the same scores as torch.topk (as
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
-    tune (CUDA): also times our kernel over a grid of sample sizes (0 = radix only), block sizes, warps,
-    programs per multiprocessor (0 = one per row) and the two ways to select inside the bracket."""
+    tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps."""
     from .kernels.radix_topk import causal_lengths, radix_topk  # noqa: PLC0415
 
     l = qi.shape[1]
@@ -130,13 +129,11 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
         del got, got_idx
     del ref
     if tune:
-        grid = [(sm, bl, srt, w, pps) for sm in (0, 1024) for bl in (1024, 2048) for srt in (False,)
-                for w in (4, 8) for pps in (4, 16, 0)] + [(2048, 2048, srt, 8, 4) for srt in (False, True)]
         row["radix_tuning"] = [
-            {"sample": sm, "block": bl, "bracket_sort": srt, "num_warps": w, "programs_per_sm": pps,
-             "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, bracket_sort=srt, num_warps=w,
-                                               programs_per_sm=pps, out_dtype=torch.int32), True)[0]}
-            for sm, bl, srt, w, pps in grid]
+            {"sample": sm, "block": bl, "num_warps": w,
+             "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, num_warps=w,
+                                               out_dtype=torch.int32), True)[0]}
+            for sm in (0, 512, 1024, 2048) for bl in (1024, 2048) for w in (4, 8)]
     del scores
     if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
         from .indexer import indexer_scores  # noqa: PLC0415

@@ -17,10 +17,12 @@ from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
 from ._common import interpret_mode, jit, next_pow2, use_triton
 
 
-def _kernel():
+def _kernels() -> dict:
     from . import _radix_topk_kernels as m
 
-    return jit(m.radix_topk_kernel)
+    names = ("sample_bracket_kernel", "bracket_count_kernel", "bracket_select_kernel", "radix_threshold_kernel",
+             "write_positions_kernel")
+    return {n: jit(getattr(m, n)) for n in names}
 
 
 def _check(scores: torch.Tensor, k: int, lengths: torch.Tensor | None) -> None:
@@ -68,12 +70,12 @@ def radix_topk_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor | N
 
 
 def _bracket_cap(n: int, k: int, sample: int) -> int:
-    """Scratch slots per program for the sampled bracket: 1.5x the bracket expected on the longest row
-    (the kernel's margin is 3 sqrt(r) + 3 sample ranks around r = k * sample / n), a power of two in
-    [256, 8192]; a row whose bracket overflows falls back to the radix select."""
+    """Scratch slots per row for the sampled bracket: 1.25x the bracket expected on the longest row (the
+    kernel's margin is 3 sqrt(r) + 3 sample ranks around r = k * sample / n), a multiple of 64 in
+    [64, 8192]; a row whose bracket overflows falls back to the radix select."""
     r = k * sample / n
     expected = (2 * (3 * r**0.5 + 3) + 2) / sample * n
-    return min(8192, max(256, next_pow2(int(1.5 * expected))))
+    return min(8192, max(64, -(-int(1.25 * expected) // 64) * 64))
 
 
 @torch.no_grad()
@@ -88,8 +90,6 @@ def radix_topk(
     out_dtype: torch.dtype = torch.int64,
     force_reference: bool = False,
     stats: torch.Tensor | None = None,
-    bracket_sort: bool = False,
-    programs_per_sm: int = 4,
     num_warps: int | None = None,
 ) -> torch.Tensor:
     """Positions of the k largest scores of each row, among its first ``lengths`` entries.
@@ -99,18 +99,16 @@ def radix_topk(
     Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer than k valid entries
     returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position.
     sample: keys in the sorted sample that brackets the k-th score (a power of two >= 64; 0 = radix select
-    only); cap: bracket slots per program (a power of two; default from N, k, sample); stats: an optional
-    (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix select);
-    bracket_sort: select inside the bracket by a sort instead of histograms; programs_per_sm: programs of the
-    persistent grid per multiprocessor (0: one program per row); num_warps: per program (default 8). These
-    three are tuning choices: the result is the same.
-    Runs the Triton kernel on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
-    reference."""
+    only); cap: bracket slots per row (default from N, k, sample; memory rows x cap int32); stats: an
+    optional (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix
+    select); block, num_warps: tile size and warps of the passes over the rows (tuning only: the result is
+    the same). Runs the Triton kernels on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1),
+    else the reference."""
     _check(scores, k, lengths)
     if not isinstance(sample, int) or isinstance(sample, bool) or (sample and (sample < 64 or sample & (sample - 1))):
         raise ValueError(f"sample must be 0 or a power of two >= 64, got {sample!r}")
-    if cap is not None and (not isinstance(cap, int) or cap < 16 or cap & (cap - 1)):
-        raise ValueError(f"cap must be a power of two >= 16, got {cap!r}")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"cap must be a positive int, got {cap!r}")
     if stats is not None and (not isinstance(stats, torch.Tensor) or stats.dtype != torch.int32
                               or tuple(stats.shape) != tuple(scores.shape[:-1]) or not stats.is_contiguous()):
         raise ValueError(f"stats must be a contiguous int32 tensor of shape {tuple(scores.shape[:-1])}")
@@ -124,27 +122,38 @@ def radix_topk(
     if s2.stride(-1) != 1:
         s2 = s2.contiguous()
     rows = s2.shape[0]
+    dev = scores.device
     if lengths is None:
-        ln = torch.full((rows,), n, device=scores.device, dtype=torch.int32)
+        ln = torch.full((rows,), n, device=dev, dtype=torch.int32)
     else:
-        ln = lengths.reshape(-1).to(device=scores.device, dtype=torch.int32).contiguous()
-    out = torch.empty(rows, k, device=scores.device, dtype=torch.int32)
+        ln = lengths.reshape(-1).to(device=dev, dtype=torch.int32).contiguous()
+    out = torch.empty(rows, k, device=dev, dtype=torch.int32)
     if block is None:
         block = 256 if interpret_mode() else 2048
-    if cap is None:
-        cap = _bracket_cap(n, k, sample) if sample else 16
+    warps = 4 if interpret_mode() else (num_warps or 4)
+    state = stats.view(-1) if stats is not None else torch.empty(rows, device=dev, dtype=torch.int32)
+    thr = torch.empty(rows, device=dev, dtype=torch.int32)
+    quota = torch.empty(rows, device=dev, dtype=torch.int32)
     if rows:
-        if interpret_mode():
-            programs = min(rows, 3)  # several rows per program: the persistent loop is exercised too
-        elif programs_per_sm <= 0:
-            programs = rows
+        kern = _kernels()
+        grid = (rows,)
+        if sample:
+            cap = cap or _bracket_cap(n, k, sample)
+            t_lo, t_hi, c_a, c_b = (torch.empty(rows, device=dev, dtype=torch.int32) for _ in range(4))
+            scratch = torch.empty(rows, cap, device=dev, dtype=torch.int32)
+            kern["sample_bracket_kernel"][grid](s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample,
+                                                num_warps=warps)
+            kern["bracket_count_kernel"][grid](s2, ln, state, t_lo, t_hi, scratch, c_a, c_b, s2.stride(0),
+                                               scratch.stride(0), n, cap, BLOCK=block, num_warps=warps)
+            kern["bracket_select_kernel"][grid](scratch, state, c_a, c_b, thr, quota, scratch.stride(0), n, k, cap,
+                                                CAPP2=next_pow2(cap), num_warps=warps)
         else:
-            sms = torch.cuda.get_device_properties(scores.device).multi_processor_count
-            programs = min(rows, programs_per_sm * sms)
-        scratch = torch.empty(programs, cap, device=scores.device, dtype=torch.int32)
-        st = stats.view(-1) if stats is not None else ln  # any int32 tensor: not written without WITH_STATS
-        _kernel()[(programs,)](s2, out, ln, scratch, st, s2.stride(0), out.stride(0), n, k, rows, BLOCK=block,
-                               SAMPLE=sample, CAP=cap, WITH_STATS=stats is not None, BRACKET_SORT=bool(bracket_sort),
-                               num_warps=4 if interpret_mode() else (num_warps or 8))
+            state.copy_(torch.where(ln <= k, 0, 2))
+            thr.zero_()
+            quota.fill_(n + 1)
+        kern["radix_threshold_kernel"][grid](s2, ln, state, thr, quota, s2.stride(0), n, k, BLOCK=block,
+                                             num_warps=warps)
+        kern["write_positions_kernel"][grid](s2, ln, thr, quota, out, s2.stride(0), out.stride(0), n, k,
+                                             BLOCK=block, num_warps=warps)
     out = out.reshape(*lead, k)
     return out if out_dtype == torch.int32 else out.to(out_dtype)
