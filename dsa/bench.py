@@ -118,7 +118,7 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     rec("radix_topk", lambda: radix_topk(scores, k, lens, out_dtype=torch.int32))
     rec("radix_only", lambda: radix_topk(scores, k, lens, sample=0, out_dtype=torch.int32))
     ref = torch.topk(scores, k, dim=-1).values.sort(dim=-1).values
-    for name, sample in (("radix", 1024), ("radix_only", 0)):
+    for name, sample in (("radix", 512), ("radix_only", 0)):
         stats = torch.empty(lens.shape, dtype=torch.int32, device=lens.device)
         got_idx = radix_topk(scores, k, lens, sample=sample, stats=stats)
         got = torch.where(got_idx >= 0, scores.gather(-1, got_idx.clamp(min=0)), float("-inf")).sort(dim=-1).values
@@ -133,7 +133,7 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
             {"sample": sm, "block": bl, "num_warps": w,
              "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, num_warps=w,
                                                out_dtype=torch.int32), True)[0]}
-            for sm in (0, 512, 1024, 2048) for bl in (1024, 2048) for w in (4, 8)]
+            for sm in (0, 256, 512, 1024) for bl in (1024, 2048) for w in (4, 8)]
     del scores
     if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
         from .indexer import indexer_scores  # noqa: PLC0415

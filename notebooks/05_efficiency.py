@@ -277,7 +277,7 @@ if not df.empty:
 #
 # `torch.topk` sorts its $k$ winners and returns their values; the attention needs only the set of
 # positions. `dsa.kernels.radix_topk` finds the $k$-th largest score of each row and writes the positions at
-# or above it. It first sorts a stratified sample of 1024 scores of the row, reads off two scores that
+# or above it. It first sorts a stratified sample of 512 scores of the row, reads off two scores that
 # bracket the $k$-th one with a margin of four standard deviations, counts the scores above the bracket and
 # copies those inside it in one pass, and sorts that small bracket: two reads of the row in all. When the
 # sample misses (a row the sample does not represent, or a tie that overflows the bracket) it falls back to

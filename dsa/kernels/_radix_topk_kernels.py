@@ -16,7 +16,8 @@ memory bandwidth):
 2. ``bracket_count_kernel``: one pass over the row counts the keys above the bracket (all selected) and
    copies the keys inside it to the row's scratch of ``CAP`` slots.
 3. ``bracket_select_kernel``: if the k-th key lies inside the bracket and the bracket fits, four 8-bit
-   histograms over the bracket's keys (held in registers) give ``thr``; else the row falls back (state 2).
+   histograms over the bracket's keys (in chunks up to its length) give ``thr``; else the row falls back
+   (state 2).
 4. ``radix_threshold_kernel`` (state-2 rows only): four 8-bit histogram passes over the row fix the k-th
    key digit by digit, most significant first; a pass ends the search early when the chosen bin is taken
    whole. Up to four reads of the row; the histograms, not the reads, bound it.
@@ -83,7 +84,7 @@ def bracket_count_kernel(S, LEN, STATE, TLO, THI, SCR, CA, CB, ss, sscr, N, CAP,
         tl.store(CB + row, c_b)
 
 
-def bracket_select_kernel(SCR, STATE, CA, CB, THR, QUOTA, sscr, N, K, CAP, CAPP2: tl.constexpr):
+def bracket_select_kernel(SCR, STATE, CA, CB, THR, QUOTA, sscr, N, K, CAP, BBLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     big = N + 1
     state = tl.load(STATE + row)
@@ -95,25 +96,38 @@ def bracket_select_kernel(SCR, STATE, CA, CB, THR, QUOTA, sscr, N, K, CAP, CAPP2
         c_b = tl.load(CB + row)
         if (c_a < K) & (c_a + c_b >= K) & (c_b <= CAP):
             m = K - c_a  # the k-th key is the m-th largest inside the bracket
-            cidx = tl.arange(0, CAPP2)
-            real = cidx < c_b
-            bk = tl.load(SCR + row * sscr + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+            scr = SCR + row * sscr
             bins = tl.arange(0, 256)
+            boffs = tl.arange(0, BBLOCK)
             tau = tl.full([], 0, tl.uint32)
             tmask = tl.full([], 0, tl.uint32)
             rem = m
+            # the bracket's own length, not its capacity, sets the work: chunks of BBLOCK up to c_b
             for q in tl.static_range(4):
-                tmatch = ((bk & tmask) == tau) & real
-                tdig = ((bk >> (24 - 8 * q)) & 255).to(tl.int32)
-                th = tl.histogram(tl.where(tmatch, tdig, 0), 256)
-                th = th - tl.where(bins == 0, CAPP2 - tl.sum(tmatch.to(tl.int32)), 0)
+                th = tl.zeros([256], tl.int32)
+                other = tl.zeros([], tl.int32)  # keys outside the prefix (and padding): removed from bin 0
+                for b0 in range(0, c_b, BBLOCK):
+                    cidx = b0 + boffs
+                    real = cidx < c_b
+                    bk = tl.load(scr + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                    tmatch = ((bk & tmask) == tau) & real
+                    tdig = ((bk >> (24 - 8 * q)) & 255).to(tl.int32)
+                    th += tl.histogram(tl.where(tmatch, tdig, 0), 256)
+                    other += BBLOCK - tl.sum(tmatch.to(tl.int32))
+                th = th - tl.where(bins == 0, other, 0)
                 t_ge = tl.sum(th) - tl.cumsum(th, 0) + th
                 td = tl.max(tl.where(t_ge >= rem, bins, -1))
                 rem = rem - tl.sum(tl.where(bins > td, th, 0))
                 tau = tau | (td.to(tl.uint32) << (24 - 8 * q))
                 tmask = tmask | (tl.full([], 255, tl.uint32) << (24 - 8 * q))
-            gt = tl.sum(((bk > tau) & real).to(tl.int32))
-            eqn = tl.sum(((bk == tau) & real).to(tl.int32))
+            gt = tl.zeros([], tl.int32)
+            eqn = tl.zeros([], tl.int32)
+            for b0 in range(0, c_b, BBLOCK):
+                cidx = b0 + boffs
+                real = cidx < c_b
+                bk = tl.load(scr + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                gt += tl.sum(((bk > tau) & real).to(tl.int32))
+                eqn += tl.sum(((bk == tau) & real).to(tl.int32))
             tl.store(THR + row, tau.to(tl.int32, bitcast=True))
             tl.store(QUOTA + row, tl.where(m - gt < eqn, m - gt, big))
         else:

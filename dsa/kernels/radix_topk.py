@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
-from ._common import interpret_mode, jit, next_pow2, use_triton
+from ._common import interpret_mode, jit, use_triton
 
 
 def _kernels() -> dict:
@@ -85,7 +85,7 @@ def radix_topk(
     lengths: torch.Tensor | None = None,
     *,
     block: int | None = None,
-    sample: int = 1024,
+    sample: int = 512,
     cap: int | None = None,
     out_dtype: torch.dtype = torch.int64,
     force_reference: bool = False,
@@ -146,7 +146,7 @@ def radix_topk(
             kern["bracket_count_kernel"][grid](s2, ln, state, t_lo, t_hi, scratch, c_a, c_b, s2.stride(0),
                                                scratch.stride(0), n, cap, BLOCK=block, num_warps=warps)
             kern["bracket_select_kernel"][grid](scratch, state, c_a, c_b, thr, quota, scratch.stride(0), n, k, cap,
-                                                CAPP2=next_pow2(cap), num_warps=warps)
+                                                BBLOCK=64 if interpret_mode() else 512, num_warps=warps)
         else:
             state.copy_(torch.where(ln <= k, 0, 2))
             thr.zero_()
