@@ -92,6 +92,21 @@ def _measurement_cols(columns: Iterable[str]) -> dict[str, list[str]]:
     return {n: [c for c in (n, *(n + sfx for sfx in suffixes)) if c in cols] for n in names}
 
 
+def _legacy_selection_columns(row: dict) -> dict:
+    """Before the sampled bracket (commit 8f78073 and older) ``radix_topk`` timed the radix select alone and
+    no row had ``radix_only``: such a row's numbers move to the ``radix_only`` columns, so that
+    ``radix_topk`` always means the top-k kernel of the code that has the sampled bracket."""
+    if "radix_topk_ms" not in row or any(c.startswith("radix_only") for c in row):
+        return row
+    out = {c: v for c, v in row.items() if not c.startswith("radix_topk") and c not in ("radix_speedup", "radix_same_scores")}
+    for c, v in row.items():
+        if c.startswith("radix_topk"):
+            out["radix_only" + c[len("radix_topk"):]] = v
+    if "radix_same_scores" in row:
+        out["radix_only_same_scores"] = row["radix_same_scores"]
+    return out
+
+
 def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     """The rows of every result, one frame: each row gets ``device``, ``commit``, ``date``, ``file`` from its
     file, plus ``kind`` (:func:`attention_kind`) and ``k_rule``. When several files hold the same
@@ -110,6 +125,7 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
                 if shape not in shapes:
                     shapes.append(shape)
                 shape_no = shapes.index(shape) + 1
+            r = _legacy_selection_columns(r)
             rows.append({**r, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
                          "date": str(prov.get("date") or ""), "file": res.get("_path", ""),
                          "flex_shape_no": shape_no})
@@ -364,7 +380,8 @@ TARGETS: tuple[Target, ...] = (
 
 
 def _config_text(r: pd.Series) -> str:
-    return f"L={int(r.L)}, k={int(r.k)}, {r.kind}"
+    dev = str(r.get("device") or "").replace("NVIDIA ", "").split(" ")[0]
+    return f"L={int(r.L)}, k={int(r.k)}, {r.kind}" + (f", {dev}" if dev and dev != "None" else "")
 
 
 def evaluate_targets(df: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> pd.DataFrame:
@@ -421,38 +438,56 @@ def _speedup_ranges(d: pd.DataFrame, col: str) -> str:
 
 
 def selection_text(df: pd.DataFrame) -> str:
-    """Our top-k kernel (and, where measured, its radix select alone) against torch.topk over the same
-    precomputed scores, from the rows that measured both: the speed-up range per k rule, and the kernel's
+    """Per device: our top-k kernel (and the radix select alone) against torch.topk over the same
+    precomputed scores, from the rows that measured them: the speed-up range per k rule, and the kernel's
     time in units of one read of the causal score triangle at the device's HBM peak (how far it is from
     being bandwidth-bound: the sampled bracket reads each row twice, the radix select up to five times).
     '' without data."""
-    need = {"radix_topk_ms", "torch_topk_ms"}
-    if not need <= set(df.columns):
+    if "torch_topk_ms" not in df.columns or not ({"radix_topk_ms", "radix_only_ms"} & set(df.columns)):
         return ""
-    d = df.dropna(subset=list(need))
-    if d.empty:
+    texts = []
+    for device, d in df.dropna(subset=["torch_topk_ms"]).groupby("device", sort=True):
+        t = _selection_text_one(d, str(device))
+        if t:
+            texts.append(t)
+    return "\n\n".join(texts)
+
+
+def _selection_text_one(d: pd.DataFrame, device: str) -> str:
+    has = {c: c in d.columns and d[c].notna().any() for c in ("radix_topk_ms", "radix_only_ms")}
+    if not any(has.values()):
         return ""
-    text = ("Our top-k kernel vs torch.topk over the same precomputed causal scores (above 1: ours is faster): "
-            + _speedup_ranges(d, "radix_topk_ms") + ".")
-    if "radix_only_ms" in d.columns and d.radix_only_ms.notna().any():
-        text += " The radix select alone (no sample): " + _speedup_ranges(d, "radix_only_ms") + "."
-    big = d.loc[d.L.idxmax()]
-    share = _num(big.get("radix_sampled_share"))
+    parts = []
+    if has["radix_topk_ms"]:
+        parts.append("our top-k kernel vs torch.topk over the same precomputed causal scores (above 1: ours is "
+                     "faster): " + _speedup_ranges(d, "radix_topk_ms") + ".")
+    if has["radix_only_ms"]:
+        parts.append(("The radix select alone (no sample): " if has["radix_topk_ms"] else
+                      "the radix select alone (no sample; the sampled bracket was not measured here) vs torch.topk "
+                      "over the same precomputed causal scores: ") + _speedup_ranges(d, "radix_only_ms") + ".")
+    text = f"{device}: " + " ".join(parts)
+    col = "radix_topk_ms" if has["radix_topk_ms"] else "radix_only_ms"
+    dd = d.dropna(subset=[col])
+    big = dd.loc[dd.L.idxmax()]
+    share = _num(big.get("radix_sampled_share")) if col == "radix_topk_ms" else float("nan")
     sampled = math.isfinite(share) and share >= 0.9
     passes = 2 if sampled else 5
-    peak = hbm_peak_tb_s(big.get("device"))
+    peak = hbm_peak_tb_s(device)
     one_read_ms = (big.L * (big.L + 1) / 2 * 4) / (peak * 1e12) * 1e3 if peak == peak and peak > 0 else float("nan")
     if one_read_ms == one_read_ms:
-        reads = big.radix_topk_ms / one_read_ms
+        reads = big[col] / one_read_ms
         how = (f"the sampled bracket served {share:.0%} of its rows longer than k, so each row is read twice"
                if sampled else "each row is read up to five times (radix passes)")
-        text += (f" At L = {int(big.L)} ours takes {big.radix_topk_ms:.1f} ms, {reads:.1f}x the {one_read_ms:.2f} ms "
+        who = "ours" if col == "radix_topk_ms" else "the radix select"
+        text += (f" At L = {int(big.L)} {who} takes {big[col]:.1f} ms, {reads:.1f}x the {one_read_ms:.2f} ms "
                  f"one read of the fp32 causal triangle needs at {peak:.2f} TB/s; {how}" +
                  (": more than those reads would cost even from HBM, so its arithmetic (sorts, scans, "
                   "histograms), not memory, bounds it." if reads > passes else
                   ": within what those reads cost from HBM, so memory bounds it."))
-    for col, who in (("radix_same_scores", "Ours"), ("radix_only_same_scores", "The radix select alone")):
-        same = d[col].dropna() if col in d.columns else pd.Series([], dtype=object)
+    for c, who in (("radix_same_scores", "Ours"), ("radix_only_same_scores", "The radix select alone")):
+        if not has["radix_topk_ms" if who == "Ours" else "radix_only_ms"]:
+            continue
+        same = d[c].dropna() if c in d.columns else pd.Series([], dtype=object)
         if len(same):
             text += (f" {who} selected the same scores as torch.topk in every measured row." if bool(same.all()) else
                      f" {who} selected different scores from torch.topk in {int((~same.astype(bool)).sum())} row(s).")

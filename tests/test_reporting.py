@@ -209,7 +209,7 @@ def bench_result(date: str, lens=(1024, 2048), speed=0.1, flash=1.0, device="NVI
                      "flash_fwd_tflops": 300.0, "sparse_fwd_ms": 1.0, "sparse_fwd_tflops": 30.0,
                      "dsa_fwd_ms": 2.0, "dsa_fwdbwd_ms": 3.5 * flash * l / 1024 / speed,
                      "torch_topk_ms": 1.0, "topk_fast_ms": 4.0, "scores_plus_torch_topk_ms": 3.0,
-                     "radix_topk_ms": 0.5, "radix_speedup": 2.0,
+                     "radix_topk_ms": 0.5, "radix_speedup": 2.0, "radix_only_ms": 0.8,
                      "flex_fwd_ms": flex_factor * flash * l / 1024, "gather_fwd": None, "gather_fwd_why": "oom"}
                 r["speedup_fwdbwd"] = r["flash_fwdbwd_ms"] / r["dsa_fwdbwd_ms"]
                 r["topk_speedup"] = r["torch_topk_ms"] / r["topk_fast_ms"]
@@ -244,7 +244,8 @@ def test_bench_frame_merges_a_selection_only_file_into_older_rows():
     sel = {"provenance": {"git_commit": "beef000", "device": full["provenance"]["device"], "date": "2026-11-23"},
            "config": {}, "_path": "sel.json",
            "rows": [{k: r[k] for k in (*B.KEY[1:],)} | {"torch_topk_ms": 14.0, "radix_topk_ms": 7.0,
-                                                          "radix_speedup": 2.0, "chunked_scores_plus_radix_ms": 1.5}
+                                                          "radix_speedup": 2.0, "chunked_scores_plus_radix_ms": 1.5,
+                                                          "radix_only_ms": 9.0}
                     for r in full["rows"] if r["H_kv"] == 16]}
     df = B.bench_frame([full, sel])
     r = df[(df.H_kv == 16) & (df.k == 2048)].iloc[0]
@@ -277,7 +278,26 @@ def test_selection_text_reads_the_kernel_path_and_the_agreement():
     df["radix_topk_ms"] = df.radix_only_ms * 5
     text = B.selection_text(df)
     assert "up to five times" in text and "not memory, bounds it" in text
-    assert B.selection_text(df.drop(columns=["radix_topk_ms"])) == ""
+    only = B.selection_text(df.drop(columns=["radix_topk_ms", "radix_same_scores"]))
+    assert only.startswith("NVIDIA H100 80GB HBM3: the radix select alone (no sample; the sampled bracket was not")
+    assert "Ours" not in only and "1.7x at L = 8192..65536" in only
+    assert B.selection_text(df.drop(columns=["radix_topk_ms", "radix_only_ms"])) == ""
+
+
+def test_bench_frame_reads_a_pre_sampling_radix_column_as_the_radix_select_alone():
+    """Files from before the sampled bracket timed the radix select alone under ``radix_topk``: their
+    numbers land in the ``radix_only`` columns, a newer file's ``radix_topk`` keeps its meaning."""
+    full = bench_result("2026-11-20", lens=(32768,))
+    legacy = full | {"rows": [{c: v for c, v in r.items() if not c.startswith("radix")}
+                              | {"radix_topk_ms": 7.0, "radix_same_scores": True} for r in full["rows"]]}
+    df = B.bench_frame([legacy])
+    r = df.iloc[0]
+    assert r.radix_only_ms == 7.0 and r.radix_only_same_scores and "radix_topk_ms" not in df.columns
+    assert r.radix_only_speedup == pytest.approx(1.0 / 7.0)
+    new = bench_result("2026-11-23", lens=(32768,))
+    new["rows"] = [r | {"radix_topk_ms": 0.25, "radix_only_ms": 0.5} for r in new["rows"]]
+    r = B.bench_frame([legacy, new]).iloc[0]
+    assert r.radix_topk_ms == 0.25 and r.radix_only_ms == 0.5 and r.radix_speedup == pytest.approx(4.0)
 
 
 def test_bench_frame_newest_word_on_a_measurement_wins_and_ratios_are_rederived():
