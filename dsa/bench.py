@@ -118,13 +118,13 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     rec("radix_topk", lambda: radix_topk(scores, k, lens, out_dtype=torch.int32))
     rec("radix_only", lambda: radix_topk(scores, k, lens, sample=0, out_dtype=torch.int32))
     ref = torch.topk(scores, k, dim=-1).values.sort(dim=-1).values
-    for name, sample in (("radix", 512), ("radix_only", 0)):
+    for name, kw in (("radix", {}), ("radix_only", {"sample": 0})):  # the timed calls' arguments
         stats = torch.empty(lens.shape, dtype=torch.int32, device=lens.device)
-        got_idx = radix_topk(scores, k, lens, sample=sample, stats=stats)
+        got_idx = radix_topk(scores, k, lens, stats=stats, **kw)
         got = torch.where(got_idx >= 0, scores.gather(-1, got_idx.clamp(min=0)), float("-inf")).sort(dim=-1).values
         row[f"{name}_same_scores"] = bool(torch.equal(got, ref))
         long_rows = stats > 0  # 0: a row shorter than k; -1: no kernel ran (the reference on CPU)
-        if sample and bool(long_rows.any()):
+        if name == "radix" and bool(long_rows.any()):
             row["radix_sampled_share"] = float((stats[long_rows] == 1).float().mean())
         del got, got_idx
     del ref
@@ -352,7 +352,8 @@ def main(argv=None) -> dict:
     p.add_argument("--selection-only", action="store_true",
                    help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
     p.add_argument("--tune-selection", action="store_true",
-                   help="CUDA: also time our top-k kernel over sample sizes x block sizes (row['radix_tuning'])")
+                   help="CUDA: also time our top-k kernels over sample sizes x block sizes x warps "
+                        "(row['radix_tuning'])")
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu

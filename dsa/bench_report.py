@@ -380,8 +380,9 @@ TARGETS: tuple[Target, ...] = (
 
 
 def _config_text(r: pd.Series) -> str:
-    dev = str(r.get("device") or "").replace("NVIDIA ", "").split(" ")[0]
-    return f"L={int(r.L)}, k={int(r.k)}, {r.kind}" + (f", {dev}" if dev and dev != "None" else "")
+    dev = r.get("device")  # NaN when a row has none
+    dev = dev.replace("NVIDIA ", "").split(" ")[0] if isinstance(dev, str) else ""
+    return f"L={int(r.L)}, k={int(r.k)}, {r.kind}" + (f", {dev}" if dev else "")
 
 
 def evaluate_targets(df: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> pd.DataFrame:
