@@ -6,9 +6,11 @@
 
 Every number of one run comes from the same process: triton.testing.do_bench (median) on CUDA, a
 perf_counter median on CPU. Columns (ms): SDPA flash causal, FlexAttention causal, the seeds' masked SDPA
-(L x L mask, small L only), the gather reference (small L only), torch.topk over precomputed scores vs our
-indexer_topk_fast (which includes computing the scores), the sparse kernel alone, and the DSA layer
-(indexer top-k + sparse attention; fwd+bwd = attention backward, the selection carries no gradient), plus
+(L x L mask, small L only), the gather reference (small L only), torch.topk (sorted, and sorted=False) over
+precomputed scores vs our top-k over the same scores (radix_topk), our indexer top-k with its scores (the fused
+threshold search indexer_topk_fast, and stored score chunks + radix_topk: indexer_topk_chunked), the sparse
+kernel alone, and the DSA layer (the faster of the two indexer top-ks on the shape + sparse attention;
+fwd+bwd = attention backward, the selection carries no gradient), plus
 indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*L*k*H*d,
 fwd+bwd = 3.5 x fwd for both.
 """
@@ -28,7 +30,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .bench_report import _num
 from .kernels import HAS_TRITON, indexer_scores_at, indexer_topk_fast, sparse_attention, use_triton
+from .kernels.indexer_chunked import indexer_topk_chunked
 from .sparse_attention import expand_kv, seed_masked_attention, sparse_attention_gather
 from .topk import selection_to_mask
 
@@ -104,17 +108,20 @@ def _causal_scores(qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor, chunk: 
     return out
 
 
-def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = False) -> None:
+def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = False, profile: bool = False) -> None:
     """torch.topk vs our top-k kernel (sampled bracket, radix fallback) and the radix select alone, over the
     same precomputed causal scores; records whether they select the same scores as torch.topk (as
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
-    tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps."""
-    from .kernels.radix_topk import causal_lengths, radix_topk  # noqa: PLC0415
+    tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps;
+    profile: times each kernel launch of our top-k on its own (``radix_stages_ms``, in launch order)."""
+    from .kernels.radix_topk import READS_PER_ROW_SAMPLED, _stages, causal_lengths, radix_topk  # noqa: PLC0415
 
     l = qi.shape[1]
     scores = _causal_scores(qi, ki, wi)
     lens = causal_lengths(l, qi.device, batch=qi.shape[0])
     rec("torch_topk", lambda: torch.topk(scores, k, dim=-1))
+    rec("torch_topk_unsorted", lambda: torch.topk(scores, k, dim=-1, sorted=False))
+    row["radix_reads_per_row"] = READS_PER_ROW_SAMPLED
     rec("radix_topk", lambda: radix_topk(scores, k, lens, out_dtype=torch.int32))
     rec("radix_only", lambda: radix_topk(scores, k, lens, sample=0, out_dtype=torch.int32))
     ref = torch.topk(scores, k, dim=-1).values.sort(dim=-1).values
@@ -128,6 +135,11 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
             row["radix_sampled_share"] = float((stats[long_rows] == 1).float().mean())
         del got, got_idx
     del ref
+    if profile:
+        _, stages = _stages(scores, k, lens, block=None, sample=512, cap=None, stats=None, num_warps=None)
+        for _, launch in stages:  # once in order: each launch then finds what the ones before it wrote
+            launch()
+        row["radix_stages_ms"] = {name: _measure(launch, True)[0] for name, launch in stages}
     if tune:
         row["radix_tuning"] = [
             {"sample": sm, "block": bl, "num_warps": w,
@@ -250,9 +262,15 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         sel = indexer_topk_fast(qi, ki, wi, k, stats=stats)
         row["topk_passes"] = stats.get("passes")
         rec("topk_fast", lambda: indexer_topk_fast(qi, ki, wi, k))
+        rec("topk_chunked", lambda: indexer_topk_chunked(qi, ki, wi, k))
+        # the layer selects with the faster of the two, measured just above on this shape
+        fast = _num(row.get("topk_chunked_ms")) < _num(row.get("topk_fast_ms")) or row.get("topk_fast_ms") is None
+        row["layer_selection"] = "topk_chunked" if fast else "topk_fast"
+        select = (lambda: indexer_topk_chunked(qi, ki, wi, k)) if fast else (lambda: indexer_topk_fast(qi, ki, wi, k))
         if l <= args.scores_max_len:
             try:
-                _selection_over_scores(row, rec, qi, ki, wi, k, tune=args.tune_selection and cuda)
+                _selection_over_scores(row, rec, qi, ki, wi, k, tune=args.tune_selection and cuda,
+                                       profile=args.profile_selection and cuda)
             except torch.cuda.OutOfMemoryError:
                 row["torch_topk_why"] = "oom"
                 torch.cuda.empty_cache()
@@ -272,7 +290,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         rec("sparse_fwdbwd", fb(sp), sparse_f, grad=True)
 
         def layer():
-            s = indexer_topk_fast(qi, ki, wi, k)
+            s = select()
             return sparse_attention(q, kx, vx, s.idx, s.valid)
 
         rec("dsa_fwd", layer, sparse_f)
@@ -311,7 +329,7 @@ COLS = [
     ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
     ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"), ("radix_speedup", "x ours", "{:.1f}"),
     ("radix_only_ms", "radix", "{:.2f}"),
-    ("topk_fast_ms", "topk", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
+    ("topk_fast_ms", "topk", "{:.2f}"), ("topk_chunked_ms", "topk ch", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
     ("speedup_fwd", "x fwd", "{:.2f}"),
     ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
     ("sparse_fwdbwd_ms", "sp f+b", "{:.2f}"), ("dsa_fwdbwd_ms", "dsa f+b", "{:.2f}"),
@@ -354,6 +372,8 @@ def main(argv=None) -> dict:
     p.add_argument("--tune-selection", action="store_true",
                    help="CUDA: also time our top-k kernels over sample sizes x block sizes x warps "
                         "(row['radix_tuning'])")
+    p.add_argument("--profile-selection", action="store_true",
+                   help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
     p.add_argument("--out", type=str, default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu

@@ -30,8 +30,10 @@ METHODS: dict[str, str] = {
 }
 TOPK_METHODS: dict[str, str] = {
     "torch_topk": "torch.topk (scores precomputed)",
+    "torch_topk_unsorted": "torch.topk, sorted=False (scores precomputed)",
     "scores_plus_torch_topk": "indexer scores + torch.topk",
     "topk_fast": "indexer top-k (ours, scores included)",
+    "topk_chunked": "indexer top-k via stored score chunks + our top-k (ours, scores included)",
     "radix_topk": "our top-k: sampled bracket, radix fallback (scores precomputed)",
     "radix_only": "radix select alone (ours, scores precomputed)",
     "chunked_scores_plus_radix": "indexer scores (chunked) + radix select",
@@ -68,6 +70,7 @@ RATIOS: dict[str, tuple[str, str]] = {
     "topk_speedup": ("torch_topk_ms", "topk_fast_ms"),
     "radix_speedup": ("torch_topk_ms", "radix_topk_ms"),
     "radix_only_speedup": ("torch_topk_ms", "radix_only_ms"),
+    "radix_speedup_unsorted": ("torch_topk_unsorted_ms", "radix_topk_ms"),
     "sparse_vs_flash_tflops": ("sparse_fwd_tflops", "flash_fwd_tflops"),
 }
 
@@ -234,15 +237,20 @@ def flex_artifacts(df: pd.DataFrame, factor: float = 10.0) -> pd.DataFrame:
 
 def layer_breakdown(df: pd.DataFrame) -> pd.DataFrame:
     """Where the DSA layer's time goes, per row: the selection's share of the layer's forward
-    (topk_fast_ms / dsa_fwd_ms) and the sparse kernel's share of the layer's fwd+bwd, with the kernel's
-    TFLOP/s next to flash's. Rows without the needed columns are left out."""
+    (selection_ms / dsa_fwd_ms, the selection being the one the layer used: ``layer_selection``, else
+    topk_fast from before the choice) and the sparse kernel's share of the layer's fwd+bwd, with the
+    kernel's TFLOP/s next to flash's. Rows without the needed columns are left out."""
     need = ["dsa_fwd_ms", "topk_fast_ms", "sparse_fwd_ms", "dsa_fwdbwd_ms", "sparse_fwdbwd_ms"]
     if not set(need) <= set(df.columns):
         return pd.DataFrame()
     d = df.dropna(subset=need).copy()
-    d["selection share of fwd"] = d.topk_fast_ms / d.dsa_fwd_ms
+    used = d["layer_selection"] if "layer_selection" in d.columns else pd.Series("topk_fast", index=d.index)
+    used = used.fillna("topk_fast")
+    d["selection"] = used
+    d["selection_ms"] = [_num(r.get(f"{u}_ms")) for u, (_, r) in zip(used, d.iterrows())]
+    d["selection share of fwd"] = d.selection_ms / d.dsa_fwd_ms
     d["sparse kernel share of fwd+bwd"] = d.sparse_fwdbwd_ms / d.dsa_fwdbwd_ms
-    cols = ["L", "k", "kind", "dsa_fwd_ms", "topk_fast_ms", "selection share of fwd", "dsa_fwdbwd_ms",
+    cols = ["L", "k", "kind", "dsa_fwd_ms", "selection", "selection_ms", "selection share of fwd", "dsa_fwdbwd_ms",
             "sparse_fwdbwd_ms", "sparse kernel share of fwd+bwd", "sparse_fwd_tflops", "flash_fwd_tflops"]
     return d[[c for c in cols if c in d.columns]].reset_index(drop=True)
 
@@ -258,7 +266,7 @@ def breakdown_text(df: pd.DataFrame, k: int = 2048) -> str:
         r = g.loc[g.L.idxmax()]
         parts.append(
             f"{kind} at L={int(r.L)}, k={k}: the layer's forward takes {r.dsa_fwd_ms:.1f} ms, of which the selection "
-            f"{r.topk_fast_ms:.1f} ms ({r['selection share of fwd']:.0%}); its fwd+bwd {r.dsa_fwdbwd_ms:.1f} ms, of which "
+            f"({r.selection}) {r.selection_ms:.1f} ms ({r['selection share of fwd']:.0%}); its fwd+bwd {r.dsa_fwdbwd_ms:.1f} ms, of which "
             f"the sparse kernel {r.sparse_fwdbwd_ms:.1f} ms ({r['sparse kernel share of fwd+bwd']:.0%}); the kernel's "
             f"forward reaches {r.sparse_fwd_tflops:.1f} TFLOP/s where flash reaches {r.flash_fwd_tflops:.0f}")
     return "; ".join(parts) + "."
@@ -372,8 +380,8 @@ TARGETS: tuple[Target, ...] = (
            note="torch.topk ms / our top-k ms (sampled bracket, radix fallback), both over the same precomputed "
                 "causal scores"),
     Target("indexer top-k with its scores ≥ 5x faster than scores + torch.topk", "topk_vs_scores_plus_torch", 5.0,
-           note="both compute the indexer scores; ours: the faster of the fused threshold search and "
-                "chunked scores + radix select"),
+           note="both compute the indexer scores; ours: the fastest of the fused threshold search, the Triton "
+                "score chunks + our top-k, and torch score chunks + our top-k"),
     Target("sparse kernel ≥ 60% of flash TFLOP/s", "sparse_vs_flash_tflops", 0.6,
            note="sparse fwd TFLOP/s / flash fwd TFLOP/s on the same shape"),
 )
@@ -391,7 +399,7 @@ def evaluate_targets(df: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> p
     best value, needed, met ('yes' / 'no' / 'not measured'), where (the configuration), per kind (the best
     value for each attention kind), note."""
     d = df.reset_index(drop=True)
-    ours = [c for c in ("topk_fast_ms", "chunked_scores_plus_radix_ms") if c in d.columns]
+    ours = [c for c in ("topk_fast_ms", "topk_chunked_ms", "chunked_scores_plus_radix_ms") if c in d.columns]
     if "scores_plus_torch_topk_ms" in d.columns and ours:
         d["topk_vs_scores_plus_torch"] = d.scores_plus_torch_topk_ms / d[ours].astype(float).min(axis=1)
     rows = []
@@ -442,7 +450,7 @@ def selection_text(df: pd.DataFrame) -> str:
     """Per device: our top-k kernel (and the radix select alone) against torch.topk over the same
     precomputed scores, from the rows that measured them: the speed-up range per k rule, and the kernel's
     time in units of one read of the causal score triangle at the device's HBM peak (how far it is from
-    being bandwidth-bound: the sampled bracket reads each row twice, the radix select up to five times).
+    being bandwidth-bound: the sampled bracket reads each row once (twice before commit-time column radix_reads_per_row), the radix select up to five times).
     '' without data."""
     if "torch_topk_ms" not in df.columns or not ({"radix_topk_ms", "radix_only_ms"} & set(df.columns)):
         return ""
@@ -472,12 +480,15 @@ def _selection_text_one(d: pd.DataFrame, device: str) -> str:
     big = dd.loc[dd.L.idxmax()]
     share = _num(big.get("radix_sampled_share")) if col == "radix_topk_ms" else float("nan")
     sampled = math.isfinite(share) and share >= 0.9
-    passes = 2 if sampled else 5
+    # the sampled path read each row twice until it kept the candidates aside (radix_reads_per_row: 1)
+    reads_sampled = int(_num(big.get("radix_reads_per_row"))) if math.isfinite(_num(big.get("radix_reads_per_row"))) else 2
+    passes = reads_sampled if sampled else 5
     peak = hbm_peak_tb_s(device)
     one_read_ms = (big.L * (big.L + 1) / 2 * 4) / (peak * 1e12) * 1e3 if peak == peak and peak > 0 else float("nan")
     if one_read_ms == one_read_ms:
         reads = big[col] / one_read_ms
-        how = (f"the sampled bracket served {share:.0%} of its rows longer than k, so each row is read twice"
+        how = (f"the sampled bracket served {share:.0%} of its rows longer than k, so each row is read "
+               + ("once (plus its sample and candidates)" if reads_sampled == 1 else "twice")
                if sampled else "each row is read up to five times (radix passes)")
         who = "ours" if col == "radix_topk_ms" else "the radix select"
         text += (f" At L = {int(big.L)} {who} takes {big[col]:.1f} ms, {reads:.1f}x the {one_read_ms:.2f} ms "

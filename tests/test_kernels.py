@@ -158,6 +158,44 @@ def test_indexer_topk_fast(dtype, boundary):
     assert torch.allclose(s_fast, s_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k,chunk", [(19, 20), (40, 16), (83, None)])
+def test_indexer_topk_chunked(dtype, k, chunk):
+    """Stored score chunks + radix_topk: valid, causal, the k best scores (ties aside) on odd shapes (L 83,
+    3 indexer heads padded to 4, d_I 24), chunks that do not divide L, k larger than a chunk, k = L."""
+    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(11 + k)
+    b, l, hi, di = 2, 83, 3, 24
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
+    sel = indexer_topk_chunked(q, kk, w, k, chunk=chunk)
+    assert sel.idx.shape == (b, l, k) and sel.idx.dtype == torch.int64
+    scores = indexer_scores(q, kk, w)
+    _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
+    ref = indexer_topk(q, kk, w, k)
+    s_got = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.idx.clamp(min=0)).masked_fill(~ref.valid, 0).sum(-1)
+    assert torch.allclose(s_got, s_ref, rtol=1e-5, atol=1e-4)
+    got = sel.idx
+    assert bool((got[..., 1:][got[..., 1:] >= 0] > got[..., :-1][got[..., 1:] >= 0]).all()), "not ascending"
+
+
+def test_indexer_topk_chunked_names_bad_arguments():
+    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+
+    q, kk, w = torch.randn(1, 10, 2, 8), torch.randn(1, 10, 8), torch.randn(1, 10, 2)
+    with pytest.raises(TypeError, match="top_k"):
+        indexer_topk_chunked(q, kk, w, torch.full((10,), 3))
+    with pytest.raises(ValueError, match="k"):
+        indexer_topk_chunked(q, kk, w, 11)
+    with pytest.raises(ValueError, match="chunk"):
+        indexer_topk_chunked(q, kk, w, 3, chunk=0)
+    with pytest.raises(ValueError, match="k_idx"):
+        indexer_topk_chunked(q, kk[:, :9], w, 3)
+
+
 def test_indexer_topk_fast_plateau_and_overflowing_boundary():
     """Many exact-zero scores (every head's ReLU off) beside distinct small values: the bracket search cannot
     split the plateau, its boundary outgrows the ranked buffer, and those rows must still be exact."""
@@ -434,20 +472,21 @@ def test_radix_topk_sampled_bracket_with_ties_and_causal_rows(gen):
 
 
 def test_radix_topk_falls_back_when_the_sample_misses(gen):
-    """A row built so that its sample is unrepresentative (the sampled runs hold the lowest scores) and a
-    row of one repeated value (the bracket overflows the scratch): both fall back to the radix select and
-    stay exact."""
+    """Rows built so that their sample is unrepresentative (the sampled runs hold the lowest scores: k or
+    more keys lie above the bracket; the highest: fewer than k at or above it) and a row of one repeated
+    value (the candidates overflow the scratch): all fall back to the radix select and stay exact."""
     radix_topk, ref, _ = _radix()
     n, k, sample = 1024, 100, 64
-    s = torch.randn(2, n, generator=gen)
+    s = torch.randn(3, n, generator=gen)
     runs = (torch.arange(sample // 8)[:, None] * n // (sample // 8) + torch.arange(8)[None, :]).flatten()
     s[0, runs] = -100 - torch.rand(sample, generator=gen)
     s[1] = 0.25
+    s[2, runs] = 100 + torch.rand(sample, generator=gen)
     s = s.to(DEV)
-    stats = torch.empty(2, dtype=torch.int32, device=DEV)
+    stats = torch.empty(3, dtype=torch.int32, device=DEV)
     got = radix_topk(s, k, block=128, sample=sample, cap=64, stats=stats)
-    assert _paths(stats) == [0, 0, 2]
-    assert torch.equal(got, ref(s, k, torch.full((2,), n, device=DEV)))
+    assert _paths(stats) == [0, 0, 3]
+    assert torch.equal(got, ref(s, k, torch.full((3,), n, device=DEV)))
     assert got[1].tolist() == list(range(k))
 
 
@@ -480,8 +519,9 @@ def test_radix_topk_names_bad_arguments():
 @pytest.mark.parametrize("l,k", [(4096, 2048), (8191, 1000), (16384, 2048)])
 def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
     """Causal indexer scores at real sizes (bf16 inputs, fp32 scores): the same selected scores as
-    torch.topk, rows shorter than k complete."""
-    radix_topk, _, causal_lengths = _radix()
+    torch.topk and exactly the reference's positions (ascending, first among ties), rows shorter than k
+    complete, for the default sample, a larger one and the radix select alone."""
+    radix_topk, ref, causal_lengths = _radix()
     from dsa.bench import _causal_scores  # noqa: PLC0415
 
     qi = torch.randn(1, l, 4, 64, generator=gen).bfloat16().to(DEV)
@@ -490,8 +530,10 @@ def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
     s = _causal_scores(qi, ki, w)
     lens = causal_lengths(l, DEV, batch=1)
     stats = torch.empty(1, l, dtype=torch.int32, device=DEV)
-    for sample in (1024, 0):
+    want = ref(s, k, lens)
+    for sample in (512, 1024, 0):
         got = radix_topk(s, k, lens, sample=sample, stats=stats)
         assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices)), sample
+        assert torch.equal(got, want), sample
         short, sampled, radix = _paths(stats)
         assert short == k and (sampled >= 0.97 * (l - 2048 - k) if sample else sampled == 0), (short, sampled, radix)

@@ -273,6 +273,9 @@ def test_selection_text_reads_the_kernel_path_and_the_agreement():
     assert "served 99% of its rows" in text and "read twice" in text
     # 3.2 ms at 64K on an H100 is ~1.2 reads of the 8.6 GB triangle: within two reads -> memory-bound
     assert "memory bounds it" in text
+    df["radix_reads_per_row"] = 1  # the code that keeps the candidates aside reads each row once
+    assert "read once (plus its sample and candidates)" in B.selection_text(df)
+    df = df.drop(columns=["radix_reads_per_row"])
     assert "Ours selected the same scores" in text and "alone selected different scores from torch.topk in 1 row" in text
     df["radix_sampled_share"] = 0.2
     df["radix_topk_ms"] = df.radix_only_ms * 5
@@ -565,7 +568,12 @@ def test_flex_shape_numbers_and_breakdown():
     b = B.layer_breakdown(df)
     assert b["selection share of fwd"].eq(0.25).all() and b["sparse kernel share of fwd+bwd"].eq(0.5).all()
     text = B.breakdown_text(df)
-    assert "L=4096, k=2048" in text and "(25%)" in text and "(50%)" in text
+    assert "L=4096, k=2048" in text and "(25%)" in text and "(50%)" in text and "(topk_fast)" in text
+    # a row whose layer selected with the chunked path: its time is the selection's share
+    df["layer_selection"], df["topk_chunked_ms"] = "topk_chunked", 2.0
+    b = B.layer_breakdown(df)
+    assert b["selection share of fwd"].eq(0.5).all() and b.selection.eq("topk_chunked").all()
+    assert "(topk_chunked) 2.0 ms (50%)" in B.breakdown_text(df)
     assert B.long_times(df, methods={}, topk=False).empty
 
 

@@ -1,11 +1,12 @@
 """Triton kernels of the lightning indexer (imported only when triton is importable).
 
-``idx_pass_kernel``: one program = BLOCK_M queries of one batch row; it recomputes the indexer scores
-I[t, s] tile by tile for s <= t (never stored) and, by MODE:
+``idx_pass_kernel``: one program = BLOCK_M queries (of rows ROW0 <= t < ROW_END) of one batch row; it
+recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   0: per-row max / min of the scores;
   1: per-row counts #(I[t, :] >= thr[t, j]) for NT thresholds per row;
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
-     (the boundary, with their scores), compacted by a cumulative sum per row.
+     (the boundary, with their scores), compacted by a cumulative sum per row;
+  3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
 The q tile holds BLOCK_M * HP rows (query t, indexer head j) so the product is one tl.dot
 [BLOCK_M*HP, d_I] @ [d_I, BLOCK_N]; ReLU and the head weights follow, and the heads are summed by a reshape.
 
@@ -20,18 +21,18 @@ import triton.language as tl
 def idx_pass_kernel(
     QI, KI, W, THR, CNT, LO, HI, OUT, BND, BNDV, RMAX, RMIN,
     sqb, sql, skb, skl, swb, swl, stb, stl, slb, sob, sol,
-    L, KMAX,
+    L, KMAX, ROW0, ROW_END,
     HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
     INTERP: tl.constexpr,
 ):
-    nblk = tl.cdiv(L, BLOCK_M)
+    nblk = tl.cdiv(ROW_END - ROW0, BLOCK_M)
     mb = nblk - 1 - tl.program_id(0)  # longest rows first: better tail balance on the causal triangle
     b = tl.program_id(1)
-    t0 = mb * BLOCK_M
+    t0 = ROW0 + mb * BLOCK_M
     dd = tl.arange(0, DI_PAD)
     rows = t0 + tl.arange(0, BLOCK_M)
-    rmask = rows < L
+    rmask = rows < ROW_END
     cols = tl.arange(0, NT)
     if MODE == 0:
         mx = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -43,7 +44,7 @@ def idx_pass_kernel(
         hi = tl.load(HI + b * slb + rows, mask=rmask, other=float("inf"))
         base_s = tl.zeros([BLOCK_M], tl.int32)
         base_b = tl.zeros([BLOCK_M], tl.int32)
-    s_end = tl.minimum(t0 + BLOCK_M, L)
+    s_end = tl.minimum(t0 + BLOCK_M, ROW_END)
     for s0 in range(0, s_end, BLOCK_N):
         s = s0 + tl.arange(0, BLOCK_N)
         kt = tl.load(KI + b * skb + s[:, None] * skl + dd[None, :], mask=(s < L)[:, None] & (dd < DI)[None, :],
@@ -63,6 +64,8 @@ def idx_pass_kernel(
                 logit = tl.dot(qj, tl.trans(kt))
             sc += tl.maximum(logit, 0.0) * wj[:, None]
         ok = (s[None, :] <= rows[:, None]) & rmask[:, None]
+        if MODE == 3:
+            tl.store(OUT + b * sob + (rows - ROW0)[:, None] * sol + s[None, :], sc, mask=ok)
         if MODE == 0:
             mx = tl.maximum(mx, tl.max(tl.where(ok, sc, float("-inf")), 1))
             mn = tl.minimum(mn, tl.min(tl.where(ok, sc, float("inf")), 1))

@@ -1,8 +1,8 @@
 """Triton kernels of the row-wise top-k selection (imported only when triton is importable).
 
 Floats are mapped to uint32 keys whose unsigned order is the float order (flip every bit of negatives, the
-sign bit of the rest). Each row ends with a threshold key ``thr`` and a ``quota``: the selection is every
-key above ``thr`` and the first ``quota`` keys equal to it (ties by position; ``quota > N`` takes them all).
+sign bit of the rest). The selection is every key above the k-th largest key ``thr`` and the first ``quota``
+keys equal to it (ties by position; ``quota > N`` takes them all).
 A per-row ``STATE`` says how the row gets them: 0 a short row (n <= k: every valid position, thr = 0),
 1 the sampled bracket, 2 the radix select. Five small kernels, one program per row each, so that each keeps
 few registers and many programs per multiprocessor (one kernel doing all of it ran at a fraction of the
@@ -13,19 +13,21 @@ memory bandwidth):
    ``r -/+ (3 sqrt(r) + 3)`` around ``r = k * SAMPLE / n``, where the k-th largest key is expected (about
    three standard deviations of the sample rank: a miss, about 1 row in 300, only costs the fallback).
    Longer-than-k rows too short to sample get state 2.
-2. ``bracket_count_kernel``: one pass over the row counts the keys above the bracket (all selected) and
-   copies the keys inside it to the row's scratch of ``CAP`` slots.
-3. ``bracket_select_kernel``: if the k-th key lies inside the bracket and the bracket fits, four 8-bit
-   histograms over the bracket's keys (in chunks up to its length) give ``thr``; else the row falls back
-   (state 2).
+2. ``bracket_gather_kernel``: one pass over the row copies the candidates, the keys at or above the bracket's
+   low end, with their positions (in position order, compacted by a cumulative sum) to the row's scratch of
+   ``CAP`` slots, and counts the keys above the bracket.
+3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (fewer than k keys above it, at least k
+   candidates) and the candidates fit, four 8-bit histograms over the candidates (in chunks up to their
+   number) give the k-th key, and one pass over them writes the selected positions, in order; else the row
+   falls back (state 2).
 4. ``radix_threshold_kernel`` (state-2 rows only): four 8-bit histogram passes over the row fix the k-th
    key digit by digit, most significant first; a pass ends the search early when the chosen bin is taken
    whole. Up to four reads of the row; the histograms, not the reads, bound it.
-5. ``write_positions_kernel``: one pass writes the selected positions, compacted by a cumulative sum, in
-   ascending position order; the rest of the k slots get -1.
+5. ``write_positions_kernel`` (state 0 and 2 rows): one pass writes the selected positions, compacted by a
+   cumulative sum, in ascending position order; the rest of the k slots get -1.
 
-The sampled path reads each row twice (passes 2 and 5), the radix path up to five times; the result is the
-same either way.
+The sampled path reads each row once (pass 2) beyond its sample, then only its candidates (about k plus the
+bracket); the radix path reads it up to five times; the result is the same either way.
 """
 
 import triton
@@ -57,59 +59,56 @@ def sample_bracket_kernel(S, LEN, STATE, TLO, THI, ss, N, K, SAMPLE: tl.constexp
         tl.store(TLO + row, t_lo.to(tl.int32, bitcast=True))
 
 
-def bracket_count_kernel(S, LEN, STATE, TLO, THI, SCR, CA, CB, ss, sscr, N, CAP, BLOCK: tl.constexpr):
+def bracket_gather_kernel(S, LEN, STATE, TLO, THI, CKEY, CPOS, CA, CN, ss, sc, N, CAP, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     if tl.load(STATE + row) == 1:
         n = tl.minimum(tl.load(LEN + row), N)
         srow = S + row * ss
-        scr = SCR + row * sscr
+        ckey = CKEY + row * sc
+        cpos = CPOS + row * sc
         t_lo = tl.load(TLO + row).to(tl.uint32, bitcast=True)
         t_hi = tl.load(THI + row).to(tl.uint32, bitcast=True)
         offs = tl.arange(0, BLOCK)
         sign = tl.full([BLOCK], 0x80000000, tl.uint32)
         c_a = tl.zeros([], tl.int32)  # keys above the bracket
-        c_b = tl.zeros([], tl.int32)  # keys inside it
+        c_n = tl.zeros([], tl.int32)  # candidates: keys at or above its low end
         for c0 in range(0, n, BLOCK):
             c = c0 + offs
             inb = c < n
             b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
             key = tl.where((b & sign) != 0, ~b, b | sign)
-            inbr = (key >= t_lo) & (key <= t_hi) & inb
-            bi = inbr.to(tl.int32)
-            slot = c_b + tl.cumsum(bi, 0) - 1
-            tl.store(scr + slot, key.to(tl.int32, bitcast=True), mask=inbr & (slot < CAP))
+            cand = (key >= t_lo) & inb
+            ci = cand.to(tl.int32)
+            slot = c_n + tl.cumsum(ci, 0) - 1
+            keep = cand & (slot < CAP)
+            tl.store(ckey + slot, key.to(tl.int32, bitcast=True), mask=keep)
+            tl.store(cpos + slot, c, mask=keep)
             c_a += tl.sum(((key > t_hi) & inb).to(tl.int32))
-            c_b += tl.sum(bi)
+            c_n += tl.sum(ci)
         tl.store(CA + row, c_a)
-        tl.store(CB + row, c_b)
+        tl.store(CN + row, c_n)
 
 
-def bracket_select_kernel(SCR, STATE, CA, CB, THR, QUOTA, sscr, N, K, CAP, BBLOCK: tl.constexpr):
+def bracket_select_kernel(CKEY, CPOS, STATE, CA, CN, OUT, sc, so, K, CAP, BBLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    big = N + 1
-    state = tl.load(STATE + row)
-    if state == 0:
-        tl.store(THR + row, 0)
-        tl.store(QUOTA + row, big)
-    if state == 1:
+    if tl.load(STATE + row) == 1:
         c_a = tl.load(CA + row)
-        c_b = tl.load(CB + row)
-        if (c_a < K) & (c_a + c_b >= K) & (c_b <= CAP):
-            m = K - c_a  # the k-th key is the m-th largest inside the bracket
-            scr = SCR + row * sscr
+        c_n = tl.load(CN + row)
+        if (c_a < K) & (c_n >= K) & (c_n <= CAP):
+            ckey = CKEY + row * sc
+            cpos = CPOS + row * sc
             bins = tl.arange(0, 256)
             boffs = tl.arange(0, BBLOCK)
             tau = tl.full([], 0, tl.uint32)
             tmask = tl.full([], 0, tl.uint32)
-            rem = m
-            # the bracket's own length, not its capacity, sets the work: chunks of BBLOCK up to c_b
+            rem = K  # every key above the bracket is a candidate: the k-th key is the k-th candidate
             for q in tl.static_range(4):
                 th = tl.zeros([256], tl.int32)
-                other = tl.zeros([], tl.int32)  # keys outside the prefix (and padding): removed from bin 0
-                for b0 in range(0, c_b, BBLOCK):
+                other = tl.zeros([], tl.int32)  # candidates outside the prefix (and padding): removed from bin 0
+                for b0 in range(0, c_n, BBLOCK):
                     cidx = b0 + boffs
-                    real = cidx < c_b
-                    bk = tl.load(scr + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                    real = cidx < c_n
+                    bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
                     tmatch = ((bk & tmask) == tau) & real
                     tdig = ((bk >> (24 - 8 * q)) & 255).to(tl.int32)
                     th += tl.histogram(tl.where(tmatch, tdig, 0), 256)
@@ -120,16 +119,23 @@ def bracket_select_kernel(SCR, STATE, CA, CB, THR, QUOTA, sscr, N, K, CAP, BBLOC
                 rem = rem - tl.sum(tl.where(bins > td, th, 0))
                 tau = tau | (td.to(tl.uint32) << (24 - 8 * q))
                 tmask = tmask | (tl.full([], 255, tl.uint32) << (24 - 8 * q))
-            gt = tl.zeros([], tl.int32)
-            eqn = tl.zeros([], tl.int32)
-            for b0 in range(0, c_b, BBLOCK):
+            # rem keys equal to tau are taken, of h_d: the first ones by position (candidates are in order)
+            orow = OUT + row * so
+            base = tl.zeros([], tl.int32)
+            eq_seen = tl.zeros([], tl.int32)
+            for b0 in range(0, c_n, BBLOCK):
                 cidx = b0 + boffs
-                real = cidx < c_b
-                bk = tl.load(scr + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
-                gt += tl.sum(((bk > tau) & real).to(tl.int32))
-                eqn += tl.sum(((bk == tau) & real).to(tl.int32))
-            tl.store(THR + row, tau.to(tl.int32, bitcast=True))
-            tl.store(QUOTA + row, tl.where(m - gt < eqn, m - gt, big))
+                real = cidx < c_n
+                bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                eq = (bk == tau) & real
+                eqi = eq.to(tl.int32)
+                sel = ((bk > tau) & real) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= rem))
+                si = sel.to(tl.int32)
+                slot = base + tl.cumsum(si, 0) - 1
+                bp = tl.load(cpos + cidx, mask=sel, other=0)
+                tl.store(orow + slot, bp, mask=sel & (slot < K))
+                base += tl.sum(si)
+                eq_seen += tl.sum(eqi)
         else:
             tl.store(STATE + row, 2)
 
@@ -177,42 +183,45 @@ def radix_threshold_kernel(S, LEN, STATE, THR, QUOTA, ss, N, K, BLOCK: tl.conste
         tl.store(QUOTA + row, quota)
 
 
-def write_positions_kernel(S, LEN, THR, QUOTA, OUT, ss, so, N, K, BLOCK: tl.constexpr):
+def write_positions_kernel(S, LEN, STATE, THR, QUOTA, OUT, ss, so, N, K, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    n = tl.minimum(tl.load(LEN + row), N)
-    srow = S + row * ss
-    orow = OUT + row * so
-    thr = tl.load(THR + row).to(tl.uint32, bitcast=True)
-    quota = tl.load(QUOTA + row)
-    offs = tl.arange(0, BLOCK)
-    sign = tl.full([BLOCK], 0x80000000, tl.uint32)
-    base = tl.zeros([], tl.int32)
-    if quota > N:  # every key == thr is taken: one cumulative sum per block
-        for c0 in range(0, n, BLOCK):
+    state = tl.load(STATE + row)
+    if state != 1:  # the bracket select wrote the state-1 rows
+        n = tl.minimum(tl.load(LEN + row), N)
+        srow = S + row * ss
+        orow = OUT + row * so
+        # a short row (state 0) takes every valid key: threshold key 0, all ties
+        thr = tl.where(state == 0, 0, tl.load(THR + row)).to(tl.uint32, bitcast=True)
+        quota = tl.where(state == 0, N + 1, tl.load(QUOTA + row))
+        offs = tl.arange(0, BLOCK)
+        sign = tl.full([BLOCK], 0x80000000, tl.uint32)
+        base = tl.zeros([], tl.int32)
+        if quota > N:  # every key == thr is taken: one cumulative sum per block
+            for c0 in range(0, n, BLOCK):
+                c = c0 + offs
+                inb = c < n
+                b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
+                sel = (tl.where((b & sign) != 0, ~b, b | sign) >= thr) & inb
+                si = sel.to(tl.int32)
+                pos = base + tl.cumsum(si, 0) - 1
+                tl.store(orow + pos, c, mask=sel & (pos < K))
+                base += tl.sum(si)
+        else:
+            eq_seen = tl.zeros([], tl.int32)
+            for c0 in range(0, n, BLOCK):
+                c = c0 + offs
+                inb = c < n
+                b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
+                key = tl.where((b & sign) != 0, ~b, b | sign)
+                eq = (key == thr) & inb
+                eqi = eq.to(tl.int32)
+                sel = ((key > thr) & inb) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= quota))
+                si = sel.to(tl.int32)
+                pos = base + tl.cumsum(si, 0) - 1
+                tl.store(orow + pos, c, mask=sel & (pos < K))
+                base += tl.sum(si)
+                eq_seen += tl.sum(eqi)
+        base = tl.minimum(base, K)
+        for c0 in range(0, K, BLOCK):
             c = c0 + offs
-            inb = c < n
-            b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-            sel = (tl.where((b & sign) != 0, ~b, b | sign) >= thr) & inb
-            si = sel.to(tl.int32)
-            pos = base + tl.cumsum(si, 0) - 1
-            tl.store(orow + pos, c, mask=sel & (pos < K))
-            base += tl.sum(si)
-    else:
-        eq_seen = tl.zeros([], tl.int32)
-        for c0 in range(0, n, BLOCK):
-            c = c0 + offs
-            inb = c < n
-            b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-            key = tl.where((b & sign) != 0, ~b, b | sign)
-            eq = (key == thr) & inb
-            eqi = eq.to(tl.int32)
-            sel = ((key > thr) & inb) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= quota))
-            si = sel.to(tl.int32)
-            pos = base + tl.cumsum(si, 0) - 1
-            tl.store(orow + pos, c, mask=sel & (pos < K))
-            base += tl.sum(si)
-            eq_seen += tl.sum(eqi)
-    base = tl.minimum(base, K)
-    for c0 in range(0, K, BLOCK):
-        c = c0 + offs
-        tl.store(orow + c, tl.full([BLOCK], -1, tl.int32), mask=(c >= base) & (c < K))
+            tl.store(orow + c, tl.full([BLOCK], -1, tl.int32), mask=(c >= base) & (c < K))

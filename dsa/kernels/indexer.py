@@ -45,15 +45,17 @@ def _pad_heads(q_idx, w, hp):
     return q_idx.contiguous(), w.contiguous()
 
 
-def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt):
+def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,
+              rows=None):
     kern, _, _ = _kernels()
     b, l, hp, di = qp.shape
-    grid = (triton_cdiv(l, block_m), b)
+    row0, row_end = rows or (0, l)
+    grid = (triton_cdiv(row_end - row0, block_m), b)
     kern[grid](
         qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin,
         qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
         cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
-        l, kmax,
+        l, kmax, row0, row_end,
         HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
         IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4, num_stages=2,
     )

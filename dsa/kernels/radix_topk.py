@@ -3,8 +3,10 @@
 ``torch.topk`` sorts its k winners and returns their values; the attention needs only the set of positions.
 :func:`radix_topk` finds the k-th largest score of each row and then writes the positions at or above it
 (see ``_radix_topk_kernels``): no sort of the row, no values, memory O(rows * k) beyond the scores. The
-k-th score comes from a sorted stratified sample that brackets it and one counting pass (two reads of the
-row in all), or, when the sample misses, from four 8-bit histogram passes (a radix select). Its result
+k-th score comes from a sorted stratified sample that brackets it and one pass that copies the candidates
+(the scores at or above the bracket's low end, about k plus the bracket) aside, where a histogram select
+finds it and the positions are written (one read of the row in all), or, when the sample misses, from four
+8-bit histogram passes over the row and one more to write the positions (a radix select). Its result
 equals :func:`radix_topk_reference` up to the order of the positions (ascending here) and the choice among
 tied scores at the threshold (the first ones by position here).
 """
@@ -20,9 +22,13 @@ from ._common import interpret_mode, jit, use_triton
 def _kernels() -> dict:
     from . import _radix_topk_kernels as m
 
-    names = ("sample_bracket_kernel", "bracket_count_kernel", "bracket_select_kernel", "radix_threshold_kernel",
+    names = ("sample_bracket_kernel", "bracket_gather_kernel", "bracket_select_kernel", "radix_threshold_kernel",
              "write_positions_kernel")
     return {n: jit(getattr(m, n)) for n in names}
+
+
+# full reads of a row by the sampled path (the bracket gather; the sample and the candidates come on top)
+READS_PER_ROW_SAMPLED = 1
 
 
 def _check(scores: torch.Tensor, k: int, lengths: torch.Tensor | None) -> None:
@@ -99,7 +105,8 @@ def radix_topk(
     Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer than k valid entries
     returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position.
     sample: keys in the sorted sample that brackets the k-th score (a power of two >= 64; 0 = radix select
-    only); cap: bracket slots per row (default from N, k, sample; memory rows x cap int32); stats: an
+    only); cap: bracket slots per row (default from N, k, sample; the candidate scratch is rows x (k + cap)
+keys and positions, int32); stats: an
     optional (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix
     select); block, num_warps: tile size and warps of the passes over the rows (tuning only: the result is
     the same). Runs the Triton kernels on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1),
@@ -116,8 +123,19 @@ def radix_topk(
         if stats is not None:
             stats.fill_(-1)  # no kernel ran
         return radix_topk_reference(scores, k, lengths).to(out_dtype)
+    out, stages = _stages(scores, k, lengths, block=block, sample=sample, cap=cap, stats=stats, num_warps=num_warps)
+    for _, launch in stages:
+        launch()
+    out = out.reshape(*scores.shape[:-1], k)
+    return out if out_dtype == torch.int32 else out.to(out_dtype)
+
+
+def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block: int | None, sample: int,
+            cap: int | None, stats: torch.Tensor | None, num_warps: int | None) -> tuple[torch.Tensor, list]:
+    """The kernel launches of :func:`radix_topk` (checked arguments), as (name, launch) pairs to run in order,
+    and the (rows, k) int32 output they fill. Each launch reads only what the ones before it wrote, so a
+    profile can time them one by one (``dsa.bench --profile-selection``)."""
     n = scores.shape[-1]
-    lead = scores.shape[:-1]
     s2 = scores.reshape(-1, n)
     if s2.stride(-1) != 1:
         s2 = s2.contiguous()
@@ -128,32 +146,39 @@ def radix_topk(
     else:
         ln = lengths.reshape(-1).to(device=dev, dtype=torch.int32).contiguous()
     out = torch.empty(rows, k, device=dev, dtype=torch.int32)
+    if not rows:
+        return out, []
     if block is None:  # 1024 x 4 warps: fastest measured on an H200 (data/bench/h200-selection-tuning.json)
         block = 256 if interpret_mode() else 1024
     warps = 4 if interpret_mode() else (num_warps or 4)
     state = stats.view(-1) if stats is not None else torch.empty(rows, device=dev, dtype=torch.int32)
     thr = torch.empty(rows, device=dev, dtype=torch.int32)
     quota = torch.empty(rows, device=dev, dtype=torch.int32)
-    if rows:
-        kern = _kernels()
-        grid = (rows,)
-        if sample:
-            cap = cap or _bracket_cap(n, k, sample)
-            t_lo, t_hi, c_a, c_b = (torch.empty(rows, device=dev, dtype=torch.int32) for _ in range(4))
-            scratch = torch.empty(rows, cap, device=dev, dtype=torch.int32)
-            kern["sample_bracket_kernel"][grid](s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample,
-                                                num_warps=warps)
-            kern["bracket_count_kernel"][grid](s2, ln, state, t_lo, t_hi, scratch, c_a, c_b, s2.stride(0),
-                                               scratch.stride(0), n, cap, BLOCK=block, num_warps=warps)
-            kern["bracket_select_kernel"][grid](scratch, state, c_a, c_b, thr, quota, scratch.stride(0), n, k, cap,
-                                                BBLOCK=64 if interpret_mode() else 512, num_warps=warps)
-        else:
-            state.copy_(torch.where(ln <= k, 0, 2))
-            thr.zero_()
-            quota.fill_(n + 1)
-        kern["radix_threshold_kernel"][grid](s2, ln, state, thr, quota, s2.stride(0), n, k, BLOCK=block,
-                                             num_warps=warps)
-        kern["write_positions_kernel"][grid](s2, ln, thr, quota, out, s2.stride(0), out.stride(0), n, k,
-                                             BLOCK=block, num_warps=warps)
-    out = out.reshape(*lead, k)
-    return out if out_dtype == torch.int32 else out.to(out_dtype)
+    kern = _kernels()
+    grid = (rows,)
+    stages = []
+    if sample:
+        # candidates = the keys at or above the bracket's low end: fewer than k above it, at most cap inside
+        slots = k + (cap or _bracket_cap(n, k, sample))
+        t_lo, t_hi, c_a, c_n = (torch.empty(rows, device=dev, dtype=torch.int32) for _ in range(4))
+        ckey = torch.empty(rows, slots, device=dev, dtype=torch.int32)
+        cpos = torch.empty(rows, slots, device=dev, dtype=torch.int32)
+        stages += [
+            ("sample_bracket", lambda: kern["sample_bracket_kernel"][grid](
+                s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample, num_warps=warps)),
+            ("bracket_gather", lambda: kern["bracket_gather_kernel"][grid](
+                s2, ln, state, t_lo, t_hi, ckey, cpos, c_a, c_n, s2.stride(0), ckey.stride(0), n, slots,
+                BLOCK=block, num_warps=warps)),
+            ("bracket_select", lambda: kern["bracket_select_kernel"][grid](
+                ckey, cpos, state, c_a, c_n, out, ckey.stride(0), out.stride(0), k, slots,
+                BBLOCK=64 if interpret_mode() else 512, num_warps=warps)),
+        ]
+    else:
+        stages.append(("states", lambda: state.copy_(torch.where(ln <= k, 0, 2))))
+    stages += [
+        ("radix_threshold", lambda: kern["radix_threshold_kernel"][grid](
+            s2, ln, state, thr, quota, s2.stride(0), n, k, BLOCK=block, num_warps=warps)),
+        ("write_positions", lambda: kern["write_positions_kernel"][grid](
+            s2, ln, state, thr, quota, out, s2.stride(0), out.stride(0), n, k, BLOCK=block, num_warps=warps)),
+    ]
+    return out, stages

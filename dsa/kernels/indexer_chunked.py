@@ -1,0 +1,68 @@
+"""Causal indexer top-k through chunks of stored scores: the Triton score pass writes the scores of a chunk
+of query rows (C x L fp32, ``_indexer_kernels.idx_pass_kernel`` mode 3) and :func:`radix_topk` selects in
+them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_fast`` recomputes
+them in every one of its threshold passes) at the price of writing and reading them back once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checks import check_top_k
+from ..topk import Selection, indexer_topk
+from ._common import interpret_mode, next_pow2, use_triton
+from .indexer import _check_indexer, _pad_heads, _run_pass
+from .radix_topk import radix_topk
+
+SCORE_BYTES = 2**30  # default chunk: about 1 GiB of fp32 scores
+
+
+def default_chunk(l: int, block_m: int) -> int:
+    """Query rows per chunk: about SCORE_BYTES of fp32 scores, a multiple of block_m, at least block_m."""
+    return max(block_m, (SCORE_BYTES // (4 * l)) // block_m * block_m)
+
+
+@torch.no_grad()
+def indexer_topk_chunked(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    w: torch.Tensor,
+    top_k: int,
+    *,
+    chunk: int | None = None,
+    force_reference: bool = False,
+) -> Selection:
+    """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (positions ascending, the
+    first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); top_k int in
+    [1, L] (one k for every query; per-query k: :func:`indexer_topk_fast`); chunk: query rows whose scores
+    are stored at once (default: about 1 GiB; rounded up to the score tile). Returns Selection (B, L, top_k).
+    Runs the Triton kernels on CUDA tensors (or in the interpreter), else :func:`dsa.topk.indexer_topk`."""
+    _check_indexer(q_idx, k_idx, w)
+    b, l, h, _ = q_idx.shape
+    if not isinstance(top_k, int) or isinstance(top_k, bool):
+        raise TypeError(f"top_k must be an int (per-query k: indexer_topk_fast), got {type(top_k).__name__}")
+    check_top_k(top_k, l)
+    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if force_reference or not use_triton(q_idx, k_idx, w) or q_idx.dtype == torch.float64:
+        return indexer_topk(q_idx, k_idx, w, top_k)
+    dev = q_idx.device
+    qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
+    kc = k_idx.to(q_idx.dtype).contiguous()
+    block_m = 16 if interpret_mode() else 64
+    chunk = default_chunk(l, block_m) if chunk is None else -(-chunk // block_m) * block_m
+    chunk = min(chunk, -(-l // block_m) * block_m)
+    scores = torch.empty(b, chunk, l, device=dev, dtype=torch.float32)
+    idx = torch.empty(b, l, top_k, device=dev, dtype=torch.int32)
+    unused = torch.empty(1, 1, 1, device=dev, dtype=torch.float32)  # arguments the score mode does not touch
+    unused_i = torch.empty(1, 1, 1, device=dev, dtype=torch.int32)
+    for t0 in range(0, l, chunk):
+        t1 = min(l, t0 + chunk)
+        _run_pass(3, qp, kc, wp, unused, unused_i, unused[0], unused[0], scores, unused_i, unused, unused[0],
+                  unused[0], kmax=0, block_m=block_m, block_n=64, nt=4, rows=(t0, t1))
+        lens = torch.arange(t0 + 1, t1 + 1, device=dev, dtype=torch.int32)
+        cols = max(t1, top_k)  # the columns past a row's length are never read
+        for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
+            idx[bi, t0:t1] = radix_topk(scores[bi, : t1 - t0, :cols], top_k, lens, out_dtype=torch.int32)
+    idx64 = idx.to(torch.int64)
+    return Selection(idx=idx64, valid=idx64 >= 0)
