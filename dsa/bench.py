@@ -141,17 +141,56 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
             launch()
         row["radix_stages_ms"] = {name: _measure(launch, True)[0] for name, launch in stages}
     if tune:
-        row["radix_tuning"] = [
-            {"sample": sm, "block": bl, "num_warps": w,
-             "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, num_warps=w,
-                                               out_dtype=torch.int32), True)[0]}
-            for sm in (0, 256, 512, 1024) for bl in (1024, 2048) for w in (4, 8)]
+        _tune_selection(row, scores, k, lens, qi, ki, wi)
     del scores
     if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
         from .indexer import indexer_scores  # noqa: PLC0415
 
         rec("scores_plus_torch_topk", lambda: torch.topk(indexer_scores(qi, ki, wi), k, dim=-1))
     rec("chunked_scores_plus_radix", lambda: radix_topk(_causal_scores(qi, ki, wi), k, lens, out_dtype=torch.int32))
+
+
+def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
+    """CUDA: times our top-k over whole-call settings (sample x block x warps: ``radix_tuning``), its two
+    heavy launches over their own settings (``radix_stage_tuning``: the bracket gather's block and warps, the
+    bracket select's chunk and warps), and the indexer score pass of ``indexer_topk_chunked`` over its tiles
+    (``score_tile_tuning``: all chunks of the sequence, ms)."""
+    from .kernels.indexer import _pad_heads  # noqa: PLC0415
+    from .kernels.indexer_chunked import default_chunk, score_rows  # noqa: PLC0415
+    from .kernels.radix_topk import _stages, radix_topk  # noqa: PLC0415
+    from .kernels._common import next_pow2  # noqa: PLC0415
+
+    row["radix_tuning"] = [
+        {"sample": sm, "block": bl, "num_warps": w,
+         "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, num_warps=w,
+                                           out_dtype=torch.int32), True)[0]}
+        for sm in (256, 512, 1024) for bl in (512, 1024, 2048) for w in (1, 2, 4)]
+    grid = [("bracket_gather", {"gather_block": bl, "gather_warps": w}) for bl in (256, 512, 1024, 2048)
+            for w in (1, 2, 4, 8)]
+    grid += [("bracket_select", {"select_block": bl, "select_warps": w}) for bl in (128, 256, 512, 1024)
+             for w in (1, 2, 4)]
+    row["radix_stage_tuning"] = []
+    for stage, tune in grid:
+        _, stages = _stages(scores, k, lens, block=None, sample=512, cap=None, stats=None, num_warps=None, tune=tune)
+        for _, launch in stages:
+            launch()
+        launch = dict(stages)[stage]
+        row["radix_stage_tuning"].append({"stage": stage, **tune, "ms": _measure(launch, True)[0]})
+    b, l, h, _ = qi.shape
+    qp, wp = _pad_heads(qi, wi.float(), next_pow2(h))
+    kc = ki.contiguous()
+    row["score_tile_tuning"] = []
+    for tile in [(bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8)]:
+        chunk = default_chunk(l, tile[0])
+        buf = torch.empty(b, min(chunk, l), l, device=qi.device)
+
+        def all_chunks(tile=tile, chunk=chunk, buf=buf):
+            for t0 in range(0, l, chunk):
+                score_rows(qp, kc, wp, buf, t0, min(l, t0 + chunk), tile=tile)
+
+        row["score_tile_tuning"].append({"block_m": tile[0], "block_n": tile[1], "num_warps": tile[2],
+                                         "ms": _measure(all_chunks, True)[0]})
+        del buf
 
 
 def _speedups(row: dict) -> None:
@@ -370,8 +409,9 @@ def main(argv=None) -> dict:
     p.add_argument("--selection-only", action="store_true",
                    help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
     p.add_argument("--tune-selection", action="store_true",
-                   help="CUDA: also time our top-k kernels over sample sizes x block sizes x warps "
-                        "(row['radix_tuning'])")
+                   help="CUDA: also time our top-k over sample sizes x block sizes x warps (row['radix_tuning']), "
+                        "its gather and select launches over their own settings (row['radix_stage_tuning']) and "
+                        "the indexer score pass over its tiles (row['score_tile_tuning'])")
     p.add_argument("--profile-selection", action="store_true",
                    help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
     p.add_argument("--out", type=str, default=None)

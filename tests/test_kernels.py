@@ -182,6 +182,29 @@ def test_indexer_topk_chunked(dtype, k, chunk):
     assert bool((got[..., 1:][got[..., 1:] >= 0] > got[..., :-1][got[..., 1:] >= 0]).all()), "not ascending"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_indexer_score_rows_match_the_reference(dtype):
+    """The score pass (mode 3) against indexer_scores on a chunk of rows that starts inside the sequence,
+    with padded heads: every causal entry, nothing written past a row's own position."""
+    from dsa.kernels.indexer import _pad_heads  # noqa: PLC0415
+    from dsa.kernels.indexer_chunked import score_rows  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(21)
+    b, l, hi, di, t0, t1 = 2, 70, 3, 24, 16, 51
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
+    qp, wp = _pad_heads(q, w.float(), 4)
+    out = torch.full((b, t1 - t0 + 3, l), 7.0, device=DEV)
+    score_rows(qp, kk.contiguous(), wp, out, t0, t1)
+    ref = indexer_scores(q.float(), kk.float(), w.float())[:, t0:t1]
+    t = torch.arange(t0, t1, device=DEV)
+    causal = torch.arange(l, device=DEV)[None, :] <= t[:, None]
+    got = out[:, : t1 - t0]
+    assert rel(got[:, causal], ref[:, causal]) < TOL[dtype]
+    assert bool((got[:, ~causal] == 7.0).all()) and bool((out[:, t1 - t0:] == 7.0).all())
+
+
 def test_indexer_topk_chunked_names_bad_arguments():
     from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
 
@@ -469,6 +492,27 @@ def test_radix_topk_sampled_bracket_with_ties_and_causal_rows(gen):
     got = radix_topk(t, 101, block=128, sample=64, cap=512, stats=stats)
     assert _paths(stats)[1] == 3
     assert torch.equal(got, ref(t, 101, torch.full((3,), 800, device=DEV)))
+
+
+@pytest.mark.parametrize("case", ["sign_change", "ulps_apart", "normal"])
+def test_radix_topk_bracket_select_from_every_byte(gen, case):
+    """The bracket select starts its digit rounds at the first byte where the bracket's ends differ: the
+    top byte when the bracket spans zero (k = n/2 of centred scores), the last when all scores lie a few
+    ulps apart, a middle one for ordinary scores; every start gives the reference's positions."""
+    radix_topk, ref, _ = _radix()
+    rows, n = 4, 900
+    if case == "sign_change":
+        s, k = torch.randn(rows, n, generator=gen), n // 2
+    elif case == "ulps_apart":
+        s, k = 1.0 + torch.randint(0, 200, (rows, n), generator=gen).float() * 2.0**-23, 200
+    else:
+        s, k = torch.randn(rows, n, generator=gen) * 3 + 1, 200
+    s = s.to(DEV)
+    stats = torch.empty(rows, dtype=torch.int32, device=DEV)
+    # sample 128: k * 128 / n ranks lie far enough below the top that the bracket is closed at both ends
+    got = radix_topk(s, k, block=128, sample=128, stats=stats)
+    assert _paths(stats)[1] >= rows - 1
+    assert torch.equal(got, ref(s, k, torch.full((rows,), n, device=DEV)))
 
 
 def test_radix_topk_falls_back_when_the_sample_misses(gen):

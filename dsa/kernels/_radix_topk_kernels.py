@@ -17,8 +17,8 @@ memory bandwidth):
    low end, with their positions (in position order, compacted by a cumulative sum) to the row's scratch of
    ``CAP`` slots, and counts the keys above the bracket.
 3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (fewer than k keys above it, at least k
-   candidates) and the candidates fit, four 8-bit histograms over the candidates (in chunks up to their
-   number) give the k-th key, and one pass over them writes the selected positions, in order; else the row
+   candidates) and the candidates fit, 8-bit histograms over the candidates (in chunks up to their number;
+   one per byte from the first byte where the bracket's ends differ) give the k-th key, and one pass over them writes the selected positions, in order; else the row
    falls back (state 2).
 4. ``radix_threshold_kernel`` (state-2 rows only): four 8-bit histogram passes over the row fix the k-th
    key digit by digit, most significant first; a pass ends the search early when the chosen bin is taken
@@ -89,7 +89,7 @@ def bracket_gather_kernel(S, LEN, STATE, TLO, THI, CKEY, CPOS, CA, CN, ss, sc, N
         tl.store(CN + row, c_n)
 
 
-def bracket_select_kernel(CKEY, CPOS, STATE, CA, CN, OUT, sc, so, K, CAP, BBLOCK: tl.constexpr):
+def bracket_select_kernel(CKEY, CPOS, STATE, TLO, THI, CA, CN, OUT, sc, so, K, CAP, BBLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     if tl.load(STATE + row) == 1:
         c_a = tl.load(CA + row)
@@ -99,27 +99,38 @@ def bracket_select_kernel(CKEY, CPOS, STATE, CA, CN, OUT, sc, so, K, CAP, BBLOCK
             cpos = CPOS + row * sc
             bins = tl.arange(0, 256)
             boffs = tl.arange(0, BBLOCK)
-            tau = tl.full([], 0, tl.uint32)
-            tmask = tl.full([], 0, tl.uint32)
+            # the k-th key lies in [t_lo, t_hi]: it shares their leading bytes, so the digit rounds start at
+            # the first byte where they differ; candidates above that common prefix are all selected
+            t_lo = tl.load(TLO + row).to(tl.uint32, bitcast=True)
+            t_hi = tl.load(THI + row).to(tl.uint32, bitcast=True)
+            diff = t_lo ^ t_hi
+            q0 = tl.where(diff >= 0x1000000, 0, tl.where(diff >= 0x10000, 1, tl.where(diff >= 0x100, 2, 3)))
+            tmask = tl.where(q0 == 0, 0, (tl.full([], 0xFFFFFFFF, tl.uint32) << (32 - 8 * q0)))
+            tau = t_lo & tmask
             rem = K  # every key above the bracket is a candidate: the k-th key is the k-th candidate
             for q in tl.static_range(4):
-                th = tl.zeros([256], tl.int32)
-                other = tl.zeros([], tl.int32)  # candidates outside the prefix (and padding): removed from bin 0
-                for b0 in range(0, c_n, BBLOCK):
-                    cidx = b0 + boffs
-                    real = cidx < c_n
-                    bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
-                    tmatch = ((bk & tmask) == tau) & real
-                    tdig = ((bk >> (24 - 8 * q)) & 255).to(tl.int32)
-                    th += tl.histogram(tl.where(tmatch, tdig, 0), 256)
-                    other += BBLOCK - tl.sum(tmatch.to(tl.int32))
-                th = th - tl.where(bins == 0, other, 0)
-                t_ge = tl.sum(th) - tl.cumsum(th, 0) + th
-                td = tl.max(tl.where(t_ge >= rem, bins, -1))
-                rem = rem - tl.sum(tl.where(bins > td, th, 0))
-                tau = tau | (td.to(tl.uint32) << (24 - 8 * q))
-                tmask = tmask | (tl.full([], 255, tl.uint32) << (24 - 8 * q))
-            # rem keys equal to tau are taken, of h_d: the first ones by position (candidates are in order)
+                if q >= q0:
+                    th = tl.zeros([256], tl.int32)
+                    other = tl.zeros([], tl.int32)  # candidates outside the prefix (and padding): out of bin 0
+                    above = tl.zeros([], tl.int32)  # candidates above the prefix (first round only)
+                    for b0 in range(0, c_n, BBLOCK):
+                        cidx = b0 + boffs
+                        real = cidx < c_n
+                        bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                        tmatch = ((bk & tmask) == tau) & real
+                        tdig = ((bk >> (24 - 8 * q)) & 255).to(tl.int32)
+                        th += tl.histogram(tl.where(tmatch, tdig, 0), 256)
+                        other += BBLOCK - tl.sum(tmatch.to(tl.int32))
+                        if q == q0:
+                            above += tl.sum((((bk & tmask) > tau) & real).to(tl.int32))
+                    th = th - tl.where(bins == 0, other, 0)
+                    rem = rem - above
+                    t_ge = tl.sum(th) - tl.cumsum(th, 0) + th
+                    td = tl.max(tl.where(t_ge >= rem, bins, -1))
+                    rem = rem - tl.sum(tl.where(bins > td, th, 0))
+                    tau = tau | (td.to(tl.uint32) << (24 - 8 * q))
+                    tmask = tmask | (tl.full([], 255, tl.uint32) << (24 - 8 * q))
+            # rem keys equal to tau are taken: the first ones by position (candidates are in order)
             orow = OUT + row * so
             base = tl.zeros([], tl.int32)
             eq_seen = tl.zeros([], tl.int32)

@@ -46,7 +46,7 @@ def _pad_heads(q_idx, w, hp):
 
 
 def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,
-              rows=None):
+              rows=None, num_warps=4):
     kern, _, _ = _kernels()
     b, l, hp, di = qp.shape
     row0, row_end = rows or (0, l)
@@ -57,7 +57,7 @@ def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, km
         cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
         l, kmax, row0, row_end,
         HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
-        IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4, num_stages=2,
+        IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=num_warps, num_stages=2,
     )
 
 

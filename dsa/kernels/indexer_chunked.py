@@ -15,6 +15,7 @@ from .indexer import _check_indexer, _pad_heads, _run_pass
 from .radix_topk import radix_topk
 
 SCORE_BYTES = 2**30  # default chunk: about 1 GiB of fp32 scores
+SCORE_TILE = (64, 64, 4)  # query rows x keys per program, warps, of the score pass (dsa.bench --tune-selection)
 
 
 def default_chunk(l: int, block_m: int) -> int:
@@ -49,20 +50,31 @@ def indexer_topk_chunked(
     dev = q_idx.device
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
-    block_m = 16 if interpret_mode() else 64
+    block_m = 16 if interpret_mode() else SCORE_TILE[0]
     chunk = default_chunk(l, block_m) if chunk is None else -(-chunk // block_m) * block_m
     chunk = min(chunk, -(-l // block_m) * block_m)
     scores = torch.empty(b, chunk, l, device=dev, dtype=torch.float32)
     idx = torch.empty(b, l, top_k, device=dev, dtype=torch.int32)
-    unused = torch.empty(1, 1, 1, device=dev, dtype=torch.float32)  # arguments the score mode does not touch
-    unused_i = torch.empty(1, 1, 1, device=dev, dtype=torch.int32)
     for t0 in range(0, l, chunk):
         t1 = min(l, t0 + chunk)
-        _run_pass(3, qp, kc, wp, unused, unused_i, unused[0], unused[0], scores, unused_i, unused, unused[0],
-                  unused[0], kmax=0, block_m=block_m, block_n=64, nt=4, rows=(t0, t1))
+        score_rows(qp, kc, wp, scores, t0, t1)
         lens = torch.arange(t0 + 1, t1 + 1, device=dev, dtype=torch.int32)
         cols = max(t1, top_k)  # the columns past a row's length are never read
         for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
             idx[bi, t0:t1] = radix_topk(scores[bi, : t1 - t0, :cols], top_k, lens, out_dtype=torch.int32)
     idx64 = idx.to(torch.int64)
     return Selection(idx=idx64, valid=idx64 >= 0)
+
+
+def score_rows(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
+               tile: tuple[int, int, int] | None = None) -> None:
+    """Writes the causal indexer scores of query rows t0 <= t < t1 into ``scores[:, t - t0, :t + 1]`` (the rest
+    of each row is left as it was). qp (B, L, HP, d_I) with HP a power of two (zero-padded heads), kc (B, L,
+    d_I), wp (B, L, HP) fp32 (zero weights on padded heads), scores (B, >= t1 - t0, L) fp32; t0 a multiple
+    of the tile's query rows. tile: (query rows, keys, warps) per program, default SCORE_TILE."""
+    block_m, block_n, warps = (16, 64, 4) if interpret_mode() else (tile or SCORE_TILE)
+    dev = scores.device
+    unused = torch.empty(1, 1, 1, device=dev, dtype=torch.float32)  # arguments the score mode does not touch
+    unused_i = torch.empty(1, 1, 1, device=dev, dtype=torch.int32)
+    _run_pass(3, qp, kc, wp, unused, unused_i, unused[0], unused[0], scores, unused_i, unused, unused[0],
+              unused[0], kmax=0, block_m=block_m, block_n=block_n, nt=4, rows=(t0, t1), num_warps=warps)

@@ -27,6 +27,8 @@ def _kernels() -> dict:
     return {n: jit(getattr(m, n)) for n in names}
 
 
+# per-launch settings of the sampled path (None: the call's block / num_warps); dsa.bench --tune-selection
+_STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": 512, "select_warps": None}
 # full reads of a row by the sampled path (the bracket gather; the sample and the candidates come on top)
 READS_PER_ROW_SAMPLED = 1
 
@@ -131,10 +133,12 @@ keys and positions, int32); stats: an
 
 
 def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block: int | None, sample: int,
-            cap: int | None, stats: torch.Tensor | None, num_warps: int | None) -> tuple[torch.Tensor, list]:
+            cap: int | None, stats: torch.Tensor | None, num_warps: int | None,
+            tune: dict | None = None) -> tuple[torch.Tensor, list]:
     """The kernel launches of :func:`radix_topk` (checked arguments), as (name, launch) pairs to run in order,
     and the (rows, k) int32 output they fill. Each launch reads only what the ones before it wrote, so a
-    profile can time them one by one (``dsa.bench --profile-selection``)."""
+    profile can time them one by one (``dsa.bench --profile-selection``). tune: per-launch overrides for the
+    benchmark's tuning, {'gather_block', 'gather_warps', 'select_block', 'select_warps'}."""
     n = scores.shape[-1]
     s2 = scores.reshape(-1, n)
     if s2.stride(-1) != 1:
@@ -157,6 +161,10 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     kern = _kernels()
     grid = (rows,)
     stages = []
+    tune = {**_STAGE_DEFAULTS, **(tune or {})}
+    g_block, g_warps = tune["gather_block"] or block, tune["gather_warps"] or warps
+    s_block = 64 if interpret_mode() else tune["select_block"]
+    s_warps = warps if interpret_mode() else (tune["select_warps"] or warps)
     if sample:
         # candidates = the keys at or above the bracket's low end: fewer than k above it, at most cap inside
         slots = k + (cap or _bracket_cap(n, k, sample))
@@ -168,10 +176,10 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
                 s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample, num_warps=warps)),
             ("bracket_gather", lambda: kern["bracket_gather_kernel"][grid](
                 s2, ln, state, t_lo, t_hi, ckey, cpos, c_a, c_n, s2.stride(0), ckey.stride(0), n, slots,
-                BLOCK=block, num_warps=warps)),
+                BLOCK=g_block, num_warps=g_warps)),
             ("bracket_select", lambda: kern["bracket_select_kernel"][grid](
-                ckey, cpos, state, c_a, c_n, out, ckey.stride(0), out.stride(0), k, slots,
-                BBLOCK=64 if interpret_mode() else 512, num_warps=warps)),
+                ckey, cpos, state, t_lo, t_hi, c_a, c_n, out, ckey.stride(0), out.stride(0), k, slots,
+                BBLOCK=s_block, num_warps=s_warps)),
         ]
     else:
         stages.append(("states", lambda: state.copy_(torch.where(ln <= k, 0, 2))))
