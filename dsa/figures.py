@@ -32,6 +32,17 @@ def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 15
     return path
 
 
+def figure_saver(enabled: bool) -> Callable[[Any, str, str | None], None]:
+    """A notebook's ``maybe_save(fig, name, source)``: :func:`save_static` when ``enabled`` (the notebook's
+    ``save_figures`` parameter), nothing otherwise. Usage: ``maybe_save = figure_saver(P.save_figures)``."""
+
+    def maybe_save(fig: Any, name: str, source: str | None) -> None:
+        if enabled:
+            save_static(fig, name, source=source)
+
+    return maybe_save
+
+
 def setup_plotting() -> None:
     """plotly: emit the plotly JSON mimetype (JupyterLab renders it; ``python -m dsa.report`` turns it into
     HTML with plotly.js shipped next to the report, so figures render offline). seaborn: a clean style."""
@@ -163,4 +174,4 @@ class IndexerExplorer:
         return go.Figure(self.fig)
 
 
-__all__ = ["IndexerExplorer", "figures_dir", "save_static", "setup_plotting"]
+__all__ = ["IndexerExplorer", "figure_saver", "figures_dir", "save_static", "setup_plotting"]

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .notebook_params import Rule, between, one_of, satisfies
 from .provenance import REPO_ROOT
 from .stats import history_frame, runs_frame, snap
 
@@ -60,6 +61,35 @@ def valid_list(text: str, kind: Callable[[str], Any] = int, allowed: Iterable | 
         if any(not any(abs(i - a) < 1e-9 for a in allowed) for i in items):
             return False
     return minimum is None or all(i >= minimum for i in items)
+
+
+# --------------------------------------------------------------------------- notebook parameters
+def fresh_run_rules(
+    experiment: str,
+    *,
+    filters: Mapping[str, Rule] | None = None,
+    extra: Mapping[str, Rule] | None = None,
+    time_budget: bool = True,
+) -> dict[str, Rule]:
+    """The ``dsa.notebook_params.check_params`` rules of a notebook that trains fresh runs of ``experiment``
+    and reads recorded ones, in the order they are checked:
+
+    ``device`` (cpu, cuda or auto), ``fresh_size`` (small or full), then ``filters`` (rules on the notebook's
+    own ``fresh_*`` filters), ``fresh_seeds`` (a comma-separated subset of the experiment's seeds at
+    ``fresh_size``; a ``fresh_seeds`` rule in ``filters`` replaces it), ``fresh_steps`` >= 0,
+    ``fresh_time_budget_s`` >= 0 (only with ``time_budget``), then ``extra`` (the notebook's other rules), and
+    last ``confidence`` in [0.5, 1). ``fresh_size`` comes before every rule that reads it."""
+    rules: dict[str, Rule] = {"device": one_of("cpu", "cuda", "auto"), "fresh_size": one_of("small", "full")}
+    rules.update(filters or {})
+    rules.setdefault("fresh_seeds", satisfies(
+        lambda v, p: valid_list(v, int, experiment_levels(experiment, p["fresh_size"])["seeds"]),
+        "must be a comma-separated subset of the experiment size's seeds (small: 0,1; full: 0,1,2)"))
+    rules["fresh_steps"] = between(0, None)
+    if time_budget:
+        rules["fresh_time_budget_s"] = between(0, None)
+    rules.update(extra or {})
+    rules["confidence"] = satisfies(lambda v, p: 0.5 <= v < 1, "must be in [0.5, 1)")
+    return rules
 
 
 # ------------------------------------------------------------------------------------- fresh runs
@@ -206,6 +236,49 @@ def recorded_runs(pattern: str, *, root: str | Path | None = None) -> list[dict]
     from .records import load_jsonl_records, load_records  # noqa: PLC0415
 
     return load_jsonl_records(pattern, root=root) + load_records(pattern, root=root)
+
+
+def _steps_text(records: Iterable[dict]) -> str:
+    """'150' or '300/1000': the distinct LM step counts of the records, sorted."""
+    return "/".join(str(s) for s in sorted({r["config"]["steps"] for r in records}))
+
+
+def fresh_source_label(records: Iterable[dict], device_type: str, size: str) -> str:
+    """'fresh run (cpu, small size, 150 steps)': the ``source`` label of runs trained in the notebook."""
+    return f"fresh run ({device_type}, {size} size, {_steps_text(records)} steps)"
+
+
+def recorded_source_label(records: Iterable[dict], what: str, device: str | None = None) -> str:
+    """'recorded exp5 sweep (1000 steps)', or with ``device`` 'recorded exp4 sweep (H100, 1000 steps)': the
+    ``source`` label of recorded runs."""
+    return f"recorded {what} ({device + ', ' if device is not None else ''}{_steps_text(records)} steps)"
+
+
+def run_sources(
+    fresh: Sequence[dict] | None,
+    recorded: Sequence[dict],
+    *,
+    device_type: str,
+    size: str,
+    fresh_provenance: str,
+    recorded_what: str,
+) -> list[tuple[str, Sequence[dict], str]]:
+    """The sources a notebook shows side by side, fresh first: ``(label, records, provenance text)`` each.
+
+    fresh: the runs trained in the notebook, or None when it trained none (an empty list still makes a
+    source); labelled by :func:`fresh_source_label` (``device_type``, ``size``), described by
+    ``fresh_provenance`` (``dsa.records.fresh_run_label``). recorded: runs read from ``data/``, a source only
+    when there are some; labelled by :func:`recorded_source_label` (``recorded_what``), described by
+    ``dsa.records.summarize_provenance``. The record lists are the objects given, not copies."""
+    from .records import summarize_provenance  # noqa: PLC0415
+
+    sources: list[tuple[str, Sequence[dict], str]] = []
+    if fresh is not None:
+        sources.append((fresh_source_label(fresh, device_type, size), fresh, fresh_provenance))
+    if recorded:
+        sources.append((recorded_source_label(recorded, recorded_what), recorded,
+                        summarize_provenance(r["provenance"] for r in recorded)))
+    return sources
 
 
 def coverage(records: Sequence[dict], experiment: str, size: str = "full") -> dict:
@@ -397,10 +470,14 @@ __all__ = [
     "coverage",
     "curves_table",
     "experiment_levels",
+    "fresh_run_rules",
+    "fresh_source_label",
     "fresh_sweep",
     "gc_frozen",
     "parse_list",
     "recorded_runs",
+    "recorded_source_label",
+    "run_sources",
     "runs_dir",
     "runs_table",
     "select_configs",

@@ -52,8 +52,8 @@ except ImportError:  # opened from notebooks/ without the package installed: use
     sys.path.insert(0, str(Path.cwd().parent))
 
 from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, valid_list
+from dsa.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -77,19 +77,11 @@ save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGUR
 P = check_params(
     globals(),
     _ns_before,
-    rules={
-        "device": one_of("cpu", "cuda", "auto"),
-        "fresh_size": one_of("small", "full"),
+    rules=fresh_run_rules("exp4_reproduce", filters={
         "fresh_seq_lens": satisfies(
             lambda v, p: valid_list(v, int, experiment_levels("exp4_reproduce", p["fresh_size"])["seq_lens"]),
             "must be a comma-separated subset of exp4's sequence lengths 64,128,256 (or empty for all)"),
-        "fresh_seeds": satisfies(
-            lambda v, p: valid_list(v, int, experiment_levels("exp4_reproduce", p["fresh_size"])["seeds"]),
-            "must be a comma-separated subset of the experiment size's seeds (small: 0,1; full: 0,1,2)"),
-        "fresh_steps": between(0, None),
-        "fresh_time_budget_s": between(0, None),
-        "confidence": satisfies(lambda v, p: 0.5 <= v < 1, "must be in [0.5, 1)"),
-    },
+    }),
 )
 P
 
@@ -102,19 +94,16 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from dsa import verdicts as V
-from dsa.figures import save_static, setup_plotting
+from dsa.figures import figure_saver, setup_plotting
 from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import coverage, curves_table, fresh_sweep, parse_list, recorded_runs, runs_table
+from dsa.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
+                      recorded_source_label, runs_table)
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
-
-
-def maybe_save(fig, name, source):
-    if P.save_figures:
-        save_static(fig, name, source=source)
+maybe_save = figure_saver(P.save_figures)
 
 
 def short_device(records):
@@ -137,8 +126,7 @@ if P.run_fresh:
         "exp4_reproduce", P.fresh_size, notebook="02_sparse_vs_dense", device=P.device, reuse=P.reuse_runs,
         time_budget_s=P.fresh_time_budget_s or None, seq_lens=parse_list(P.fresh_seq_lens),
         seeds=parse_list(P.fresh_seeds), steps=P.fresh_steps or None)
-    fresh_steps = sorted({r["config"]["steps"] for r in fresh_recs})
-    FRESH_SOURCE = f"fresh run ({DEV.type}, {P.fresh_size} size, {'/'.join(map(str, fresh_steps))} steps)"
+    FRESH_SOURCE = fresh_source_label(fresh_recs, DEV.type, P.fresh_size)
     print(f"{len(fresh_recs)} fresh runs: {FRESH_LABEL}")
 else:
     FRESH_SOURCE = None
@@ -164,8 +152,7 @@ if fresh_recs:
     sources.append((FRESH_SOURCE, fresh_recs))
 for recs, what in ((rec_exp4, "exp4 sweep"), (rec_issue2, "issue 2")):
     if recs:
-        steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recs}))
-        sources.append((f"recorded {what} ({short_device(recs)}, {steps} steps)", recs))
+        sources.append((recorded_source_label(recs, what, short_device(recs)), recs))
 for recs, name in ((rec_exp4, P.recorded_exp4), (rec_issue2, P.recorded_issue2)):
     if not recs:
         print(f"no recorded data matches data/{name}")

@@ -42,8 +42,8 @@ except ImportError:  # opened from notebooks/ without the package installed: use
 
 from dsa.train import resolve_device
 from dsa.experiments import SPARSITY_RATIOS
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, valid_list
+from dsa.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -67,9 +67,7 @@ save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGUR
 P = check_params(
     globals(),
     _ns_before,
-    rules={
-        "device": one_of("cpu", "cuda", "auto"),
-        "fresh_size": one_of("small", "full"),
+    rules=fresh_run_rules("exp5_sparsity", filters={
         "fresh_seq_lens": satisfies(
             lambda v, p: valid_list(v, int, experiment_levels("exp5_sparsity", p["fresh_size"])["seq_lens"]),
             "must be a comma-separated subset of the size's sequence lengths (small: 64,128; full: 64 to 1024)"),
@@ -77,11 +75,9 @@ P = check_params(
                                   f"must be a comma-separated subset of {','.join(map(str, SPARSITY_RATIOS))}"),
         "fresh_seeds": satisfies(lambda v, p: valid_list(v, int, (0, 1, 2)),
                                  "must be a comma-separated subset of 0,1,2"),
-        "fresh_steps": between(0, None),
-        "fresh_time_budget_s": between(0, None),
+    }, extra={
         "alpha": satisfies(lambda v, p: 0 < v < 0.5, "must be in (0, 0.5)"),
-        "confidence": satisfies(lambda v, p: 0.5 <= v < 1, "must be in [0.5, 1)"),
-    },
+    }),
 )
 P
 
@@ -95,39 +91,31 @@ from IPython.display import Markdown, display
 
 from dsa import stats as S
 from dsa import verdicts as V
-from dsa.figures import save_static, setup_plotting
-from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, runs_table
+from dsa.figures import figure_saver, setup_plotting
+from dsa.records import fresh_run_label
+from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
-
-
-def maybe_save(fig, name, source):
-    if P.save_figures:
-        save_static(fig, name, source=source)
-
+maybe_save = figure_saver(P.save_figures)
 
 # %% [markdown]
 # ## 1 · The runs: a fresh sweep, and the recorded GPU sweep if there is one
 
 # %%
-sources = []  # (label, records, provenance text)
+fresh = None
 if P.run_fresh:
     fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device,
                         reuse=P.reuse_runs, time_budget_s=P.fresh_time_budget_s or None,
                         seq_lens=parse_list(P.fresh_seq_lens), seeds=parse_list(P.fresh_seeds),
                         ratios=parse_list(P.fresh_ratios, float), ratio_grid=SPARSITY_RATIOS,
                         steps=P.fresh_steps or None)
-    steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in fresh}))
-    sources.append((f"fresh run ({DEV.type}, {P.fresh_size} size, {steps} steps)", fresh, FRESH_LABEL))
 recorded = recorded_runs(P.recorded)
+sources = run_sources(fresh, recorded, device_type=DEV.type, size=P.fresh_size, fresh_provenance=FRESH_LABEL,
+                      recorded_what="exp5 sweep")  # (label, records, provenance text)
 if recorded:
-    steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recorded}))
-    sources.append((f"recorded exp5 sweep ({steps} steps)", recorded,
-                    summarize_provenance(r["provenance"] for r in recorded)))
     print(f"recorded: {len(recorded)} runs from data/{P.recorded}; {coverage(recorded, 'exp5_sparsity')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`. "

@@ -44,8 +44,8 @@ except ImportError:  # opened from notebooks/ without the package installed: use
     sys.path.insert(0, str(Path.cwd().parent))
 
 from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, valid_list
+from dsa.notebook_params import between, check_params, satisfies, snapshot_namespace
+from dsa.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -67,21 +67,14 @@ save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGUR
 P = check_params(
     globals(),
     _ns_before,
-    rules={
-        "device": one_of("cpu", "cuda", "auto"),
-        "fresh_size": one_of("small", "full"),
-        "fresh_seeds": satisfies(
-            lambda v, p: valid_list(v, int, experiment_levels("exp3_adaptive", p["fresh_size"])["seeds"]),
-            "must be a comma-separated subset of the experiment size's seeds (small: 0,1; full: 0,1,2)"),
-        "fresh_steps": between(0, None),
+    rules=fresh_run_rules("exp3_adaptive", time_budget=False, extra={
         "analysis_batches": between(1, None),
         "k_min": satisfies(
             lambda v, p: 1 <= v <= int(0.75 * experiment_levels("exp3_adaptive", p["fresh_size"])["seq_lens"][0]),
             "must be in [1, the k cap 0.75 L] (small: L 128, cap 96; full: L 512, cap 384)"),
         "mass_levels": satisfies(lambda v, p: valid_list(v, float) and all(0 < x <= 1 for x in map(float, v.split(","))),
                                  "must be a non-empty comma-separated list of numbers in (0, 1]"),
-        "confidence": satisfies(lambda v, p: 0.5 <= v < 1, "must be in [0.5, 1)"),
-    },
+    }),
 )
 P
 
@@ -97,21 +90,16 @@ from IPython.display import Markdown, display
 from dsa import verdicts as V
 from dsa.analysis import chosen_k_counts, config_mean_k, k_policy_override
 from dsa.experiments import get_experiment
-from dsa.figures import save_static, setup_plotting
-from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, runs_table, select_configs, train_keeping_models,
-                      validation_batches)
+from dsa.figures import figure_saver, setup_plotting
+from dsa.records import fresh_run_label
+from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
+                      train_keeping_models, validation_batches)
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
-
-
-def maybe_save(fig, name, source):
-    if P.save_figures:
-        save_static(fig, name, source=source)
-
+maybe_save = figure_saver(P.save_figures)
 
 # %% [markdown]
 # ## 1 · The runs
@@ -120,20 +108,17 @@ def maybe_save(fig, name, source):
 # rather than by a sweep, because the chosen-k analysis below needs the trained models themselves.
 
 # %%
-sources, models = [], {}
+fresh, models = None, {}
 if P.run_fresh:
     configs = select_configs(get_experiment("exp3_adaptive", P.fresh_size), seeds=parse_list(P.fresh_seeds),
                              steps=P.fresh_steps or None)
     fresh = train_keeping_models(configs, device=P.device)
     for r in fresh:
         models[(r["name"], r["config"]["k_policy"], r["config"]["k_mass"], r["config"]["seed"])] = r.pop("model")
-    steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in fresh}))
-    sources.append((f"fresh run ({DEV.type}, {P.fresh_size} size, {steps} steps)", fresh, FRESH_LABEL))
 recorded = recorded_runs(P.recorded)
+sources = run_sources(fresh, recorded, device_type=DEV.type, size=P.fresh_size, fresh_provenance=FRESH_LABEL,
+                      recorded_what="exp3 sweep")  # (label, records, provenance text)
 if recorded:
-    steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recorded}))
-    sources.append((f"recorded exp3 sweep ({steps} steps)", recorded,
-                    summarize_provenance(r["provenance"] for r in recorded)))
     print(f"data/{P.recorded}: {coverage(recorded, 'exp3_adaptive')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`; "

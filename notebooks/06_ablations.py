@@ -67,8 +67,8 @@ except ImportError:  # opened from notebooks/ without the package installed: use
     sys.path.insert(0, str(Path.cwd().parent))
 
 from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
-from dsa.runs import ABLATIONS, experiment_levels, parse_list, valid_list
+from dsa.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.runs import ABLATIONS, fresh_run_rules, parse_list
 
 
 def _relative_glob(v, p):
@@ -98,21 +98,14 @@ save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGUR
 P = check_params(
     globals(),
     _ns_before,
-    rules={
-        "device": one_of("cpu", "cuda", "auto"),
-        "fresh_size": one_of("small", "full"),
+    rules=fresh_run_rules("ablation_kl", filters={
         "fresh_ablations": satisfies(lambda v, p: set(parse_list(v, str) or []) <= set(ABLATIONS),
                                      f"must be a comma-separated subset of {','.join(ABLATIONS)} (or empty for all)"),
-        "fresh_seeds": satisfies(
-            lambda v, p: valid_list(v, int, experiment_levels("ablation_kl", p["fresh_size"])["seeds"]),
-            "must be a comma-separated subset of the experiment size's seeds (small: 0,1; full: 0,1,2)"),
-        "fresh_steps": between(0, None),
-        "fresh_time_budget_s": between(0, None),
+    }, extra={
         "recorded_kl": satisfies(_relative_glob, "must be a glob relative to data/ (no leading / or ..), or empty"),
         "recorded_warmup": satisfies(_relative_glob, "must be a glob relative to data/ (no leading / or ..), or empty"),
         "recorded_heads": satisfies(_relative_glob, "must be a glob relative to data/ (no leading / or ..), or empty"),
-        "confidence": satisfies(lambda v, p: 0.5 <= v < 1, "must be in [0.5, 1)"),
-    },
+    }),
 )
 P
 
@@ -129,9 +122,9 @@ from plotly.subplots import make_subplots
 
 from dsa import verdicts as V
 from dsa.analysis import random_recall
-from dsa.figures import save_static, setup_plotting
-from dsa.records import fresh_run_label, summarize_provenance
-from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, share_records
+from dsa.figures import figure_saver, setup_plotting
+from dsa.records import fresh_run_label
+from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -139,12 +132,7 @@ DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 RECORDED_GLOB = {"kl": P.recorded_kl, "warmup": P.recorded_warmup, "heads": P.recorded_heads}
 FRESH_ABLATIONS = parse_list(P.fresh_ablations, str) or list(ABLATIONS)
-
-
-def maybe_save(fig, name, source):
-    if P.save_figures:
-        save_static(fig, name, source=source)
-
+maybe_save = figure_saver(P.save_figures)
 
 # %% [markdown]
 # ## 1 · The runs: fresh sweeps, and the recorded GPU sweeps as far as they go
@@ -184,19 +172,12 @@ recorded = {ab: share_records(own[ab], [r for o in ABLATIONS if o != ab for r in
 DATA = {}  # ablation -> {"df": runs of every source, "sources": [(label, provenance text)]}
 cov_rows = []
 for ab, spec in ABLATIONS.items():
-    parts, srcs = [], []
-    if fresh.get(ab):
-        steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in fresh[ab]}))
-        label = f"fresh run ({DEV.type}, {P.fresh_size} size, {steps} steps)"
-        parts.append(ablation_table(fresh[ab], label, ab))
-        srcs.append((label, FRESH_LABEL))
     recs = recorded[ab]
-    if recs:
-        steps = "/".join(str(s) for s in sorted({r["config"]["steps"] for r in recs}))
-        label = f"recorded GPU sweep ({steps} steps)"
-        parts.append(ablation_table(recs, label, ab))
-        srcs.append((label, summarize_provenance(r["provenance"] for r in recs)))
-    DATA[ab] = {"df": pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), "sources": srcs}
+    ab_sources = run_sources(fresh.get(ab) or None, recs, device_type=DEV.type, size=P.fresh_size,
+                             fresh_provenance=FRESH_LABEL, recorded_what="GPU sweep")
+    parts = [ablation_table(runs, label, ab) for label, runs, _ in ab_sources]
+    DATA[ab] = {"df": pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(),
+                "sources": [(label, prov) for label, _, prov in ab_sources]}
     cov = ablation_coverage(recs, ab)
     DATA[ab]["coverage"] = cov
     n_shared = sum(bool(r.get("_shared")) for r in recs)

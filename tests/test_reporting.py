@@ -108,6 +108,72 @@ def test_parse_and_valid_list():
     assert R.valid_list("0.33", float, [0.25, 0.33])
 
 
+def test_fresh_run_rules_order_overrides_and_messages():
+    from dsa.notebook_params import NotebookParameterError, between, validate_params
+
+    alpha = between(0, 0.5)
+    rules = R.fresh_run_rules("exp4_reproduce", filters={"fresh_seq_lens": between(0, None)}, extra={"alpha": alpha})
+    assert list(rules) == ["device", "fresh_size", "fresh_seq_lens", "fresh_seeds", "fresh_steps",
+                           "fresh_time_budget_s", "alpha", "confidence"]
+    assert rules["alpha"] is alpha
+    mine = between(0, None)
+    over = R.fresh_run_rules("exp3_adaptive", filters={"fresh_seeds": mine}, time_budget=False)
+    assert over["fresh_seeds"] is mine and list(over) == ["device", "fresh_size", "fresh_seeds", "fresh_steps",
+                                                          "confidence"]
+    declared = {"device": str, "fresh_size": str, "fresh_seeds": str, "fresh_steps": int,
+                "fresh_time_budget_s": float, "confidence": float}
+    good = {"device": "cpu", "fresh_size": "small", "fresh_seeds": "0,1", "fresh_steps": 0,
+            "fresh_time_budget_s": 0.0, "confidence": 0.95}
+    rules = R.fresh_run_rules("exp4_reproduce")
+    assert vars(validate_params(declared, good, rules)) == good
+    assert vars(validate_params(declared, {**good, "fresh_size": "full", "fresh_seeds": "2"}, rules))
+    for bad, match in ((dict(device="tpu"), "'device'"), (dict(fresh_size="medium", fresh_seeds="9"), "'fresh_size'"),
+                       (dict(fresh_seeds="2"), "'fresh_seeds' = '2' is invalid: must be a comma-separated subset of "
+                                               r"the experiment size's seeds \(small: 0,1; full: 0,1,2\)"),
+                       (dict(fresh_steps=-1), "'fresh_steps'"),
+                       (dict(fresh_time_budget_s=-1.0), "'fresh_time_budget_s'"),
+                       (dict(confidence=1.0), r"'confidence' = 1.0 is invalid: must be in \[0.5, 1\)")):
+        with pytest.raises(NotebookParameterError, match=match):
+            validate_params(declared, {**good, **bad}, rules)
+
+
+def test_run_sources_labels_and_provenance():
+    fresh = exp4_records(lens=(64,), seeds=(0,))
+    for r in fresh[:2]:
+        r["config"]["steps"] = 150
+    recorded = exp4_records(lens=(64,), seeds=(0, 1))
+    src = R.run_sources(fresh, recorded, device_type="cpu", size="small", fresh_provenance="fresh run on cpu",
+                        recorded_what="exp4 sweep")
+    assert [(label, prov) for label, _, prov in src] == [
+        ("fresh run (cpu, small size, 150/1000 steps)", "fresh run on cpu"),
+        ("recorded exp4 sweep (1000 steps)", summarize_provenance([PROV] * 8))]
+    assert src[0][1] is fresh and src[1][1] is recorded  # the lists given, not copies
+    assert R.recorded_source_label(recorded, "issue 2", "H100") == "recorded issue 2 (H100, 1000 steps)"
+    assert R.fresh_source_label(fresh, "cuda", "full") == "fresh run (cuda, full size, 150/1000 steps)"
+    # no fresh runs (None) and no recorded runs ([]) make no source; an empty fresh list still does
+    only_rec = R.run_sources(None, recorded, device_type="cpu", size="small", fresh_provenance="x", recorded_what="w")
+    assert [label for label, _, _ in only_rec] == ["recorded w (1000 steps)"]
+    assert R.run_sources(None, [], device_type="cpu", size="small", fresh_provenance="x", recorded_what="w") == []
+    assert len(R.run_sources([], [], device_type="cpu", size="small", fresh_provenance="x", recorded_what="w")) == 1
+
+
+def test_figure_saver_saves_only_when_enabled(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsa.figures import figure_saver
+
+    monkeypatch.setenv("DSA_FIGURES_DIR", str(tmp_path))
+    fig = plt.figure()
+    try:
+        assert figure_saver(False)(fig, "off", "src") is None and not (tmp_path / "off.png").exists()
+        assert figure_saver(True)(fig, "on", "src") is None and (tmp_path / "on.png").exists()
+    finally:
+        plt.close(fig)
+
+
 def test_select_configs_filters_and_steps():
     from dsa.experiments import SPARSITY_RATIOS, get_experiment
 
