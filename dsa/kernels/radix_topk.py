@@ -27,8 +27,13 @@ def _kernels() -> dict:
     return {n: jit(getattr(m, n)) for n in names}
 
 
-# per-launch settings of the sampled path (None: the call's block / num_warps); dsa.bench --tune-selection
-_STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": 512, "select_warps": None}
+# (block, warps) per launch: the fastest measured on an H100 at L = 32K and 64K, k = 2048
+# (data/bench/h100-selection-tuning.json, `dsa.bench --tune-selection`): the bracket gather 256 x 1 warp
+# (2.1 ms at 32K vs 2.8 ms at 1024 x 4), the bracket select 128 x 1; the radix passes keep 1024 x 4
+_GATHER_TILE = (256, 1)
+_SELECT_TILE = (128, 1)
+_ROW_TILE = (1024, 4)
+_STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": None, "select_warps": None}
 # full reads of a row by the sampled path (the bracket gather; the sample and the candidates come on top)
 READS_PER_ROW_SAMPLED = 1
 
@@ -110,9 +115,10 @@ def radix_topk(
     only); cap: bracket slots per row (default from N, k, sample; the candidate scratch is rows x (k + cap)
 keys and positions, int32); stats: an
     optional (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix
-    select); block, num_warps: tile size and warps of the passes over the rows (tuning only: the result is
-    the same). Runs the Triton kernels on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1),
-    else the reference."""
+    select); block, num_warps: tile size and warps of every pass over the rows, and warps of the bracket
+    select (default: each launch's own, measured fastest on an H100; tuning only: the result is the same).
+    Runs the Triton kernels on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
+    reference."""
     _check(scores, k, lengths)
     if not isinstance(sample, int) or isinstance(sample, bool) or (sample and (sample < 64 or sample & (sample - 1))):
         raise ValueError(f"sample must be 0 or a power of two >= 64, got {sample!r}")
@@ -152,19 +158,21 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     out = torch.empty(rows, k, device=dev, dtype=torch.int32)
     if not rows:
         return out, []
-    if block is None:  # 1024 x 4 warps: fastest measured on an H200 (data/bench/h200-selection-tuning.json)
-        block = 256 if interpret_mode() else 1024
-    warps = 4 if interpret_mode() else (num_warps or 4)
+    interp = interpret_mode()
+    tune = {**_STAGE_DEFAULTS, **(tune or {})}
+    # a launch's tuning override, else the call's block / num_warps, else the launch's measured default
+    g_block = 256 if interp else (tune["gather_block"] or block or _GATHER_TILE[0])
+    g_warps = 4 if interp else (tune["gather_warps"] or num_warps or _GATHER_TILE[1])
+    s_block = 64 if interp else (tune["select_block"] or _SELECT_TILE[0])
+    s_warps = 4 if interp else (tune["select_warps"] or num_warps or _SELECT_TILE[1])
+    block = block or (256 if interp else _ROW_TILE[0])
+    warps = 4 if interp else (num_warps or _ROW_TILE[1])
     state = stats.view(-1) if stats is not None else torch.empty(rows, device=dev, dtype=torch.int32)
     thr = torch.empty(rows, device=dev, dtype=torch.int32)
     quota = torch.empty(rows, device=dev, dtype=torch.int32)
     kern = _kernels()
     grid = (rows,)
     stages = []
-    tune = {**_STAGE_DEFAULTS, **(tune or {})}
-    g_block, g_warps = tune["gather_block"] or block, tune["gather_warps"] or warps
-    s_block = 64 if interpret_mode() else tune["select_block"]
-    s_warps = warps if interpret_mode() else (tune["select_warps"] or warps)
     if sample:
         # candidates = the keys at or above the bracket's low end: fewer than k above it, at most cap inside
         slots = k + (cap or _bracket_cap(n, k, sample))
