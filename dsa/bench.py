@@ -11,8 +11,8 @@ precomputed scores vs our top-k over the same scores (radix_topk), our indexer t
 threshold search indexer_topk_fast, and stored score chunks + radix_topk: indexer_topk_chunked), the sparse
 kernel alone, and the DSA layer (the faster of the two indexer top-ks on the shape + sparse attention;
 fwd+bwd = attention backward, the selection carries no gradient), plus
-indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*L*k*H*d,
-fwd+bwd = 3.5 x fwd for both.
+indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*H*d*sum_t min(t+1, k)
+(the pairs a causal top-k attends to), fwd+bwd = 3.5 x fwd for both.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .bench_report import _num
+from .bench_report import _num, sparse_flops
 from .kernels import HAS_TRITON, indexer_scores_at, indexer_topk_fast, sparse_attention, use_triton
 from .kernels.indexer_chunked import indexer_topk_chunked
 from .sparse_attention import expand_kv, seed_masked_attention, sparse_attention_gather
@@ -256,7 +256,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         wi = (torch.randn(1, l, hi, device=dev) * (hi**-0.5 * di**-0.5)).to(dtype)
         leaves = [q, kx, vx]
         dense_f = 2.0 * l * l * h * d
-        sparse_f = 4.0 * l * k * h * d
+        sparse_f = sparse_flops(l, k, h, d)
 
         def rec(name, fn, flops=None, grad=False):
             ms, peak = _measure(fn, cuda, leaves if grad else None)

@@ -128,7 +128,7 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
                 if shape not in shapes:
                     shapes.append(shape)
                 shape_no = shapes.index(shape) + 1
-            r = _legacy_selection_columns(r)
+            r = _rederive_sparse_tflops(_legacy_selection_columns(r))
             rows.append({**r, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
                          "date": str(prov.get("date") or ""), "file": res.get("_path", ""),
                          "flex_shape_no": shape_no})
@@ -197,6 +197,32 @@ def long_times(df: pd.DataFrame, methods: dict[str, str] | None = None,
                     out.append({**ident, "method": label, "method_key": key, "pass": "selection (no grad)",
                                 "ms": float(ms), "peak_mib": _num(r.get(f"{key}_peak_mib")), "tflops": float("nan")})
     return pd.DataFrame(out)
+
+
+SPARSE_METHODS = ("sparse", "dsa", "gather")  # their TFLOP/s count the selected pairs (sparse_flops)
+
+
+def sparse_flops(l: int, k: int, h: int, d: int) -> float:
+    """Forward FLOPs of attention over a causal top-k: 4 H d per (query, selected key) pair, and query t
+    selects min(t + 1, k) keys: 4 H d (k L - k (k - 1) / 2) for L >= k. (Files before this count took k
+    pairs for every query, 2x too many at k = L; :func:`bench_frame` derives the TFLOP/s again.)"""
+    k = min(k, l)
+    return 4.0 * h * d * (k * l - k * (k - 1) / 2)
+
+
+def _rederive_sparse_tflops(row: dict) -> dict:
+    """The sparse methods' TFLOP/s from their times and :func:`sparse_flops` (fwd+bwd: 3.5 x the forward)."""
+    try:
+        f = sparse_flops(int(row["L"]), int(row["k"]), int(row["H"]), int(row["d"]))
+    except (KeyError, TypeError, ValueError):
+        return row
+    row = dict(row)
+    for m in SPARSE_METHODS:
+        for p, mult in (("fwd", 1.0), ("fwdbwd", 3.5)):
+            ms = _num(row.get(f"{m}_{p}_ms"))
+            if math.isfinite(ms) and ms > 0:
+                row[f"{m}_{p}_tflops"] = f * mult / ms / 1e9
+    return row
 
 
 def _num(x) -> float:
@@ -291,8 +317,8 @@ def gather_roofline(df: pd.DataFrame, targets: dict[int, float] | None = None) -
 
     Per query, KV head and selected slot the forward reads one K and one V row (2 d values); the backward
     reads them again and adds dK, dV back at scattered rows (float32 atomics: 2 d values of 4 bytes). So
-    the forward moves at least B_f = L * H_kv * k * 2d * e bytes (e = bytes per element) and fwd+bwd at
-    least B_fb = L * H_kv * k * d * (4e + 8). These are lower bounds with no reuse; rows that several
+    the forward moves at least B_f = P * H_kv * 2d * e bytes (P = sum_t min(t + 1, k) selected pairs, about
+    L * k for L >> k; e = bytes per element) and fwd+bwd at least B_fb = P * H_kv * d * (4e + 8). These are lower bounds with no reuse; rows that several
     queries select can come from L2 instead, so the *effective* bandwidth (bytes / measured time) may
     exceed the HBM peak. Columns: L, k, kind, G (= H / H_kv: flops per byte of the forward), the bytes, the
     effective bandwidth reached (fwd, fwd+bwd), and the effective bandwidth the whole layer's fwd+bwd
@@ -306,7 +332,8 @@ def gather_roofline(df: pd.DataFrame, targets: dict[int, float] | None = None) -
     d = df.dropna(subset=need).copy()
     e = d["dtype"].map(_DTYPE_BYTES).fillna(2) if "dtype" in d.columns else 2
     d["G"] = d.H // d.H_kv
-    slots = d.L * d.H_kv * d.k
+    # (query, selected key) pairs of a causal top-k, per KV head: sum_t min(t + 1, k)
+    slots = pd.Series([sparse_flops(int(l), int(k), 1, 1) / 4 for l, k in zip(d.L, d.k)], index=d.index) * d.H_kv
     d["fwd GB"] = slots * 2 * d.d * e / 1e9
     d["fwd+bwd GB"] = slots * d.d * (4 * e + 8) / 1e9
     d["fwd TB/s reached"] = d["fwd GB"] / d.sparse_fwd_ms

@@ -272,7 +272,8 @@ def bench_result(date: str, lens=(1024, 2048), speed=0.1, flash=1.0, device="NVI
                     continue
                 r = {"L": l, "k": k, "H": 16, "H_kv": hkv, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bfloat16",
                      "flash_fwd_ms": flash * l / 1024, "flash_fwdbwd_ms": 3.5 * flash * l / 1024,
-                     "flash_fwd_tflops": 300.0, "sparse_fwd_ms": 1.0, "sparse_fwd_tflops": 30.0,
+                     "flash_fwd_tflops": 300.0, "sparse_fwd_tflops": 30.0,
+                     "sparse_fwd_ms": B.sparse_flops(l, k, 16, 128) / 30.0 / 1e9,  # 30 TFLOP/s
                      "dsa_fwd_ms": 2.0, "dsa_fwdbwd_ms": 3.5 * flash * l / 1024 / speed,
                      "torch_topk_ms": 1.0, "topk_fast_ms": 4.0, "scores_plus_torch_topk_ms": 3.0,
                      "radix_topk_ms": 0.5, "radix_speedup": 2.0, "radix_only_ms": 0.8,
@@ -416,10 +417,10 @@ def test_targets_missed_met_and_not_measured():
 def test_gather_roofline_bytes_and_needed_bandwidth():
     res = bench_result("2026-11-23", lens=(32768,))
     for r in res["rows"]:
-        r["sparse_fwdbwd_ms"] = 100.0
+        r["sparse_fwdbwd_ms"], r["sparse_fwd_ms"] = 100.0, 1.0
     roof = B.gather_roofline(B.bench_frame([res])).set_index(["kind", "k"])
     gqa = roof.loc[("GQA (H=16, H_kv=2)", 2048)]
-    slots = 32768 * 2 * 2048
+    slots = (32768 * 2048 - 2048 * 2047 / 2) * 2  # causal pairs x 2 KV heads
     assert gqa["G"] == 8
     assert gqa["fwd GB"] == pytest.approx(slots * 2 * 128 * 2 / 1e9)  # K and V rows, bf16
     assert gqa["fwd+bwd GB"] == pytest.approx(slots * 128 * (4 * 2 + 8) / 1e9)  # + dK, dV float32 atomics
@@ -786,3 +787,21 @@ def test_ablation_tables_share_records_and_coverage():
     assert list(t.arm.unique()) == ["KL off (indexer untrained)", "KL on (warm-up 100)"]
     assert V.kl_ablation_verdict(t, "rec").verdict == "inconclusive"  # identical numbers in both arms
     assert R.ablation_coverage([], "heads")["missing_arms"] == ["1 head", "2 heads", "4 heads", "8 heads", "16 heads"]
+
+
+def test_sparse_tflops_count_the_causal_pairs():
+    """A causal top-k attends to min(t + 1, k) keys at query t: at k = L that is half of k per query, so the
+    sparse methods' TFLOP/s are derived again from their times (older files counted k for every query)."""
+    assert B.sparse_flops(2048, 2048, 16, 128) == 4.0 * 16 * 128 * (2048 * 2049 / 2)
+    assert B.sparse_flops(8, 3, 1, 1) == 4.0 * (1 + 2 + 3 * 6)
+    assert B.sparse_flops(4, 9, 1, 1) == B.sparse_flops(4, 4, 1, 1)
+    old = 4.0 * 2048 * 2048 * 16 * 128  # the earlier count
+    row = {"L": 2048, "k": 2048, "H": 16, "H_kv": 2, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bfloat16",
+           "sparse_fwd_ms": 1.0, "sparse_fwd_tflops": old / 1e9, "dsa_fwdbwd_ms": 2.0, "flash_fwd_ms": 1.0,
+           "flash_fwd_tflops": 100.0}
+    res = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "git_commit": "abc", "date": "2026-11-23"}, "rows": [row]}
+    df = B.bench_frame([res])
+    assert df.sparse_fwd_tflops.iloc[0] == pytest.approx(old / 1e9 * 2049 / 4096)
+    assert df.dsa_fwdbwd_tflops.iloc[0] == pytest.approx(3.5 * B.sparse_flops(2048, 2048, 16, 128) / 2.0 / 1e9)
+    assert df.sparse_vs_flash_tflops.iloc[0] == pytest.approx(old / 1e9 * 2049 / 4096 / 100.0)
+    assert row["sparse_fwd_tflops"] == old / 1e9  # the loaded row itself is left as read

@@ -16,7 +16,7 @@ from .radix_topk import radix_topk
 
 SCORE_BYTES = 2**30  # default chunk: about 1 GiB of fp32 scores
 # query rows x keys per program, warps, of the score pass: the fastest of 8 tiles on an H100 at L = 32K and 64K
-# (data/bench/h100-selection-tuning.json: 2.0 ms at 32K vs 2.7 ms for 64 x 64)
+# (data/bench/h100-selection-stage-tuning.json: 2.0 ms at 32K vs 2.7 ms for 64 x 64)
 SCORE_TILE = (64, 128, 4)
 
 

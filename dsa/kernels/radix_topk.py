@@ -28,7 +28,7 @@ def _kernels() -> dict:
 
 
 # (block, warps) per launch: the fastest measured on an H100 at L = 32K and 64K, k = 2048
-# (data/bench/h100-selection-tuning.json, `dsa.bench --tune-selection`): the bracket gather 256 x 1 warp
+# (data/bench/h100-selection-stage-tuning.json, `dsa.bench --tune-selection`): the bracket gather 256 x 1 warp
 # (2.1 ms at 32K vs 2.8 ms at 1024 x 4), the bracket select 128 x 1; the radix passes keep 1024 x 4
 _GATHER_TILE = (256, 1)
 _SELECT_TILE = (128, 1)
