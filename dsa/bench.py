@@ -151,24 +151,25 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
 
 
 def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
-    """CUDA: times our top-k over whole-call settings (sample x block x warps: ``radix_tuning``), its two
-    heavy launches over their own settings (``radix_stage_tuning``: the bracket gather's block and warps, the
-    bracket select's chunk and warps), and the indexer score pass of ``indexer_topk_chunked`` over its tiles
-    (``score_tile_tuning``: all chunks of the sequence, ms)."""
+    """CUDA: times our top-k over sample sizes (``radix_tuning``), its
+    launches over their own settings (``radix_stage_tuning``: the bracket gather's block and warps, the bracket
+    select's chunk and warps, the fallback radix passes' block and warps), and the indexer score pass of
+    ``indexer_topk_chunked`` over its tiles (``score_tile_tuning``: all chunks of the sequence, ms) and the
+    whole of it over chunk sizes (``chunk_tuning``: 1, 2, 4 x the default rows)."""
     from .kernels.indexer import _pad_heads  # noqa: PLC0415
     from .kernels.indexer_chunked import default_chunk, score_rows  # noqa: PLC0415
     from .kernels.radix_topk import _stages, radix_topk  # noqa: PLC0415
     from .kernels._common import next_pow2  # noqa: PLC0415
 
-    row["radix_tuning"] = [
-        {"sample": sm, "block": bl, "num_warps": w,
-         "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, block=bl, num_warps=w,
-                                           out_dtype=torch.int32), True)[0]}
-        for sm in (256, 512, 1024) for bl in (512, 1024, 2048) for w in (1, 2, 4)]
-    grid = [("bracket_gather", {"gather_block": bl, "gather_warps": w}) for bl in (256, 512, 1024, 2048)
-            for w in (1, 2, 4, 8)]
-    grid += [("bracket_select", {"select_block": bl, "select_warps": w}) for bl in (128, 256, 512, 1024)
+    row["radix_tuning"] = [  # each launch at its own default tile
+        {"sample": sm, "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, out_dtype=torch.int32), True)[0]}
+        for sm in (256, 512, 1024)]
+    grid = [("bracket_gather", {"gather_block": bl, "gather_warps": w}) for bl in (128, 256, 512, 1024)
+            for w in (1, 2, 4)]
+    grid += [("bracket_select", {"select_block": bl, "select_warps": w}) for bl in (64, 128, 256, 512)
              for w in (1, 2, 4)]
+    grid += [(stage, {"fallback_block": bl, "fallback_warps": w}) for stage in ("radix_threshold", "write_positions")
+             for bl, w in ((1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))]
     row["radix_stage_tuning"] = []
     for stage, tune in grid:
         _, stages = _stages(scores, k, lens, block=None, sample=512, cap=None, stats=None, num_warps=None, tune=tune)
@@ -191,6 +192,9 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
         row["score_tile_tuning"].append({"block_m": tile[0], "block_n": tile[1], "num_warps": tile[2],
                                          "ms": _measure(all_chunks, True)[0]})
         del buf
+    base = default_chunk(l, 64)
+    row["chunk_tuning"] = [{"chunk": c, "ms": _measure(lambda: indexer_topk_chunked(qi, ki, wi, k, chunk=c), True)[0]}
+                           for c in sorted({min(base * m, l) for m in (1, 2, 4)})]
 
 
 def _speedups(row: dict) -> None:
@@ -409,9 +413,10 @@ def main(argv=None) -> dict:
     p.add_argument("--selection-only", action="store_true",
                    help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
     p.add_argument("--tune-selection", action="store_true",
-                   help="CUDA: also time our top-k over sample sizes x block sizes x warps (row['radix_tuning']), "
-                        "its gather and select launches over their own settings (row['radix_stage_tuning']) and "
-                        "the indexer score pass over its tiles (row['score_tile_tuning'])")
+                   help="CUDA: also time our top-k over sample sizes (row['radix_tuning']), "
+                        "its gather, select and fallback launches over their own settings (row['radix_stage_tuning']) and "
+                        "the indexer score pass over its tiles (row['score_tile_tuning']) and indexer_topk_chunked over "
+                        "chunk sizes (row['chunk_tuning'])")
     p.add_argument("--profile-selection", action="store_true",
                    help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
     p.add_argument("--out", type=str, default=None)

@@ -532,6 +532,11 @@ def test_radix_topk_falls_back_when_the_sample_misses(gen):
     assert _paths(stats) == [0, 0, 3]
     assert torch.equal(got, ref(s, k, torch.full((3,), n, device=DEV)))
     assert got[1].tolist() == list(range(k))
+    # a scratch large enough for every key and a k whose bracket is closed (k * sample / n sample ranks well
+    # below the top): the low bracket's candidates fit, but k or more of them lie above it
+    got = radix_topk(s[:1], 300, block=128, sample=sample, cap=n, stats=stats[:1])
+    assert _paths(stats[:1]) == [0, 0, 1]
+    assert torch.equal(got, ref(s[:1], 300, torch.full((1,), n, device=DEV)))
 
 
 def test_radix_topk_names_bad_arguments():

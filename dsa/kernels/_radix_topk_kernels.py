@@ -15,9 +15,9 @@ memory bandwidth):
    Longer-than-k rows too short to sample get state 2.
 2. ``bracket_gather_kernel``: one pass over the row copies the candidates, the keys at or above the bracket's
    low end, with their positions (in position order, compacted by a cumulative sum) to the row's scratch of
-   ``CAP`` slots, and counts the keys above the bracket.
-3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (fewer than k keys above it, at least k
-   candidates) and the candidates fit, 8-bit histograms over the candidates (in chunks up to their number;
+   ``CAP`` slots.
+3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (at least k candidates, fewer than k
+   of them above the bracket's common leading bytes) and the candidates fit, 8-bit histograms over the candidates (in chunks up to their number;
    one per byte from the first byte where the bracket's ends differ) give the k-th key, and one pass over them writes the selected positions, in order; else the row
    falls back (state 2).
 4. ``radix_threshold_kernel`` (state-2 rows only): four 8-bit histogram passes over the row fix the k-th
@@ -59,7 +59,7 @@ def sample_bracket_kernel(S, LEN, STATE, TLO, THI, ss, N, K, SAMPLE: tl.constexp
         tl.store(TLO + row, t_lo.to(tl.int32, bitcast=True))
 
 
-def bracket_gather_kernel(S, LEN, STATE, TLO, THI, CKEY, CPOS, CA, CN, ss, sc, N, CAP, BLOCK: tl.constexpr):
+def bracket_gather_kernel(S, LEN, STATE, TLO, CKEY, CPOS, CN, ss, sc, N, CAP, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     if tl.load(STATE + row) == 1:
         n = tl.minimum(tl.load(LEN + row), N)
@@ -67,11 +67,9 @@ def bracket_gather_kernel(S, LEN, STATE, TLO, THI, CKEY, CPOS, CA, CN, ss, sc, N
         ckey = CKEY + row * sc
         cpos = CPOS + row * sc
         t_lo = tl.load(TLO + row).to(tl.uint32, bitcast=True)
-        t_hi = tl.load(THI + row).to(tl.uint32, bitcast=True)
         offs = tl.arange(0, BLOCK)
         sign = tl.full([BLOCK], 0x80000000, tl.uint32)
-        c_a = tl.zeros([], tl.int32)  # keys above the bracket
-        c_n = tl.zeros([], tl.int32)  # candidates: keys at or above its low end
+        c_n = tl.zeros([], tl.int32)  # candidates: keys at or above the bracket's low end
         for c0 in range(0, n, BLOCK):
             c = c0 + offs
             inb = c < n
@@ -83,31 +81,30 @@ def bracket_gather_kernel(S, LEN, STATE, TLO, THI, CKEY, CPOS, CA, CN, ss, sc, N
             keep = cand & (slot < CAP)
             tl.store(ckey + slot, key.to(tl.int32, bitcast=True), mask=keep)
             tl.store(cpos + slot, c, mask=keep)
-            c_a += tl.sum(((key > t_hi) & inb).to(tl.int32))
             c_n += tl.sum(ci)
-        tl.store(CA + row, c_a)
         tl.store(CN + row, c_n)
 
 
-def bracket_select_kernel(CKEY, CPOS, STATE, TLO, THI, CA, CN, OUT, sc, so, K, CAP, BBLOCK: tl.constexpr):
+def bracket_select_kernel(CKEY, CPOS, STATE, TLO, THI, CN, OUT, sc, so, K, CAP, BBLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     if tl.load(STATE + row) == 1:
-        c_a = tl.load(CA + row)
         c_n = tl.load(CN + row)
-        if (c_a < K) & (c_n >= K) & (c_n <= CAP):
+        if (c_n >= K) & (c_n <= CAP):
             ckey = CKEY + row * sc
             cpos = CPOS + row * sc
             bins = tl.arange(0, 256)
             boffs = tl.arange(0, BBLOCK)
-            # the k-th key lies in [t_lo, t_hi]: it shares their leading bytes, so the digit rounds start at
-            # the first byte where they differ; candidates above that common prefix are all selected
+            # with k or more candidates the k-th key is the k-th candidate; if it lies in [t_lo, t_hi] it shares
+            # their leading bytes, so the digit rounds start at the first byte where they differ: candidates
+            # above that common prefix are all selected, and k or more of them mean it lies above (a miss)
             t_lo = tl.load(TLO + row).to(tl.uint32, bitcast=True)
             t_hi = tl.load(THI + row).to(tl.uint32, bitcast=True)
             diff = t_lo ^ t_hi
             q0 = tl.where(diff >= 0x1000000, 0, tl.where(diff >= 0x10000, 1, tl.where(diff >= 0x100, 2, 3)))
             tmask = tl.where(q0 == 0, 0, (tl.full([], 0xFFFFFFFF, tl.uint32) << (32 - 8 * q0)))
             tau = t_lo & tmask
-            rem = K  # every key above the bracket is a candidate: the k-th key is the k-th candidate
+            rem = K
+            n_above = tl.zeros([], tl.int32)
             for q in tl.static_range(4):
                 if q >= q0:
                     th = tl.zeros([256], tl.int32)
@@ -125,28 +122,32 @@ def bracket_select_kernel(CKEY, CPOS, STATE, TLO, THI, CA, CN, OUT, sc, so, K, C
                             above += tl.sum((((bk & tmask) > tau) & real).to(tl.int32))
                     th = th - tl.where(bins == 0, other, 0)
                     rem = rem - above
+                    n_above += above
                     t_ge = tl.sum(th) - tl.cumsum(th, 0) + th
                     td = tl.max(tl.where(t_ge >= rem, bins, -1))
                     rem = rem - tl.sum(tl.where(bins > td, th, 0))
                     tau = tau | (td.to(tl.uint32) << (24 - 8 * q))
                     tmask = tmask | (tl.full([], 255, tl.uint32) << (24 - 8 * q))
-            # rem keys equal to tau are taken: the first ones by position (candidates are in order)
-            orow = OUT + row * so
-            base = tl.zeros([], tl.int32)
-            eq_seen = tl.zeros([], tl.int32)
-            for b0 in range(0, c_n, BBLOCK):
-                cidx = b0 + boffs
-                real = cidx < c_n
-                bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
-                eq = (bk == tau) & real
-                eqi = eq.to(tl.int32)
-                sel = ((bk > tau) & real) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= rem))
-                si = sel.to(tl.int32)
-                slot = base + tl.cumsum(si, 0) - 1
-                bp = tl.load(cpos + cidx, mask=sel, other=0)
-                tl.store(orow + slot, bp, mask=sel & (slot < K))
-                base += tl.sum(si)
-                eq_seen += tl.sum(eqi)
+            if n_above < K:
+                # rem keys equal to tau are taken: the first ones by position (candidates are in order)
+                orow = OUT + row * so
+                base = tl.zeros([], tl.int32)
+                eq_seen = tl.zeros([], tl.int32)
+                for b0 in range(0, c_n, BBLOCK):
+                    cidx = b0 + boffs
+                    real = cidx < c_n
+                    bk = tl.load(ckey + cidx, mask=real, other=0).to(tl.uint32, bitcast=True)
+                    eq = (bk == tau) & real
+                    eqi = eq.to(tl.int32)
+                    sel = ((bk > tau) & real) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= rem))
+                    si = sel.to(tl.int32)
+                    slot = base + tl.cumsum(si, 0) - 1
+                    bp = tl.load(cpos + cidx, mask=sel, other=0)
+                    tl.store(orow + slot, bp, mask=sel & (slot < K))
+                    base += tl.sum(si)
+                    eq_seen += tl.sum(eqi)
+            else:
+                tl.store(STATE + row, 2)
         else:
             tl.store(STATE + row, 2)
 

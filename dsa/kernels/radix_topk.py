@@ -33,7 +33,9 @@ def _kernels() -> dict:
 _GATHER_TILE = (256, 1)
 _SELECT_TILE = (128, 1)
 _ROW_TILE = (1024, 4)
-_STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": None, "select_warps": None}
+_FALLBACK_TILE = (1024, 4)
+_STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": None, "select_warps": None,
+                   "fallback_block": None, "fallback_warps": None}
 # full reads of a row by the sampled path (the bracket gather; the sample and the candidates come on top)
 READS_PER_ROW_SAMPLED = 1
 
@@ -144,7 +146,8 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     """The kernel launches of :func:`radix_topk` (checked arguments), as (name, launch) pairs to run in order,
     and the (rows, k) int32 output they fill. Each launch reads only what the ones before it wrote, so a
     profile can time them one by one (``dsa.bench --profile-selection``). tune: per-launch overrides for the
-    benchmark's tuning, {'gather_block', 'gather_warps', 'select_block', 'select_warps'}."""
+    benchmark's tuning, {'gather_block', 'gather_warps', 'select_block', 'select_warps', 'fallback_block',
+    'fallback_warps'} (the fallback: the radix passes and the position writer after a sampled bracket)."""
     n = scores.shape[-1]
     s2 = scores.reshape(-1, n)
     if s2.stride(-1) != 1:
@@ -165,8 +168,10 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     g_warps = 4 if interp else (tune["gather_warps"] or num_warps or _GATHER_TILE[1])
     s_block = 64 if interp else (tune["select_block"] or _SELECT_TILE[0])
     s_warps = 4 if interp else (tune["select_warps"] or num_warps or _SELECT_TILE[1])
-    block = block or (256 if interp else _ROW_TILE[0])
-    warps = 4 if interp else (num_warps or _ROW_TILE[1])
+    # the radix passes: over every long row without a sample, over the few fallback rows with one
+    row_tile = _FALLBACK_TILE if sample else _ROW_TILE
+    f_block = 256 if interp else (tune["fallback_block"] or block or row_tile[0])
+    f_warps = 4 if interp else (tune["fallback_warps"] or num_warps or row_tile[1])
     state = stats.view(-1) if stats is not None else torch.empty(rows, device=dev, dtype=torch.int32)
     thr = torch.empty(rows, device=dev, dtype=torch.int32)
     quota = torch.empty(rows, device=dev, dtype=torch.int32)
@@ -176,25 +181,25 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     if sample:
         # candidates = the keys at or above the bracket's low end: fewer than k above it, at most cap inside
         slots = k + (cap or _bracket_cap(n, k, sample))
-        t_lo, t_hi, c_a, c_n = (torch.empty(rows, device=dev, dtype=torch.int32) for _ in range(4))
+        t_lo, t_hi, c_n = (torch.empty(rows, device=dev, dtype=torch.int32) for _ in range(3))
         ckey = torch.empty(rows, slots, device=dev, dtype=torch.int32)
         cpos = torch.empty(rows, slots, device=dev, dtype=torch.int32)
         stages += [
             ("sample_bracket", lambda: kern["sample_bracket_kernel"][grid](
-                s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample, num_warps=warps)),
+                s2, ln, state, t_lo, t_hi, s2.stride(0), n, k, SAMPLE=sample, num_warps=4)),
             ("bracket_gather", lambda: kern["bracket_gather_kernel"][grid](
-                s2, ln, state, t_lo, t_hi, ckey, cpos, c_a, c_n, s2.stride(0), ckey.stride(0), n, slots,
+                s2, ln, state, t_lo, ckey, cpos, c_n, s2.stride(0), ckey.stride(0), n, slots,
                 BLOCK=g_block, num_warps=g_warps)),
             ("bracket_select", lambda: kern["bracket_select_kernel"][grid](
-                ckey, cpos, state, t_lo, t_hi, c_a, c_n, out, ckey.stride(0), out.stride(0), k, slots,
+                ckey, cpos, state, t_lo, t_hi, c_n, out, ckey.stride(0), out.stride(0), k, slots,
                 BBLOCK=s_block, num_warps=s_warps)),
         ]
     else:
         stages.append(("states", lambda: state.copy_(torch.where(ln <= k, 0, 2))))
     stages += [
         ("radix_threshold", lambda: kern["radix_threshold_kernel"][grid](
-            s2, ln, state, thr, quota, s2.stride(0), n, k, BLOCK=block, num_warps=warps)),
+            s2, ln, state, thr, quota, s2.stride(0), n, k, BLOCK=f_block, num_warps=f_warps)),
         ("write_positions", lambda: kern["write_positions_kernel"][grid](
-            s2, ln, state, thr, quota, out, s2.stride(0), out.stride(0), n, k, BLOCK=block, num_warps=warps)),
+            s2, ln, state, thr, quota, out, s2.stride(0), out.stride(0), n, k, BLOCK=f_block, num_warps=f_warps)),
     ]
     return out, stages
