@@ -14,7 +14,10 @@ from ._common import interpret_mode, next_pow2, use_triton
 from .indexer import _check_indexer, _pad_heads, _run_pass
 from .radix_topk import radix_topk
 
-SCORE_BYTES = 2**30  # default chunk: about 1 GiB of fp32 scores
+# default chunk: about 2 GiB of fp32 scores. Larger chunks mean fewer launches, each paying the tail of its
+# longest rows: on an H100 at L = 64K, k = 2048 the whole selection took 34.4 / 25.7 / 23.1 ms with 1 / 2 / 4 GiB
+# chunks (data/bench/h100-selection-stage-tuning-2.json); 2 GiB keeps the scores within 2x the (L, k) int64 output
+SCORE_BYTES = 2**31
 # query rows x keys per program, warps, of the score pass: the fastest of 8 tiles on an H100 at L = 32K and 64K
 # (data/bench/h100-selection-stage-tuning.json: 2.0 ms at 32K vs 2.7 ms for 64 x 64)
 SCORE_TILE = (64, 128, 4)
@@ -38,7 +41,7 @@ def indexer_topk_chunked(
     """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (positions ascending, the
     first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); top_k int in
     [1, L] (one k for every query; per-query k: :func:`indexer_topk_fast`); chunk: query rows whose scores
-    are stored at once (default: about 1 GiB; rounded up to the score tile). Returns Selection (B, L, top_k).
+    are stored at once (default: about 2 GiB of scores; rounded up to the score tile). Returns Selection (B, L, top_k).
     Runs the Triton kernels on CUDA tensors (or in the interpreter), else :func:`dsa.topk.indexer_topk`."""
     _check_indexer(q_idx, k_idx, w)
     b, l, h, _ = q_idx.shape
