@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,12 @@ def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 15
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name must be a plain file stem, got {name!r}")
     if source:
-        fig.text(0.005, 0.005, source, fontsize=6, color="0.45", ha="left", va="bottom")
+        # wrapped to the figure's width and hung below it: a long provenance list must not widen the figure
+        # or cover the axis labels (about 22 characters of 6-point text per inch)
+        text = textwrap.fill(source, width=max(60, int(fig.get_figwidth() * 22)))
+        fig.canvas.draw()  # the bottom of what is drawn (tick and axis labels) sets where the stamp hangs
+        bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
+        fig.text(0.005, bottom - 0.02, text, fontsize=6, color="0.45", ha="left", va="top")
     path = figures_dir() / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

@@ -27,8 +27,8 @@
 # | seeds' masked SDPA | the seeds' approach: an $L \times L$ top-k mask passed to SDPA — dense cost, no saving |
 # | gather reference | our plain-PyTorch sparse attention: gathers the $k$ keys of every query |
 # | sparse kernel | our Triton sparse attention (GQA-aware, padded slots) over precomputed indices |
-# | indexer top-k | our fused threshold-search top-k (scores included) vs scores + `torch.topk`; our radix select vs `torch.topk` over the same precomputed scores |
-# | DSA layer | indexer top-k + sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
+# | indexer top-k | ours with its scores (the fused threshold search `indexer_topk_fast`, and stored score chunks + our top-k `indexer_topk_chunked`) vs scores + `torch.topk`; our top-k vs `torch.topk` over the same precomputed scores |
+# | DSA layer | indexer top-k (the faster of ours on the shape) + sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
 #
 # for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$.
 #
@@ -238,10 +238,10 @@ if not df.empty:
 # %% [markdown]
 # ## 4 · The parts: top-k selection and the sparse kernel's throughput
 #
-# Left: the selection. `torch.topk` is timed over scores computed beforehand, our top-k includes
-# computing the scores, so "scores + `torch.topk`" is the like-for-like comparison. Right: achieved
-# TFLOP/s of the sparse kernel and of flash on the same shape (FLOPs: $2L^2Hd$ for causal dense, $4LkHd$
-# for sparse), higher is better.
+# Left: the selection. `torch.topk` and our top-k are timed over scores computed beforehand; our indexer
+# top-ks include computing the scores, so "scores + `torch.topk`" is their like-for-like comparison. Right:
+# achieved TFLOP/s of the sparse kernel and of flash on the same shape (FLOPs: $2L^2Hd$ for causal dense,
+# $4Hd\sum_t \min(t+1, k)$ for sparse: the pairs a causal top-k attends to), higher is better.
 
 # %%
 if not df.empty:
@@ -277,18 +277,48 @@ if not df.empty:
 #
 # `torch.topk` sorts its $k$ winners and returns their values; the attention needs only the set of
 # positions. `dsa.kernels.radix_topk` finds the $k$-th largest score of each row and writes the positions at
-# or above it. It first sorts a stratified sample of 512 scores of the row, reads off two scores that
-# bracket the $k$-th one with a margin of four standard deviations, counts the scores above the bracket and
-# copies those inside it in one pass, and sorts that small bracket: two reads of the row in all. When the
-# sample misses (a row the sample does not represent, or a tie that overflows the bracket) it falls back to
-# a radix select (four 8-bit histogram passes). The result is exact either way. Both read the same
-# precomputed causal scores (`python -m dsa.bench --selection-only`); a ratio above 1 means ours is faster.
-# The target is 5x.
+# or above it. It sorts a stratified sample of 512 scores of the row and reads off two scores that bracket
+# the $k$-th one (about three standard deviations of the sample rank on either side); one pass over the row
+# copies the candidates, the scores at or above the bracket's low end with their positions, aside in order;
+# 8-bit histogram rounds over the candidates (starting at the first byte where the bracket's ends differ)
+# find the $k$-th score, and one pass over the candidates writes the positions, ascending. So the row is
+# read once. When the sample misses (a row the sample does not represent, or ties that overflow the
+# scratch) the row falls back to a radix select (four 8-bit histogram passes over it). The result is exact
+# either way. Both read the same precomputed causal scores (`python -m dsa.bench --selection-only`); a ratio
+# above 1 means ours is faster. The target is 5x at $k = 2048$.
 
 # %%
 if not df.empty:
     txt = B.selection_text(df)
     display(Markdown(txt or "No recorded row measured our top-k kernel over precomputed scores."))
+
+# %% [markdown]
+# ### Where our top-k's time goes
+#
+# Each launch of `radix_topk` timed on its own (`python -m dsa.bench --selection-only --profile-selection`),
+# against one read of the fp32 causal score triangle at the HBM peak (the dashed line: what a selection
+# bound by memory would cost). Shorter bars are better; a bar well past the line is bound by its
+# instructions (scans, histograms, scattered stores), not by memory.
+
+# %%
+prof = B.selection_profile(df) if not df.empty else B.selection_profile(pd.DataFrame())
+if prof.empty:
+    print("No recorded row profiled the top-k's launches.")
+else:
+    for device, g in prof.groupby("device"):
+        g = g[g.k == 2048] if (g.k == 2048).any() else g
+        piv = g.pivot_table(index="L", columns="stage", values="ms", sort=False)
+        fig, ax = plt.subplots(figsize=(8, 0.6 + 0.55 * len(piv)))
+        piv.plot.barh(stacked=True, ax=ax, colormap="tab10", width=0.7)
+        reads = g.groupby("L").one_read_ms.first().reindex(piv.index)
+        for i, v in enumerate(reads):
+            ax.plot([v, v], [i - 0.4, i + 0.4], color="k", ls="--", lw=1)
+        ax.set(xlabel="time per call (ms)", ylabel="sequence length L (tokens)",
+               title=f"Our top-k per launch, k={int(g.k.iloc[0])}, {device} (shorter is better; dashed: one read)")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        maybe_save(fig, "05_topk_profile", REC_LABEL)
+        plt.show()
 
 # %% [markdown]
 # ### Memory
