@@ -413,10 +413,10 @@ def main(argv=None) -> dict:
     p.add_argument("--selection-only", action="store_true",
                    help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
     p.add_argument("--tune-selection", action="store_true",
-                   help="CUDA: also time our top-k over sample sizes (row['radix_tuning']), "
-                        "its gather, select and fallback launches over their own settings (row['radix_stage_tuning']) and "
-                        "the indexer score pass over its tiles (row['score_tile_tuning']) and indexer_topk_chunked over "
-                        "chunk sizes (row['chunk_tuning'])")
+                   help="CUDA: also time our top-k over sample sizes (row['radix_tuning']), its gather, "
+                        "select and fallback launches over their own settings (row['radix_stage_tuning']), the "
+                        "indexer score pass over its tiles (row['score_tile_tuning']) and indexer_topk_chunked "
+                        "over chunk sizes (row['chunk_tuning'])")
     p.add_argument("--profile-selection", action="store_true",
                    help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
     p.add_argument("--out", type=str, default=None)

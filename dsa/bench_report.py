@@ -101,7 +101,8 @@ def _legacy_selection_columns(row: dict) -> dict:
     ``radix_topk`` always means the top-k kernel of the code that has the sampled bracket."""
     if "radix_topk_ms" not in row or any(c.startswith("radix_only") for c in row):
         return row
-    out = {c: v for c, v in row.items() if not c.startswith("radix_topk") and c not in ("radix_speedup", "radix_same_scores")}
+    out = {c: v for c, v in row.items()
+           if not c.startswith("radix_topk") and c not in ("radix_speedup", "radix_same_scores")}
     for c, v in row.items():
         if c.startswith("radix_topk"):
             out["radix_only" + c[len("radix_topk"):]] = v
@@ -292,7 +293,8 @@ def breakdown_text(df: pd.DataFrame, k: int = 2048) -> str:
         r = g.loc[g.L.idxmax()]
         parts.append(
             f"{kind} at L={int(r.L)}, k={k}: the layer's forward takes {r.dsa_fwd_ms:.1f} ms, of which the selection "
-            f"({r.selection}) {r.selection_ms:.1f} ms ({r['selection share of fwd']:.0%}); its fwd+bwd {r.dsa_fwdbwd_ms:.1f} ms, of which "
+            f"({r.selection}) {r.selection_ms:.1f} ms ({r['selection share of fwd']:.0%}); "
+            f"its fwd+bwd {r.dsa_fwdbwd_ms:.1f} ms, of which "
             f"the sparse kernel {r.sparse_fwdbwd_ms:.1f} ms ({r['sparse kernel share of fwd+bwd']:.0%}); the kernel's "
             f"forward reaches {r.sparse_fwd_tflops:.1f} TFLOP/s where flash reaches {r.flash_fwd_tflops:.0f}")
     return "; ".join(parts) + "."
@@ -318,12 +320,13 @@ def gather_roofline(df: pd.DataFrame, targets: dict[int, float] | None = None) -
     Per query, KV head and selected slot the forward reads one K and one V row (2 d values); the backward
     reads them again and adds dK, dV back at scattered rows (float32 atomics: 2 d values of 4 bytes). So
     the forward moves at least B_f = P * H_kv * 2d * e bytes (P = sum_t min(t + 1, k) selected pairs, about
-    L * k for L >> k; e = bytes per element) and fwd+bwd at least B_fb = P * H_kv * d * (4e + 8). These are lower bounds with no reuse; rows that several
-    queries select can come from L2 instead, so the *effective* bandwidth (bytes / measured time) may
-    exceed the HBM peak. Columns: L, k, kind, G (= H / H_kv: flops per byte of the forward), the bytes, the
-    effective bandwidth reached (fwd, fwd+bwd), and the effective bandwidth the whole layer's fwd+bwd
-    would need to be ``targets[L]`` x faster than flash (default: 1x everywhere, 4x at 32K, 8x at 64K,
-    the study's targets) counting only the sparse attention's bytes, with that need over the HBM peak.
+    L * k for L >> k; e = bytes per element) and fwd+bwd at least B_fb = P * H_kv * d * (4e + 8). These are
+    lower bounds with no reuse; rows that several queries select can come from L2 instead, so the
+    *effective* bandwidth (bytes / measured time) may exceed the HBM peak. Columns: L, k, kind, G (= H /
+    H_kv: flops per byte of the forward), the bytes, the effective bandwidth reached (fwd, fwd+bwd), and
+    the effective bandwidth the whole layer's fwd+bwd would need to be ``targets[L]`` x faster than flash
+    (default: 1x everywhere, 4x at 32K, 8x at 64K, the study's targets) counting only the sparse
+    attention's bytes, with that need over the HBM peak.
     """
     targets = {32768: 4.0, 65536: 8.0} if targets is None else targets
     need = ["sparse_fwd_ms", "sparse_fwdbwd_ms", "flash_fwdbwd_ms"]
@@ -503,7 +506,8 @@ def selection_text(df: pd.DataFrame) -> str:
     """Per device: our top-k kernel (and the radix select alone) against torch.topk over the same
     precomputed scores, from the rows that measured them: the speed-up range per k rule, and the kernel's
     time in units of one read of the causal score triangle at the device's HBM peak (how far it is from
-    being bandwidth-bound: the sampled bracket reads each row once (twice before commit-time column radix_reads_per_row), the radix select up to five times).
+    being bandwidth-bound: the sampled bracket reads each row once (twice in files without the column
+    ``radix_reads_per_row``), the radix select up to five times).
     '' without data."""
     if "torch_topk_ms" not in df.columns or not ({"radix_topk_ms", "radix_only_ms"} & set(df.columns)):
         return ""
@@ -534,7 +538,8 @@ def _selection_text_one(d: pd.DataFrame, device: str) -> str:
     share = _num(big.get("radix_sampled_share")) if col == "radix_topk_ms" else float("nan")
     sampled = math.isfinite(share) and share >= 0.9
     # the sampled path read each row twice until it kept the candidates aside (radix_reads_per_row: 1)
-    reads_sampled = int(_num(big.get("radix_reads_per_row"))) if math.isfinite(_num(big.get("radix_reads_per_row"))) else 2
+    n_reads = _num(big.get("radix_reads_per_row"))
+    reads_sampled = int(n_reads) if math.isfinite(n_reads) else 2
     passes = reads_sampled if sampled else 5
     peak = hbm_peak_tb_s(device)
     one_read_ms = (big.L * (big.L + 1) / 2 * 4) / (peak * 1e12) * 1e3 if peak == peak and peak > 0 else float("nan")
