@@ -205,6 +205,45 @@ def test_indexer_score_rows_match_the_reference(dtype):
     assert bool((got[:, ~causal] == 7.0).all()) and bool((out[:, t1 - t0:] == 7.0).all())
 
 
+def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
+    """Negative queries against positive keys give exact-zero scores (every head's ReLU off) except where
+    one head's query is positive: each row takes its few positive scores and then the first zeros by
+    position, the same positions as a stable reference over the scores."""
+    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+    from dsa.kernels.radix_topk import causal_lengths, radix_topk_reference  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(13)
+    b, l, hi, di, k = 2, 75, 2, 16, 20
+    kk = torch.randn(b, l, di, generator=gen).abs()
+    q = -torch.rand(b, l, hi, di, generator=gen)
+    q[:, :, 0, 0] = torch.where(torch.rand(b, l, generator=gen) < 0.2, 5.0, -1.0)  # a few positive rows...
+    kk[:, ::4, 0] = 3.0  # ...score positive against every 4th key only
+    kk[:, 1::4, 0] = 0.0
+    w = torch.rand(b, l, hi, generator=gen) + 0.5
+    q, kk, w = q.to(DEV), kk.to(DEV), w.to(DEV)
+    sel = indexer_topk_chunked(q, kk, w, k, chunk=32)
+    scores = indexer_scores(q.double(), kk.double(), w.double())
+    want = radix_topk_reference(scores, k, causal_lengths(l, DEV, batch=b))
+    assert bool((scores[torch.isfinite(scores)] == 0).float().mean() > 0.5)  # the case: mostly exact ties at zero
+    assert torch.equal(sel.idx, want)
+
+
+@gpu_only
+def test_indexer_topk_chunked_real_size():
+    """L = 4096 + 17 (rows long enough for the sampled bracket), several chunks, batch 2: the k best scores
+    of every row, as the reference selects them (ties aside)."""
+    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(17)
+    b, l, hi, di, k = 2, 4096 + 17, 4, 64, 2048
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, torch.bfloat16)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, torch.bfloat16)
+    w = (torch.randn(b, l, hi, generator=gen) / 16).to(DEV)
+    sel = indexer_topk_chunked(q, kk, w, k, chunk=1000)
+    scores = indexer_scores(q, kk, w)
+    _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
+
+
 def test_indexer_topk_chunked_names_bad_arguments():
     from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
 
@@ -494,19 +533,36 @@ def test_radix_topk_sampled_bracket_with_ties_and_causal_rows(gen):
     assert torch.equal(got, ref(t, 101, torch.full((3,), 800, device=DEV)))
 
 
-@pytest.mark.parametrize("case", ["sign_change", "ulps_apart", "normal"])
+@pytest.mark.parametrize("sample", [0, 64])
+def test_radix_topk_signed_zeros_tie(gen, sample):
+    """-0.0 and +0.0 compare equal, so at a threshold of zero the first positions are taken whatever their
+    sign (the radix path and the sampled bracket)."""
+    radix_topk, ref, _ = _radix()
+    rows, n, k = 3, 700, 200
+    zeros = torch.where(torch.rand(rows, n, generator=gen) < 0.5, -0.0, 0.0)
+    s = torch.where(torch.rand(rows, n, generator=gen) < 0.1, torch.rand(rows, n, generator=gen) + 1, zeros)
+    s[:, 600:] = -1.0
+    s = s.to(DEV)
+    got = radix_topk(s, k, block=128, sample=sample)
+    assert torch.equal(got, ref(s, k, torch.full((rows,), n, device=DEV)))
+
+
+@pytest.mark.parametrize("case", ["sign_change", "one_binade", "narrow", "ulps_apart"])
 def test_radix_topk_bracket_select_from_every_byte(gen, case):
     """The bracket select starts its digit rounds at the first byte where the bracket's ends differ: the
-    top byte when the bracket spans zero (k = n/2 of centred scores), the last when all scores lie a few
-    ulps apart, a middle one for ordinary scores; every start gives the reference's positions."""
+    top byte when the bracket spans zero (k = n/2 of centred scores), the second when all scores share an
+    exponent ([2, 4)), the third when they lie within 2^15 ulps ([2, 2 + 2^-7)), the last when they lie
+    a few ulps apart; every start gives the reference's positions."""
     radix_topk, ref, _ = _radix()
     rows, n = 4, 900
     if case == "sign_change":
         s, k = torch.randn(rows, n, generator=gen), n // 2
-    elif case == "ulps_apart":
-        s, k = 1.0 + torch.randint(0, 200, (rows, n), generator=gen).float() * 2.0**-23, 200
+    elif case == "one_binade":
+        s, k = 2.0 + 2.0 * torch.rand(rows, n, generator=gen), 200
+    elif case == "narrow":
+        s, k = 2.0 + torch.rand(rows, n, generator=gen) * 2.0**-7, 200
     else:
-        s, k = torch.randn(rows, n, generator=gen) * 3 + 1, 200
+        s, k = 1.0 + torch.randint(0, 200, (rows, n), generator=gen).float() * 2.0**-23, 200
     s = s.to(DEV)
     stats = torch.empty(rows, dtype=torch.int32, device=DEV)
     # sample 128: k * 128 / n ranks lie far enough below the top that the bracket is closed at both ends
@@ -585,4 +641,5 @@ def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
         assert torch.equal(_picked(s, got), _picked(s, torch.topk(s, k, dim=-1).indices)), sample
         assert torch.equal(got, want), sample
         short, sampled, radix = _paths(stats)
-        assert short == k and (sampled >= 0.97 * (l - 2048 - k) if sample else sampled == 0), (short, sampled, radix)
+        eligible = l - max(k + 1, 2 * sample) + 1  # rows longer than k and than two samples
+        assert short == k and (sampled >= 0.97 * eligible if sample else sampled == 0), (short, sampled, radix)

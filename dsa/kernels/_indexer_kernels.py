@@ -28,7 +28,7 @@ def idx_pass_kernel(
 ):
     nblk = tl.cdiv(ROW_END - ROW0, BLOCK_M)
     mb = nblk - 1 - tl.program_id(0)  # longest rows first: better tail balance on the causal triangle
-    b = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)  # b * (batch stride) passes 2^31 for large chunks and batches
     t0 = ROW0 + mb * BLOCK_M
     dd = tl.arange(0, DI_PAD)
     rows = t0 + tl.arange(0, BLOCK_M)

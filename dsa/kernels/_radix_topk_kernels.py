@@ -1,7 +1,7 @@
 """Triton kernels of the row-wise top-k selection (imported only when triton is importable).
 
 Floats are mapped to uint32 keys whose unsigned order is the float order (flip every bit of negatives, the
-sign bit of the rest). The selection is every key above the k-th largest key ``thr`` and the first ``quota``
+sign bit of the rest; -0.0 maps with +0.0, so the two tie as they compare equal; a NaN ranks by its bits). The selection is every key above the k-th largest key ``thr`` and the first ``quota``
 keys equal to it (ties by position; ``quota > N`` takes them all).
 A per-row ``STATE`` says how the row gets them: 0 a short row (n <= k: every valid position, thr = 0),
 1 the sampled bracket, 2 the radix select. Five small kernels, one program per row each, so that each keeps
@@ -46,7 +46,7 @@ def sample_bracket_kernel(S, LEN, STATE, TLO, THI, ss, N, K, SAMPLE: tl.constexp
         spos = tl.reshape(run_start[:, None] + tl.arange(0, 8)[None, :], [SAMPLE])
         b = tl.load(srow + spos).to(tl.float32).to(tl.uint32, bitcast=True)
         sign = tl.full([SAMPLE], 0x80000000, tl.uint32)
-        srt = tl.sort(tl.where((b & sign) != 0, ~b, b | sign), descending=True)
+        srt = tl.sort(tl.where(b > sign, ~b, b | sign), descending=True)
         rank = tl.arange(0, SAMPLE)
         r = K * (SAMPLE * 1.0) / n.to(tl.float32)
         margin = 3.0 * tl.sqrt(r) + 3.0
@@ -74,7 +74,7 @@ def bracket_gather_kernel(S, LEN, STATE, TLO, CKEY, CPOS, CN, ss, sc, N, CAP, BL
             c = c0 + offs
             inb = c < n
             b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-            key = tl.where((b & sign) != 0, ~b, b | sign)
+            key = tl.where(b > sign, ~b, b | sign)
             cand = (key >= t_lo) & inb
             ci = cand.to(tl.int32)
             slot = c_n + tl.cumsum(ci, 0) - 1
@@ -174,7 +174,7 @@ def radix_threshold_kernel(S, LEN, STATE, THR, QUOTA, ss, N, K, BLOCK: tl.conste
                     c = c0 + offs
                     inb = c < n
                     b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-                    key = tl.where((b & sign) != 0, ~b, b | sign)
+                    key = tl.where(b > sign, ~b, b | sign)
                     match = ((key & pmask) == prefix) & inb
                     dig = ((key >> (24 - 8 * p)) & 255).to(tl.int32)
                     hist += tl.histogram(tl.where(match, dig, 0), 256)
@@ -213,7 +213,7 @@ def write_positions_kernel(S, LEN, STATE, THR, QUOTA, OUT, ss, so, N, K, BLOCK: 
                 c = c0 + offs
                 inb = c < n
                 b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-                sel = (tl.where((b & sign) != 0, ~b, b | sign) >= thr) & inb
+                sel = (tl.where(b > sign, ~b, b | sign) >= thr) & inb
                 si = sel.to(tl.int32)
                 pos = base + tl.cumsum(si, 0) - 1
                 tl.store(orow + pos, c, mask=sel & (pos < K))
@@ -224,7 +224,7 @@ def write_positions_kernel(S, LEN, STATE, THR, QUOTA, OUT, ss, so, N, K, BLOCK: 
                 c = c0 + offs
                 inb = c < n
                 b = tl.load(srow + c, mask=inb, other=float("-inf")).to(tl.float32).to(tl.uint32, bitcast=True)
-                key = tl.where((b & sign) != 0, ~b, b | sign)
+                key = tl.where(b > sign, ~b, b | sign)
                 eq = (key == thr) & inb
                 eqi = eq.to(tl.int32)
                 sel = ((key > thr) & inb) | (eq & (eq_seen + tl.cumsum(eqi, 0) <= quota))

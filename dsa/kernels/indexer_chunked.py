@@ -23,9 +23,10 @@ SCORE_BYTES = 2**31
 SCORE_TILE = (64, 128, 4)
 
 
-def default_chunk(l: int, block_m: int) -> int:
-    """Query rows per chunk: about SCORE_BYTES of fp32 scores, a multiple of block_m, at least block_m."""
-    return max(block_m, (SCORE_BYTES // (4 * l)) // block_m * block_m)
+def default_chunk(l: int, block_m: int, batch: int = 1) -> int:
+    """Query rows per chunk: about SCORE_BYTES of fp32 scores over the batch, a multiple of block_m, at
+    least block_m."""
+    return max(block_m, (SCORE_BYTES // (4 * l * batch)) // block_m * block_m)
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def indexer_topk_chunked(
     """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (positions ascending, the
     first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); top_k int in
     [1, L] (one k for every query; per-query k: :func:`indexer_topk_fast`); chunk: query rows whose scores
-    are stored at once (default: about 2 GiB of scores; rounded up to the score tile). Returns Selection (B, L, top_k).
+    are stored at once (default: about 2 GiB of scores over the batch; rounded up to the score tile). Returns Selection (B, L, top_k).
     Runs the Triton kernels on CUDA tensors (or in the interpreter), else :func:`dsa.topk.indexer_topk`."""
     _check_indexer(q_idx, k_idx, w)
     b, l, h, _ = q_idx.shape
@@ -56,7 +57,7 @@ def indexer_topk_chunked(
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
     block_m = 16 if interpret_mode() else SCORE_TILE[0]
-    chunk = default_chunk(l, block_m) if chunk is None else -(-chunk // block_m) * block_m
+    chunk = default_chunk(l, block_m, b) if chunk is None else -(-chunk // block_m) * block_m
     chunk = min(chunk, -(-l // block_m) * block_m)
     scores = torch.empty(b, chunk, l, device=dev, dtype=torch.float32)
     idx = torch.empty(b, l, top_k, device=dev, dtype=torch.int32)

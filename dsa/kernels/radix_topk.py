@@ -112,7 +112,8 @@ def radix_topk(
     scores (..., N) fp32/bf16/fp16 (any layout with a unit last stride works without a copy); k int in
     [1, N]; lengths (...) integer, default N (a causal L x L matrix: :func:`causal_lengths`).
     Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer than k valid entries
-    returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position.
+    returns all of them and -1 in the remaining slots. Ties at the threshold: the first by position (-0.0
+    and +0.0 tie). NaN scores are not supported (a NaN ranks by its bit pattern, not first as in torch.topk).
     sample: keys in the sorted sample that brackets the k-th score (a power of two >= 64; 0 = radix select
     only); cap: bracket slots per row (default from N, k, sample; the candidate scratch is rows x (k + cap)
 keys and positions, int32); stats: an
