@@ -117,7 +117,8 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
     tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps;
     profile: times each kernel launch of our top-k on its own (``radix_stages_ms``, in launch order)."""
-    from .kernels.radix_topk import READS_PER_ROW_SAMPLED, _stages, causal_lengths, radix_topk  # noqa: PLC0415
+    from .kernels.radix_topk import (  # noqa: PLC0415
+        DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED, _stages, causal_lengths, radix_topk)
 
     l = qi.shape[1]
     scores = _causal_scores(qi, ki, wi)
@@ -146,7 +147,7 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
         del got, got_idx
     del ref
     if profile:
-        _, stages = _stages(scores, k, lens, block=None, sample=512, cap=None, stats=None, num_warps=None)
+        _, stages = _stages(scores, k, lens, block=None, sample=DEFAULT_SAMPLE, cap=None, stats=None, num_warps=None)
         for _, launch in stages:  # once in order: each launch then finds what the ones before it wrote
             launch()
         row["radix_stages_ms"] = {name: _measure(launch, True)[0] for name, launch in stages}
@@ -168,7 +169,7 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
     whole of it over chunk sizes (``chunk_tuning``: 1, 2, 4 x the default rows)."""
     from .kernels.indexer import _pad_heads  # noqa: PLC0415
     from .kernels.indexer_chunked import default_chunk, score_rows  # noqa: PLC0415
-    from .kernels.radix_topk import _stages, radix_topk  # noqa: PLC0415
+    from .kernels.radix_topk import DEFAULT_SAMPLE, _stages, radix_topk  # noqa: PLC0415
     from .kernels._common import next_pow2  # noqa: PLC0415
 
     row["radix_tuning"] = [  # each launch at its own default tile
@@ -182,7 +183,8 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
              for bl, w in ((1024, 4), (2048, 8), (4096, 8), (4096, 16), (8192, 16))]
     row["radix_stage_tuning"] = []
     for stage, tune in grid:
-        _, stages = _stages(scores, k, lens, block=None, sample=512, cap=None, stats=None, num_warps=None, tune=tune)
+        _, stages = _stages(scores, k, lens, block=None, sample=DEFAULT_SAMPLE, cap=None, stats=None, num_warps=None,
+                            tune=tune)
         for _, launch in stages:
             launch()
         launch = dict(stages)[stage]

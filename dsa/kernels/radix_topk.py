@@ -33,7 +33,8 @@ def _kernels() -> dict:
 _GATHER_TILE = (256, 1)
 _SELECT_TILE = (128, 1)
 _ROW_TILE = (1024, 4)
-_FALLBACK_TILE = (1024, 4)
+# keys in the bracketing sample: of 256 / 512 / 1024, fastest on an H200 at 32K and on an H100 at 64K, tied at 32K
+DEFAULT_SAMPLE = 512
 _STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": None, "select_warps": None,
                    "fallback_block": None, "fallback_warps": None}
 # full reads of a row by the sampled path (the bracket gather; the sample and the candidates come on top)
@@ -100,7 +101,7 @@ def radix_topk(
     lengths: torch.Tensor | None = None,
     *,
     block: int | None = None,
-    sample: int = 512,
+    sample: int = DEFAULT_SAMPLE,
     cap: int | None = None,
     out_dtype: torch.dtype = torch.int64,
     force_reference: bool = False,
@@ -169,10 +170,10 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     g_warps = 4 if interp else (tune["gather_warps"] or num_warps or _GATHER_TILE[1])
     s_block = 64 if interp else (tune["select_block"] or _SELECT_TILE[0])
     s_warps = 4 if interp else (tune["select_warps"] or num_warps or _SELECT_TILE[1])
-    # the radix passes: over every long row without a sample, over the few fallback rows with one
-    row_tile = _FALLBACK_TILE if sample else _ROW_TILE
-    f_block = 256 if interp else (tune["fallback_block"] or block or row_tile[0])
-    f_warps = 4 if interp else (tune["fallback_warps"] or num_warps or row_tile[1])
+    # the radix passes: over every long row without a sample, over the few fallback rows with one (the same
+    # tile measured fastest for both: data/bench/h100-selection-stage-tuning-2.json)
+    f_block = 256 if interp else (tune["fallback_block"] or block or _ROW_TILE[0])
+    f_warps = 4 if interp else (tune["fallback_warps"] or num_warps or _ROW_TILE[1])
     state = stats.view(-1) if stats is not None else torch.empty(rows, device=dev, dtype=torch.int32)
     thr = torch.empty(rows, device=dev, dtype=torch.int32)
     quota = torch.empty(rows, device=dev, dtype=torch.int32)
