@@ -168,7 +168,7 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
     ``indexer_topk_chunked`` over its tiles (``score_tile_tuning``: all chunks of the sequence, ms) and the
     whole of it over chunk sizes (``chunk_tuning``: 1, 2, 4 x the default rows)."""
     from .kernels.indexer import _pad_heads  # noqa: PLC0415
-    from .kernels.indexer_chunked import default_chunk, score_rows  # noqa: PLC0415
+    from .kernels.indexer_chunked import default_chunk, score_rows, score_tile  # noqa: PLC0415
     from .kernels.radix_topk import DEFAULT_SAMPLE, _stages, radix_topk  # noqa: PLC0415
     from .kernels._common import next_pow2  # noqa: PLC0415
 
@@ -194,7 +194,7 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
     kc = ki.contiguous()
     row["score_tile_tuning"] = []
     for tile in [(bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8)]:
-        chunk = default_chunk(l, tile[0])
+        chunk = default_chunk(l, tile[0], b)
         buf = torch.empty(b, min(chunk, l), l, device=qi.device)
 
         def all_chunks(tile=tile, chunk=chunk, buf=buf):
@@ -204,7 +204,7 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
         row["score_tile_tuning"].append({"block_m": tile[0], "block_n": tile[1], "num_warps": tile[2],
                                          "ms": _measure(all_chunks, True)[0]})
         del buf
-    base = default_chunk(l, 64)
+    base = default_chunk(l, score_tile()[0], b)
     row["chunk_tuning"] = [{"chunk": c, "ms": _measure(lambda: indexer_topk_chunked(qi, ki, wi, k, chunk=c), True)[0]}
                            for c in sorted({min(base * m, l) for m in (1, 2, 4)})]
 

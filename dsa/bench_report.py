@@ -475,6 +475,13 @@ def evaluate_targets(df: pd.DataFrame, targets: Sequence[Target] = TARGETS) -> p
     return pd.DataFrame(rows, columns=["target", "measured", "best", "needed", "met", "where", "per_kind", "note"])
 
 
+def one_read_ms(l: int, device: str | None) -> float:
+    """ms to read the fp32 causal score triangle of length ``l`` once at ``device``'s HBM peak (NaN for a
+    device without a listed peak): the floor of any selection that reads every score."""
+    peak = hbm_peak_tb_s(device)
+    return l * (l + 1) / 2 * 4 / (peak * 1e12) * 1e3 if math.isfinite(peak) and peak > 0 else float("nan")
+
+
 def selection_profile(df: pd.DataFrame) -> pd.DataFrame:
     """Where our top-k's time goes, from the rows that recorded ``radix_stages_ms`` (``dsa.bench
     --profile-selection``): one row per (device, L, k, launch) with its ms, the whole call's ms, and the
@@ -486,8 +493,7 @@ def selection_profile(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in df.dropna(subset=["radix_stages_ms"]).iterrows():
         stages = r.radix_stages_ms if isinstance(r.radix_stages_ms, dict) else {}
-        peak = hbm_peak_tb_s(r.get("device"))
-        one_read = r.L * (r.L + 1) / 2 * 4 / (peak * 1e12) * 1e3 if math.isfinite(peak) else float("nan")
+        one_read = one_read_ms(int(r.L), r.get("device"))
         for stage, ms in stages.items():
             out.append({"device": r.get("device"), "L": int(r.L), "k": int(r.k), "stage": stage, "ms": _num(ms),
                         "radix_topk_ms": _num(r.get("radix_topk_ms")), "one_read_ms": one_read})
@@ -549,14 +555,14 @@ def _selection_text_one(d: pd.DataFrame, device: str) -> str:
     reads_sampled = int(n_reads) if math.isfinite(n_reads) else 2
     passes = reads_sampled if sampled else 5
     peak = hbm_peak_tb_s(device)
-    one_read_ms = (big.L * (big.L + 1) / 2 * 4) / (peak * 1e12) * 1e3 if peak == peak and peak > 0 else float("nan")
-    if one_read_ms == one_read_ms:
-        reads = big[col] / one_read_ms
+    one_read = one_read_ms(int(big.L), device)
+    if math.isfinite(one_read):
+        reads = big[col] / one_read
         how = (f"the sampled bracket served {share:.0%} of its rows longer than k, so each row is read "
                + ("once (plus its sample and candidates)" if reads_sampled == 1 else "twice")
                if sampled else "each row is read up to five times (radix passes)")
         who = "ours" if col == "radix_topk_ms" else "the radix select"
-        text += (f" At L = {int(big.L)} {who} takes {big[col]:.1f} ms, {reads:.1f}x the {one_read_ms:.2f} ms "
+        text += (f" At L = {int(big.L)} {who} takes {big[col]:.1f} ms, {reads:.1f}x the {one_read:.2f} ms "
                  f"one read of the fp32 causal triangle needs at {peak:.2f} TB/s; {how}" +
                  (": more than those reads would cost even from HBM, so its arithmetic (sorts, scans, "
                   "histograms), not memory, bounds it." if reads > passes else

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_top_k
+from ..checks import check_positive_int, check_top_k
 from ..topk import Selection, indexer_topk
 from ._common import interpret_mode, next_pow2, use_triton
 from .indexer import _check_indexer, _pad_heads, _run_pass
@@ -42,21 +42,22 @@ def indexer_topk_chunked(
     """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (positions ascending, the
     first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); top_k int in
     [1, L] (one k for every query; per-query k: :func:`indexer_topk_fast`); chunk: query rows whose scores
-    are stored at once (default: about 2 GiB of scores over the batch; rounded up to the score tile). Returns Selection (B, L, top_k).
-    Runs the Triton kernels on CUDA tensors (or in the interpreter), else :func:`dsa.topk.indexer_topk`."""
+    are stored at once (default: about 2 GiB of scores over the batch; rounded up to the score tile).
+    Returns Selection (B, L, top_k). Runs the Triton kernels on CUDA tensors (or in the interpreter), else
+    :func:`dsa.topk.indexer_topk`."""
     _check_indexer(q_idx, k_idx, w)
     b, l, h, _ = q_idx.shape
     if not isinstance(top_k, int) or isinstance(top_k, bool):
         raise TypeError(f"top_k must be an int (per-query k: indexer_topk_fast), got {type(top_k).__name__}")
     check_top_k(top_k, l)
-    if chunk is not None and (not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1):
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if chunk is not None:
+        check_positive_int("chunk", chunk)
     if force_reference or not use_triton(q_idx, k_idx, w) or q_idx.dtype == torch.float64:
         return indexer_topk(q_idx, k_idx, w, top_k)
     dev = q_idx.device
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
-    block_m = 16 if interpret_mode() else SCORE_TILE[0]
+    block_m = score_tile()[0]
     chunk = default_chunk(l, block_m, b) if chunk is None else -(-chunk // block_m) * block_m
     chunk = min(chunk, -(-l // block_m) * block_m)
     scores = torch.empty(b, chunk, l, device=dev, dtype=torch.float32)
@@ -72,13 +73,19 @@ def indexer_topk_chunked(
     return Selection(idx=idx64, valid=idx64 >= 0)
 
 
+def score_tile(tile: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """The (query rows, keys, warps) per program of the score pass: ``tile`` or SCORE_TILE, a small fixed
+    tile in the interpreter. Chunks start at multiples of its query rows."""
+    return (16, 64, 4) if interpret_mode() else (tile or SCORE_TILE)
+
+
 def score_rows(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
                tile: tuple[int, int, int] | None = None) -> None:
     """Writes the causal indexer scores of query rows t0 <= t < t1 into ``scores[:, t - t0, :t + 1]`` (the rest
     of each row is left as it was). qp (B, L, HP, d_I) with HP a power of two (zero-padded heads), kc (B, L,
     d_I), wp (B, L, HP) fp32 (zero weights on padded heads), scores (B, >= t1 - t0, L) fp32; t0 a multiple
     of the tile's query rows. tile: (query rows, keys, warps) per program, default SCORE_TILE."""
-    block_m, block_n, warps = (16, 64, 4) if interpret_mode() else (tile or SCORE_TILE)
+    block_m, block_n, warps = score_tile(tile)
     dev = scores.device
     unused = torch.empty(1, 1, 1, device=dev, dtype=torch.float32)  # arguments the score mode does not touch
     unused_i = torch.empty(1, 1, 1, device=dev, dtype=torch.int32)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
+from ..checks import FLOAT_DTYPES, check_positive_int, check_tensor, check_top_k
 from ._common import interpret_mode, jit, use_triton
 
 
@@ -126,8 +126,8 @@ keys and positions, int32); stats: an
     _check(scores, k, lengths)
     if not isinstance(sample, int) or isinstance(sample, bool) or (sample and (sample < 64 or sample & (sample - 1))):
         raise ValueError(f"sample must be 0 or a power of two >= 64, got {sample!r}")
-    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-        raise ValueError(f"cap must be a positive int, got {cap!r}")
+    if cap is not None:
+        check_positive_int("cap", cap)
     if stats is not None and (not isinstance(stats, torch.Tensor) or stats.dtype != torch.int32
                               or tuple(stats.shape) != tuple(scores.shape[:-1]) or not stats.is_contiguous()):
         raise ValueError(f"stats must be a contiguous int32 tensor of shape {tuple(scores.shape[:-1])}")
