@@ -1,6 +1,6 @@
-"""Sparse attention over selected K/V rows: Triton forward + backward, reference fallback on CPU.
+"""Sparse attention over selected K/V rows: Triton forward + backward (the op is dsa.ops.sparse_attention).
 
-Layouts as in :mod:`dsa.sparse_attention`: q (B, H, L, d); k, v (B, H_kv, L, d); idx (B, L, K) int
+Layouts as in :mod:`dsa.ops.attention`: q (B, H, L, d); k, v (B, H_kv, L, d); idx (B, L, K) int
 (-1 = unused slot) shared by every head; valid (B, L, K) bool (optional).
 """
 
@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from ..sparse_attention import _check_qkv, _check_selection, sparse_attention_gather
-from ._common import interpret_mode, jit, next_pow2, use_triton
+from ._common import interpret_mode, jit, next_pow2
 
 
 def _kernels():
     from . import _sparse_attn_kernels as m
 
     return jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel)
-
-
-def _prep_idx(idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
 
 
 def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
@@ -81,46 +76,14 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=4):
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
-class _SparseAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, idx32, scale):
-        o, lse = _fwd(q, k, v, idx32, scale)
-        ctx.save_for_backward(q, k, v, idx32, o, lse)
-        ctx.scale = scale
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, idx32, o, lse = ctx.saved_tensors
-        if dlse is not None and bool((dlse != 0).any()):
-            raise NotImplementedError("sparse_attention: gradient through the returned lse is not supported")
-        dq, dk, dv = _bwd(q, k, v, idx32, o, lse, do, ctx.scale)
-        return dq, dk, dv, None, None
-
-
 def sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    scale: float | None = None,
-    *,
-    return_lse: bool = False,
-    force_reference: bool = False,
-):
-    """Attention of each query over its selected K/V rows (the same rows for every head; GQA).
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx32: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of each query over its selected K/V rows (the same rows for every head; GQA/MQA).
 
-    Triton forward/backward on CUDA (or on CPU under TRITON_INTERPRET=1), else the reference
-    :func:`dsa.sparse_attention.sparse_attention_gather` (differentiable through autograd).
-    returns out (B, H, L, d) in q's dtype [and lse (B, H, L) fp32, -inf for a query with no selection].
-    """
-    _check_qkv(q, k, v)
-    b, _, l, d = q.shape
-    valid = _check_selection(idx, valid, b, l)
-    scale = d**-0.5 if scale is None else float(scale)
-    if force_reference or not use_triton(q, k, v, idx) or q.dtype == torch.float64:
-        return sparse_attention_gather(q, k, v, idx, valid, scale=scale, return_lse=return_lse)
-    q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
-    o, lse = _SparseAttention.apply(q, k, v, _prep_idx(idx, valid), scale)
-    return (o, lse) if return_lse else o
+    q (B, H, L, d); k, v (B, H_kv, L, d); idx32 (B, L, K) int32 contiguous, -1 = unused; scale float.
+    returns out (B, H, L, d) in q's dtype and lse (B, H, L) fp32 (-inf for a query with no selection);
+    differentiable w.r.t. q, k, v. Inputs are checked by the op (:func:`dsa.ops.sparse_attention`)."""
+    from .registered import sparse_attention_op as op  # noqa: PLC0415 (the custom op: one node under torch.compile)
+
+    return op(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v), idx32, float(scale))
