@@ -1,7 +1,8 @@
 """Attention references in plain PyTorch (any device, fp32/bf16): dense causal, sparse by gathering the
 selected K/V rows (chunked over queries), and sparse by masking a dense product (small L only).
 
-Layouts: q (B, H, L, d); k, v (B, H_kv, L, d) with H % H_kv == 0 (grouped-query attention); the selected
+Layouts: q (B, H, L, d); k (B, H_kv, L, d); v (B, H_kv, L, d_v) with H % H_kv == 0 (grouped-query
+attention); d_v may differ from d (DeepSeek's MLA: d = 576, d_v = 512) and the output has d_v. The selected
 indices idx (B, L, K) (-1 = unused slot) are shared by every head.
 """
 
@@ -15,14 +16,14 @@ from .topk import Selection, selection_to_mask
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    """Validates shapes and returns the group size G = H / H_kv."""
+    """Validates shapes (v may have its own head dim d_v) and returns the group size G = H / H_kv."""
     check_tensor("q", q, 4, FLOAT_DTYPES)
     check_tensor("k", k, 4, FLOAT_DTYPES)
     check_tensor("v", v, 4, FLOAT_DTYPES)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must share (B, H_kv, L), got {tuple(k.shape)} and {tuple(v.shape)}")
     b, h, l, d = q.shape
     if k.shape[0] != b or k.shape[2] != l or k.shape[3] != d:
         raise ValueError(f"k shape {tuple(k.shape)} does not fit q shape {tuple(q.shape)} as (B, H_kv, L, d)")
@@ -72,14 +73,15 @@ def sparse_attention_gather(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of each query over its selected rows only, by gathering K/V in query chunks.
 
-    q: (B, H, L, d); k, v: (B, H_kv, L, d); idx: (B, L, K) int (-1 = unused); valid: (B, L, K) bool.
-    Memory O(chunk * K * H_kv * d), never L x L. Softmax in float32 (float64 for float64 inputs); output in q's dtype.
-    returns out (B, H, L, d) [and lse (B, H, L) float32 (float64 for float64 inputs), -inf for a query with no selected token].
+    q: (B, H, L, d); k: (B, H_kv, L, d); v: (B, H_kv, L, d_v); idx: (B, L, K) int (-1 = unused); valid: (B, L, K)
+    bool. Memory O(chunk * K * H_kv * (d + d_v)), never L x L. Softmax in float32 (float64 for float64 inputs);
+    output in q's dtype.
+    returns out (B, H, L, d_v) [and lse (B, H, L) float32 (float64 for float64 inputs), -inf for a query with no selected token].
     """
     g = _check_qkv(q, k, v)
     check_positive_int("chunk", chunk)
     b, h, l, d = q.shape
-    hkv = k.shape[1]
+    hkv, dv = k.shape[1], v.shape[-1]
     valid = _check_selection(idx, valid, b, l)
     scale = d**-0.5 if scale is None else scale
     kt = k.transpose(1, 2)  # (B, L, H_kv, d): rows to gather
@@ -100,7 +102,7 @@ def sparse_attention_gather(
         p = torch.exp(s - lse.unsqueeze(-1).clamp(min=torch.finfo(acc).min))
         p = torch.where(vc[:, None, None], p, torch.zeros((), device=p.device))
         o = torch.einsum("bhgck,bckhd->bhgcd", p, vg.to(acc))
-        outs.append(o.reshape(b, h, c1 - c0, d).to(q.dtype))
+        outs.append(o.reshape(b, h, c1 - c0, dv).to(q.dtype))
         lses.append(lse.reshape(b, h, c1 - c0))
     out = torch.cat(outs, dim=2)
     if return_lse:
