@@ -34,16 +34,17 @@ def _interpreter_for_this_module_only():
 triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")
 
 from dsa.indexer import indexer_scores  # noqa: E402
+from dsa.indexer_loss import sparse_attention_target  # noqa: E402
 from dsa.kernels import (  # noqa: E402
     indexer_scores_at,
     indexer_scores_at_reference,
     indexer_topk_fast,
     interpret_mode,
-    sparse_attention,
     use_triton,
 )
-from dsa.sparse_attention import sparse_attention_gather  # noqa: E402
-from dsa.topk import indexer_topk, selection_to_mask  # noqa: E402
+from dsa.kernels.sparse_attention import sparse_attention, sparse_attention_probs  # noqa: E402
+from dsa.sparse_attention import expand_kv, sparse_attention_gather  # noqa: E402
+from dsa.topk import Selection, indexer_topk, selection_to_mask  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
@@ -81,44 +82,114 @@ def test_dispatch_rule():
         assert interpret_mode()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("h,hkv,d", [(2, 2, 32), (4, 2, 32), (4, 1, 24), (8, 1, 32)])
-def test_sparse_attention_fwd_bwd(dtype, h, hkv, d):
-    gen = torch.Generator().manual_seed(1000 + h * 10 + hkv + d)
-    b, l, k = 2, 37, 13
-    q = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    idx, valid = _selection(b, l, k, gen)
-    go = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
+def _idx32(idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The kernels' selection: int32, contiguous, -1 at every unused slot."""
+    return torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
+
+
+def _odd(gen, lo, hi):
+    """A fresh odd size in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=gen)) | 1
+
+
+def _attention_inputs(gen, b, h, hkv, l, d, dv, dtype):
+    return (torch.randn(b, h, l, d, generator=gen).to(DEV, dtype), torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype),
+            torch.randn(b, hkv, l, dv, generator=gen).to(DEV, dtype))
+
+
+def _check_attention_vs_gather(q, kk, v, idx, valid, scale, tol):
+    """Kernel output, lse and dq, dk, dv against the fp32 reference on the same (possibly bf16-valued) inputs."""
+    go = torch.randn(q.shape[:3] + v.shape[-1:], generator=torch.Generator().manual_seed(q.numel())).to(DEV, q.dtype)
     qs, ks, vs = (x.clone().requires_grad_() for x in (q, kk, v))
-    out, lse = sparse_attention(qs, ks, vs, idx, valid, return_lse=True)
+    out, lse = sparse_attention(qs, ks, vs, _idx32(idx, valid), scale)
     out.backward(go)
-    # reference in fp32 on the same (possibly bf16-valued) inputs
     qr, kr, vr = (x.float().requires_grad_() for x in (q, kk, v))
-    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, valid, return_lse=True)
+    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, valid, scale=scale, return_lse=True)
     ref.backward(go.float())
-    tol = TOL[dtype]
-    assert out.dtype == dtype
+    assert out.dtype == q.dtype and out.shape == ref.shape and lse.dtype == torch.float32
     assert rel(out, ref) < tol
     fin = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), fin)  # -inf exactly for the queries with no selection
+    assert bool((lse[~fin] == float("-inf")).all())
     assert rel(lse[fin], ref_lse[fin]) < tol
     for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dv", vs.grad, vr.grad)):
-        assert a.dtype == dtype, name
-        assert rel(a, r.to(dtype).float() if dtype != torch.float32 else r) < tol, name
+        assert a.dtype == q.dtype and a.shape == r.shape, name
+        assert rel(a, r.to(q.dtype).float() if q.dtype != torch.float32 else r) < tol, name
 
 
-def test_sparse_attention_scale_and_noncontiguous():
-    gen = torch.Generator().manual_seed(7)
-    b, h, hkv, l, d, k = 1, 4, 2, 21, 16, 9
-    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # non-contiguous (B, H, L, d) view
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d,dv", [
+    (2, 2, 32, 32),  # one head per KV head, one head dim
+    (4, 2, 24, 16),  # GQA, d_v < d_qk, both padded
+    (16, 1, 40, 24),  # MQA as in DeepSeek's MLA (one latent KV head for 16 query heads), odd dims
+    (6, 3, 16, 40),  # GQA, d_v > d_qk
+])
+def test_sparse_attention_fwd_bwd(gen, dtype, h, hkv, d, dv):
+    """Fresh random odd L and K, variable selections with -1 slots anywhere and empty rows."""
+    b, l, k = 2, _odd(gen, 21, 41), _odd(gen, 5, 17)
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, d, dv, dtype)
+    idx, valid = _selection(b, l, k, gen)
+    _check_attention_vs_gather(q, kk, v, idx, valid, d**-0.5, TOL[dtype])
+
+
+def test_sparse_attention_mla_head_dims(gen):
+    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16."""
+    b, h, hkv, l, k = 1, 16, 1, 11, 7
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, 576, 512, torch.bfloat16)
+    idx, valid = _selection(b, l, k, gen)
+    _check_attention_vs_gather(q, kk, v, idx, valid, 576**-0.5, TOL[torch.bfloat16])
+
+
+def test_sparse_attention_scale_and_noncontiguous(gen):
+    """Views whose last dim is strided (copied) or whose other dims are (used through strides)."""
+    b, h, hkv, l, d, dv, k = 1, 4, 2, 21, 16, 24, 9
+    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # (B, H, L, d) view, last dim contiguous
+    kk = torch.randn(b, hkv, d, l, generator=gen).to(DEV).transpose(2, 3)  # last dim strided
+    v = torch.randn(b, hkv, l, 2 * dv, generator=gen).to(DEV)[..., ::2]  # last dim strided
     idx, valid = _selection(b, l, k, gen, variable=False, empty_row=False)
-    out = sparse_attention(q, kk, v, idx, None if True else valid, scale=0.3)
-    ref = sparse_attention_gather(q, kk, v, idx, scale=0.3)
-    assert rel(out, ref) < 1e-5
+    _check_attention_vs_gather(q, kk, v, idx, valid, 0.3, 1e-5)
+
+
+def test_sparse_attention_rejects_a_gradient_into_lse(gen):
+    q, kk, v = (x.requires_grad_() for x in _attention_inputs(gen, 1, 2, 1, 7, 16, 16, torch.float32))
+    idx, valid = _selection(1, 7, 3, gen)
+    out, lse = sparse_attention(q, kk, v, _idx32(idx, valid), 0.25)
+    with pytest.raises(NotImplementedError, match="lse"):
+        (out.sum() + lse[torch.isfinite(lse)].sum()).backward()
+
+
+def _probs_reference(q, kk, idx, valid, lse, scale):
+    """Plain PyTorch from gathered scores: mean over heads of exp(s - lse), 0 at unused slots -> (B, L, K)."""
+    b, h, l, _ = q.shape
+    rows = expand_kv(kk, h).float()[torch.arange(b, device=q.device)[:, None, None, None],
+                                    torch.arange(h, device=q.device)[None, :, None, None],
+                                    idx.clamp(min=0)[:, None]]  # (B, H, L, K, d)
+    s = torch.einsum("bhtd,bhtkd->bhtk", q.float(), rows) * scale
+    return torch.exp(s - lse[..., None]).masked_fill(~valid[:, None], 0.0).mean(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40)])
+def test_sparse_attention_probs(gen, dtype, h, hkv, d):
+    """Against the gathered-score reference (on the reference's lse) and the dense-then-gather target of
+    the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0."""
+    b, l, k = 2, _odd(gen, 15, 31), _odd(gen, 5, 21)
+    q, kk, _ = _attention_inputs(gen, b, h, hkv, l, d, 1, dtype)
+    idx, valid = _selection(b, l, k, gen)
+    idx32, scale = _idx32(idx, valid), d**-0.5 * 1.7
+    _, ref_lse = sparse_attention_gather(q.float(), kk.float(), kk.float(), idx, valid, scale=scale, return_lse=True)
+    p = sparse_attention_probs(q, kk, idx32, ref_lse, scale)
+    assert p.shape == (b, l, k) and p.dtype == torch.float32
+    assert rel(p, _probs_reference(q, kk, idx, valid, ref_lse, scale)) < TOL[dtype]
+    assert rel(p, sparse_attention_target(q, kk, Selection(idx, valid), 0, l, scale=scale)) < TOL[dtype]
+    _, lse = sparse_attention(q, kk, kk, idx32, scale)
+    p = sparse_attention_probs(q, kk, idx32, lse, scale)
+    assert bool((p[~valid] == 0).all()) and bool((p >= 0).all())
+    has = valid.any(-1)
+    assert bool(has.any()) and bool((~has).any())  # both kinds of rows are there
+    sums = p.sum(-1)
+    assert torch.allclose(sums[has], torch.ones_like(sums[has]), atol=1e-5)
+    assert bool((sums[~has] == 0).all())
 
 
 def _check_topk(sel, scores, k_t, tol):
@@ -342,16 +413,19 @@ def test_indexer_scores_at_fwd_bwd(dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("h,hkv", [(16, 16), (16, 2)])
-def test_sparse_attention_gpu_real(h, hkv):
+@pytest.mark.parametrize("h,hkv,d,dv", [(16, 16, 128, 128), (16, 2, 128, 128), (16, 2, 192, 128), (16, 1, 576, 512)])
+def test_sparse_attention_gpu_real(h, hkv, d, dv):
     torch.manual_seed(0)
-    b, l, d, k = 1, 1024 + 77, 128, 500  # the autograd reference keeps every gathered chunk
+    b, l, k = 1, 1024 + 77, 500  # the autograd reference keeps every gathered chunk
     q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     kk = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(b, hkv, l, dv, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     qi = torch.randn(b, l, 4, 64, device=DEV)
     sel = indexer_topk_fast(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
-    out = sparse_attention(q, kk, v, sel.idx, sel.valid)
+    idx32 = _idx32(sel.idx, sel.valid)
+    out, lse = sparse_attention(q, kk, v, idx32, d**-0.5)
+    p = sparse_attention_probs(q.detach(), kk.detach(), idx32, lse, d**-0.5)
+    assert rel(p, sparse_attention_target(q.detach(), kk.detach(), sel, 0, l, scale=d**-0.5)) < 1e-2
     go = torch.randn_like(out)
     out.backward(go)
     grads = [x.grad for x in (q, kk, v)]
