@@ -125,16 +125,16 @@ def _check_attention_vs_gather(q, kk, v, idx, valid, scale, tol):
     (6, 3, 16, 40),  # GQA, d_v > d_qk
 ])
 def test_sparse_attention_fwd_bwd(gen, dtype, h, hkv, d, dv):
-    """Fresh random odd L and K, variable selections with -1 slots anywhere and empty rows."""
-    b, l, k = 2, _odd(gen, 21, 41), _odd(gen, 5, 17)
+    """Fresh random odd L and K (one or two K blocks), variable selections with -1 slots anywhere, empty rows."""
+    b, l, k = 2, _odd(gen, 17, 33), _odd(gen, 9, 35)
     q, kk, v = _attention_inputs(gen, b, h, hkv, l, d, dv, dtype)
     idx, valid = _selection(b, l, k, gen)
     _check_attention_vs_gather(q, kk, v, idx, valid, d**-0.5, TOL[dtype])
 
 
 def test_sparse_attention_mla_head_dims(gen):
-    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16."""
-    b, h, hkv, l, k = 1, 16, 1, 11, 7
+    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16 (K blocks of 16)."""
+    b, h, hkv, l, k = 1, 16, 1, 11, 21
     q, kk, v = _attention_inputs(gen, b, h, hkv, l, 576, 512, torch.bfloat16)
     idx, valid = _selection(b, l, k, gen)
     _check_attention_vs_gather(q, kk, v, idx, valid, 576**-0.5, TOL[torch.bfloat16])
@@ -172,8 +172,9 @@ def _probs_reference(q, kk, idx, valid, lse, scale):
 @pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40)])
 def test_sparse_attention_probs(gen, dtype, h, hkv, d):
     """Against the gathered-score reference (on the reference's lse) and the dense-then-gather target of
-    the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0."""
-    b, l, k = 2, _odd(gen, 15, 31), _odd(gen, 5, 21)
+    the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0;
+    blocks of 16 slots (a partial last one) give the same probabilities as one block."""
+    b, l, k = 2, _odd(gen, 13, 25), _odd(gen, 17, 29)
     q, kk, _ = _attention_inputs(gen, b, h, hkv, l, d, 1, dtype)
     idx, valid = _selection(b, l, k, gen)
     idx32, scale = _idx32(idx, valid), d**-0.5 * 1.7
@@ -184,6 +185,7 @@ def test_sparse_attention_probs(gen, dtype, h, hkv, d):
     assert rel(p, sparse_attention_target(q, kk, Selection(idx, valid), 0, l, scale=scale)) < TOL[dtype]
     _, lse = sparse_attention(q, kk, kk, idx32, scale)
     p = sparse_attention_probs(q, kk, idx32, lse, scale)
+    assert torch.allclose(sparse_attention_probs(q, kk, idx32, lse, scale, block_k=16), p, rtol=1e-6, atol=1e-7)
     assert bool((p[~valid] == 0).all()) and bool((p >= 0).all())
     has = valid.any(-1)
     assert bool(has.any()) and bool((~has).any())  # both kinds of rows are there

@@ -18,6 +18,9 @@ from ._common import interpret_mode, jit, next_pow2
 # per block so that the MLA head (576 -> 1024 padded, plus 512) does not outgrow the GPU's shared memory.
 _FWD_BLOCK_BYTES = 64 * 256 * 2
 _BWD_BLOCK_BYTES = 32 * 256 * 2
+# The backward keeps dq, [G_PAD, D_PAD] fp32, in registers: at the MLA head dims ptxas (sm_90, bf16, 16
+# heads) spills ~1 KB per thread with 4 warps and 64 B with 8, so the largest heads take 8 warps.
+_BWD_WIDE_HEADS = 1024  # D_PAD + DV_PAD from which the backward runs 8 warps
 
 
 def _kernels():
@@ -73,7 +76,7 @@ def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=4):
     return o, lse
 
 
-def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=4):
+def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None):
     """The gradients (dq, dk, dv) in the dtypes of (q, k, v); dk, dv accumulate in fp32 by atomics."""
     _, bwd_kernel, _ = _kernels()
     b, h, l, d = q.shape
@@ -85,6 +88,7 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=4):
     gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
     row_bytes = (_pad(d) + _pad(dv)) * q.element_size()
     block_k = block_k or _block_k(_BWD_BLOCK_BYTES, row_bytes, 32 if q.element_size() < 4 else 16)
+    num_warps = num_warps or (8 if _pad(d) + _pad(dv) >= _BWD_WIDE_HEADS else 4)
     bwd_kernel[(l, b * hkv)](
         q, k, v, idx32, do, lse, delta, gq, gk, gv, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -150,7 +154,8 @@ def sparse_attention_probs(
     hkv, ksel = k.shape[1], idx32.shape[-1]
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
-    block_k = block_k or _block_k(_FWD_BLOCK_BYTES, _pad(d) * q.element_size(), 64)
+    # 32 rows, not 64: at d = 128 (bf16, 16 heads) 64 rows take all 255 registers, 32 take 128 (ptxas, sm_90)
+    block_k = block_k or _block_k(_FWD_BLOCK_BYTES, _pad(d) * q.element_size(), 32)
     nkb = -(-ksel // block_k)
     probs_kernel[(l, b * nkb)](
         q, k, idx32, lse, p, float(scale), 1.0 / h,
@@ -160,6 +165,8 @@ def sparse_attention_probs(
         lse.stride(0), lse.stride(1),
         p.stride(0), p.stride(1),
         hkv, ksel, nkb,
-        BLOCK_K=block_k, num_warps=4, **_shared_constexprs(q, k),
+        # two stages, not three: the pipelined head loop at fp32 and d_qk 576 needs 262 KB of shared memory
+        # with three (more than the 227 KB of an H100/H200), 131 KB with two
+        BLOCK_K=block_k, num_warps=4, num_stages=2, **_shared_constexprs(q, k),
     )
     return p
