@@ -44,7 +44,10 @@ from dsa.ops import (  # noqa: E402
     sparse_attention,
     sparse_indexer_kl,
 )
+from dsa.ops.attention import expand_kv, sparse_attention_gather  # noqa: E402
 from dsa.ops.dispatch import interpret_mode  # noqa: E402
+from dsa.ops.indexer_loss import sparse_attention_target  # noqa: E402
+from dsa.kernels.sparse_attention import sparse_attention as attention_kernel, sparse_attention_probs  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
@@ -82,44 +85,108 @@ def test_dispatch_rule():
         assert interpret_mode()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("h,hkv,d", [(2, 2, 32), (4, 2, 32), (4, 1, 24), (8, 1, 32)])
-def test_sparse_attention_fwd_bwd(dtype, h, hkv, d):
-    gen = torch.Generator().manual_seed(1000 + h * 10 + hkv + d)
-    b, l, k = 2, 37, 13
-    q = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    idx = _selection(b, l, k, gen)
-    go = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
+def _odd(gen, lo, hi):
+    """A fresh odd size in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=gen)) | 1
+
+
+def _attention_inputs(gen, b, h, hkv, l, d, dv, dtype):
+    return (torch.randn(b, h, l, d, generator=gen).to(DEV, dtype), torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype),
+            torch.randn(b, hkv, l, dv, generator=gen).to(DEV, dtype))
+
+
+def _check_attention_vs_gather(q, kk, v, idx, scale, tol):
+    """impl='triton' output, lse and dq, dk, dv against impl='reference' in fp32 on the same (possibly
+    bf16-valued) inputs."""
+    go = torch.randn(q.shape[:3] + v.shape[-1:], generator=torch.Generator().manual_seed(q.numel())).to(DEV, q.dtype)
     qs, ks, vs = (x.clone().requires_grad_() for x in (q, kk, v))
-    out, lse = sparse_attention(qs, ks, vs, idx, return_lse=True, impl="triton")
+    out, lse = sparse_attention(qs, ks, vs, idx, scale=scale, return_lse=True, impl="triton")
     out.backward(go)
-    # reference in fp32 on the same (possibly bf16-valued) inputs
     qr, kr, vr = (x.float().requires_grad_() for x in (q, kk, v))
-    ref, ref_lse = sparse_attention(qr, kr, vr, idx, return_lse=True, impl="reference")
+    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, scale=scale)
     ref.backward(go.float())
-    tol = TOL[dtype]
-    assert out.dtype == dtype
+    assert out.dtype == q.dtype and out.shape == ref.shape and lse.dtype == torch.float32
     assert rel(out, ref) < tol
     fin = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), fin)  # -inf exactly for the queries with no selection
+    assert bool((lse[~fin] == float("-inf")).all())
     assert rel(lse[fin], ref_lse[fin]) < tol
     for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dv", vs.grad, vr.grad)):
-        assert a.dtype == dtype, name
-        assert rel(a, r.to(dtype).float() if dtype != torch.float32 else r) < tol, name
+        assert a.dtype == q.dtype and a.shape == r.shape, name
+        assert rel(a, r.to(q.dtype).float() if q.dtype != torch.float32 else r) < tol, name
 
 
-def test_sparse_attention_scale_and_noncontiguous():
-    gen = torch.Generator().manual_seed(7)
-    b, h, hkv, l, d, k = 1, 4, 2, 21, 16, 9
-    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # non-contiguous (B, H, L, d) view
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
-    idx = _selection(b, l, k, gen, variable=False, empty_row=False)
-    out = sparse_attention(q, kk, v, idx, scale=0.3, impl="triton")
-    ref = sparse_attention(q, kk, v, idx, scale=0.3, impl="reference")
-    assert rel(out, ref) < 1e-5
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d,dv", [
+    (2, 2, 32, 32),  # one head per KV head, one head dim
+    (4, 2, 24, 16),  # GQA, d_v < d_qk, both padded
+    (16, 1, 40, 24),  # MQA as in DeepSeek's MLA (one latent KV head for 16 query heads), odd dims
+    (6, 3, 16, 40),  # GQA, d_v > d_qk
+])
+def test_sparse_attention_fwd_bwd(gen, dtype, h, hkv, d, dv):
+    """Fresh random odd L and K (one or two K blocks), variable selections with -1 slots anywhere, empty rows."""
+    b, l, k = 2, _odd(gen, 17, 33), _odd(gen, 9, 35)
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, d, dv, dtype)
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), d**-0.5, TOL[dtype])
+
+
+def test_sparse_attention_mla_head_dims(gen):
+    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16 (K blocks of 16)."""
+    b, h, hkv, l, k = 1, 16, 1, 11, 21
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, 576, 512, torch.bfloat16)
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), 576**-0.5, TOL[torch.bfloat16])
+
+
+def test_sparse_attention_scale_and_noncontiguous(gen):
+    """Views whose last dim is strided (copied) or whose other dims are (used through strides)."""
+    b, h, hkv, l, d, dv, k = 1, 4, 2, 21, 16, 24, 9
+    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # (B, H, L, d) view, last dim contiguous
+    kk = torch.randn(b, hkv, d, l, generator=gen).to(DEV).transpose(2, 3)  # last dim strided
+    v = torch.randn(b, hkv, l, 2 * dv, generator=gen).to(DEV)[..., ::2]  # last dim strided
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen, variable=False, empty_row=False), 0.3, 1e-5)
+
+
+def test_sparse_attention_lse_carries_no_gradient(gen):
+    q, kk, v = (x.requires_grad_() for x in _attention_inputs(gen, 1, 2, 1, 7, 16, 16, torch.float32))
+    out, lse = sparse_attention(q, kk, v, _selection(1, 7, 3, gen), scale=0.25, return_lse=True, impl="triton")
+    assert out.requires_grad and not lse.requires_grad
+
+
+def _probs_reference(q, kk, idx, lse, scale):
+    """Plain PyTorch from gathered scores: mean over heads of exp(s - lse), 0 at unused slots -> (B, L, K)."""
+    b, h, l, _ = q.shape
+    valid, idx = idx >= 0, idx.long()
+    rows = expand_kv(kk, h).float()[torch.arange(b, device=q.device)[:, None, None, None],
+                                    torch.arange(h, device=q.device)[None, :, None, None],
+                                    idx.clamp(min=0)[:, None]]  # (B, H, L, K, d)
+    s = torch.einsum("bhtd,bhtkd->bhtk", q.float(), rows) * scale
+    return torch.exp(s - lse[..., None]).masked_fill(~valid[:, None], 0.0).mean(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40)])
+def test_sparse_attention_probs(gen, dtype, h, hkv, d):
+    """Against the gathered-score reference (on the reference's lse) and the dense-then-gather target of
+    the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0;
+    blocks of 16 slots (a partial last one) give the same probabilities as one block."""
+    b, l, k = 2, _odd(gen, 13, 25), _odd(gen, 17, 29)
+    q, kk, _ = _attention_inputs(gen, b, h, hkv, l, d, 1, dtype)
+    idx32, scale = _selection(b, l, k, gen), d**-0.5 * 1.7
+    valid = idx32 >= 0
+    _, ref_lse = sparse_attention_gather(q.float(), kk.float(), kk.float(), idx32, scale=scale)
+    p = sparse_attention_probs(q, kk, idx32, ref_lse, scale)
+    assert p.shape == (b, l, k) and p.dtype == torch.float32
+    assert rel(p, _probs_reference(q, kk, idx32, ref_lse, scale)) < TOL[dtype]
+    assert rel(p, sparse_attention_target(q, kk, idx32, 0, l, scale=scale)) < TOL[dtype]
+    _, lse = attention_kernel(q, kk, kk, idx32, scale)
+    p = sparse_attention_probs(q, kk, idx32, lse, scale)
+    assert torch.allclose(sparse_attention_probs(q, kk, idx32, lse, scale, block_k=16), p, rtol=1e-6, atol=1e-7)
+    assert bool((p[~valid] == 0).all()) and bool((p >= 0).all())
+    has = valid.any(-1)
+    assert bool(has.any()) and bool((~has).any())  # both kinds of rows are there
+    sums = p.sum(-1)
+    assert torch.allclose(sums[has], torch.ones_like(sums[has]), atol=1e-5)
+    assert bool((sums[~has] == 0).all())
 
 
 def _check_topk(sel, scores, k_t, tol):
@@ -348,21 +415,23 @@ def test_indexer_scores_at_fwd_bwd(dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("h,hkv", [(16, 16), (16, 2)])
-def test_sparse_attention_gpu_real(h, hkv):
+@pytest.mark.parametrize("h,hkv,d,dv", [(16, 16, 128, 128), (16, 2, 128, 128), (16, 2, 192, 128), (16, 1, 576, 512)])
+def test_sparse_attention_gpu_real(h, hkv, d, dv):
     torch.manual_seed(0)
-    b, l, d, k = 1, 1024 + 77, 128, 500  # the autograd reference keeps every gathered chunk
+    b, l, k = 1, 1024 + 77, 500  # the autograd reference keeps every gathered chunk
     q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     kk = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(b, hkv, l, dv, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     qi = torch.randn(b, l, 4, 64, device=DEV)
-    sel = indexer_topk(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
-    out = sparse_attention(q, kk, v, sel, impl="triton")
+    idx32 = indexer_topk(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
+    out, lse = sparse_attention(q, kk, v, idx32, return_lse=True, impl="triton")
+    p = sparse_attention_probs(q.detach(), kk.detach(), idx32, lse, d**-0.5)
+    assert rel(p, sparse_attention_target(q.detach(), kk.detach(), idx32, 0, l, scale=d**-0.5)) < 1e-2
     go = torch.randn_like(out)
     out.backward(go)
     grads = [x.grad for x in (q, kk, v)]
     qr, kr, vr = (x.detach().float().requires_grad_() for x in (q, kk, v))
-    ref = sparse_attention(qr, kr, vr, sel, impl="reference")
+    ref = sparse_attention_gather(qr, kr, vr, idx32, scale=d**-0.5, chunk=64)[0]
     ref.backward(go.float())
     assert rel(out, ref) < 1e-2
     for a, r in zip(grads, (qr.grad, kr.grad, vr.grad)):
