@@ -45,6 +45,14 @@ def _pad_heads(q_idx, w, hp):
     return q_idx.contiguous(), w.contiguous()
 
 
+def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, block_n: int, nt: int, num_warps: int,
+              interp: bool) -> dict:
+    """The compile-time arguments (constexprs, warps, stages) of ``idx_pass_kernel`` for qp (B, L, hp, di) of
+    ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py)."""
+    return dict(HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
+                IEEE=dtype == torch.float32, INTERP=interp, num_warps=num_warps, num_stages=2)
+
+
 def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,
               rows=None, num_warps=4):
     kern, _, _ = _kernels()
@@ -56,8 +64,7 @@ def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, km
         qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
         cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
         l, kmax, row0, row_end,
-        HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
-        IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=num_warps, num_stages=2,
+        **_pass_meta(mode, hp, di, qp.dtype, block_m, block_n, nt, num_warps, interpret_mode()),
     )
 
 
@@ -245,6 +252,13 @@ def indexer_scores_at_reference(q_idx, k_idx, w, idx, valid=None, chunk: int = 2
     return torch.cat(outs, 1)
 
 
+def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
+    """The compile-time arguments of ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel`` for q_idx (B, L, h, di) of
+    ``dtype`` (shared by the launches and scripts/check_kernel_resources.py)."""
+    return dict(H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)), BLOCK_K=32 if interp else 64,
+                IEEE=dtype == torch.float32, INTERP=interp, num_warps=4)
+
+
 class _IndexerScoresAt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_idx, k_idx, w, idx32):
@@ -252,13 +266,11 @@ class _IndexerScoresAt(torch.autograd.Function):
         b, l, h, di = q_idx.shape
         ksel = idx32.shape[-1]
         out = torch.empty(b, l, ksel, device=q_idx.device, dtype=torch.float32)
-        block_k = 64 if not interpret_mode() else 32
         fwd[(l, b)](
             q_idx, k_idx, w, idx32, out,
             q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
             idx32.stride(0), idx32.stride(1),
-            ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
-            BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+            ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
         )
         ctx.save_for_backward(q_idx, k_idx, w, idx32)
         return out
@@ -273,13 +285,11 @@ class _IndexerScoresAt(torch.autograd.Function):
         dq = torch.empty(q_idx.shape, device=q_idx.device, dtype=torch.float32)
         dk = torch.zeros(k_idx.shape, device=k_idx.device, dtype=torch.float32)
         dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-        block_k = 64 if not interpret_mode() else 32
         bwd[(l, b)](
             q_idx, k_idx, w, idx32, go, dq, dk, dw,
             q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
             idx32.stride(0), idx32.stride(1), dk.stride(0), dk.stride(1),
-            ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
-            BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+            ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
         )
         return dq.to(q_idx.dtype), dk.to(k_idx.dtype), dw.to(w.dtype), None
 
