@@ -45,11 +45,26 @@ def _pad_heads(q_idx, w, hp):
     return q_idx.contiguous(), w.contiguous()
 
 
+# Bytes of the q tiles of one head block in the score pass (per pipeline stage): 64 query rows x 512 head
+# elements in bf16, the most that launched on an H200 before head blocks (8 x 64 and 4 x 128 heads x dims at the
+# 64 x 128 score tile: 229,376 of 232,448 bytes of shared memory; 64 x 128 asked for ~2.2 MB).
+HEAD_BLOCK_BYTES = 64 * 512 * 2
+
+
+def _head_block(hp: int, block_m: int, di_pad: int, elem_bytes: int) -> int:
+    """Heads per block of the score pass: the largest divisor of hp whose block_m x di_pad q tiles take at most
+    HEAD_BLOCK_BYTES (at least 1). hp itself (one block: every head unrolled) for the sizes that fit whole."""
+    fit = max(1, HEAD_BLOCK_BYTES // (block_m * di_pad * elem_bytes))
+    return max(d for d in range(1, min(hp, fit) + 1) if hp % d == 0)
+
+
 def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, block_n: int, nt: int, num_warps: int,
               interp: bool) -> dict:
     """The compile-time arguments (constexprs, warps, stages) of ``idx_pass_kernel`` for qp (B, L, hp, di) of
     ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py)."""
-    return dict(HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
+    di_pad = max(16, next_pow2(di))
+    hb = _head_block(hp, block_m, di_pad, dtype.itemsize)
+    return dict(HP=hp, HB=hb, DI=di, DI_PAD=di_pad, NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
                 IEEE=dtype == torch.float32, INTERP=interp, num_warps=num_warps, num_stages=2)
 
 
@@ -252,10 +267,19 @@ def indexer_scores_at_reference(q_idx, k_idx, w, idx, valid=None, chunk: int = 2
     return torch.cat(outs, 1)
 
 
+# Bytes of the [heads, d_I] q tile that one program of the scores-at kernels holds: 64 x 128 bf16 (DeepSeek-V3.2's
+# indexer) fits whole (~81 KB of shared memory, a few spilled bytes in the backward); larger tiles go in blocks.
+AT_HEAD_BLOCK_BYTES = 64 * 128 * 2
+
+
 def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
     """The compile-time arguments of ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel`` for q_idx (B, L, h, di) of
-    ``dtype`` (shared by the launches and scripts/check_kernel_resources.py)."""
-    return dict(H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)), BLOCK_K=32 if interp else 64,
+    ``dtype`` (shared by the launches and scripts/check_kernel_resources.py). HP: the heads padded to a power
+    of two >= 16 (the M of tl.dot); HB: heads per block, a power of two >= 16 that divides HP."""
+    hp, di_pad = max(16, next_pow2(h)), max(16, next_pow2(di))
+    fit = AT_HEAD_BLOCK_BYTES // (di_pad * dtype.itemsize)  # heads whose q rows fit the budget
+    hb = min(hp, max(16, 1 << (fit.bit_length() - 1)))  # a power of two, so that it divides hp
+    return dict(H=h, HP=hp, HB=hb, DI=di, DI_PAD=di_pad, BLOCK_K=32 if interp else 64,
                 IEEE=dtype == torch.float32, INTERP=interp, num_warps=4)
 
 
