@@ -7,11 +7,13 @@ recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
      (the boundary, with their scores), compacted by a cumulative sum per row;
   3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
-The q tile holds BLOCK_M * HP rows (query t, indexer head j) so the product is one tl.dot
-[BLOCK_M*HP, d_I] @ [d_I, BLOCK_N]; ReLU and the head weights follow, and the heads are summed by a reshape.
+Per key tile, one [BLOCK_M, d_I] @ [d_I, BLOCK_N] tl.dot per indexer head, ReLU and the head weight, summed
+over the HP heads; the heads go in blocks of HB (unrolled) under a runtime loop, so that only one block's q
+tiles take shared memory (HB == HP: one block, every head unrolled).
 
 ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel``: scores at selected positions and their gradient; one program =
-one query t, its HP (padded to >= 16) indexer heads against BLOCK_K gathered keys.
+one query t, its HP (padded to >= 16) indexer heads, in blocks of HB as a [HB, d_I] q tile, against BLOCK_K
+gathered keys.
 """
 
 import triton

@@ -38,6 +38,8 @@ def _check_indexer(q_idx, k_idx, w):
 
 
 def _pad_heads(q_idx, w, hp):
+    """q_idx (B, L, H_I, d_I), w (B, L, H_I) zero-padded to hp >= H_I heads (a padded head has weight 0 and adds
+    nothing to a score), contiguous. The score pass takes any head count; padding costs hp / H_I in work."""
     h = q_idx.shape[2]
     if hp != h:
         q_idx = torch.nn.functional.pad(q_idx, (0, 0, 0, hp - h))
@@ -45,9 +47,10 @@ def _pad_heads(q_idx, w, hp):
     return q_idx.contiguous(), w.contiguous()
 
 
-# Bytes of the q tiles of one head block in the score pass (per pipeline stage): 64 query rows x 512 head
-# elements in bf16, the most that launched on an H200 before head blocks (8 x 64 and 4 x 128 heads x dims at the
-# 64 x 128 score tile: 229,376 of 232,448 bytes of shared memory; 64 x 128 asked for ~2.2 MB).
+# Bytes of the q tiles of one head block of the score pass: 64 query rows x 512 (heads x d_I) bf16 elements, the
+# largest all-heads-unrolled tiles that launched on an H200 (8 x 64 and 4 x 128: 196,608 and 229,376 of the
+# 232,448 bytes of shared memory at the 64 x 128 score tile for sm_90a; 64 x 128 asked for ~2.2 MB). The
+# pipeliner keeps two stages of every unrolled head's tile, so shared memory grows with the block, not with H_I.
 HEAD_BLOCK_BYTES = 64 * 512 * 2
 
 
