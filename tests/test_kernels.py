@@ -411,6 +411,89 @@ def test_indexer_scores_at_fwd_bwd(dtype):
         assert rel(a, r) < tol, name
 
 
+# ------------------------------------------------------------------- indexer heads in blocks (H_I x d_I)
+# DeepSeek-V3.2's indexer, 64 heads x 128 dims, and odd head counts: the kernels loop over blocks of heads
+# (in the interpreter: the score pass in blocks of 16 heads of d_I 128 in bf16, 8 in fp32; the scores-at
+# kernels in one block of 64 in bf16, in blocks of 32 in fp32, the last one part padding at 48 heads).
+HEAD_SIZES = [(64, 128, torch.bfloat16), (48, 128, torch.float32), (5, 40, torch.bfloat16)]
+
+
+def _indexer_inputs(gen, b, l, h, di, dtype):
+    """q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I) scaled so that scores stay O(1)."""
+    q = (torch.randn(b, l, h, di, generator=gen) / di**0.5).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = (torch.randn(b, l, h, generator=gen) / h**0.5).to(DEV, dtype)
+    return q, kk, w
+
+
+def _same_selected_sums(sel, ref, scores):
+    s_got = scores.gather(-1, sel.long().clamp(min=0)).masked_fill(sel < 0, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.long().clamp(min=0)).masked_fill(ref < 0, 0).sum(-1)
+    assert torch.allclose(s_got, s_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("h,di,dtype", HEAD_SIZES)
+def test_indexer_topk_many_heads(h, di, dtype):
+    """indexer_topk_chunked and indexer_topk_threshold (with threshold-count passes) at 64 x 128 and odd head
+    counts: valid, causal, the k best scores, the same selected-score sums as the reference."""
+    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(31 + h + di)
+    b, l, k = 1, 53, 12
+    q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)
+    scores = indexer_scores(q, kk, w)
+    ref = indexer_topk(q, kk, w, k, impl="reference")
+    k_t = torch.full((b, l), k, device=DEV)
+    sel = indexer_topk_chunked(q, kk, w, k, chunk=32)
+    _check_topk(sel, scores, k_t, 1e-5)
+    _same_selected_sums(sel, ref, scores)
+    stats: dict = {}
+    sel = indexer_topk_threshold(q, kk, w, k_t, boundary=4, stats=stats)
+    assert stats["passes"] > 2  # the count pass (mode 1) ran too
+    _check_topk(sel, scores, k_t, 1e-5)
+    _same_selected_sums(sel, ref, scores)
+
+
+@pytest.mark.parametrize("h,di,dtype", HEAD_SIZES + [(64, 128, torch.float32)])
+def test_indexer_scores_at_many_heads(h, di, dtype):
+    """Scores at selected positions and dq, dk, dw at 64 x 128 (one block in bf16, two in fp32) and odd
+    head counts (48: a last block with padded heads; 5: padded to 16)."""
+    gen = torch.Generator().manual_seed(41 + h + di)
+    b, l, k = 1, 37, 9
+    q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)
+    idx = _selection(b, l, k, gen)
+    valid = idx >= 0
+    g = torch.randn(b, l, k, generator=gen).to(DEV)
+    qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
+    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
+    (out.masked_fill(~valid, 0) * g).sum().backward()
+    qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
+    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
+    (ref.masked_fill(~valid, 0) * g).sum().backward()
+    assert torch.equal(torch.isinf(out), ~valid)
+    assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
+    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dw", ws.grad, wr.grad)):
+        assert a.dtype == dtype, name
+        assert rel(a, r) < TOL[dtype], name
+
+
+@pytest.mark.parametrize("hp,di,dtype", [(48, 128, torch.bfloat16), (6, 128, torch.float32)])
+def test_indexer_score_rows_any_head_count(hp, di, dtype):
+    """The score pass needs no power-of-two head count: 48 heads go in 3 blocks of 16, 6 in one block
+    (fp32: at most 8 heads of d_I 128 per block in the interpreter)."""
+    from dsa.kernels.indexer_chunked import score_rows  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(51 + hp)
+    b, l, t0, t1 = 1, 45, 16, 45
+    q, kk, w = _indexer_inputs(gen, b, l, hp, di, dtype)
+    out = torch.full((b, t1 - t0, l), 7.0, device=DEV)
+    score_rows(q.contiguous(), kk.contiguous(), w.float().contiguous(), out, t0, t1)
+    ref = indexer_scores(q.float(), kk.float(), w.float())[:, t0:t1]
+    causal = torch.arange(l, device=DEV)[None, :] <= torch.arange(t0, t1, device=DEV)[:, None]
+    assert rel(out[:, causal], ref[:, causal]) < TOL[dtype]
+    assert bool((out[:, ~causal] == 7.0).all())
+
+
 # ------------------------------------------------------------------------------------------ real sizes
 
 

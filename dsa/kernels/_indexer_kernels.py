@@ -7,11 +7,13 @@ recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
      (the boundary, with their scores), compacted by a cumulative sum per row;
   3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
-The q tile holds BLOCK_M * HP rows (query t, indexer head j) so the product is one tl.dot
-[BLOCK_M*HP, d_I] @ [d_I, BLOCK_N]; ReLU and the head weights follow, and the heads are summed by a reshape.
+Per key tile, one [BLOCK_M, d_I] @ [d_I, BLOCK_N] tl.dot per indexer head, ReLU and the head weight, summed
+over the HP heads; the heads go in blocks of HB (unrolled) under a runtime loop, so that only one block's q
+tiles take shared memory (HB == HP: one block, every head unrolled).
 
 ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel``: scores at selected positions and their gradient; one program =
-one query t, its HP (padded to >= 16) indexer heads against BLOCK_K gathered keys.
+one query t, its HP (padded to >= 16) indexer heads, in blocks of HB as a [HB, d_I] q tile, against BLOCK_K
+gathered keys.
 """
 
 import triton
@@ -22,7 +24,7 @@ def idx_pass_kernel(
     QI, KI, W, THR, CNT, LO, HI, OUT, BND, BNDV, RMAX, RMIN,
     sqb, sql, skb, skl, swb, swl, stb, stl, slb, sob, sol,
     L, KMAX, ROW0, ROW_END,
-    HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
+    HP: tl.constexpr, HB: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
     INTERP: tl.constexpr,
 ):
@@ -52,17 +54,22 @@ def idx_pass_kernel(
         if INTERP:
             kt = kt.to(tl.float32)
         sc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for j in tl.static_range(HP):  # one [BLOCK_M, d_I] x [d_I, BLOCK_N] product per indexer head
-            qj = tl.load(QI + b * sqb + rows[:, None] * sql + j * DI + dd[None, :],
-                         mask=rmask[:, None] & (dd < DI)[None, :], other=0.0)
-            wj = tl.load(W + b * swb + rows * swl + j, mask=rmask, other=0.0).to(tl.float32)
-            if INTERP:
-                qj = qj.to(tl.float32)
-            if IEEE:
-                logit = tl.dot(qj, tl.trans(kt), input_precision="ieee")
-            else:
-                logit = tl.dot(qj, tl.trans(kt))
-            sc += tl.maximum(logit, 0.0) * wj[:, None]
+        # Heads in blocks of HB: the pipeliner gives every unrolled head's q tile its own shared buffers, so
+        # unrolling all 64 heads of d_I 128 asked for ~2 MB. A runtime loop holds one block's tiles at a time;
+        # with HB == HP it runs once, with constant bounds, and compiles to the fully unrolled loop of before.
+        for j0 in range(0, HP, HB):
+            for jj in tl.static_range(HB):  # one [BLOCK_M, d_I] x [d_I, BLOCK_N] product per indexer head
+                j = j0 + jj
+                qj = tl.load(QI + b * sqb + rows[:, None] * sql + j * DI + dd[None, :],
+                             mask=rmask[:, None] & (dd < DI)[None, :], other=0.0)
+                wj = tl.load(W + b * swb + rows * swl + j, mask=rmask, other=0.0).to(tl.float32)
+                if INTERP:
+                    qj = qj.to(tl.float32)
+                if IEEE:
+                    logit = tl.dot(qj, tl.trans(kt), input_precision="ieee")
+                else:
+                    logit = tl.dot(qj, tl.trans(kt))
+                sc += tl.maximum(logit, 0.0) * wj[:, None]
         ok = (s[None, :] <= rows[:, None]) & rmask[:, None]
         if MODE == 3:
             tl.store(OUT + b * sob + (rows - ROW0)[:, None] * sol + s[None, :], sc, mask=ok)
@@ -105,77 +112,87 @@ def idx_pass_kernel(
 def idx_at_fwd_kernel(
     QI, KI, W, IDX, OUT,
     sqb, sql, skb, skl, swb, swl, sib, sil,
-    KSEL, H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
+    KSEL, H: tl.constexpr, HP: tl.constexpr, HB: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
 ):
+    """OUT[t, k] = sum_j w[t, j] relu(q[t, j] . k[idx[t, k]]) over the heads in blocks of HB (one block, the
+    whole [HP, d_I] q tile held over the keys, when HB == HP); later blocks add to the sums in OUT."""
     t = tl.program_id(0)
     b = tl.program_id(1)
-    j = tl.arange(0, HP)
+    j = tl.arange(0, HB)
     dd = tl.arange(0, DI_PAD)
-    jm = j < H
     dm = dd < DI
-    q = tl.load(QI + b * sqb + t * sql + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
-    if INTERP:
-        q = q.to(tl.float32)
-    wv = tl.load(W + b * swb + t * swl + j, mask=jm, other=0.0).to(tl.float32)
-    for k0 in range(0, KSEL, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
-        ok = ix >= 0
-        ixs = tl.where(ok, ix, 0).to(tl.int64)
-        kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
+    for j0 in range(0, HP, HB):  # HB == HP: runs once, with constant bounds (the code of one [HP, d_I] tile)
+        jm = j < H - j0
+        q = tl.load(QI + b * sqb + t * sql + j0 * DI + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :],
+                    other=0.0)
         if INTERP:
-            kb = kb.to(tl.float32)
-        if IEEE:
-            logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            logit = tl.dot(q, tl.trans(kb))
-        sc = tl.sum(tl.maximum(logit, 0.0) * wv[:, None], 0)
-        sc = tl.where(ok, sc, float("-inf"))
-        tl.store(OUT + b * sib + t * sil + kk, sc, mask=kk < KSEL)
+            q = q.to(tl.float32)
+        wv = tl.load(W + b * swb + t * swl + j0 + j, mask=jm, other=0.0).to(tl.float32)
+        for k0 in range(0, KSEL, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+            ok = ix >= 0
+            ixs = tl.where(ok, ix, 0).to(tl.int64)
+            kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=ok[:, None] & dm[None, :],
+                         other=0.0)
+            if INTERP:
+                kb = kb.to(tl.float32)
+            if IEEE:
+                logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
+            else:
+                logit = tl.dot(q, tl.trans(kb))
+            sc = tl.sum(tl.maximum(logit, 0.0) * wv[:, None], 0)
+            if HB < HP:  # this program's own row of OUT: the first block finds nothing to add
+                sc += tl.load(OUT + b * sib + t * sil + kk, mask=(kk < KSEL) & (j0 > 0), other=0.0)
+            sc = tl.where(ok, sc, float("-inf"))
+            tl.store(OUT + b * sib + t * sil + kk, sc, mask=kk < KSEL)
 
 
 def idx_at_bwd_kernel(
     QI, KI, W, IDX, GO, DQ, DK, DW,
     sqb, sql, skb, skl, swb, swl, sib, sil, sdkb, sdkl,
-    KSEL, H: tl.constexpr, HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
+    KSEL, H: tl.constexpr, HP: tl.constexpr, HB: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
 ):
-    """dq (t), dw (t) in registers; dk of the gathered rows by fp32 atomics."""
+    """dq (t), dw (t) of a block of HB heads in registers; dk of the gathered rows by fp32 atomics (one set per
+    head block: the keys are gathered again for each block)."""
     t = tl.program_id(0)
     b = tl.program_id(1)
-    j = tl.arange(0, HP)
+    j = tl.arange(0, HB)
     dd = tl.arange(0, DI_PAD)
-    jm = j < H
     dm = dd < DI
-    q = tl.load(QI + b * sqb + t * sql + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
-    if INTERP:
-        q = q.to(tl.float32)
-    wv = tl.load(W + b * swb + t * swl + j, mask=jm, other=0.0).to(tl.float32)
-    dq = tl.zeros([HP, DI_PAD], tl.float32)
-    dw = tl.zeros([HP], tl.float32)
-    for k0 in range(0, KSEL, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
-        ok = ix >= 0
-        ixs = tl.where(ok, ix, 0).to(tl.int64)
-        rm = ok[:, None] & dm[None, :]
-        kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=rm, other=0.0)
+    for j0 in range(0, HP, HB):  # HB == HP: runs once, with constant bounds (the code of one [HP, d_I] tile)
+        jm = j < H - j0
+        q = tl.load(QI + b * sqb + t * sql + j0 * DI + j[:, None] * DI + dd[None, :], mask=jm[:, None] & dm[None, :],
+                    other=0.0)
         if INTERP:
-            kb = kb.to(tl.float32)
-        go = tl.load(GO + b * sib + t * sil + kk, mask=(kk < KSEL) & ok, other=0.0)
-        if IEEE:
-            logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            logit = tl.dot(q, tl.trans(kb))
-        dw += tl.sum(tl.maximum(logit, 0.0) * go[None, :], 1)
-        dl = tl.where(logit > 0.0, wv[:, None] * go[None, :], 0.0)  # [HP, BLOCK_K]
-        if IEEE:
-            dq += tl.dot(dl, kb, input_precision="ieee")
-            dk_blk = tl.dot(tl.trans(dl), q, input_precision="ieee")
-        else:
-            dq += tl.dot(dl.to(kb.dtype), kb)
-            dk_blk = tl.dot(tl.trans(dl.to(q.dtype)), q)
-        tl.atomic_add(DK + b * sdkb + ixs[:, None] * sdkl + dd[None, :], dk_blk, mask=rm, sem="relaxed")
-    tl.store(DQ + b * sqb + t * sql + j[:, None] * DI + dd[None, :], dq, mask=jm[:, None] & dm[None, :])
-    tl.store(DW + b * swb + t * swl + j, dw, mask=jm)
+            q = q.to(tl.float32)
+        wv = tl.load(W + b * swb + t * swl + j0 + j, mask=jm, other=0.0).to(tl.float32)
+        dq = tl.zeros([HB, DI_PAD], tl.float32)
+        dw = tl.zeros([HB], tl.float32)
+        for k0 in range(0, KSEL, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+            ok = ix >= 0
+            ixs = tl.where(ok, ix, 0).to(tl.int64)
+            rm = ok[:, None] & dm[None, :]
+            kb = tl.load(KI + b * skb + ixs[:, None] * skl + dd[None, :], mask=rm, other=0.0)
+            if INTERP:
+                kb = kb.to(tl.float32)
+            go = tl.load(GO + b * sib + t * sil + kk, mask=(kk < KSEL) & ok, other=0.0)
+            if IEEE:
+                logit = tl.dot(q, tl.trans(kb), input_precision="ieee")
+            else:
+                logit = tl.dot(q, tl.trans(kb))
+            dw += tl.sum(tl.maximum(logit, 0.0) * go[None, :], 1)
+            dl = tl.where(logit > 0.0, wv[:, None] * go[None, :], 0.0)  # [HB, BLOCK_K]
+            if IEEE:
+                dq += tl.dot(dl, kb, input_precision="ieee")
+                dk_blk = tl.dot(tl.trans(dl), q, input_precision="ieee")
+            else:
+                dq += tl.dot(dl.to(kb.dtype), kb)
+                dk_blk = tl.dot(tl.trans(dl.to(q.dtype)), q)
+            tl.atomic_add(DK + b * sdkb + ixs[:, None] * sdkl + dd[None, :], dk_blk, mask=rm, sem="relaxed")
+        tl.store(DQ + b * sqb + t * sql + j0 * DI + j[:, None] * DI + dd[None, :], dq, mask=jm[:, None] & dm[None, :])
+        tl.store(DW + b * swb + t * swl + j0 + j, dw, mask=jm)

@@ -27,11 +27,37 @@ def _kernels():
 
 
 def _pad_heads(q_idx, w, hp):
+    """q_idx (B, L, H_I, d_I), w (B, L, H_I) zero-padded to hp >= H_I heads (a padded head has weight 0 and adds
+    nothing to a score), contiguous. The score pass takes any head count; padding costs hp / H_I in work."""
     h = q_idx.shape[2]
     if hp != h:
         q_idx = torch.nn.functional.pad(q_idx, (0, 0, 0, hp - h))
         w = torch.nn.functional.pad(w, (0, hp - h))
     return q_idx.contiguous(), w.contiguous()
+
+
+# Bytes of the q tiles of one head block of the score pass: 64 query rows x 512 (heads x d_I) bf16 elements, the
+# largest all-heads-unrolled tiles that launched on an H200 (8 x 64 and 4 x 128: 196,608 and 229,376 of the
+# 232,448 bytes of shared memory at the 64 x 128 score tile for sm_90a; 64 x 128 asked for ~2.2 MB). The
+# pipeliner keeps two stages of every unrolled head's tile, so shared memory grows with the block, not with H_I.
+HEAD_BLOCK_BYTES = 64 * 512 * 2
+
+
+def _head_block(hp: int, block_m: int, di_pad: int, elem_bytes: int) -> int:
+    """Heads per block of the score pass: the largest divisor of hp whose block_m x di_pad q tiles take at most
+    HEAD_BLOCK_BYTES (at least 1). hp itself (one block: every head unrolled) for the sizes that fit whole."""
+    fit = max(1, HEAD_BLOCK_BYTES // (block_m * di_pad * elem_bytes))
+    return max(d for d in range(1, min(hp, fit) + 1) if hp % d == 0)
+
+
+def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, block_n: int, nt: int, num_warps: int,
+              interp: bool) -> dict:
+    """The compile-time arguments (constexprs, warps, stages) of ``idx_pass_kernel`` for qp (B, L, hp, di) of
+    ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py)."""
+    di_pad = max(16, next_pow2(di))
+    hb = _head_block(hp, block_m, di_pad, dtype.itemsize)
+    return dict(HP=hp, HB=hb, DI=di, DI_PAD=di_pad, NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
+                IEEE=dtype == torch.float32, INTERP=interp, num_warps=num_warps, num_stages=2)
 
 
 def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,
@@ -45,8 +71,7 @@ def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, km
         qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
         cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
         l, kmax, row0, row_end,
-        HP=hp, DI=di, DI_PAD=max(16, next_pow2(di)), NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
-        IEEE=qp.dtype == torch.float32, INTERP=interpret_mode(), num_warps=num_warps, num_stages=2,
+        **_pass_meta(mode, hp, di, qp.dtype, block_m, block_n, nt, num_warps, interpret_mode()),
     )
 
 
@@ -211,6 +236,22 @@ def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx
 # Scores at selected positions, with backward (for the indexer's KL loss).
 
 
+# Bytes of the [heads, d_I] q tile that one program of the scores-at kernels holds: 64 x 128 bf16 (DeepSeek-V3.2's
+# indexer) fits whole (~81 KB of shared memory, a few spilled bytes in the backward); larger tiles go in blocks.
+AT_HEAD_BLOCK_BYTES = 64 * 128 * 2
+
+
+def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
+    """The compile-time arguments of ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel`` for q_idx (B, L, h, di) of
+    ``dtype`` (shared by the launches and scripts/check_kernel_resources.py). HP: the heads padded to a power
+    of two >= 16 (the M of tl.dot); HB: heads per block, a power of two >= 16 that divides HP."""
+    hp, di_pad = max(16, next_pow2(h)), max(16, next_pow2(di))
+    fit = AT_HEAD_BLOCK_BYTES // (di_pad * dtype.itemsize)  # heads whose q rows fit the budget
+    hb = min(hp, max(16, 1 << (fit.bit_length() - 1)))  # a power of two, so that it divides hp
+    return dict(H=h, HP=hp, HB=hb, DI=di, DI_PAD=di_pad, BLOCK_K=32 if interp else 64,
+                IEEE=dtype == torch.float32, INTERP=interp, num_warps=4)
+
+
 def _scores_at_fwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx32: torch.Tensor) -> torch.Tensor:
     """I[t, idx[t, j]] for contiguous q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) of one dtype and
     idx32 (B, L, K) int32 -> (B, L, K) fp32, -inf at unused slots."""
@@ -218,13 +259,11 @@ def _scores_at_fwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, id
     b, l, h, di = q_idx.shape
     ksel = idx32.shape[-1]
     out = torch.empty(b, l, ksel, device=q_idx.device, dtype=torch.float32)
-    block_k = 64 if not interpret_mode() else 32
     fwd[(l, b)](
         q_idx, k_idx, w, idx32, out,
         q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
         idx32.stride(0), idx32.stride(1),
-        ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
-        BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+        ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
     )
     return out
 
@@ -238,15 +277,14 @@ def _scores_at_bwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, id
     dq = torch.empty(q_idx.shape, device=q_idx.device, dtype=torch.float32)
     dk = torch.zeros(k_idx.shape, device=k_idx.device, dtype=torch.float32)
     dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-    block_k = 64 if not interpret_mode() else 32
     bwd[(l, b)](
         q_idx, k_idx, w, idx32, go, dq, dk, dw,
         q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
         idx32.stride(0), idx32.stride(1), dk.stride(0), dk.stride(1),
-        ksel, H=h, HP=max(16, next_pow2(h)), DI=di, DI_PAD=max(16, next_pow2(di)),
-        BLOCK_K=block_k, IEEE=q_idx.dtype == torch.float32, INTERP=interpret_mode(), num_warps=4,
+        ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
     )
     return dq.to(q_idx.dtype), dk.to(k_idx.dtype), dw.to(w.dtype)
+
 
 
 def indexer_scores_at_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Causal indexer top-k through chunks of stored scores: the Triton score pass writes the scores of a chunk
 of query rows (C x L fp32, ``_indexer_kernels.idx_pass_kernel`` mode 3) and :func:`radix_topk` selects in
-them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_fast`` recomputes
+them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold`` recomputes
 them in every one of its threshold passes) at the price of writing and reading them back once.
 """
 
@@ -82,7 +82,7 @@ def score_tile(tile: tuple[int, int, int] | None = None) -> tuple[int, int, int]
 def score_rows(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
                tile: tuple[int, int, int] | None = None) -> None:
     """Writes the causal indexer scores of query rows t0 <= t < t1 into ``scores[:, t - t0, :t + 1]`` (the rest
-    of each row is left as it was). qp (B, L, HP, d_I) with HP a power of two (zero-padded heads), kc (B, L,
+    of each row is left as it was). qp (B, L, HP, d_I) with any HP (zero-padded heads allowed), kc (B, L,
     d_I), wp (B, L, HP) fp32 (zero weights on padded heads), scores (B, >= t1 - t0, L) fp32; t0 a multiple
     of the tile's query rows. tile: (query rows, keys, warps) per program, default SCORE_TILE."""
     block_m, block_n, warps = score_tile(tile)

@@ -1,0 +1,174 @@
+"""Shared memory, registers and spills of the lightning-indexer Triton kernels, compiled ahead of time for
+Hopper (sm_90a) on a machine without a GPU: does every launch fit an H100 / H200 at the indexer sizes,
+DeepSeek-V3.2's 64 heads x 128 dims included?
+
+One line per kernel x (H_I, d_I) x tile: the dynamic shared memory the launch would ask for (a block may
+have at most SHARED_LIMIT bytes: Triton raises OutOfResources above it), the registers per thread and the
+bytes spilled to local memory (ptxas -v on the PTX that Triton produced, with Triton's ptxas options).
+The constexprs come from the launch code (``_pass_meta`` / ``_at_meta``), the heads padded as the wrappers
+pad them. Exit status 1 when a launch would not fit.
+
+    python scripts/check_kernel_resources.py [--sizes 4x64,64x128] [--dtypes bf16,fp32] [--all-tiles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (H100, H200): 227 KiB
+ARCH = 90
+SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128))
+FAST_TILE = (64, 64, 4)  # indexer_topk_threshold's default block_m (compiled), block_n and warps
+BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench's tuning set
+L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
+
+
+@dataclass
+class Case:
+    """One launch configuration: kernel name, heads and dims as the caller gives them, dtype of q/k,
+    tile label and the compile-time arguments."""
+
+    kernel: str
+    h: int
+    di: int
+    dtype: str
+    tile: str
+    meta: dict
+    types: dict  # pointer argument -> triton type
+    ints: dict  # integer argument -> a representative value
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
+    """idx_pass_kernel: modes 0-2 at indexer_topk_threshold's tile, mode 3 (the score pass of
+    indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps); heads padded to a power of two."""
+    from dsa.kernels._common import next_pow2
+    from dsa.kernels.indexer import _pass_meta
+
+    hp = next_pow2(h)
+    cases = []
+    configs = [(mode, FAST_TILE, 16) for mode in (0, 1, 2)] + [(3, tile, 4) for tile in tiles]
+    for mode, (bm, bn, warps), nt in configs:
+        meta = _pass_meta(mode, hp, di, _torch_dtype(dtype), bm, bn, nt, warps, interp=False)
+        types = dict(QI=f"*{dtype}", KI=f"*{dtype}", W="*fp32", THR="*fp32", CNT="*i32", LO="*fp32", HI="*fp32",
+                     OUT="*fp32" if mode == 3 else "*i32", BND="*i32", BNDV="*fp32", RMAX="*fp32", RMIN="*fp32")
+        ints = dict(sqb=L * hp * di, sql=hp * di, skb=L * di, skl=di, swb=L * hp, swl=hp, stb=L * nt, stl=nt,
+                    slb=L, sob=L * KSEL, sol=KSEL, L=L, KMAX=KSEL, ROW0=0, ROW_END=L)
+        cases.append(Case(f"idx_pass mode {mode}", h, di, dtype, f"{bm}x{bn}/{warps}w", meta, types, ints))
+    return cases
+
+
+def at_cases(h: int, di: int, dtype: str) -> list[Case]:
+    """idx_at_fwd_kernel and idx_at_bwd_kernel (indexer_scores_at and its backward)."""
+    from dsa.kernels.indexer import _at_meta
+
+    meta = _at_meta(h, di, _torch_dtype(dtype), interp=False)
+    tile = f"{meta['BLOCK_K']}/{meta['num_warps']}w"
+    ints = dict(sqb=L * h * di, sql=h * di, skb=L * di, skl=di, swb=L * h, swl=h, sib=L * KSEL, sil=KSEL,
+                sdkb=L * di, sdkl=di, KSEL=KSEL)
+    fwd = dict(QI=f"*{dtype}", KI=f"*{dtype}", W=f"*{dtype}", IDX="*i32", OUT="*fp32")
+    bwd = dict(fwd, GO="*fp32", DQ="*fp32", DK="*fp32", DW="*fp32")
+    del bwd["OUT"]
+    return [Case("idx_at_fwd", h, di, dtype, tile, meta, fwd, ints),
+            Case("idx_at_bwd", h, di, dtype, tile, meta, bwd, ints)]
+
+
+def _jitted(kernel: str):
+    """A compiled-mode JITFunction (whatever TRITON_INTERPRET says: the interpreter's function cannot be
+    compiled ahead of time)."""
+    from triton.runtime.jit import JITFunction
+
+    from dsa.kernels import _indexer_kernels as m
+
+    fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel}
+    return JITFunction(fn[kernel.split()[0]])
+
+
+def compile_case(case: Case):
+    """Compiles one case for sm_90a; returns triton's CompiledKernel (nothing is loaded on a device)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    fn = _jitted(case.kernel)
+    meta = dict(case.meta)
+    options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in meta:
+            signature[name] = "constexpr"
+        elif name in case.types:
+            signature[name] = case.types[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        else:
+            signature[name] = "i32"
+            if case.ints[name] % 16 == 0:  # as the launch specializes 16-divisible integers
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=meta, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", ARCH, 32), options=options)
+
+
+def ptxas_report(ptx: str) -> tuple[int, int]:
+    """(registers per thread, spill-store bytes) from ptxas -v on ``ptx``, with Triton's ptxas for sm_90a."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        res = subprocess.run([get_ptxas(ARCH).path, "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{ARCH}a",
+                              str(src), "-o", str(Path(tmp) / "k.cubin")], capture_output=True, text=True, check=True)
+    regs = re.search(r"Used (\d+) registers", res.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", res.stderr)
+    return int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else 0
+
+
+def measure(case: Case) -> dict:
+    """Shared bytes, registers, spill bytes and whether the launch fits, for one case."""
+    compiled = compile_case(case)
+    regs, spills = ptxas_report(compiled.asm["ptx"])
+    shared = int(compiled.metadata.shared)
+    return dict(shared=shared, regs=regs, spills=spills, fits=shared <= SHARED_LIMIT)
+
+
+def all_cases(sizes, dtypes, tiles) -> list[Case]:
+    return [c for dtype in dtypes for h, di in sizes
+            for c in pass_cases(h, di, dtype, tiles) + at_cases(h, di, dtype)]
+
+
+def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(tuple(int(v) for v in s.split("x")) for s in text.split(","))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=_parse_sizes, default=SIZES, help="H_IxD_I,... (default: %(default)s)")
+    ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32 (default: %(default)s)")
+    ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench's 8 tiles too")
+    args = ap.parse_args(argv)
+    from dsa.kernels.indexer_chunked import SCORE_TILE
+
+    tiles = BENCH_TILES if args.all_tiles else (SCORE_TILE,)
+    print(f"{'kernel':<16} {'dtype':<5} {'H_I x d_I':>10} {'tile':>11} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")
+    bad = 0
+    for case in all_cases(args.sizes, args.dtypes.split(","), tiles):
+        r = measure(case)
+        bad += not r["fits"]
+        print(f"{case.kernel:<16} {case.dtype:<5} {f'{case.h}x{case.di}':>10} {case.tile:>11} {r['shared']:>9} "
+              f"{r['regs']:>5} {r['spills']:>8}  {'yes' if r['fits'] else 'NO'}", flush=True)
+    print(f"{bad} launch(es) over the {SHARED_LIMIT} B shared-memory limit of sm_{ARCH}" if bad else "all fit")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the dsa package of this checkout
+    sys.exit(main())
