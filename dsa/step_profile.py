@@ -8,8 +8,8 @@ A variant is ``dense`` or ``dsa[:<impl>]`` (impl auto | reference | triton, defa
 path, Triton kernels on CUDA). Each runs the sparse-phase training step of ``dsa.train`` (LM loss + the
 indexer's sparse KL loss, backward, both optimisers) on random tokens: the timing does not depend on the
 data. The table gives ms/step and the ratio to the first variant; the JSON adds the top operators by self
-device time (CUDA) or self CPU time and the share of that time spent in attention (the operators whose
-names match ATTENTION_OPS). Every variant is checked against the device before any work.
+device time (CUDA) or self CPU time and the share of the step spent in attention (the kernels whose names
+match ATTENTION_OPS, :func:`attention_share`). Every variant is checked against the device before any work.
 """
 
 from __future__ import annotations
@@ -51,10 +51,23 @@ class StepProfileConfig:
     seed: int = 0
 
 
-# operator-name fragments counted as attention in the op breakdown: SDPA's backends, the DSA kernels
-# (sparse attention, indexer passes, top-k) and the reference ops' attention-sized products are not split out
-ATTENTION_OPS = ("flash", "cudnn", "fmha", "efficient_attention", "scaled_dot_product", "sparse_attn", "idx_",
-                 "radix", "bracket", "write_positions", "attn_probs", "flex")
+# Kernel-name fragments counted as attention in the share of a step: SDPA's kernels (cuDNN, flash, memory-
+# efficient), FlexAttention's, and every DSA kernel (sparse attention forward/backward/probabilities, the indexer
+# passes and scores-at, the top-k launches). On CPU there are no kernels: the share is over CPU operators.
+ATTENTION_OPS = ("flash", "cudnn", "fmha", "sdpa", "efficient_attention", "scaled_dot_product", "sparse_attn",
+                 "idx_", "radix", "bracket", "write_positions", "sample_", "flex")
+
+
+def attention_share(events, cuda: bool) -> float | None:
+    """Share of a step's self time spent in attention: over the GPU kernels on CUDA (operator rows hold the
+    same time as their kernels and would count it twice), over the operators on CPU."""
+    from torch.autograd import DeviceType  # noqa: PLC0415
+
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = [e for e in events if (e.device_type == DeviceType.CUDA) == cuda]
+    total = sum(getattr(e, key, 0.0) for e in rows)
+    attn = sum(getattr(e, key, 0.0) for e in rows if any(f in e.key.lower() for f in ATTENTION_OPS))
+    return attn / total if total else None
 
 
 def parse_variant(text: str) -> tuple[str, str]:
@@ -137,11 +150,9 @@ def profile_variant(cfg: StepProfileConfig, variant: str, device: torch.device, 
     rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
     ops = [{"name": e.key, "calls_per_step": e.count / cfg.profile_steps,
             "self_ms_per_step": getattr(e, key, 0.0) / 1e3 / cfg.profile_steps} for e in rows]
-    total = sum(getattr(e, key, 0.0) for e in events)
-    attn = sum(getattr(e, key, 0.0) for e in events if any(f in e.key.lower() for f in ATTENTION_OPS))
     return {
         "variant": variant, "attention": attention, "impl": impl, "impl_resolved": impl_on_device(impl, device),
-        "attention_share": attn / total if total else None,
+        "attention_share": attention_share(events, cuda),
         "ms_per_step_median": statistics.median(ts), "ms_per_step_all": ts,
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "top_ops": ops, "op_time_kind": "self device time" if cuda else "self CPU time",
