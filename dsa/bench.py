@@ -9,8 +9,9 @@ perf_counter median on CPU. Columns (ms): SDPA flash causal, FlexAttention causa
 (L x L mask, small L only), the gather reference (small L only), torch.topk (sorted, and sorted=False) over
 precomputed scores vs our top-k over the same scores (radix_topk), our indexer top-k with its scores (the fused
 threshold search indexer_topk_fast, and stored score chunks + radix_topk: indexer_topk_chunked), the sparse
-kernel alone, and the DSA layer (the faster of the two indexer top-ks on the shape + sparse attention;
-fwd+bwd = attention backward, the selection carries no gradient), plus
+kernel alone, and selection + attention through ``dsa.ops`` (``dsa_*`` columns: the op's indexer top-k + sparse
+attention; fwd+bwd = attention backward, the selection carries no gradient; the model's whole layer, with its
+projections and KL loss, is ``dsa.bench_layer``), plus
 indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*H*d*sum_t min(t+1, k)
 (the pairs a causal top-k attends to), fwd+bwd = 3.5 x fwd for both.
 """
@@ -111,15 +112,32 @@ def _causal_scores(qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor, chunk: 
 TOPK_BAND = 2048  # rows per torch.topk call of the banded baseline
 
 
+def _radix_or_reference(scores_on_cuda: bool) -> Callable:
+    """The radix top-k kernel (with its tuning knobs) on CUDA; on CPU the op's reference with the kernel's
+    signature (the knobs ignored, ``stats`` filled with -1: no kernel ran), as the CPU smoke run needs."""
+    if scores_on_cuda:
+        from .kernels.radix_topk import radix_topk  # noqa: PLC0415
+
+        return radix_topk
+
+    def reference(scores, k, lengths=None, *, out_dtype=torch.int64, stats=None, **_knobs):
+        if stats is not None:
+            stats.fill_(-1)
+        return ops.topk_positions(scores, k, lengths, out_dtype=out_dtype, impl="reference")
+
+    return reference
+
+
 def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = False, profile: bool = False) -> None:
     """torch.topk vs our top-k kernel (sampled bracket, radix fallback) and the radix select alone, over the
     same precomputed causal scores; records whether they select the same scores as torch.topk (as
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
     tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps;
     profile: times each kernel launch of our top-k on its own (``radix_stages_ms``, in launch order)."""
-    from .kernels.radix_topk import DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED, _stages, radix_topk  # noqa: PLC0415
+    from .kernels.radix_topk import DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED  # noqa: PLC0415
     from .ops import causal_lengths  # noqa: PLC0415
 
+    radix_topk = _radix_or_reference(scores_on_cuda=qi.is_cuda)
     l = qi.shape[1]
     scores = _causal_scores(qi, ki, wi)
     lens = causal_lengths(l, qi.device, batch=qi.shape[0])
@@ -147,6 +165,8 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
         del got, got_idx
     del ref
     if profile:
+        from .kernels.radix_topk import _stages  # noqa: PLC0415
+
         _, stages = _stages(scores, k, lens, block=None, sample=DEFAULT_SAMPLE, cap=None, stats=None, num_warps=None)
         for _, launch in stages:  # once in order: each launch then finds what the ones before it wrote
             launch()
