@@ -384,6 +384,24 @@ def test_indexer_topk_threshold_per_query_k_and_ties():
     assert sel.shape[-1] == int(k_t.max())
 
 
+def _check_scores_at(q, kk, w, idx, gen):
+    """impl='triton' scores at the selection and dq, dk, dw against impl='reference' in fp32 (the same values)."""
+    valid = idx >= 0
+    g = torch.randn(idx.shape, generator=gen).to(DEV)
+    qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
+    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
+    (out.masked_fill(~valid, 0) * g).sum().backward()
+    qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
+    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
+    (ref.masked_fill(~valid, 0) * g).sum().backward()
+    assert torch.equal(torch.isinf(out), ~valid)
+    assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
+    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dw", ws.grad, wr.grad)):
+        assert a.dtype == q.dtype, name
+        assert rel(a, r) < TOL[q.dtype], name
+    return out
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_indexer_scores_at_fwd_bwd(dtype):
     gen = torch.Generator().manual_seed(5)
@@ -392,23 +410,11 @@ def test_indexer_scores_at_fwd_bwd(dtype):
     kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
     w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
     idx = _selection(b, l, k, gen)
-    valid = idx >= 0
-    g = torch.randn(b, l, k, generator=gen).to(DEV)
-    qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
-    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
-    (out.masked_fill(~valid, 0) * g).sum().backward()
-    qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
-    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
-    (ref.masked_fill(~valid, 0) * g).sum().backward()
-    assert torch.equal(torch.isinf(out), ~valid)
+    out = _check_scores_at(q, kk, w, idx, gen)
     # also equal to the full score matrix read at the selected positions
+    valid = idx >= 0
     full = indexer_scores(q, kk, w).gather(-1, idx.long().clamp(min=0)).masked_fill(~valid, float("-inf"))
     assert rel(out.masked_fill(~valid, 0), full.masked_fill(~valid, 0)) < 1e-5
-    assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
-    tol = TOL[dtype]
-    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dw", ws.grad, wr.grad)):
-        assert a.dtype == dtype, name
-        assert rel(a, r) < tol, name
 
 
 # ------------------------------------------------------------------- indexer heads in blocks (H_I x d_I)
@@ -461,20 +467,7 @@ def test_indexer_scores_at_many_heads(h, di, dtype):
     gen = torch.Generator().manual_seed(41 + h + di)
     b, l, k = 1, 37, 9
     q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)
-    idx = _selection(b, l, k, gen)
-    valid = idx >= 0
-    g = torch.randn(b, l, k, generator=gen).to(DEV)
-    qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
-    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
-    (out.masked_fill(~valid, 0) * g).sum().backward()
-    qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
-    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
-    (ref.masked_fill(~valid, 0) * g).sum().backward()
-    assert torch.equal(torch.isinf(out), ~valid)
-    assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
-    for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dw", ws.grad, wr.grad)):
-        assert a.dtype == dtype, name
-        assert rel(a, r) < TOL[dtype], name
+    _check_scores_at(q, kk, w, _selection(b, l, k, gen), gen)
 
 
 @pytest.mark.parametrize("hp,di,dtype", [(48, 128, torch.bfloat16), (6, 128, torch.float32)])
