@@ -2,6 +2,7 @@
 from a killed writer is cut off, and several worker processes share one results file."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -28,13 +29,14 @@ def test_resume_skips_finished_configs_and_says_so(tmp_path, monkeypatch, capsys
         calls.append(cfg.seed)
         if cfg.seed == 1 and crash["armed"]:
             crash["armed"] = False
-            raise RuntimeError("machine lost")
+            raise KeyboardInterrupt("machine lost")  # not an error of the configuration: the sweep stops
         return real_train(cfg)
 
     monkeypatch.setattr(sweep, "train", crashing)
-    with pytest.raises(RuntimeError, match="machine lost"):
+    with pytest.raises(KeyboardInterrupt, match="machine lost"):
         run_sweep(configs, results, progress=False)
     assert [r["config"]["seed"] for r in load_results(results)] == [0]
+    assert not list(sweep.claims_dir(results).glob("*.claim")), "an interrupted run must release its claim"
     calls.clear()
     recs = run_sweep(configs, results, progress=False)
     assert calls == [1, 2], "the finished configuration must not run again"
@@ -44,6 +46,63 @@ def test_resume_skips_finished_configs_and_says_so(tmp_path, monkeypatch, capsys
     run_sweep(configs, results, progress=False)
     assert calls == []
     assert len(load_results(results)) == 3
+    assert not sweep.claims_dir(results).exists(), "a finished sweep leaves no claims folder"
+
+
+def test_a_failing_configuration_is_recorded_the_sweep_goes_on_and_retry_runs_it(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r.jsonl"
+    configs = [_tiny(0), _tiny(1), _tiny(2)]
+    real_train = sweep.train
+    calls = []
+    broken = {"seed": 1}
+
+    def failing(cfg):
+        calls.append(cfg.seed)
+        if cfg.seed == broken["seed"]:
+            raise FloatingPointError("loss diverged")
+        return real_train(cfg)
+
+    monkeypatch.setattr(sweep, "train", failing)
+    with pytest.raises(sweep.SweepFailed, match="loss diverged") as e:
+        run_sweep(configs, results, progress=False)
+    assert calls == [0, 1, 2], "the sweep must carry on after a failing configuration"
+    assert "dense-L16-k4-s1" in capsys.readouterr().err, "the failure is said when it happens"
+    assert [r["config"]["seed"] for r in e.value.records[0]] == [0, 2]
+    (failure,) = sweep.load_failures(results).values()
+    assert failure["key"] == config_key(_tiny(1)) and failure["config"]["seed"] == 1
+    assert "FloatingPointError: loss diverged" in failure["error"] and "in failing" in failure["traceback"]
+    calls.clear()
+    with pytest.raises(sweep.SweepFailed):
+        run_sweep(configs, results, progress=False)
+    assert calls == [], "a failed configuration is not run again without retry_failed"
+    assert "skipping 1 failed" in capsys.readouterr().out
+    broken["seed"] = None
+    recs = run_sweep(configs, results, progress=False, retry_failed=True)
+    assert calls == [1] and [r["config"]["seed"] for r in recs] == [0, 1, 2]
+    assert run_sweep(configs, results, progress=False) == recs, "a retried failure counts as finished"
+
+
+def _text_corpus(tmp_path, monkeypatch):
+    """A small local text corpus with its own cache folder (nothing written under the repository)."""
+    monkeypatch.setenv("DSA_DATA_DIR", str(tmp_path / "cache"))
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i % 97} and {i % 13} more" for i in range(4000)))
+    return text
+
+
+def test_a_failing_configuration_in_a_worker_process_is_recorded_and_the_worker_goes_on(tmp_path, monkeypatch):
+    text = _text_corpus(tmp_path, monkeypatch)
+    missing = tmp_path / "later.txt"
+    results = tmp_path / "r.jsonl"
+    ok = [replace(_tiny(s), data=f"file:{text}", tokenizer="byte") for s in (0, 1)]
+    bad = replace(_tiny(2), data=f"file:{missing}", tokenizer="byte")
+    with pytest.raises(sweep.SweepFailed, match="FileNotFoundError"):
+        run_sweep([bad, *ok], results, devices=["cpu", "cpu"], progress=False)
+    assert sorted(r["config"]["seed"] for r in load_results(results)) == [0, 1]
+    assert list(sweep.load_failures(results)) == [config_key(bad)]
+    missing.write_text(text.read_text())
+    recs = run_sweep([bad, *ok], results, devices=["cpu", "cpu"], progress=False, retry_failed=True)
+    assert [r["config"]["seed"] for r in recs] == [2, 0, 1]
 
 
 def test_torn_last_line_is_ignored_then_cut(tmp_path):
