@@ -54,7 +54,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    try:  # a killed process nobody reaped yet (a container's init may never reap) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def is_stale(owner: Owner | None, heartbeat_age_s: float, stale_after_s: float) -> bool:

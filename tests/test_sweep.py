@@ -1,15 +1,29 @@
 """Resumable sweeps: finished configurations are never re-run, appends are whole lines, a torn last line
-from a killed writer is cut off, and several worker processes share one results file."""
+from a killed writer is cut off, several worker processes share one results file, each configuration is
+claimed once (also across a killed sweep and its re-run), failures are recorded and retried, and shards
+(also through submitit) read as one results file."""
 
 import json
-from dataclasses import replace
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import pytest
 
 import dsa.sweep as sweep
+from dsa import claims
 from dsa.experiments import EXPERIMENTS, get_experiment
+from dsa.records import load_jsonl_records, read_jsonl, result_files, shard_path
+from dsa.runs import runs_table
 from dsa.sweep import append_result, config_key, load_results, run_sweep, run_sweeps, with_steps
 from dsa.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tiny(seed: int, attention: str = "dense") -> TrainConfig:
@@ -207,3 +221,175 @@ def test_time_budget_stops_cleanly_and_the_next_call_resumes(tmp_path):
     partial = run_sweep(configs, results, progress=False, time_budget_s=0.0)
     assert [r["config"]["seed"] for r in partial] == [0], "no new configuration may start past the budget"
     assert len(run_sweep(configs, results, progress=False)) == 3
+
+
+# ----------------------------------------------------------------------------------- claims and keys
+def test_one_claim_per_key_and_the_stale_claim_rules(tmp_path, monkeypatch):
+    d = tmp_path / "claims"
+    held = claims.claim(d, "k1")
+    assert held is not None and claims.claim(d, "k1") is None, "a live claim of this process is not taken twice"
+    assert claims.claim(d, "k2") is not None, "claims are per key"
+    held.release()
+    assert claims.claim(d, "k1") is not None, "a released key can be claimed again"
+
+    def plant(key: str, host: str, pid: int, job=None, age_s: float = 0.0) -> None:
+        path = d / f"{key}.0.claim"
+        path.write_text(json.dumps({"host": host, "pid": pid, "job": job, "time": 0.0, "token": "t"}))
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    plant("dead", socket.gethostname(), int(dead.stdout))
+    assert claims.claim(d, "dead") is not None, "a claim of a dead process on this host is taken over at once"
+    plant("far", "another-machine", 1)
+    assert claims.claim(d, "far") is None, "a fresh claim of another machine is respected"
+    assert set(claims.live_claims(d)) >= {"far"}
+    plant("old", "another-machine", 1, age_s=120)
+    assert claims.claim(d, "old", stale_after_s=60) is not None, "a claim without heartbeat goes stale"
+    assert sorted(p.name for p in d.glob("old.*")) == ["old.1.claim"], "a take-over is a new generation"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    plant("requeued", "another-machine", 1, job="77")
+    assert claims.claim(d, "requeued") is not None, "a requeued job takes over its earlier incarnation's claim"
+    with pytest.raises(ValueError, match="key"):
+        claims.claim(d, "a/b")
+
+
+def test_concurrent_claims_of_one_key_give_one_owner(tmp_path):
+    d = tmp_path / "claims"
+    barrier = threading.Barrier(8)
+    won = []
+
+    def race() -> None:
+        barrier.wait()
+        won.append(claims.claim(d, "k") is not None)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(won) == 1
+
+
+@dataclass
+class _NewerConfig(TrainConfig):
+    """TrainConfig with one field more, as after a future change."""
+
+    label_smoothing: float = 0.0
+
+
+def test_a_new_field_at_its_default_keeps_the_key_and_changes_it_off_default():
+    a = _tiny(0)
+    newer = _NewerConfig(**asdict(a))
+    assert config_key(newer) == config_key(a)
+    assert config_key(replace(newer, label_smoothing=0.1)) != config_key(a)
+
+
+def test_the_recorded_gpu_runs_keep_their_keys():
+    """The notebooks match recorded runs to configurations by key: the key of each record's configuration
+    must still be the key it was recorded with."""
+    paths = sorted((ROOT / "data" / "gpu").glob("*.jsonl"))
+    assert paths
+    for p in paths:
+        for r in load_results(p):
+            assert config_key(TrainConfig(**r["config"])) == r["key"], f"{p.name}: {r['name']}"
+
+
+# ---------------------------------------------------------------------------------------- readers
+def _record(key: str, seed: int) -> dict:
+    return {"key": key, "name": f"run-{seed}", "config": {"seed": seed},
+            "provenance": {"git_commit": "abc", "device": "cpu", "date": "2026-12-01"}}
+
+
+def test_readers_drop_duplicate_keys_with_a_warning(tmp_path, capsys):
+    p = tmp_path / "gpu" / "x.jsonl"
+    for k, s in (("a", 0), ("b", 1), ("a", 0), ("b", 1)):
+        append_result(p, _record(k, s))
+    assert [r["key"] for r in read_jsonl(p)] == ["a", "b"]
+    assert "dropped 2 duplicate" in capsys.readouterr().out
+    assert len(runs_table(read_jsonl(p), "x")) == 2, "statistics must count each configuration once"
+
+
+def test_shard_files_read_as_one_results_file(tmp_path, capsys):
+    base = tmp_path / "gpu" / "x.jsonl"
+    append_result(shard_path(base, 0, 2), _record("a", 0))
+    append_result(shard_path(base, 1, 2), _record("b", 1))
+    append_result(shard_path(base, 1, 2), _record("a", 0))  # the same configuration again: read once
+    append_result(tmp_path / "gpu" / "y.jsonl", _record("c", 2))
+    assert [r["key"] for r in load_jsonl_records("gpu/x.jsonl", root=tmp_path)] == ["a", "b"]
+    assert "duplicate" in capsys.readouterr().out
+    assert sorted(r["key"] for r in load_jsonl_records("gpu/*.jsonl", root=tmp_path)) == ["a", "b", "c"]
+    assert [r["key"] for r in sweep.load_result_set(base)] == ["a", "b"]
+    append_result(base, _record("d", 3))
+    assert [p.name for p in result_files(base)] == ["x.jsonl", "x.shard-0-of-2.jsonl", "x.shard-1-of-2.jsonl"]
+    with pytest.raises(ValueError, match="index"):
+        shard_path(base, 2, 2)
+    with pytest.raises(ValueError, match="--shard"):
+        sweep.parse_shard("1-2")
+
+
+# ------------------------------------------------------------------------------- processes and shards
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dsa.sweep", "ablation_kl", "--size", "small", "--steps", "3", "--limit", "4",
+            "--out", str(out), *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_kill_9_during_a_pool_sweep_then_a_rerun_gives_each_key_once(tmp_path):
+    """The issue's reproduction: a two-worker sweep killed with SIGKILL while its workers train, and the
+    same command again. The workers must die with it and the re-run must record each configuration once."""
+    out = tmp_path / "pool.jsonl"
+    expected = {config_key(with_steps(c, 3)) for c in get_experiment("ablation_kl", "small")[:4]}
+    proc = subprocess.Popen(_cli(out, "--devices", "cpu,cpu"), cwd=tmp_path, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    owners: set[int] = set()
+    deadline = time.time() + 240
+    while not owners and proc.poll() is None and time.time() < deadline:
+        owners = {o.pid for o in claims.live_claims(sweep.claims_dir(out)).values() if o is not None}
+        time.sleep(0.05)
+    assert owners, "no worker claimed a configuration"
+    proc.kill()
+    proc.wait()
+    r = subprocess.run(_cli(out, "--devices", "cpu,cpu"), cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = [json.loads(line)["key"] for line in out.read_text().splitlines()]
+    assert sorted(keys) == sorted(expected), "each configuration exactly once"
+    assert all(_gone(pid) for pid in owners), "the killed sweep's workers must not train on"
+
+
+def test_two_shards_through_submitits_local_executor_equal_one_process(tmp_path):
+    configs = [_tiny(s) for s in range(3)] + [_tiny(3, "dsa")]
+    one = run_sweep(configs, tmp_path / "one.jsonl", progress=False)
+    base = tmp_path / "sharded" / "x.jsonl"
+    job = sweep.ShardJob([([asdict(c) for c in configs], str(base))], count=2)
+    jobs = sweep.submit_shards(job, {"cluster": "local", "timeout_min": 10}, tmp_path / "logs" / "%j")
+    assert [j.result() for j in jobs] == [{str(base): 2}, {str(base): 2}]
+    assert sorted(p.name for p in base.parent.glob("*.jsonl")) == ["x.shard-0-of-2.jsonl", "x.shard-1-of-2.jsonl"]
+    sharded = {r["key"]: r for r in sweep.load_result_set(base)}
+    assert set(sharded) == {r["key"] for r in one}
+    for r in one:
+        s = sharded[r["key"]]
+        assert s["config"] == r["config"]
+        assert s["final"]["val_loss"] == pytest.approx(r["final"]["val_loss"], rel=1e-5)
+    again = run_sweep(configs, base, progress=False)
+    assert [r["key"] for r in again] == [r["key"] for r in one], "a plain re-run re-uses every shard's records"
+    assert not base.exists(), "nothing ran again"
+
+
+def test_cli_sharding_options_are_checked(tmp_path):
+    for bad in (["--shard", "2/2"], ["--shard", "0/2", "--slurm", "cluster=local"], ["--shards", "2"],
+                ["--slurm", "=x"]):
+        with pytest.raises(SystemExit):
+            sweep.main(["ablation_kl", "--out", str(tmp_path / "x.jsonl"), *bad])
+    assert sweep.parse_executor_params(["slurm_partition=gpu", "timeout_min=60"]) == {
+        "slurm_partition": "gpu", "timeout_min": 60}
