@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
         device = torch.device("cuda", info.local_rank)
     torch.manual_seed(cfg.seed)
     if data is None:
-        corpus, train_s, warm_s, val = _load_data(cfg)
+        corpus, train_s, warm_s, val = ddp_util.rank_zero_first(info, lambda: _load_data(cfg))
         vocab, meta = corpus.vocab_size, corpus.meta
     else:
         vocab, train_s, warm_s, val, meta = data
