@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -338,26 +338,28 @@ def _plan(sweeps: list[tuple[list[TrainConfig], str | Path]], shard: tuple[int, 
         tasks.extend(todo)
         print(f"sweep {out.name}: {len(configs)} configurations, re-using "
               f"{len(configs) - len(todo) - skipped} finished ones from {results}"
-              + (f" and its shards" if len(result_files(results)) > 1 else "")
+              + (" and its shards" if len(result_files(results)) > 1 else "")
               + (f", skipping {skipped} failed ones (see {failures_path(results).name}; --retry-failed runs "
                  "them again)" if skipped else "")
               + f", running {len(todo)}" + (f" on {devices}" if devices else ""))
     return tasks, per_sweep
 
 
-def _settled(task: Task, since: float) -> bool:
-    """Recorded, or failed at or after ``since`` (wall clock): nothing more to do about it in this sweep."""
-    if any(r.get("key") == task.key for r in load_result_set(task.results, warn=False)):
-        return True
-    failure = load_failures(task.results).get(task.key)
-    return failure is not None and failure.get("time", 0) >= since
+def _unsettled(tasks: list[Task], since: float) -> list[Task]:
+    """The tasks neither recorded nor failed at or after ``since`` (wall clock): those still to run (each
+    results set is read once, not once per task)."""
+    settled: dict[str, set] = {}
+    for res in {t.results for t in tasks}:
+        done = {r.get("key") for r in load_result_set(res, warn=False)}
+        settled[res] = done | {k for k, f in load_failures(res).items() if f.get("time", 0) >= since}
+    return [t for t in tasks if t.key not in settled[t.results]]
 
 
 def _execute(tasks: list[Task], devices: list[str] | None, progress: bool, deadline: float | None,
-             stale_after_s: float) -> None:
+             stale_after_s: float, since: float) -> None:
     """One pass over ``tasks``: each is claimed and run here, or skipped when another process has it."""
     if devices and len(devices) > 1:
-        _execute_pool(tasks, devices, progress, deadline, stale_after_s)
+        _execute_pool(tasks, devices, progress, deadline, stale_after_s, since)
         return
     device = devices[0] if devices else None
     for task in tqdm(tasks, desc="sweep", disable=not progress):
@@ -367,7 +369,7 @@ def _execute(tasks: list[Task], devices: list[str] | None, progress: bool, deadl
 
 
 def _execute_pool(tasks: list[Task], devices: list[str], progress: bool, deadline: float | None,
-                  stale_after_s: float) -> None:
+                  stale_after_s: float, since: float) -> None:
     import multiprocessing as mp  # noqa: PLC0415
 
     ctx = mp.get_context("spawn")
@@ -385,7 +387,7 @@ def _execute_pool(tasks: list[Task], devices: list[str], progress: bool, deadlin
     while any(p.is_alive() for p in procs):
         for p in procs:
             p.join(timeout=5)
-        n = sum(_settled(t, 0.0) for t in tasks) if progress else 0
+        n = len(tasks) - len(_unsettled(tasks, since)) if progress else 0
         bar.update(n - seen)
         seen = n
     bar.close()
@@ -402,7 +404,7 @@ def _wait_for_others(tasks: list[Task], since: float, deadline: float | None, po
     or at the deadline."""
     said = False
     while True:
-        pending = [t for t in tasks if not _settled(t, since)]
+        pending = _unsettled(tasks, since)
         if not pending or (deadline is not None and time.time() > deadline):
             return []
         live = {}
@@ -435,8 +437,8 @@ def _collect(per_sweep: list[tuple[Path, list[str]]], time_budget_s: float | Non
         out.append([done[k] for k in keys if k in done])
     if failures:
         lines = [f"  {f['name']} ({f['key']}): {f['error']}" for _, f in failures]
-        files = ", ".join(dict.fromkeys(str(failures_path(r)) for r, _ in failures))
-        raise SweepFailed(f"{len(failures)} configurations failed (tracebacks in {files} and its shards'; "
+        files = ", ".join(dict.fromkeys(str(f) for r, _ in failures for f in result_files(failures_path(r))))
+        raise SweepFailed(f"{len(failures)} configurations failed (errors and tracebacks in {files}; "
                           "--retry-failed runs them again):\n" + "\n".join(lines), out)
     return out
 
@@ -469,11 +471,12 @@ def run_sweeps(
     deadline = None if time_budget_s is None else since + time_budget_s
     tasks, per_sweep = _plan(sweeps, shard, retry_failed, devices)
     while tasks:
-        _execute(tasks, devices, progress, deadline, stale_after_s)
+        _execute(tasks, devices, progress, deadline, stale_after_s, since)
         tasks = _wait_for_others(tasks, since, deadline, poll_s, stale_after_s)
     for results, _ in per_sweep:
         claims.remove_if_empty(claims_dir(results))
     return _collect(per_sweep, time_budget_s)
+
 
 def with_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
     """The same configuration with another number of LM steps; recipe phases that were left at their

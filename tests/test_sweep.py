@@ -393,3 +393,40 @@ def test_cli_sharding_options_are_checked(tmp_path):
             sweep.main(["ablation_kl", "--out", str(tmp_path / "x.jsonl"), *bad])
     assert sweep.parse_executor_params(["slurm_partition=gpu", "timeout_min=60"]) == {
         "slurm_partition": "gpu", "timeout_min": 60}
+
+
+def test_a_configuration_another_process_runs_is_waited_for_not_run_again(tmp_path, monkeypatch, capsys):
+    """Two machines on one results set: a configuration claimed by a live process elsewhere is not run here;
+    the sweep waits for its record."""
+    results = tmp_path / "r.jsonl"
+    c = _tiny(0)
+    claim = sweep.claims_dir(results) / f"{config_key(c)}.0.claim"
+    claim.parent.mkdir()
+    claim.write_text(json.dumps({"host": "another-machine", "pid": 1, "job": None, "time": 0.0, "token": "t"}))
+    calls = []
+    monkeypatch.setattr(sweep, "train", lambda cfg: calls.append(cfg.seed))
+    rec = {"key": config_key(c), "name": "elsewhere", "config": asdict(c)}
+
+    def other_machine_finishes() -> None:
+        time.sleep(0.3)
+        append_result(results, rec)
+        claim.unlink()
+
+    t = threading.Thread(target=other_machine_finishes)
+    t.start()
+    recs = run_sweep([c], results, progress=False, poll_s=0.05)
+    t.join()
+    assert calls == [] and recs == [rec]
+    assert "waiting for 1 configurations that other processes run now (another-machine:1)" in capsys.readouterr().out
+
+
+def test_a_fresh_notebook_sweep_empties_its_results_shards_and_failures(tmp_path):
+    from dsa.runs import _empty_results
+
+    out = tmp_path / "x.jsonl"
+    for p in (out, shard_path(out, 0, 2), sweep.failures_path(out), sweep.failures_path(shard_path(out, 1, 2))):
+        append_result(p, _record("a", 0))
+    keep = tmp_path / "y.jsonl"
+    append_result(keep, _record("b", 1))
+    _empty_results(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["y.jsonl"]
