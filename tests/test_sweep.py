@@ -115,7 +115,7 @@ def test_a_failing_configuration_in_a_worker_process_is_recorded_and_the_worker_
     assert sorted(r["config"]["seed"] for r in load_results(results)) == [0, 1]
     assert list(sweep.load_failures(results)) == [config_key(bad)]
     missing.write_text(text.read_text())
-    recs = run_sweep([bad, *ok], results, devices=["cpu", "cpu"], progress=False, retry_failed=True)
+    recs = run_sweep([bad, *ok], results, progress=False, retry_failed=True)
     assert [r["config"]["seed"] for r in recs] == [2, 0, 1]
 
 
@@ -368,6 +368,8 @@ def test_kill_9_during_a_pool_sweep_then_a_rerun_gives_each_key_once(tmp_path):
 
 
 def test_two_shards_through_submitits_local_executor_equal_one_process(tmp_path):
+    """A job array of two shards through submitit's local executor records what one process records, in
+    two shard files that read as one results file."""
     configs = [_tiny(s) for s in range(3)] + [_tiny(3, "dsa")]
     one = run_sweep(configs, tmp_path / "one.jsonl", progress=False)
     base = tmp_path / "sharded" / "x.jsonl"
@@ -384,6 +386,18 @@ def test_two_shards_through_submitits_local_executor_equal_one_process(tmp_path)
     again = run_sweep(configs, base, progress=False)
     assert [r["key"] for r in again] == [r["key"] for r in one], "a plain re-run re-uses every shard's records"
     assert not base.exists(), "nothing ran again"
+
+
+def test_cli_submits_the_shards_as_a_job_array(tmp_path, capsys):
+    """`--shards 2 --slurm cluster=debug ... --wait` (submitit's in-process executor: the CLI path without
+    a cluster) runs both shards into their own files."""
+    out = tmp_path / "x.jsonl"
+    assert sweep.main(["ablation_kl", "--size", "small", "--steps", "1", "--limit", "2", "--out", str(out),
+                       "--shards", "2", "--slurm", "cluster=debug", "timeout_min=10", "--wait",
+                       "--slurm-folder", str(tmp_path / "logs")]) == 0
+    assert capsys.readouterr().out.count(f"{{'{out}': 1}}") == 2, "each shard reports its record"
+    assert [p.name for p in result_files(out)] == ["x.shard-0-of-2.jsonl", "x.shard-1-of-2.jsonl"]
+    assert len(sweep.load_result_set(out)) == 2
 
 
 def test_cli_sharding_options_are_checked(tmp_path):
