@@ -131,7 +131,7 @@ def claim(claims_dir: str | Path, key: str, stale_after_s: float = DEFAULT_STALE
         try:
             age = time.time() - last.stat().st_mtime
         except FileNotFoundError:  # released just now: try the same generation again
-            age, last_gen = 0.0, last_gen - 1
+            last_gen -= 1
         else:
             if not is_stale(_read_owner(last), age, stale_after_s):
                 return None
@@ -183,16 +183,20 @@ class _Heartbeat:
         with self._lock:
             self._paths.discard(path)
 
+    def beat(self) -> None:
+        """Refresh every held claim's mtime now."""
+        with self._lock:
+            paths = list(self._paths)
+        for p in paths:
+            try:
+                os.utime(p)
+            except FileNotFoundError:
+                self.forget(p)
+
     def _run(self) -> None:
         while True:
             time.sleep(HEARTBEAT_S)
-            with self._lock:
-                paths = list(self._paths)
-            for p in paths:
-                try:
-                    os.utime(p)
-                except FileNotFoundError:
-                    self.forget(p)
+            self.beat()
 
 
 _HEARTBEAT = _Heartbeat()

@@ -253,6 +253,19 @@ def test_one_claim_per_key_and_the_stale_claim_rules(tmp_path, monkeypatch):
         claims.claim(d, "a/b")
 
 
+def test_the_heartbeat_keeps_a_held_claim_fresh(tmp_path):
+    d = tmp_path / "claims"
+    held = claims.claim(d, "k")
+    os.utime(held.path, (time.time() - 3600, time.time() - 3600))
+    claims._HEARTBEAT.beat()
+    assert time.time() - held.path.stat().st_mtime < 60
+    elsewhere = json.loads(held.path.read_text()) | {"host": "another-machine"}
+    held.path.write_text(json.dumps(elsewhere))  # as seen from another machine: judged by heartbeat
+    assert claims.claim(d, "k", stale_after_s=60) is None
+    held.release()
+    assert not held.path.exists()
+
+
 def test_concurrent_claims_of_one_key_give_one_owner(tmp_path):
     d = tmp_path / "claims"
     barrier = threading.Barrier(8)
