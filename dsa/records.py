@@ -138,8 +138,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def drop_duplicate_keys(records: Iterable[dict], where: str | None) -> list[dict]:
     """``records`` without the repeats of a ``key`` already seen (the first is kept; records without a key
-    are all kept), printing one warning naming ``where`` and the number dropped (None: no warning). Two processes that ran
-    one configuration each append a record; counting both would weigh that seed twice."""
+    are all kept), printing one warning naming ``where`` and the number dropped (None: no warning). Two
+    processes that ran one configuration each append a record; counting both would weigh that seed twice."""
     seen: set = set()
     out, dropped = [], 0
     for r in records:
