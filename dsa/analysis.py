@@ -190,21 +190,16 @@ def k_policy_override(model: torch.nn.Module, policy: str, *, mass: float | None
     """Temporarily run a DSA ``TransformerLM`` with another k policy ('fixed', 'mass', 'entropy'), mass
     target, k cap or smallest adaptive k (every layer shares the model's config); restored on exit."""
     cfg = model.cfg
-    old = (cfg.k_policy, cfg.k_mass, cfg.top_k, cfg.k_min)
     if policy not in ("fixed", "mass", "entropy"):
         raise ValueError(f"policy must be fixed, mass or entropy, got {policy!r}")
     if top_k is not None and not 1 <= top_k <= cfg.max_seq_len:
         raise ValueError(f"top_k must be in [1, max_seq_len={cfg.max_seq_len}], got {top_k}")
     if k_min is not None and not 1 <= k_min <= (top_k or cfg.top_k):
         raise ValueError(f"k_min must be in [1, top_k={top_k or cfg.top_k}], got {k_min}")
-    cfg.k_policy = policy
-    cfg.k_mass = cfg.k_mass if mass is None else mass
-    cfg.top_k = cfg.top_k if top_k is None else top_k
-    cfg.k_min = cfg.k_min if k_min is None else k_min
-    try:
+    changes = {"k_policy": policy, "k_mass": cfg.k_mass if mass is None else mass,
+               "top_k": cfg.top_k if top_k is None else top_k, "k_min": cfg.k_min if k_min is None else k_min}
+    with model.selection_override(**changes):
         yield model
-    finally:
-        cfg.k_policy, cfg.k_mass, cfg.top_k, cfg.k_min = old
 
 
 @torch.no_grad()

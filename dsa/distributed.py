@@ -2,6 +2,15 @@
 
     torchrun --standalone --nproc_per_node 2 -m dsa.train --attention dsa --seq-len 1024 ...
 
+Several machines ("nodes"): the same command on each, with the node's rank and one address all can reach::
+
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr HOST0 --master_port 29500 -m dsa.train ...
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 1 --master_addr HOST0 --master_port 29500 -m dsa.train ...
+
+(or ``--rdzv-backend c10d --rdzv-endpoint HOST0:29500`` with any ``--node_rank``). The corpus cache is
+prepared by global rank 0 first, then by each other node's local rank 0 (a node without a shared file
+system builds its own copy), then read by every other rank (:func:`rank_zero_first`).
+
 Each rank reads batch ``step * world + rank`` of the same deterministic sampler, so the global batch is
 ``world * batch_size`` and no two ranks see the same sequence. Every rank evaluates the same validation
 batches (no collective inside eval, so ranks cannot deadlock); only rank 0 prints, shows progress and writes
@@ -16,7 +25,9 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -52,6 +63,25 @@ def init_from_env(device: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local, backend=backend)
+
+
+T = TypeVar("T")
+
+
+def rank_zero_first(info: DistInfo, fn: Callable[[], T]) -> T:
+    """``fn()`` on every rank, in three waves separated by barriers: global rank 0, then local rank 0 of
+    every other node, then all other ranks. For work that fills a cache the others then read (the corpus):
+    one process writes it per file system and no rank reads a half-written entry."""
+    if not info.enabled:
+        return fn()
+    out = fn() if info.rank == 0 else None
+    dist.barrier()
+    if info.rank != 0 and info.local_rank == 0:
+        out = fn()
+    dist.barrier()
+    if info.local_rank != 0:
+        out = fn()
+    return out
 
 
 def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:

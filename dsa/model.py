@@ -6,6 +6,9 @@ attention), everything else identical. Every attention op runs through :mod:`dsa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +81,24 @@ class TransformerLM(nn.Module):
                 continue
             std = out_std if name.endswith(("wo.weight", "down.weight")) else 0.02
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    @contextlib.contextmanager
+    def selection_override(self, **changes) -> Iterator[TransformerLM]:
+        """Temporarily change the selection of every DSA layer (fields of :class:`dsa.layers.SparseConfig`:
+        top_k, k_policy, k_mass, k_min, leak_future), the model's config alike; both restored on exit."""
+        layers = [m for m in self.modules() if isinstance(m, DSAAttention)]
+        old_cfg = dataclasses.replace(self.cfg)
+        old = [m.sparse_cfg for m in layers]
+        for m in layers:
+            m.sparse_cfg = dataclasses.replace(m.sparse_cfg, **changes)  # validated by SparseConfig
+        for name, value in changes.items():
+            setattr(self.cfg, name, value)
+        try:
+            yield self
+        finally:
+            for m, c in zip(layers, old):
+                m.sparse_cfg = c
+            self.cfg = old_cfg
 
     def indexer_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if ".indexer." in n]

@@ -113,6 +113,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
     A torn last line (a writer killed mid-line) is skipped with a printed warning; a bad line elsewhere is
     an error naming the file and line. Every record must carry a ``provenance`` (git_commit, device, date).
+    A configuration recorded twice (same ``key``) counts once: the first record is kept, with a warning
+    (statistics must not count one seed twice).
     """
     path = Path(path)
     lines = path.read_text().splitlines()
@@ -131,17 +133,72 @@ def read_jsonl(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{i + 1}: expected a JSON object per line")
         _check_provenance(rec.get("provenance"), f"{path}:{i + 1}")
         out.append(rec)
+    return drop_duplicate_keys(out, _rel(path))
+
+
+def drop_duplicate_keys(records: Iterable[dict], where: str | None) -> list[dict]:
+    """``records`` without the repeats of a ``key`` already seen (the first is kept; records without a key
+    are all kept), printing one warning naming ``where`` and the number dropped (None: no warning). Two
+    processes that ran one configuration each append a record; counting both would weigh that seed twice."""
+    seen: set = set()
+    out, dropped = [], 0
+    for r in records:
+        k = r.get("key")
+        if k is not None and k in seen:
+            dropped += 1
+            continue
+        if k is not None:
+            seen.add(k)
+        out.append(r)
+    if dropped and where is not None:
+        print(f"[records] warning: {where}: dropped {dropped} duplicate record(s) of a configuration "
+              "recorded more than once (same key; the first is kept)")
     return out
+
+
+# Shards: ``python -m dsa.sweep --shard i/N --out X.jsonl`` writes ``X.shard-i-of-N.jsonl`` next to
+# ``X.jsonl``; readers take the base file and its shards as one results set.
+_SHARD_INFIX = ".shard-"
+
+
+def shard_path(path: str | Path, index: int, count: int) -> Path:
+    """The file shard ``index`` of ``count`` writes for the results file ``path``:
+    ``runs/x.jsonl`` -> ``runs/x.shard-0-of-2.jsonl``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+        raise ValueError(f"index must be an int in [0, count={count}), got {index!r}")
+    path = Path(path)
+    return path.with_name(f"{path.stem}{_SHARD_INFIX}{index}-of-{count}{path.suffix}")
+
+
+def result_files(path: str | Path) -> list[Path]:
+    """The existing files of the results set named by ``path``: ``path`` itself and its shard files
+    (:func:`shard_path`, any shard count), base first, then the shards sorted by name."""
+    path = Path(path)
+    shards = sorted(path.parent.glob(f"{path.stem}{_SHARD_INFIX}*-of-*{path.suffix}"))
+    return ([path] if path.is_file() else []) + [p for p in shards if p.is_file()]
+
+
+def _jsonl_paths(root: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` under ``root``, plus the shard files of each matching name, so that a
+    notebook's ``gpu/exp.jsonl`` also reads ``gpu/exp.shard-0-of-4.jsonl`` ... (even without the base)."""
+    found = {p for p in root.glob(pattern) if p.is_file() and p.suffix == ".jsonl"}
+    if pattern.endswith(".jsonl"):
+        found |= {p for p in root.glob(pattern[: -len(".jsonl")] + f"{_SHARD_INFIX}*-of-*.jsonl") if p.is_file()}
+    return sorted(found)
 
 
 def load_jsonl_records(pattern: str, *, root: str | Path | None = None, required: bool = False) -> list[dict]:
     """Run records from the JSON-lines files matching the glob ``pattern`` under ``root`` (default
-    ``data/``), e.g. ``gpu/exp4_reproduce.jsonl``: all lines of all files, in file order, each with ``_path``
-    (and ``_line``) added. Prints one line per file with a summary of where its runs were recorded, and logs
-    the file to ``$DSA_RECORDS_LOG`` like :func:`load_records` (with the first record's provenance and the
-    number of runs). required: raise FileNotFoundError when nothing matches (default: return [])."""
+    ``data/``), e.g. ``gpu/exp4_reproduce.jsonl``, and from the shard files of each matching name
+    (``gpu/exp4_reproduce.shard-0-of-2.jsonl``, ...; shards read as one file): all lines of all files, in
+    file order, each with ``_path`` (and ``_line``) added; a configuration (``key``) found more than once is
+    kept once, with a warning. Prints one line per file with a summary of where its runs were recorded, and
+    logs the file to ``$DSA_RECORDS_LOG`` like :func:`load_records` (with the first record's provenance and
+    the number of runs). required: raise FileNotFoundError when nothing matches (default: return [])."""
     root = Path(root) if root is not None else data_dir()
-    paths = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix == ".jsonl")
+    paths = _jsonl_paths(root, pattern)
     if not paths and required:
         raise FileNotFoundError(f"no recorded data matches {pattern!r} under {root}")
     out = []
@@ -157,7 +214,7 @@ def load_jsonl_records(pattern: str, *, root: str | Path | None = None, required
         if log and recs:
             with open(log, "a") as f:
                 f.write(json.dumps({"path": rel, "provenance": recs[0]["provenance"], "n_records": len(recs)}) + "\n")
-    return out
+    return drop_duplicate_keys(out, pattern) if len(paths) > 1 else out
 
 
 def fresh_run_label(device: Any = None) -> str:
@@ -173,10 +230,13 @@ def fresh_run_label(device: Any = None) -> str:
 __all__ = [
     "data_dir",
     "describe_provenance",
+    "drop_duplicate_keys",
     "fresh_run_label",
     "load_jsonl_records",
     "load_records",
     "read_jsonl",
+    "result_files",
     "save_record",
+    "shard_path",
     "summarize_provenance",
 ]

@@ -194,13 +194,25 @@ def fresh_sweep(
         raise ValueError(f"no configuration of {experiment} ({size}) matches the filters {select}")
     out = runs_dir(notebook) / f"{experiment}-{size}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not reuse:
-        out.unlink()
-        print(f"[runs] {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}: emptied "
-              "(reuse=False): every run below is trained now")
+    if not reuse:
+        _empty_results(out)
     devices = [device] if device and device != "auto" else None
     with gc_frozen():
         return run_sweep(configs, out, devices, progress=progress, time_budget_s=time_budget_s)
+
+
+def _empty_results(out: Path) -> None:
+    """Remove the results file ``out`` with its shards and recorded failures (reuse=False: every run is
+    trained now, and a configuration that failed before is tried again)."""
+    from .records import result_files  # noqa: PLC0415
+    from .sweep import failures_path  # noqa: PLC0415
+
+    old = result_files(out) + result_files(failures_path(out))
+    for p in old:
+        p.unlink()
+    if old:
+        print(f"[runs] {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}: emptied "
+              "(reuse=False): every run below is trained now")
 
 
 def train_keeping_models(configs: Sequence[Any], device: str | None = None) -> list[dict]:

@@ -167,15 +167,9 @@ def _load_data(cfg: TrainConfig):
     return corpus, train, warm, val
 
 
-@contextlib.contextmanager
 def _leak_off(model: TransformerLM):
     """Temporarily evaluate a leaky model with the causal guard back on."""
-    old = model.cfg.leak_future
-    model.cfg.leak_future = False
-    try:
-        yield
-    finally:
-        model.cfg.leak_future = old
+    return model.selection_override(leak_future=False)
 
 
 @torch.no_grad()
@@ -225,7 +219,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
         device = torch.device("cuda", info.local_rank)
     torch.manual_seed(cfg.seed)
     if data is None:
-        corpus, train_s, warm_s, val = _load_data(cfg)
+        corpus, train_s, warm_s, val = ddp_util.rank_zero_first(info, lambda: _load_data(cfg))
         vocab, meta = corpus.vocab_size, corpus.meta
     else:
         vocab, train_s, warm_s, val, meta = data

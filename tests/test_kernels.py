@@ -23,8 +23,10 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(autouse=True, scope="module")
 def _interpreter_for_this_module_only():
-    """Put the variable back after this module: it would otherwise reach the notebook kernels that later
-    tests start, and run their CPU benchmarks in the Triton interpreter (minutes instead of seconds)."""
+    """Set again at setup (another module's teardown may have removed it since this one was imported), and put
+    back after this module: it would otherwise reach the notebook kernels that later tests start."""
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
     yield
     if _OLD_INTERPRET is None:
         os.environ.pop("TRITON_INTERPRET", None)

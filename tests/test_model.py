@@ -129,3 +129,16 @@ def test_importing_the_model_does_not_import_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_selection_override_reaches_every_layer_and_is_restored(gen):
+    m = TransformerLM(_cfg(attention="dsa", top_k=7, n_layers=2), seed=2)
+    tokens = torch.randint(0, 61, (1, 30), generator=gen)
+    kept = lambda out: [int((a.selection >= 0).sum(-1).max()) for a in out.aux]  # noqa: E731
+    with m.selection_override(top_k=3, k_policy="fixed"):
+        assert kept(m(tokens)) == [3, 3] and m.cfg.top_k == 3
+    assert kept(m(tokens)) == [7, 7] and m.cfg.top_k == 7
+    with pytest.raises(ValueError, match="k_policy"):
+        with m.selection_override(k_policy="foo"):
+            pass
+    assert kept(m(tokens)) == [7, 7]

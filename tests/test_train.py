@@ -36,7 +36,7 @@ def _data(lag: int = 4):
 def _cfg(**kw):
     base = dict(seq_len=SEQ, top_k=12, batch_size=8, steps=40, d_model=32, n_layers=2, n_heads=4, indexer_heads=2,
                 indexer_dim=16, indexer_rope_dim=8, lr=1e-2, lr_warmup_steps=5, eval_every=20, eval_batches=2,
-                out="", progress=False, chunk=16)
+                out="", progress=False)
     base.update(kw)
     return TrainConfig(**base)
 
