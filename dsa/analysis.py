@@ -3,7 +3,7 @@ what each indexer head would select (local vs distant), sparsity statistics, att
 plots, FLOP tables, and the model whose layers the notebooks inspect (random init or a checkpoint).
 
 Everything here works on small L (plots, L x L tensors); the chunked paths for long sequences live in
-``dsa.topk`` / ``dsa.sparse_attention``.
+``dsa.ops``. A selection is a (B, L, K) int32 tensor of positions, -1 in unused slots.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-from .indexer import attention_flops, indexer_flops
-from .sparse_attention import expand_kv
-from .topk import Selection, select_topk, selection_to_mask
+from .ops import attention_flops, expand_kv, indexer_flops, select_topk, selection_to_mask
 
 
 # ------------------------------------------------------------------------------- the formula, by hand
@@ -87,15 +85,15 @@ def attention_probs(
 
 
 # ------------------------------------------------------------------------------- selection statistics
-def selected_distances(sel: Selection, q_start: int = 0) -> torch.Tensor:
-    """t - s of every valid selected (t, s) pair, flattened (int64); negative = a future token."""
-    t = torch.arange(q_start, q_start + sel.idx.shape[1], device=sel.idx.device)[None, :, None]
-    return (t - sel.idx)[sel.valid]
+def selected_distances(sel: torch.Tensor, q_start: int = 0) -> torch.Tensor:
+    """sel (B, L, K) -> t - s of every selected (t, s) pair, flattened (int64); negative = a future token."""
+    t = torch.arange(q_start, q_start + sel.shape[1], device=sel.device)[None, :, None]
+    return (t - sel.long())[sel >= 0]
 
 
 def per_head_selection(
     q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, top_k: int
-) -> list[Selection]:
+) -> list[torch.Tensor]:
     """What each indexer head would select on its own: top-k of its contribution w[t,j]*ReLU(q.k).
 
     Ties (many zero contributions after the ReLU) are broken towards... whatever torch.topk returns, so
@@ -128,7 +126,7 @@ def uniform_local_share(seq_len: int, window: int) -> float:
     return num / (seq_len * (seq_len + 1) / 2)
 
 
-def sparsity_stats(sel: Selection, seq_len: int, dense_probs: torch.Tensor | None = None, window: int = 16) -> dict:
+def sparsity_stats(sel: torch.Tensor, seq_len: int, dense_probs: torch.Tensor | None = None, window: int = 16) -> dict:
     """Sparsity statistics of a selection (batch- and query-averaged).
 
     returns {'keys_per_query', 'fraction_of_past_selected', 'mean_distance', 'local_fraction' (t-s < window),
@@ -136,7 +134,7 @@ def sparsity_stats(sel: Selection, seq_len: int, dense_probs: torch.Tensor | Non
              'dense_mass_recall' (share of the dense attention probability mass, per head and query, that
              falls on selected keys; 1.0 = the sparse attention sees everything the dense one weighs)}.
     """
-    counts = sel.counts().float()  # (B, L)
+    counts = (sel >= 0).sum(-1).float()  # (B, L)
     past = torch.arange(1, seq_len + 1, device=counts.device, dtype=torch.float32)[None]
     dist = selected_distances(sel).float()
     out = {
@@ -152,13 +150,12 @@ def sparsity_stats(sel: Selection, seq_len: int, dense_probs: torch.Tensor | Non
     return out
 
 
-def window_selection(batch: int, seq_len: int, top_k: int, device: str | torch.device = "cpu") -> Selection:
-    """The sliding-window baseline: each query keeps its ``top_k`` most recent tokens (itself included)."""
+def window_selection(batch: int, seq_len: int, top_k: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The sliding-window baseline: each query keeps its ``top_k`` most recent tokens (itself included).
+    returns (batch, seq_len, top_k) int32, -1 in unused slots."""
     t = torch.arange(seq_len, device=device)[:, None]
     idx = t - torch.arange(top_k, device=device)[None, :]  # (L, K): t, t-1, ...
-    valid = idx >= 0
-    idx = idx.masked_fill(~valid, -1)
-    return Selection(idx=idx.expand(batch, -1, -1).clone(), valid=valid.expand(batch, -1, -1).clone())
+    return idx.clamp(min=-1).to(torch.int32).expand(batch, -1, -1).clone()
 
 
 def layer_attention_fn(model: torch.nn.Module, layer: int, top_k: int, *, leak: bool):
@@ -169,30 +166,19 @@ def layer_attention_fn(model: torch.nn.Module, layer: int, top_k: int, *, leak: 
     leak True:  the seeds' recipe: top-k of unguarded indexer scores turned into a mask, SDPA without
                 is_causal (``seed_masked_attention``).
     """
-    from .rope import apply_rope  # noqa: PLC0415
-    from .sparse_attention import seed_masked_attention, sparse_attention_gather  # noqa: PLC0415
-    from .topk import indexer_topk  # noqa: PLC0415
+    from .ops import indexer_scores, indexer_topk, seed_masked_attention, sparse_attention  # noqa: PLC0415
 
     attn = model.layers[layer].attn
-    cfg = attn.cfg
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
-        hd = cfg.head_dim
-        cos, sin = model.cos[:l], model.sin[:l]
-        q = apply_rope(attn.wq(x).view(b, l, cfg.n_heads, hd).transpose(1, 2), cos, sin, seq_dim=2)
-        k = apply_rope(attn.wk(x).view(b, l, cfg.n_kv_heads, hd).transpose(1, 2), cos, sin, seq_dim=2)
-        v = attn.wv(x).view(b, l, cfg.n_kv_heads, hd).transpose(1, 2)
-        rope_idx = (model.cos_idx[:l], model.sin_idx[:l]) if model.cos_idx.numel() else (None, None)
-        qi, ki, wi = attn.indexer(x, *rope_idx)
+        l = x.shape[1]
+        t = attn.proj(x)
+        qi, ki, wi = attn.indexer_outputs(x)
         kk = min(top_k, l)
         if leak:
-            from .indexer import indexer_scores  # noqa: PLC0415
-
             sel = select_topk(indexer_scores(qi, ki, wi, causal=False), kk, leak_future=True)
-            return seed_masked_attention(q, k, v, selection_to_mask(sel, l))
-        sel = indexer_topk(qi, ki, wi, kk)
-        return sparse_attention_gather(q, k, v, sel.idx, sel.valid)
+            return seed_masked_attention(t.q, t.k, t.v, selection_to_mask(sel, l), scale=t.scale)
+        return sparse_attention(t.q, t.k, t.v, indexer_topk(qi, ki, wi, kk), scale=t.scale, impl="reference")
 
     return fn
 
@@ -237,7 +223,7 @@ def chosen_k_counts(model: torch.nn.Module, batches, *, max_batches: int | None 
                 break
             out = model(x.to(dev), sparse=True)
             for li, aux in enumerate(out.aux):
-                per_layer[li].append(aux.selection.counts().cpu())
+                per_layer[li].append((aux.selection >= 0).sum(-1).cpu())
     finally:
         model.train(was_training)
     if not per_layer[0]:
@@ -271,7 +257,7 @@ def fixed_mean_k(seq_len: int, top_k: int) -> float:
 
 
 def random_recall(seq_len: int, top_k: int) -> float:
-    """The indexer recall (``dsa.indexer_loss.indexer_recall``'s ``recall``) that a selection of k of the t + 1
+    """The indexer recall (``dsa.ops.indexer_recall``'s ``recall``) that a selection of k of the t + 1
     past tokens drawn uniformly at random keeps in expectation, whatever the attention: k / (t + 1) for each
     query, averaged over the queries that must drop tokens (t + 1 > k); 1.0 when none must. The floor an
     untrained indexer is compared with."""
@@ -370,7 +356,7 @@ def make_inspect_model(
         if init_gain != 1.0:
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if name.endswith(("attn.wq.weight", "attn.wk.weight", "indexer.wq.weight", "indexer.wk.weight",
+                    if name.endswith(("proj.wq.weight", "proj.wk.weight", "indexer.wq.weight", "indexer.wk.weight",
                                       "indexer.wh.weight")):
                         p.mul_(init_gain)
         label = f"randomly initialised DSA model (seed {seed}, init gain {init_gain:g})"

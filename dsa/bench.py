@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from .bench_report import _num, sparse_flops
-from .kernels import HAS_TRITON, indexer_scores_at, indexer_topk_fast, sparse_attention, use_triton
-from .kernels.indexer_chunked import indexer_topk_chunked
-from .sparse_attention import expand_kv, seed_masked_attention, sparse_attention_gather
-from .topk import selection_to_mask
+from . import ops
+from .ops import expand_kv, seed_masked_attention, selection_to_mask
+from .ops.attention import sparse_attention_gather
+from .ops.dispatch import impl_on_device
 
 
 def _git_commit() -> str | None:
@@ -99,7 +99,7 @@ def _flex():
 def _causal_scores(qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """The causal indexer scores (B, L, L) fp32 (-inf above the diagonal), built a query chunk at a time:
     the one-shot product holds a (B, L, H_I, L) logit tensor (64 GiB at L = 64K, H_I = 4)."""
-    from .indexer import indexer_scores  # noqa: PLC0415
+    from .ops import indexer_scores  # noqa: PLC0415
 
     b, l = qi.shape[:2]
     out = torch.empty(b, l, l, device=qi.device, dtype=torch.float32)
@@ -117,8 +117,8 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
     tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps;
     profile: times each kernel launch of our top-k on its own (``radix_stages_ms``, in launch order)."""
-    from .kernels.radix_topk import (  # noqa: PLC0415
-        DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED, _stages, causal_lengths, radix_topk)
+    from .kernels.radix_topk import DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED, _stages, radix_topk  # noqa: PLC0415
+    from .ops import causal_lengths  # noqa: PLC0415
 
     l = qi.shape[1]
     scores = _causal_scores(qi, ki, wi)
@@ -155,7 +155,7 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
         _tune_selection(row, scores, k, lens, qi, ki, wi)
     del scores
     if l <= 32768:  # the one-shot product needs a (B, L, H_I, L) logit tensor
-        from .indexer import indexer_scores  # noqa: PLC0415
+        from .ops import indexer_scores  # noqa: PLC0415
 
         rec("scores_plus_torch_topk", lambda: torch.topk(indexer_scores(qi, ki, wi), k, dim=-1))
     rec("chunked_scores_plus_radix", lambda: radix_topk(_causal_scores(qi, ki, wi), k, lens, out_dtype=torch.int32))
@@ -221,7 +221,8 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     h, d = args.heads, args.head_dim
     hi, di = args.indexer_heads, args.indexer_dim
-    triton_path = HAS_TRITON and use_triton(torch.empty(1, device=dev))
+    impl = impl_on_device("auto", dev)
+    triton_path = impl == "triton"
     flex_fn, create_block_mask = _flex() if (cuda and args.flex) else (None, None)
     configs = []
     for l in args.seq_lens:
@@ -249,7 +250,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
             python=platform.python_version(),
             device=torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
             cuda=torch.version.cuda if cuda else None,
-            sparse_path="triton" if triton_path else "reference (sparse_attention_gather / indexer_topk)",
+            sparse_path=impl,
             timer="triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)",
         ),
         config=dict(vars(args), device_kind="cuda" if cuda else "cpu"),
@@ -314,14 +315,18 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
                     row["flex_why"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         # the selection (no grad)
         stats: dict = {}
-        sel = indexer_topk_fast(qi, ki, wi, k, stats=stats)
-        row["topk_passes"] = stats.get("passes")
-        rec("topk_fast", lambda: indexer_topk_fast(qi, ki, wi, k))
-        rec("topk_chunked", lambda: indexer_topk_chunked(qi, ki, wi, k))
-        # the layer selects with the faster of the two, measured just above on this shape
-        fast = _num(row.get("topk_chunked_ms")) < _num(row.get("topk_fast_ms")) or row.get("topk_fast_ms") is None
-        row["layer_selection"] = "topk_chunked" if fast else "topk_fast"
-        select = (lambda: indexer_topk_chunked(qi, ki, wi, k)) if fast else (lambda: indexer_topk_fast(qi, ki, wi, k))
+        k_rows = torch.full((1, l), k, device=dev, dtype=torch.long)  # a per-query k: the threshold search
+        if triton_path:
+            from .kernels.indexer import indexer_topk_threshold  # noqa: PLC0415
+
+            indexer_topk_threshold(qi, ki, wi, k_rows, stats=stats)
+            row["topk_passes"] = stats.get("passes")
+        rec("topk_fast", lambda: ops.indexer_topk(qi, ki, wi, k_rows, impl=impl))
+        rec("topk_chunked", lambda: ops.indexer_topk(qi, ki, wi, k, impl=impl))
+        # the op (and so the model) selects a fixed k through stored score chunks
+        row["layer_selection"] = "topk_chunked"
+        sel = ops.indexer_topk(qi, ki, wi, k, impl=impl)
+        select = lambda: ops.indexer_topk(qi, ki, wi, k, impl=impl)  # noqa: E731
         if l <= args.scores_max_len:
             try:
                 _selection_over_scores(row, rec, qi, ki, wi, k, tune=args.tune_selection and cuda,
@@ -338,15 +343,14 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
             if cuda:
                 torch.cuda.empty_cache()
             continue
-        idx, valid = sel.idx, sel.valid
-        # the sparse kernel alone and the whole layer
-        sp = lambda: sparse_attention(q, kx, vx, idx, valid)  # noqa: E731
+        idx, valid = sel, sel >= 0
+        # the sparse kernel alone and selection + attention (the layer itself: dsa.bench_layer)
+        sp = lambda: ops.sparse_attention(q, kx, vx, idx, impl=impl)  # noqa: E731
         rec("sparse_fwd", sp, sparse_f)
         rec("sparse_fwdbwd", fb(sp), sparse_f, grad=True)
 
         def layer():
-            s = select()
-            return sparse_attention(q, kx, vx, s.idx, s.valid)
+            return ops.sparse_attention(q, kx, vx, select(), impl=impl)
 
         rec("dsa_fwd", layer, sparse_f)
         rec("dsa_fwdbwd", fb(layer), sparse_f, grad=True)
@@ -354,7 +358,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         gs = torch.randn(1, l, k, device=dev)
 
         def sat():
-            o = indexer_scores_at(qis, kis, wis, idx, valid)
+            o = ops.indexer_scores_at(qis, kis, wis, idx, impl=impl)
             (o.masked_fill(~valid, 0) * gs).sum().backward()
 
         ms, _ = _measure(sat, cuda, [qis, kis, wis])
@@ -365,8 +369,9 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
             rec("masked_fwdbwd", fb(lambda: seed_masked_attention(q, kx, vx, mask)), dense_f, grad=True)
             del mask
         if l <= args.gather_max_len:
-            rec("gather_fwd", lambda: sparse_attention_gather(q, kx, vx, idx, valid), sparse_f)
-            rec("gather_fwdbwd", fb(lambda: sparse_attention_gather(q, kx, vx, idx, valid)), sparse_f, grad=True)
+            gather = lambda: sparse_attention_gather(q, kx, vx, idx, scale=d**-0.5)[0]  # noqa: E731
+            rec("gather_fwd", gather, sparse_f)
+            rec("gather_fwdbwd", fb(gather), sparse_f, grad=True)
         _speedups(row)
         rows.append(row)
         if on_row is not None:
@@ -444,7 +449,7 @@ def main(argv=None) -> dict:
     out = args.out
     if out is None:
         tag = ("cuda-" + torch.cuda.get_device_name().replace(" ", "_")) if cuda else "cpu"
-        out = f"data/bench/{tag}-{_dt.date.today().isoformat()}.json"
+        out = f"runs/bench/{tag}-{_dt.date.today().isoformat()}.json"  # recorded data is promoted by hand
     Path(out).parent.mkdir(parents=True, exist_ok=True)
 
     def dump(r):  # after every row: a run stopped half-way still leaves its numbers

@@ -382,12 +382,89 @@ def step_profile_frame(results: Iterable[dict]) -> pd.DataFrame:
             rows.append({"stage": stage, "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
                          "date": str(prov.get("date") or ""),
                          "L": cfg.get("seq_len"), "k": cfg.get("top_k"), "batch": cfg.get("batch_size"),
-                         "variant": v["variant"], "ms_per_step": v["ms_per_step_median"],
+                         "layout": _layout_text(cfg), "variant": v["variant"], "ms_per_step": v["ms_per_step_median"],
                          "x_first": v.get("ratio_to_first"), "peak_mib": v.get("peak_mem_mb"),
+                         "attention_share": v.get("attention_share"),
                          "top_op": top.get("name", ""), "top_op_ms": top.get("self_ms_per_step")})
-    cols = ["stage", "device", "commit", "date", "L", "k", "batch", "variant", "ms_per_step", "x_first", "peak_mib",
-            "top_op", "top_op_ms"]
+    cols = ["stage", "device", "commit", "date", "L", "k", "batch", "layout", "variant", "ms_per_step", "x_first",
+            "peak_mib", "attention_share", "top_op", "top_op_ms"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _layout_text(cfg: dict) -> str:
+    """'d_model 1024, 4 layers, 64/1 heads x 128, indexer 4x64' from a step-profile config."""
+    h = cfg.get("n_heads")
+    hkv = cfg.get("n_kv_heads") or h
+    d = cfg.get("head_dim") or (cfg["d_model"] // h if cfg.get("d_model") and h else None)
+    return (f"d_model {cfg.get('d_model')}, {cfg.get('n_layers')} layers, {h}/{hkv} heads x {d}, "
+            f"indexer {cfg.get('indexer_heads')}x{cfg.get('indexer_dim')}")
+
+
+LAYER_BASELINES = {"cudnn": "cuDNN SDPA", "flash": "flash SDPA", "flex": "FlexAttention", "math": "SDPA math (CPU)"}
+
+
+def layer_bench_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """``python -m dsa.bench_layer`` files as one frame, a row per (file, L, indexer size, dense baseline, pass):
+    device, commit, layout, L, k, indexer, baseline, pass, dense ms, DSA ms, speedup (dense / DSA, > 1: DSA
+    faster), DSA attention TFLOP/s, and the DSA layer's parts (ms)."""
+    rows = []
+    for res in results:
+        prov = res.get("provenance") or {}
+        for r in res.get("rows") or []:
+            for base in LAYER_BASELINES:
+                for ps in PASSES:
+                    dense = r.get(f"dense_{base}_{ps}_ms")
+                    if f"dense_{base}_{ps}_ms" not in r:
+                        continue
+                    dsa = r.get(f"dsa_{ps}_ms")
+                    rows.append({
+                        "device": prov.get("device"), "commit": str(prov.get("git_commit") or "")[:7],
+                        "layout": f"{r['layout'].upper()} {r['H']}/{r['H_kv']} x {r['d_qk']}", "L": r["L"],
+                        "k": r["k"], "indexer": f"{r['H_I']}x{r['d_I']} {r.get('indexer_dtype', '')}".strip(),
+                        "baseline": LAYER_BASELINES[base], "pass": PASSES[ps], "dense_ms": dense, "dsa_ms": dsa,
+                        "speedup": dense / dsa if dense and dsa else None,
+                        "dense_why": r.get(f"dense_{base}_{ps}_why"), "dsa_why": r.get(f"dsa_{ps}_why"),
+                        "dsa_tflops": r.get(f"dsa_{ps}_tflops"),
+                        "indexer_topk_ms": r.get("part_indexer_topk_ms"),
+                        "sparse_ms": r.get(f"part_sparse_{ps}_ms"),
+                        "kl_fwdbwd_ms": r.get("part_kl_fwdbwd_ms") if ps == "fwdbwd" else None,
+                    })
+    cols = ["device", "commit", "layout", "L", "k", "indexer", "baseline", "pass", "dense_ms", "dsa_ms", "speedup",
+            "dense_why", "dsa_why", "dsa_tflops", "indexer_topk_ms", "sparse_ms", "kl_fwdbwd_ms"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    name: str
+    pass_: str  # 'forward' or 'forward + backward'
+    at_len: int
+    threshold: float  # met when speedup over cuDNN >= threshold
+
+
+LAYER_TARGETS: tuple[LayerTarget, ...] = (
+    LayerTarget("DSA layer fwd+bwd ≥ 2x faster than the dense layer (cuDNN) at L=32K", "forward + backward", 32768, 2.0),
+    LayerTarget("DSA layer fwd+bwd ≥ 4x faster than the dense layer (cuDNN) at L=64K", "forward + backward", 65536, 4.0),
+    LayerTarget("DSA prefill (forward) ≥ 2.5x faster than the dense layer (cuDNN) at L=32K", "forward", 32768, 2.5),
+    LayerTarget("DSA prefill (forward) ≥ 5x faster than the dense layer (cuDNN) at L=64K", "forward", 65536, 5.0),
+)
+
+
+def evaluate_layer_targets(df: pd.DataFrame, indexer: str | None = None,
+                           targets: Sequence[LayerTarget] = LAYER_TARGETS) -> pd.DataFrame:
+    """Each layer target against the measured speedup over cuDNN (one row per target and indexer size):
+    measured, met, and the share of the target reached."""
+    d = df[df.baseline == LAYER_BASELINES["cudnn"]]
+    if indexer is not None:
+        d = d[d.indexer == indexer]
+    out = []
+    for t in targets:
+        for idx_size, g in d[(d["pass"] == t.pass_) & (d.L == t.at_len)].groupby("indexer"):
+            best = g.speedup.max()
+            out.append({"target": t.name, "indexer": idx_size, "measured": best,
+                        "met": bool(best >= t.threshold) if pd.notna(best) else None,
+                        "share_of_target": best / t.threshold if pd.notna(best) else None})
+    return pd.DataFrame(out, columns=["target", "indexer", "measured", "met", "share_of_target"])
 
 
 # -------------------------------------------------------------------------------------------- targets

@@ -1,13 +1,15 @@
 """Where a training step's time goes: dense vs DSA variants, timed in one process, with an op breakdown.
 
     python -m dsa.step_profile                          # CPU: a tiny model, seconds
-    python -m dsa.step_profile --seq-len 512 --top-k 128 --batch-size 16 --d-model 256 --n-layers 4 \
-        --n-heads 8 --variants dense dsa:triton:128 dsa:masked:512 --out data/bench/step-L512.json
+    python -m dsa.step_profile --seq-len 32768 --top-k 2048 --batch-size 1 --d-model 1024 --n-layers 4 \
+        --n-heads 64 --n-kv-heads 1 --head-dim 128 --variants dense dsa --out runs/step-mqa-32k.json
 
-A variant is ``dense`` or ``dsa:<sparse_impl>:<chunk>``. Each runs the sparse-phase training step of
-``dsa.train`` (LM loss + the indexer's sparse KL loss, backward, both optimisers) on random tokens: the
-timing does not depend on the data. The table gives ms/step and the ratio to the first variant; the
-JSON adds the top operators by self device time (CUDA) or self CPU time.
+A variant is ``dense`` or ``dsa[:<impl>]`` (impl auto | reference | triton, default auto: the model's own
+path, Triton kernels on CUDA). Each runs the sparse-phase training step of ``dsa.train`` (LM loss + the
+indexer's sparse KL loss, backward, both optimisers) on random tokens: the timing does not depend on the
+data. The table gives ms/step and the ratio to the first variant; the JSON adds the top operators by self
+device time (CUDA) or self CPU time and the share of that time spent in attention (the operators whose
+names match ATTENTION_OPS). Every variant is checked against the device before any work.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import SPARSE_IMPLS, ModelConfig
+from .config import ModelConfig
 from .model import TransformerLM
+from .ops.dispatch import IMPLS, impl_on_device, triton_installed
 from .provenance import provenance, write_json_atomic
 from .train import resolve_device
 
@@ -35,6 +38,8 @@ class StepProfileConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
+    n_kv_heads: int = 0  # 0 = n_heads (MHA); 1 = MQA
+    head_dim: int = 0  # 0 = d_model / n_heads
     indexer_heads: int = 4
     indexer_dim: int = 64
     indexer_rope_dim: int = 32
@@ -46,21 +51,38 @@ class StepProfileConfig:
     seed: int = 0
 
 
-def parse_variant(text: str) -> tuple[str, str, int]:
-    """'dense' or 'dsa:<impl>:<chunk>' -> (attention, sparse_impl, chunk)."""
+# operator-name fragments counted as attention in the op breakdown: SDPA's backends, the DSA kernels
+# (sparse attention, indexer passes, top-k) and the reference ops' attention-sized products are not split out
+ATTENTION_OPS = ("flash", "cudnn", "fmha", "efficient_attention", "scaled_dot_product", "sparse_attn", "idx_",
+                 "radix", "bracket", "write_positions", "attn_probs", "flex")
+
+
+def parse_variant(text: str) -> tuple[str, str]:
+    """'dense' or 'dsa[:<impl>]' -> (attention, impl)."""
     if text == "dense":
-        return "dense", "auto", 128
+        return "dense", "auto"
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] != "dsa" or parts[1] not in SPARSE_IMPLS or not parts[2].isdigit():
-        raise ValueError(f"variant must be 'dense' or 'dsa:<{'|'.join(SPARSE_IMPLS)}>:<chunk>', got {text!r}")
-    return "dsa", parts[1], int(parts[2])
+    if parts[0] != "dsa" or len(parts) > 2 or (len(parts) == 2 and parts[1] not in IMPLS):
+        raise ValueError(f"variant must be 'dense' or 'dsa[:<{'|'.join(IMPLS)}>]', got {text!r}")
+    return "dsa", parts[1] if len(parts) == 2 else "auto"
 
 
-def _step_fn(cfg: StepProfileConfig, attention: str, impl: str, chunk: int, device: torch.device):
-    mcfg = ModelConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                       max_seq_len=cfg.seq_len, attention=attention, top_k=cfg.top_k,
-                       indexer_heads=cfg.indexer_heads, indexer_dim=cfg.indexer_dim,
-                       indexer_rope_dim=cfg.indexer_rope_dim, sparse_impl=impl, chunk=chunk)
+def check_variant(text: str, device: torch.device) -> None:
+    """Refuses a variant the device cannot run, before any work (a Triton variant on a CPU machine)."""
+    _, impl = parse_variant(text)
+    if impl == "triton" and (device.type != "cuda" or not triton_installed()):
+        raise ValueError(f"variant {text!r} needs a CUDA device with Triton; this run is on {device}")
+
+
+def _model_config(cfg: StepProfileConfig, attention: str, impl: str) -> ModelConfig:
+    return ModelConfig(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                       n_kv_heads=cfg.n_kv_heads or None, head_dim=cfg.head_dim or None, max_seq_len=cfg.seq_len,
+                       attention=attention, top_k=cfg.top_k, indexer_heads=cfg.indexer_heads,
+                       indexer_dim=cfg.indexer_dim, indexer_rope_dim=cfg.indexer_rope_dim, impl=impl)
+
+
+def _step_fn(cfg: StepProfileConfig, attention: str, impl: str, device: torch.device):
+    mcfg = _model_config(cfg, attention, impl)
     model = TransformerLM(mcfg, seed=cfg.seed).to(device)
     opt = torch.optim.AdamW(model.main_parameters(), lr=1e-4)
     idx_params = model.indexer_parameters()
@@ -92,8 +114,8 @@ def _step_fn(cfg: StepProfileConfig, attention: str, impl: str, chunk: int, devi
 
 
 def profile_variant(cfg: StepProfileConfig, variant: str, device: torch.device, top: int = 15) -> dict:
-    attention, impl, chunk = parse_variant(variant)
-    step = _step_fn(cfg, attention, impl, chunk, device)
+    attention, impl = parse_variant(variant)
+    step = _step_fn(cfg, attention, impl, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(cfg.warmup):
@@ -111,11 +133,15 @@ def profile_variant(cfg: StepProfileConfig, variant: str, device: torch.device, 
             step()
     cuda = device.type == "cuda"
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
+    events = prof.key_averages()
+    rows = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:top]
     ops = [{"name": e.key, "calls_per_step": e.count / cfg.profile_steps,
             "self_ms_per_step": getattr(e, key, 0.0) / 1e3 / cfg.profile_steps} for e in rows]
+    total = sum(getattr(e, key, 0.0) for e in events)
+    attn = sum(getattr(e, key, 0.0) for e in events if any(f in e.key.lower() for f in ATTENTION_OPS))
     return {
-        "variant": variant, "attention": attention, "sparse_impl": impl, "chunk": chunk,
+        "variant": variant, "attention": attention, "impl": impl, "impl_resolved": impl_on_device(impl, device),
+        "attention_share": attn / total if total else None,
         "ms_per_step_median": statistics.median(ts), "ms_per_step_all": ts,
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "top_ops": ops, "op_time_kind": "self device time" if cuda else "self CPU time",
@@ -123,11 +149,12 @@ def profile_variant(cfg: StepProfileConfig, variant: str, device: torch.device, 
 
 
 def run(cfg: StepProfileConfig, variants: list[str]) -> dict:
-    for v in variants:
-        parse_variant(v)  # every name checked before any time is spent
     if cfg.top_k < 1 or cfg.top_k > cfg.seq_len:
         raise ValueError(f"top_k must be in [1, seq_len={cfg.seq_len}], got {cfg.top_k}")
     device = resolve_device(cfg.device)
+    for v in variants:  # every variant checked before any time is spent
+        check_variant(v, device)
+        _model_config(cfg, *parse_variant(v))
     rows = [profile_variant(cfg, v, device) for v in variants]
     base = rows[0]["ms_per_step_median"]
     for r in rows:
@@ -136,11 +163,12 @@ def run(cfg: StepProfileConfig, variants: list[str]) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = [f"{'variant':<22}{'ms/step':>10}{'x first':>9}{'peak MB':>10}   top op (self time per step)"]
+    lines = [f"{'variant':<22}{'ms/step':>10}{'x first':>9}{'peak MB':>10}{'attn %':>8}   top op (self time per step)"]
     for r in res["variants"]:
         op = r["top_ops"][0] if r["top_ops"] else {"name": "-", "self_ms_per_step": 0.0}
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
-        lines.append(f"{r['variant']:<22}{r['ms_per_step_median']:>10.2f}{r['ratio_to_first']:>9.2f}{mem:>10}   "
+        share = f"{100 * r['attention_share']:.0f}" if r["attention_share"] is not None else "-"
+        lines.append(f"{r['variant']:<22}{r['ms_per_step_median']:>10.2f}{r['ratio_to_first']:>9.2f}{mem:>10}{share:>8}   "
                      f"{op['name'][:40]} {op['self_ms_per_step']:.2f} ms")
     return "\n".join(lines)
 
@@ -150,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in asdict(StepProfileConfig()).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    p.add_argument("--variants", nargs="+", default=["dense", "dsa:auto:128", "dsa:masked:128", "dsa:gather:128"])
+    p.add_argument("--variants", nargs="+", default=["dense", "dsa"],
+                   help="'dense' or 'dsa[:auto|reference|triton]'; ratios are to the first (default: dense dsa)")
     p.add_argument("--ops", action="store_true", help="print each variant's top operators")
     p.add_argument("--out", default=None, help="JSON path")
     a = vars(p.parse_args(argv))

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp_util
 from .config import ATTENTION_KINDS, ModelConfig
-from .model import TransformerLM, effective_chunk, resolved_sparse_impl
+from .model import TransformerLM
+from .ops.dispatch import check_impl, impl_on_device
 from .provenance import REPO_ROOT, provenance, write_json_atomic
 
 RECIPES = ("deepseek", "scratch")
@@ -45,7 +46,7 @@ class TrainConfig:
     recipe: str = "deepseek"
     seq_len: int = 128
     top_k: int = 64
-    k_policy: str = "fixed"  # fixed | mass | entropy: per-query k (dsa.adaptive), capped at top_k
+    k_policy: str = "fixed"  # fixed | mass | entropy: per-query k (dsa.ops.adaptive), capped at top_k
     k_mass: float = 0.9
     batch_size: int = 8
     steps: int = 100  # LM-training steps, identical for dense and DSA runs
@@ -60,6 +61,7 @@ class TrainConfig:
     n_layers: int = 2
     n_heads: int = 4
     n_kv_heads: int | None = None
+    head_dim: int | None = None  # None = d_model / n_heads
     indexer_heads: int = 4
     indexer_dim: int = 32
     indexer_rope_dim: int = 16
@@ -75,8 +77,7 @@ class TrainConfig:
     data_seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    sparse_impl: str = "auto"
-    chunk: int = 128
+    impl: str = "auto"  # every attention op: auto (Triton on CUDA, else the reference) | reference | triton
     out: str | None = None  # run JSON path; default runs/<name>.json
     name: str | None = None
     progress: bool = True
@@ -94,6 +95,7 @@ class TrainConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
         if self.top_k > self.seq_len:
             raise ValueError(f"top_k ({self.top_k}) must be <= seq_len ({self.seq_len})")
+        check_impl(self.impl)
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         is_ds = self.recipe == "deepseek" and self.attention == "dsa"
@@ -119,7 +121,7 @@ class TrainConfig:
             k_policy=self.k_policy, k_mass=self.k_mass,
             indexer_heads=self.indexer_heads, indexer_dim=self.indexer_dim,
             indexer_rope_dim=self.indexer_rope_dim, leak_future=self.leak_future,
-            sparse_impl=self.sparse_impl, chunk=self.chunk,
+            head_dim=self.head_dim, impl=self.impl,
         )
 
     def phases(self) -> list[tuple[str, int]]:
@@ -195,7 +197,7 @@ def evaluate(model: TransformerLM, batches, device, autocast, sparse: bool, reca
         if sparse and i == 0:
             # keys each query attends to (an adaptive policy's average k; causal queries near the start
             # have fewer than k past tokens), per layer and as the mean over layers
-            by_layer = [float(a.selection.counts().float().mean()) for a in out.aux if a.selection is not None]
+            by_layer = [float((a.selection >= 0).sum(-1).float().mean()) for a in out.aux if a.selection is not None]
             if by_layer:
                 sel_k = {"mean_k": sum(by_layer) / len(by_layer), "mean_k_by_layer": by_layer}
     model.train()
@@ -357,10 +359,8 @@ def train(cfg: TrainConfig, data=None) -> dict:
         "seed": cfg.seed,
         "data_seed": cfg.data_seed,
         "params": model.parameter_counts(),
-        # what "auto" and the chunk resolved to on this device (they change speed and memory, not results)
-        "runtime": {"sparse_impl": resolved_sparse_impl(mcfg.sparse_impl, device, cfg.seq_len)
-                    if cfg.attention == "dsa" else None,
-                    "chunk": effective_chunk(mcfg.chunk, device, cfg.batch_size, mcfg.n_heads, cfg.seq_len)},
+        # what "auto" resolved to on this device (it changes speed and memory, not results)
+        "runtime": {"impl": impl_on_device(mcfg.impl, device) if cfg.attention == "dsa" else None},
         "phases": phases,
         "data": meta,
         "history": history,

@@ -114,10 +114,10 @@ from IPython.display import display
 
 from dsa import analysis as A
 from dsa.figures import IndexerExplorer, save_static, setup_plotting
-from dsa.indexer import IndexerConfig, LightningIndexer, indexer_scores
+from dsa.layers import IndexerConfig, LightningIndexer
+from dsa.ops import indexer_scores, indexer_topk, select_topk, selection_to_mask
 from dsa.probes import causality_probe
 from dsa.records import fresh_run_label
-from dsa.topk import indexer_topk, select_topk, selection_to_mask
 
 setup_plotting()
 DEV = resolve_device(P.device)
@@ -135,7 +135,7 @@ def maybe_save(fig, name):
 #
 # A lightning indexer with $d_{model}=8$, $H_I = 2$ heads of $d_I = 4$ dims (no RoPE) on 5 random
 # tokens. We take one pair $(t, s)$ and compute the score by hand, term by term, then compare with
-# `dsa.indexer.indexer_scores`, which computes all pairs at once.
+# `dsa.ops.indexer_scores`, which computes all pairs at once.
 
 # %%
 torch.manual_seed(P.seed)

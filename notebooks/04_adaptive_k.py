@@ -21,7 +21,7 @@
 # declared the experiment "COMPLETED AND READY FOR EXECUTION" without a single measured number.
 #
 # Here the idea is implemented in the simplest form that uses what DSA already computes, the indexer's
-# scores $I[t, s]$ (`dsa.adaptive`):
+# scores $I[t, s]$ (`dsa.ops.adaptive`):
 #
 # * **mass** rule: the smallest $k$ whose top-$k$ covers a share `k_mass` of $\mathrm{softmax}(I[t, :t+1])$;
 # * **entropy** rule: $k = \lceil \exp H(\mathrm{softmax}(I[t, :t+1])) \rceil$, the distribution's effective

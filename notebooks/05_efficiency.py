@@ -65,6 +65,7 @@ bench_indexer_heads: int = 4  # indexer heads of the fresh benchmark
 bench_indexer_dim: int = 32  # indexer head dimension of the fresh benchmark
 recorded: str = "bench/*.json"  # glob under data/: the recorded benchmark files (merged)
 step_profiles: str = "bench/step-profile/*/*.json"  # glob under data/: dsa.step_profile files ("" to skip)
+layer_bench: str = "bench/layer/*.json"  # glob under data/: dsa.bench_layer files, the model's own layer ("" to skip)
 plot_k: str = "2048"  # the k shown in the plots over L: an integer, or "L/8"
 flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than flash is flagged as an artefact
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
@@ -404,7 +405,9 @@ if not df.empty:
 
 # %%
 step_records = load_records(P.step_profiles) if P.step_profiles else []
-steps = B.step_profile_frame(step_records)
+all_steps = B.step_profile_frame(step_records)
+KL_FIX_STAGES = ("before-kl-fix", "after-kl-fix")  # this section's stages; the MQA layout has its own below
+steps = all_steps[all_steps.stage.isin(KL_FIX_STAGES)]
 if steps.empty:
     display(Markdown(f"No step profile matches `data/{P.step_profiles}`."))
 else:
@@ -425,6 +428,55 @@ else:
         f"no single GPU operator takes more than {(after.top_op_ms / after.ms_per_step).max():.0%} of a step: "
         "at these sizes the time is spread over many small kernels (DSA adds the indexer, the top-k and the KL "
         "loss to every layer), not concentrated in the attention arithmetic that sparsity saves."))
+
+# %% [markdown]
+# ### Where DSA should pay: the model's own layer in the MQA layout
+#
+# DSA saves attention work only where the main attention costs far more per (query, key) pair than the
+# indexer (`../shared/notes/where_dsa_pays.md`): many query heads sharing one K/V (MQA, MLA), long context,
+# k ≪ L. `python -m dsa.bench_layer` times **the model's own layer** (`dsa.layers.DSAAttention`: projections,
+# indexer, top-k, sparse attention and, in training, the indexer's KL loss; the code `dsa.train` runs)
+# against the same layer with dense attention (`dsa.layers.DenseAttention`, same weights) on cuDNN SDPA (the
+# fastest dense attention on Hopper), flash SDPA and FlexAttention, in one process. Speed-up = dense ms /
+# DSA ms: **above 1, DSA is faster**. The table under it splits the DSA layer into its parts.
+
+# %%
+layer_records = load_records(P.layer_bench) if P.layer_bench else []
+layer = B.layer_bench_frame(layer_records)
+if layer.empty:
+    display(Markdown(f"No layer benchmark matches `data/{P.layer_bench}`: run `python -m dsa.bench_layer` on a GPU."))
+else:
+    fig = px.line(layer.dropna(subset=["speedup"]), x="L", y="speedup", color="baseline", line_dash="indexer",
+                  facet_col="pass", markers=True, log_x=True, hover_data=["dense_ms", "dsa_ms", "dsa_tflops"],
+                  labels={"speedup": "dense layer ms / DSA layer ms", "L": "sequence length L (tokens)"},
+                  title=f"{layer.layout.iloc[0]}, k = {int(layer.k.iloc[0])}: DSA layer speed-up over the dense layer "
+                        "(above 1 = DSA faster)<br>"
+                        f"<sup>{summarize_provenance(r['provenance'] for r in layer_records)}</sup>")
+    fig.add_hline(y=1.0, line_dash="dot")
+    fig.update_layout(margin=dict(t=110))
+    fig.show()
+    parts = layer[layer.baseline == B.LAYER_BASELINES["cudnn"]] if (layer.baseline == B.LAYER_BASELINES["cudnn"]).any() \
+        else layer[layer.baseline == layer.baseline.iloc[0]]
+    display(parts[["L", "indexer", "pass", "dense_ms", "dsa_ms", "speedup", "dsa_tflops", "indexer_topk_ms",
+                   "sparse_ms", "kl_fwdbwd_ms"]].rename(columns={
+        "dense_ms": f"dense ({parts.baseline.iloc[0]}) ms", "dsa_ms": "DSA layer ms", "speedup": "x dense",
+        "dsa_tflops": "DSA attention TFLOP/s", "indexer_topk_ms": "indexer + top-k ms",
+        "sparse_ms": "sparse attention ms", "kl_fwdbwd_ms": "KL loss fwd+bwd ms"}).round(2))
+    display(B.evaluate_layer_targets(layer).round(2))
+
+# %% [markdown]
+# A whole training step of a model in that layout (`python -m dsa.step_profile` with the MQA flags; LM
+# loss + indexer KL, backward, both optimisers): DSA step time / dense step time (**below 1, DSA trains
+# faster**), and the share of the step spent in attention operators.
+
+# %%
+mqa_steps = all_steps[~all_steps.stage.isin(KL_FIX_STAGES)]
+if mqa_steps.empty:
+    display(Markdown("No step profile outside the KL-fix stages: run `python -m dsa.step_profile` with "
+                     "`--n-kv-heads 1` on a GPU and keep its JSON under `data/bench/step-profile/<stage>/`."))
+else:
+    display(mqa_steps[["stage", "device", "layout", "L", "k", "variant", "ms_per_step", "x_first", "attention_share",
+                       "peak_mib", "top_op"]].rename(columns={"x_first": "x dense", "ms_per_step": "ms/step"}).round(3))
 
 # %% [markdown]
 # ### A caveat on FlexAttention

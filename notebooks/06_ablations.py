@@ -26,7 +26,7 @@
 #
 # 1. **dense warm-up** — the main model frozen, only the indexer trained, by
 #    $\mathrm{KL}\big(p_t \,\|\, \mathrm{softmax}(I_{t,:})\big)$ where $p_t$ is the main attention of query
-#    $t$ summed over heads and L1-normalised (`dsa.indexer_loss`); these steps are extra, not LM steps;
+#    $t$ summed over heads and L1-normalised (`dsa.ops.indexer_loss`); these steps are extra, not LM steps;
 # 2. **sparse training** — everything trained, the LM through sparse attention over the top-$k$ set $S_t$,
 #    the indexer by the same KL restricted to $S_t$ (its input detached from the LM graph).
 #

@@ -24,7 +24,7 @@ from pathlib import Path
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (H100, H200): 227 KiB
 ARCH = 90
 SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128), (256, 128))
-FAST_TILE = (64, 64, 4)  # indexer_topk_fast's default block_m (compiled), block_n and warps
+FAST_TILE = (64, 64, 4)  # indexer_topk_threshold's default block_m (compiled), block_n and warps
 BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench's tuning set
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
 
@@ -51,7 +51,7 @@ def _torch_dtype(name: str):
 
 
 def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
-    """idx_pass_kernel: modes 0-2 at indexer_topk_fast's tile, mode 3 (the score pass of
+    """idx_pass_kernel: modes 0-2 at indexer_topk_threshold's tile, mode 3 (the score pass of
     indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps); heads padded to a power of two."""
     from dsa.kernels._common import next_pow2
     from dsa.kernels.indexer import _pass_meta

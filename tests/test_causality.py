@@ -6,13 +6,8 @@ import torch
 from dsa.config import ModelConfig
 from dsa.model import TransformerLM
 from dsa.probes import causality_probe, model_probe
-from dsa.sparse_attention import (
-    dense_causal_attention,
-    seed_masked_attention,
-    sparse_attention_gather,
-    sparse_attention_masked,
-)
-from dsa.topk import indexer_topk, selection_to_mask
+from dsa.ops import dense_attention, indexer_topk, seed_masked_attention, selection_to_mask
+from dsa.ops.attention import sparse_attention_gather, sparse_attention_masked
 
 B, L, D, H, HKV, HD, HI, DI = 2, 29, 24, 4, 2, 6, 3, 5
 
@@ -29,13 +24,13 @@ def _attention_fn(gen, variant: str, top_k: int = 7):
         k = (x @ wk).view(b, l, HKV, HD).transpose(1, 2)
         v = (x @ wv).view(b, l, HKV, HD).transpose(1, 2)
         if variant == "dense":
-            o = dense_causal_attention(q, k, v)
+            o = dense_attention(q, k, v)
         else:
-            sel = indexer_topk((x @ wiq).view(b, l, HI, DI), x @ wik, x @ wiw, top_k, chunk=8, leak_future=leak)
+            sel = indexer_topk((x @ wiq).view(b, l, HI, DI), x @ wik, x @ wiw, top_k, leak_future=leak)
             if variant in ("gather", "gather_leaky"):
-                o = sparse_attention_gather(q, k, v, sel.idx, sel.valid, chunk=8)
+                o = sparse_attention_gather(q, k, v, sel, scale=HD**-0.5, chunk=8)[0]
             elif variant == "masked":
-                o = sparse_attention_masked(q, k, v, sel.idx, sel.valid)
+                o = sparse_attention_masked(q, k, v, sel, scale=HD**-0.5)
             else:  # the seeds' recipe: top-k mask, SDPA without is_causal
                 o = seed_masked_attention(q, k, v, selection_to_mask(sel, l))
         return o.transpose(1, 2).reshape(b, l, H * HD)
@@ -69,7 +64,7 @@ def test_the_seeds_leaky_topk_fails_the_probe(gen, variant):
 def test_whole_models_are_causal(gen, attention, leak, kw):
     cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=40,
                       attention=attention, top_k=6, indexer_heads=2, indexer_dim=8, indexer_rope_dim=4,
-                      leak_future=leak, chunk=8)
+                      leak_future=leak)
     model = TransformerLM(cfg, seed=int(torch.randint(0, 1000, (1,), generator=gen)))
     tokens = torch.randint(0, 50, (2, 33), generator=gen)
     for t in (3, 20):

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from dsa.indexer import IndexerConfig, LightningIndexer, indexer_scores
-from dsa.topk import Selection, indexer_topk, select_topk, selection_to_mask
+from dsa.layers import IndexerConfig, LightningIndexer
+from dsa.ops import indexer_scores, indexer_topk, select_topk, selection_to_mask, topk_positions
+from dsa.ops.topk import indexer_topk_reference
 
 
 def _rand(gen, *shape, dtype=torch.float32):
@@ -48,13 +49,13 @@ def test_indexer_module_shapes_and_rope_requirement(gen):
 def test_select_topk_picks_the_highest_past_scores(gen, l, k):
     scores = _rand(gen, 2, l, l)
     sel = select_topk(scores, k)
-    assert sel.idx.shape == (2, l, k) and sel.valid.shape == (2, l, k)
+    assert sel.shape == (2, l, k) and sel.dtype == torch.int32
     for b in range(2):
         for t in range(l):
             n = min(k, t + 1)
-            assert int(sel.valid[b, t].sum()) == n
-            chosen = sel.idx[b, t, :n]
-            assert (chosen <= t).all() and (sel.idx[b, t, n:] == -1).all()
+            assert int((sel[b, t] >= 0).sum()) == n
+            chosen = sel[b, t, :n]
+            assert (chosen <= t).all() and (sel[b, t, n:] == -1).all()
             want = torch.topk(scores[b, t, : t + 1], n).indices
             assert set(chosen.tolist()) == set(want.tolist())
 
@@ -64,11 +65,11 @@ def test_per_query_k_tensor(gen):
     scores = _rand(gen, 2, l, l)
     kq = torch.randint(1, l + 1, (2, l), generator=gen)
     sel = select_topk(scores, kq)
-    assert sel.k_max == int(kq.max())
+    assert sel.shape[-1] == int(kq.max())
     want = torch.minimum(kq, torch.arange(1, l + 1)[None])
-    assert torch.equal(sel.counts(), want)
+    assert torch.equal((sel >= 0).sum(-1), want)
     sel1 = select_topk(scores, kq[0])  # (L,) broadcasts over the batch
-    assert torch.equal(sel1.counts()[1], torch.minimum(kq[0], torch.arange(1, l + 1)))
+    assert torch.equal((sel1 >= 0).sum(-1)[1], torch.minimum(kq[0], torch.arange(1, l + 1)))
 
 
 def test_chunked_indexer_topk_equals_unchunked(gen):
@@ -77,14 +78,14 @@ def test_chunked_indexer_topk_equals_unchunked(gen):
     kq = torch.randint(1, 12, (b, l), generator=gen)
     scores = indexer_scores(q, k, w)
     whole = select_topk(scores, kq)
-    chunked = indexer_topk(q, k, w, kq, chunk=7)
-    assert torch.equal(whole.valid, chunked.valid)
+    chunked = indexer_topk_reference(q, k, w, kq, chunk=7)
+    assert torch.equal(whole >= 0, chunked >= 0)
     # the same selected scores; which of several tied tokens is kept may differ (with ReLU, exact zeros
     # are common ties), so compare the sorted selected scores, and the sets where there is no tie
-    picked = [scores.gather(-1, s.idx.clamp(min=0)).masked_fill(~s.valid, float("-inf")).sort(-1).values
+    picked = [scores.gather(-1, s.long().clamp(min=0)).masked_fill(s < 0, float("-inf")).sort(-1).values
               for s in (whole, chunked)]
     torch.testing.assert_close(picked[0], picked[1], rtol=0, atol=0)
-    kth = scores.gather(-1, whole.idx.clamp(min=0)).masked_fill(~whole.valid, float("inf")).amin(-1)
+    kth = scores.gather(-1, whole.long().clamp(min=0)).masked_fill(whole < 0, float("inf")).amin(-1)
     tied = ((scores == kth[..., None]).sum(-1) > 1)  # rows whose k-th score is shared by several tokens
     m_whole, m_chunk = selection_to_mask(whole, l), selection_to_mask(chunked, l)
     assert torch.equal(m_whole[~tied], m_chunk[~tied])
@@ -95,14 +96,13 @@ def test_leak_future_can_select_future_tokens(gen):
     scores = torch.zeros(1, l, l)
     scores[0, :, -1] = 10.0  # the last token is the most attractive for everyone
     leaky = select_topk(scores, 3, leak_future=True)
-    assert (leaky.idx[0, 0] == l - 1).any(), "the leaky selection should pick a future token"
+    assert (leaky[0, 0] == l - 1).any(), "the leaky selection should pick a future token"
     causal = select_topk(scores, 3)
-    assert not (causal.idx[0, :-1] == l - 1).any()
+    assert not (causal[0, :-1] == l - 1).any()
 
 
 def test_selection_mask_keeps_position_zero_with_padding():
-    sel = Selection(idx=torch.tensor([[[0, -1]]]), valid=torch.tensor([[[True, False]]]))
-    assert selection_to_mask(sel, 3).tolist() == [[[True, False, False]]]
+    assert selection_to_mask(torch.tensor([[[0, -1]]]), 3).tolist() == [[[True, False, False]]]
 
 
 @pytest.mark.parametrize(
@@ -124,3 +124,35 @@ def test_bad_shapes_and_dtypes_are_rejected():
         indexer_scores(torch.zeros(1, 4, 2, 3, dtype=torch.long), torch.zeros(1, 4, 3), torch.zeros(1, 4, 2))
     with pytest.raises(ValueError, match="d_I"):
         indexer_scores(torch.zeros(1, 4, 2, 3), torch.zeros(1, 4, 5), torch.zeros(1, 4, 2))
+
+
+def test_indexer_inputs_are_checked_by_name(gen):
+    q, k, w = _rand(gen, 2, 8, 2, 4), _rand(gen, 2, 8, 4), _rand(gen, 2, 8, 2)
+    with pytest.raises(ValueError, match=r"k_idx.shape\[0\] \(B\)"):
+        indexer_topk(q, k[:1], w, 3)  # a batch of one was broadcast silently before
+    with pytest.raises(ValueError, match=r"k_idx.shape\[1\] \(L\)"):
+        indexer_topk(q, k[:, :7], w, 3)
+    with pytest.raises(ValueError, match=r"w.shape\[1\] \(L\)"):
+        indexer_topk(q, k, w[:, :7], 3)
+    bad = q.clone()
+    bad[0, 3, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="q_idx holds NaN"):
+        indexer_topk(bad, k, w, 3)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        indexer_topk(q, k, w, 3, impl="gather")
+
+
+def test_nan_scores_are_refused_not_selected(gen):
+    scores = _rand(gen, 1, 6, 6)
+    scores[0, 4, 1] = float("nan")
+    with pytest.raises(ValueError, match="scores holds NaN"):
+        select_topk(scores, 2)
+    with pytest.raises(ValueError, match="scores holds NaN"):
+        topk_positions(scores, 2)
+
+
+def test_topk_positions_reference_is_ascending_and_pads_short_rows(gen):
+    scores = _rand(gen, 3, 10)
+    out = topk_positions(scores, 4, torch.tensor([10, 2, 0]))
+    assert out[1].tolist()[2:] == [-1, -1] and out[2].tolist() == [-1] * 4
+    assert torch.equal(out[0], torch.topk(scores[0], 4).indices.sort().values)

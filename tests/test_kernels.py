@@ -1,4 +1,5 @@
-"""Triton kernels vs the plain-PyTorch references (dsa.sparse_attention, dsa.topk, dsa.indexer).
+"""The public ops with impl="triton" (the kernels) against impl="reference" (the plain-PyTorch specification),
+outputs and every gradient, on fresh random odd shapes; kernel tuning knobs through the kernel modules.
 
 Without CUDA the Triton path runs through the CPU interpreter (TRITON_INTERPRET=1, set here before the
 first kernel is built, and before triton is imported: triton reads it at import, so no test module
@@ -33,17 +34,20 @@ def _interpreter_for_this_module_only():
 
 triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")
 
-from dsa.indexer import indexer_scores  # noqa: E402
-from dsa.kernels import (  # noqa: E402
+from dsa.kernels.indexer import indexer_topk_threshold  # noqa: E402
+from dsa.ops import (  # noqa: E402
+    indexer_scores,
     indexer_scores_at,
-    indexer_scores_at_reference,
-    indexer_topk_fast,
-    interpret_mode,
+    indexer_topk,
+    resolve_impl,
+    selection_to_mask,
     sparse_attention,
-    use_triton,
+    sparse_indexer_kl,
 )
-from dsa.sparse_attention import sparse_attention_gather  # noqa: E402
-from dsa.topk import indexer_topk, selection_to_mask  # noqa: E402
+from dsa.ops.attention import expand_kv, sparse_attention_gather  # noqa: E402
+from dsa.ops.dispatch import interpret_mode  # noqa: E402
+from dsa.ops.indexer_loss import sparse_attention_target  # noqa: E402
+from dsa.kernels.sparse_attention import sparse_attention as attention_kernel, sparse_attention_probs  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
@@ -58,9 +62,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _selection(b, l, k, gen, variable=True, empty_row=True):
-    """Causal random selection (distinct past positions), variable k per query, -1 padded, invalid slots."""
-    idx = torch.full((b, l, k), -1, dtype=torch.long)
-    valid = torch.zeros(b, l, k, dtype=torch.bool)
+    """Causal random selection (distinct past positions), variable k per query, -1 in unused slots anywhere."""
+    idx = torch.full((b, l, k), -1, dtype=torch.int32)
     for bi in range(b):
         for t in range(l):
             n = min(k, t + 1)
@@ -70,68 +73,135 @@ def _selection(b, l, k, gen, variable=True, empty_row=True):
                 n = 0
             sel = torch.randperm(t + 1, generator=gen)[:n]
             slots = torch.randperm(k, generator=gen)[:n]  # padded slots anywhere, not only at the end
-            idx[bi, t, slots] = sel
-            valid[bi, t, slots] = True
-    return idx.to(DEV), valid.to(DEV)
+            idx[bi, t, slots] = sel.to(torch.int32)
+    return idx.to(DEV)
 
 
 def test_dispatch_rule():
-    assert use_triton(torch.zeros(1, device=DEV))
+    x = torch.zeros(1, device=DEV)
+    assert resolve_impl("triton", x, op="test") == "triton"
+    assert resolve_impl("auto", x, op="test") == ("triton" if CUDA else "reference")
     if not CUDA:
         assert interpret_mode()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("h,hkv,d", [(2, 2, 32), (4, 2, 32), (4, 1, 24), (8, 1, 32)])
-def test_sparse_attention_fwd_bwd(dtype, h, hkv, d):
-    gen = torch.Generator().manual_seed(1000 + h * 10 + hkv + d)
-    b, l, k = 2, 37, 13
-    q = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype)
-    idx, valid = _selection(b, l, k, gen)
-    go = torch.randn(b, h, l, d, generator=gen).to(DEV, dtype)
+def _odd(gen, lo, hi):
+    """A fresh odd size in [lo, hi]."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=gen)) | 1
+
+
+def _attention_inputs(gen, b, h, hkv, l, d, dv, dtype):
+    return (torch.randn(b, h, l, d, generator=gen).to(DEV, dtype), torch.randn(b, hkv, l, d, generator=gen).to(DEV, dtype),
+            torch.randn(b, hkv, l, dv, generator=gen).to(DEV, dtype))
+
+
+def _check_attention_vs_gather(q, kk, v, idx, scale, tol):
+    """impl='triton' output, lse and dq, dk, dv against impl='reference' in fp32 on the same (possibly
+    bf16-valued) inputs."""
+    go = torch.randn(q.shape[:3] + v.shape[-1:], generator=torch.Generator().manual_seed(q.numel())).to(DEV, q.dtype)
     qs, ks, vs = (x.clone().requires_grad_() for x in (q, kk, v))
-    out, lse = sparse_attention(qs, ks, vs, idx, valid, return_lse=True)
+    out, lse = sparse_attention(qs, ks, vs, idx, scale=scale, return_lse=True, impl="triton")
     out.backward(go)
-    # reference in fp32 on the same (possibly bf16-valued) inputs
     qr, kr, vr = (x.float().requires_grad_() for x in (q, kk, v))
-    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, valid, return_lse=True)
+    ref, ref_lse = sparse_attention_gather(qr, kr, vr, idx, scale=scale)
     ref.backward(go.float())
-    tol = TOL[dtype]
-    assert out.dtype == dtype
+    assert out.dtype == q.dtype and out.shape == ref.shape and lse.dtype == torch.float32
     assert rel(out, ref) < tol
     fin = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), fin)  # -inf exactly for the queries with no selection
+    assert bool((lse[~fin] == float("-inf")).all())
     assert rel(lse[fin], ref_lse[fin]) < tol
     for name, a, r in (("dq", qs.grad, qr.grad), ("dk", ks.grad, kr.grad), ("dv", vs.grad, vr.grad)):
-        assert a.dtype == dtype, name
-        assert rel(a, r.to(dtype).float() if dtype != torch.float32 else r) < tol, name
+        assert a.dtype == q.dtype and a.shape == r.shape, name
+        assert rel(a, r.to(q.dtype).float() if q.dtype != torch.float32 else r) < tol, name
 
 
-def test_sparse_attention_scale_and_noncontiguous():
-    gen = torch.Generator().manual_seed(7)
-    b, h, hkv, l, d, k = 1, 4, 2, 21, 16, 9
-    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # non-contiguous (B, H, L, d) view
-    kk = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
-    v = torch.randn(b, hkv, l, d, generator=gen).to(DEV)
-    idx, valid = _selection(b, l, k, gen, variable=False, empty_row=False)
-    out = sparse_attention(q, kk, v, idx, None if True else valid, scale=0.3)
-    ref = sparse_attention_gather(q, kk, v, idx, scale=0.3)
-    assert rel(out, ref) < 1e-5
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d,dv", [
+    (2, 2, 32, 32),  # one head per KV head, one head dim
+    (4, 2, 24, 16),  # GQA, d_v < d_qk, both padded
+    (16, 1, 40, 24),  # MQA as in DeepSeek's MLA (one latent KV head for 16 query heads), odd dims
+    (6, 3, 16, 40),  # GQA, d_v > d_qk
+])
+def test_sparse_attention_fwd_bwd(gen, dtype, h, hkv, d, dv):
+    """Fresh random odd L and K (one or two K blocks), variable selections with -1 slots anywhere, empty rows."""
+    b, l, k = 2, _odd(gen, 17, 33), _odd(gen, 9, 35)
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, d, dv, dtype)
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), d**-0.5, TOL[dtype])
+
+
+def test_sparse_attention_mla_head_dims(gen):
+    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16 (K blocks of 16)."""
+    b, h, hkv, l, k = 1, 16, 1, 11, 21
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, 576, 512, torch.bfloat16)
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), 576**-0.5, TOL[torch.bfloat16])
+
+
+def test_sparse_attention_scale_and_noncontiguous(gen):
+    """Views whose last dim is strided (copied) or whose other dims are (used through strides)."""
+    b, h, hkv, l, d, dv, k = 1, 4, 2, 21, 16, 24, 9
+    q = torch.randn(b, l, h, d, generator=gen).to(DEV).transpose(1, 2)  # (B, H, L, d) view, last dim contiguous
+    kk = torch.randn(b, hkv, d, l, generator=gen).to(DEV).transpose(2, 3)  # last dim strided
+    v = torch.randn(b, hkv, l, 2 * dv, generator=gen).to(DEV)[..., ::2]  # last dim strided
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen, variable=False, empty_row=False), 0.3, 1e-5)
+
+
+def test_sparse_attention_lse_carries_no_gradient(gen):
+    q, kk, v = (x.requires_grad_() for x in _attention_inputs(gen, 1, 2, 1, 7, 16, 16, torch.float32))
+    out, lse = sparse_attention(q, kk, v, _selection(1, 7, 3, gen), scale=0.25, return_lse=True, impl="triton")
+    assert out.requires_grad and not lse.requires_grad
+
+
+def _probs_reference(q, kk, idx, lse, scale):
+    """Plain PyTorch from gathered scores: mean over heads of exp(s - lse), 0 at unused slots -> (B, L, K)."""
+    b, h, l, _ = q.shape
+    valid, idx = idx >= 0, idx.long()
+    rows = expand_kv(kk, h).float()[torch.arange(b, device=q.device)[:, None, None, None],
+                                    torch.arange(h, device=q.device)[None, :, None, None],
+                                    idx.clamp(min=0)[:, None]]  # (B, H, L, K, d)
+    s = torch.einsum("bhtd,bhtkd->bhtk", q.float(), rows) * scale
+    return torch.exp(s - lse[..., None]).masked_fill(~valid[:, None], 0.0).mean(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40)])
+def test_sparse_attention_probs(gen, dtype, h, hkv, d):
+    """Against the gathered-score reference (on the reference's lse) and the dense-then-gather target of
+    the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0;
+    blocks of 16 slots (a partial last one) give the same probabilities as one block."""
+    b, l, k = 2, _odd(gen, 13, 25), _odd(gen, 17, 29)
+    q, kk, _ = _attention_inputs(gen, b, h, hkv, l, d, 1, dtype)
+    idx32, scale = _selection(b, l, k, gen), d**-0.5 * 1.7
+    valid = idx32 >= 0
+    _, ref_lse = sparse_attention_gather(q.float(), kk.float(), kk.float(), idx32, scale=scale)
+    p = sparse_attention_probs(q, kk, idx32, ref_lse, scale)
+    assert p.shape == (b, l, k) and p.dtype == torch.float32
+    assert rel(p, _probs_reference(q, kk, idx32, ref_lse, scale)) < TOL[dtype]
+    assert rel(p, sparse_attention_target(q, kk, idx32, 0, l, scale=scale)) < TOL[dtype]
+    _, lse = attention_kernel(q, kk, kk, idx32, scale)
+    p = sparse_attention_probs(q, kk, idx32, lse, scale)
+    assert torch.allclose(sparse_attention_probs(q, kk, idx32, lse, scale, block_k=16), p, rtol=1e-6, atol=1e-7)
+    assert bool((p[~valid] == 0).all()) and bool((p >= 0).all())
+    has = valid.any(-1)
+    assert bool(has.any()) and bool((~has).any())  # both kinds of rows are there
+    sums = p.sum(-1)
+    assert torch.allclose(sums[has], torch.ones_like(sums[has]), atol=1e-5)
+    assert bool((sums[~has] == 0).all())
 
 
 def _check_topk(sel, scores, k_t, tol):
+    """sel (B, L, K) int32: min(k_t, t+1) distinct past positions per query, none scoring below a left-out one."""
     b, l, _ = scores.shape
+    assert sel.dtype == torch.int32
     t = torch.arange(l, device=scores.device)
     need = torch.minimum(k_t, t + 1)
-    assert torch.equal(sel.valid.sum(-1), need)
-    assert torch.equal(sel.idx >= 0, sel.valid)
-    assert bool((sel.idx <= t[None, :, None]).all()), "a future token was selected"
-    srt = sel.idx.sort(-1).values
+    valid = sel >= 0
+    assert torch.equal(valid.sum(-1), need)
+    assert bool((sel <= t[None, :, None]).all()), "a future token was selected"
+    srt = sel.sort(-1).values
     assert not bool(((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()), "duplicate selection"
     mask = selection_to_mask(sel, l)
-    picked = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, float("inf")).min(-1).values
+    picked = scores.gather(-1, sel.long().clamp(min=0)).masked_fill(~valid, float("inf")).min(-1).values
     left = scores.masked_fill(mask, float("-inf")).max(-1).values  # future entries are -inf already
     scale = scores.masked_fill(~torch.isfinite(scores), 0).abs().amax(-1).clamp(min=1e-6)
     assert bool((left <= picked + tol * scale).all()), float((left - picked).max())
@@ -139,22 +209,24 @@ def _check_topk(sel, scores, k_t, tol):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("boundary", [256, 4])  # 4 forces the threshold-count passes
-def test_indexer_topk_fast(dtype, boundary):
+def test_indexer_topk_threshold(dtype, boundary):
     gen = torch.Generator().manual_seed(3 + boundary)
     b, l, hi, di, k = 2, 83, 3, 24, 19
     q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
     kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
     w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
     stats: dict = {}
-    sel = indexer_topk_fast(q, kk, w, k, boundary=boundary, stats=stats)
+    k_t = torch.full((b, l), k, device=DEV)
+    sel = indexer_topk_threshold(q, kk, w, k_t, boundary=boundary, stats=stats)
     scores = indexer_scores(q, kk, w)
-    _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
+    _check_topk(sel, scores, k_t, 1e-5)
     if boundary == 4:
         assert stats["passes"] > 2
-    # the same selected-score sums as the reference (ties aside)
-    ref = indexer_topk(q, kk, w, k)
-    s_fast = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, 0).sum(-1)
-    s_ref = scores.gather(-1, ref.idx.clamp(min=0)).masked_fill(~ref.valid, 0).sum(-1)
+    # the same selected-score sums as the reference (ties aside); the op's per-query path is this kernel
+    ref = indexer_topk(q, kk, w, k, impl="reference")
+    assert torch.equal(indexer_topk(q, kk, w, k_t, impl="triton"), indexer_topk_threshold(q, kk, w, k_t))
+    s_fast = scores.gather(-1, sel.long().clamp(min=0)).masked_fill(sel < 0, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.long().clamp(min=0)).masked_fill(ref < 0, 0).sum(-1)
     assert torch.allclose(s_fast, s_ref, rtol=1e-5, atol=1e-4)
 
 
@@ -171,14 +243,16 @@ def test_indexer_topk_chunked(dtype, k, chunk):
     kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
     w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
     sel = indexer_topk_chunked(q, kk, w, k, chunk=chunk)
-    assert sel.idx.shape == (b, l, k) and sel.idx.dtype == torch.int64
+    assert sel.shape == (b, l, k)
+    if chunk is None:  # the op's fixed-k path is this kernel at its default chunk
+        assert torch.equal(indexer_topk(q, kk, w, k, impl="triton"), sel)
     scores = indexer_scores(q, kk, w)
     _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
-    ref = indexer_topk(q, kk, w, k)
-    s_got = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, 0).sum(-1)
-    s_ref = scores.gather(-1, ref.idx.clamp(min=0)).masked_fill(~ref.valid, 0).sum(-1)
+    ref = indexer_topk(q, kk, w, k, impl="reference")
+    s_got = scores.gather(-1, sel.long().clamp(min=0)).masked_fill(sel < 0, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.long().clamp(min=0)).masked_fill(ref < 0, 0).sum(-1)
     assert torch.allclose(s_got, s_ref, rtol=1e-5, atol=1e-4)
-    got = sel.idx
+    got = sel
     assert bool((got[..., 1:][got[..., 1:] >= 0] > got[..., :-1][got[..., 1:] >= 0]).all()), "not ascending"
 
 
@@ -210,7 +284,7 @@ def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
     one head's query is positive: each row takes its few positive scores and then the first zeros by
     position, the same positions as a stable reference over the scores."""
     from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
-    from dsa.kernels.radix_topk import causal_lengths, radix_topk_reference  # noqa: PLC0415
+    from dsa.ops.topk import causal_lengths, topk_positions_reference as radix_topk_reference  # noqa: PLC0415
 
     gen = torch.Generator().manual_seed(13)
     b, l, hi, di, k = 2, 75, 2, 16, 20
@@ -225,7 +299,7 @@ def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
     scores = indexer_scores(q.double(), kk.double(), w.double())
     want = radix_topk_reference(scores, k, causal_lengths(l, DEV, batch=b))
     assert bool((scores[torch.isfinite(scores)] == 0).float().mean() > 0.5)  # the case: mostly exact ties at zero
-    assert torch.equal(sel.idx, want)
+    assert torch.equal(sel.long(), want)
 
 
 @gpu_only
@@ -244,21 +318,19 @@ def test_indexer_topk_chunked_real_size():
     _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-5)
 
 
-def test_indexer_topk_chunked_names_bad_arguments():
-    from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
-
+def test_indexer_topk_names_bad_arguments_on_the_triton_path():
     q, kk, w = torch.randn(1, 10, 2, 8), torch.randn(1, 10, 8), torch.randn(1, 10, 2)
     with pytest.raises(TypeError, match="top_k"):
-        indexer_topk_chunked(q, kk, w, torch.full((10,), 3))
-    with pytest.raises(ValueError, match="k"):
-        indexer_topk_chunked(q, kk, w, 11)
-    with pytest.raises(ValueError, match="chunk"):
-        indexer_topk_chunked(q, kk, w, 3, chunk=0)
+        indexer_topk(q, kk, w, torch.full((10,), 3.0), impl="triton")
+    with pytest.raises(ValueError, match="top_k must be <="):
+        indexer_topk(q, kk, w, 11, impl="triton")
     with pytest.raises(ValueError, match="k_idx"):
-        indexer_topk_chunked(q, kk[:, :9], w, 3)
+        indexer_topk(q, kk[:, :9], w, 3, impl="triton")
+    with pytest.raises(ValueError, match="leak_future exists only in the reference"):
+        indexer_topk(q, kk, w, 3, leak_future=True, impl="triton")
 
 
-def test_indexer_topk_fast_plateau_and_overflowing_boundary():
+def test_indexer_topk_threshold_plateau_and_overflowing_boundary():
     """Many exact-zero scores (every head's ReLU off) beside distinct small values: the bracket search cannot
     split the plateau, its boundary outgrows the ranked buffer, and those rows must still be exact."""
     gen = torch.Generator().manual_seed(5)
@@ -271,7 +343,7 @@ def test_indexer_topk_fast_plateau_and_overflowing_boundary():
     q = q.to(DEV)
     w = torch.randn(b, l, hi, generator=gen).to(DEV)
     stats: dict = {}
-    sel = indexer_topk_fast(q, kk, w, k, boundary=4, stats=stats)
+    sel = indexer_topk_threshold(q, kk, w, torch.full((b, l), k, device=DEV), boundary=4, stats=stats)
     scores = indexer_scores(q.double(), kk.double(), w.double())
     assert stats["fallback_rows"] > 0, stats  # the case this test is about happened
     _check_topk(sel, scores, torch.full((b, l), k, device=DEV), 1e-6)
@@ -291,25 +363,25 @@ def test_exact_rows_fallback_matches_reference():
     need = torch.minimum(torch.full((b, l), k), torch.arange(l) + 1)
     out = torch.full((b, l, k), -7, dtype=torch.int32)
     out = _exact_rows(out, rows, need, q, kk, w, chunk=5)
-    ref = indexer_topk(q, kk, w, k)
+    ref = indexer_topk(q, kk, w, k, impl="reference")
     got = out.long().sort(-1).values
-    want = torch.where(ref.valid, ref.idx, torch.full_like(ref.idx, -1)).sort(-1).values
+    want = ref.long().sort(-1).values
     got_rows = got[rows].sort(-1).values
     want_rows = want[rows].sort(-1).values
     assert torch.equal(got_rows, want_rows)
     assert bool((out[~rows] == -7).all()), "rows that were not flagged must be left alone"
 
 
-def test_indexer_topk_fast_per_query_k_and_ties():
+def test_indexer_topk_threshold_per_query_k_and_ties():
     gen = torch.Generator().manual_seed(11)
     b, l, hi, di = 2, 50, 4, 16
     q = torch.randn(b, l, hi, di, generator=gen).to(DEV)
     kk = torch.randn(b, l, di, generator=gen).to(DEV)
     w = torch.randn(b, l, hi, generator=gen).abs().to(DEV)  # w >= 0: many exact-zero scores (ReLU ties)
     k_t = torch.randint(1, 30, (b, l), generator=gen).to(DEV)
-    sel = indexer_topk_fast(q, kk, w, k_t, boundary=4)
+    sel = indexer_topk_threshold(q, kk, w, k_t, boundary=4)
     _check_topk(sel, indexer_scores(q, kk, w), k_t, 1e-5)
-    assert sel.k_max == int(k_t.max())
+    assert sel.shape[-1] == int(k_t.max())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -319,17 +391,18 @@ def test_indexer_scores_at_fwd_bwd(dtype):
     q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
     kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
     w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
-    idx, valid = _selection(b, l, k, gen)
+    idx = _selection(b, l, k, gen)
+    valid = idx >= 0
     g = torch.randn(b, l, k, generator=gen).to(DEV)
     qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
-    out = indexer_scores_at(qs, ks, ws, idx, valid)
+    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
     (out.masked_fill(~valid, 0) * g).sum().backward()
     qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
-    ref = indexer_scores_at_reference(qr, kr, wr, idx, valid)
+    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
     (ref.masked_fill(~valid, 0) * g).sum().backward()
     assert torch.equal(torch.isinf(out), ~valid)
     # also equal to the full score matrix read at the selected positions
-    full = indexer_scores(q, kk, w).gather(-1, idx.clamp(min=0)).masked_fill(~valid, float("-inf"))
+    full = indexer_scores(q, kk, w).gather(-1, idx.long().clamp(min=0)).masked_fill(~valid, float("-inf"))
     assert rel(out.masked_fill(~valid, 0), full.masked_fill(~valid, 0)) < 1e-5
     assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
     tol = TOL[dtype]
@@ -356,14 +429,14 @@ def _indexer_inputs(gen, b, l, h, di, dtype):
 
 
 def _same_selected_sums(sel, ref, scores):
-    s_got = scores.gather(-1, sel.idx.clamp(min=0)).masked_fill(~sel.valid, 0).sum(-1)
-    s_ref = scores.gather(-1, ref.idx.clamp(min=0)).masked_fill(~ref.valid, 0).sum(-1)
+    s_got = scores.gather(-1, sel.long().clamp(min=0)).masked_fill(sel < 0, 0).sum(-1)
+    s_ref = scores.gather(-1, ref.long().clamp(min=0)).masked_fill(ref < 0, 0).sum(-1)
     assert torch.allclose(s_got, s_ref, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("h,di,dtype", HEAD_SIZES)
 def test_indexer_topk_many_heads(h, di, dtype):
-    """indexer_topk_chunked and indexer_topk_fast (with threshold-count passes) at 64 x 128 and odd head
+    """indexer_topk_chunked and indexer_topk_threshold (with threshold-count passes) at 64 x 128 and odd head
     counts: valid, causal, the k best scores, the same selected-score sums as the reference."""
     from dsa.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
 
@@ -371,13 +444,13 @@ def test_indexer_topk_many_heads(h, di, dtype):
     b, l, k = 1, 53, 12
     q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)
     scores = indexer_scores(q, kk, w)
-    ref = indexer_topk(q, kk, w, k)
+    ref = indexer_topk(q, kk, w, k, impl="reference")
     k_t = torch.full((b, l), k, device=DEV)
     sel = indexer_topk_chunked(q, kk, w, k, chunk=32)
     _check_topk(sel, scores, k_t, 1e-5)
     _same_selected_sums(sel, ref, scores)
     stats: dict = {}
-    sel = indexer_topk_fast(q, kk, w, k, boundary=4, stats=stats)
+    sel = indexer_topk_threshold(q, kk, w, k_t, boundary=4, stats=stats)
     assert stats["passes"] > 2  # the count pass (mode 1) ran too
     _check_topk(sel, scores, k_t, 1e-5)
     _same_selected_sums(sel, ref, scores)
@@ -390,13 +463,14 @@ def test_indexer_scores_at_many_heads(h, di, dtype):
     gen = torch.Generator().manual_seed(41 + h + di)
     b, l, k = 1, 37, 9
     q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)
-    idx, valid = _selection(b, l, k, gen)
+    idx = _selection(b, l, k, gen)
+    valid = idx >= 0
     g = torch.randn(b, l, k, generator=gen).to(DEV)
     qs, ks, ws = (x.clone().requires_grad_() for x in (q, kk, w))
-    out = indexer_scores_at(qs, ks, ws, idx, valid)
+    out = indexer_scores_at(qs, ks, ws, idx, impl="triton")
     (out.masked_fill(~valid, 0) * g).sum().backward()
     qr, kr, wr = (x.float().requires_grad_() for x in (q, kk, w))
-    ref = indexer_scores_at_reference(qr, kr, wr, idx, valid)
+    ref = indexer_scores_at(qr, kr, wr, idx, impl="reference")
     (ref.masked_fill(~valid, 0) * g).sum().backward()
     assert torch.equal(torch.isinf(out), ~valid)
     assert rel(out.masked_fill(~valid, 0), ref.masked_fill(~valid, 0)) < 1e-5
@@ -426,21 +500,23 @@ def test_indexer_score_rows_any_head_count(hp, di, dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("h,hkv", [(16, 16), (16, 2)])
-def test_sparse_attention_gpu_real(h, hkv):
+@pytest.mark.parametrize("h,hkv,d,dv", [(16, 16, 128, 128), (16, 2, 128, 128), (16, 2, 192, 128), (16, 1, 576, 512)])
+def test_sparse_attention_gpu_real(h, hkv, d, dv):
     torch.manual_seed(0)
-    b, l, d, k = 1, 1024 + 77, 128, 500  # the autograd reference keeps every gathered chunk
+    b, l, k = 1, 1024 + 77, 500  # the autograd reference keeps every gathered chunk
     q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     kk = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.randn(b, hkv, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(b, hkv, l, dv, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     qi = torch.randn(b, l, 4, 64, device=DEV)
-    sel = indexer_topk_fast(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
-    out = sparse_attention(q, kk, v, sel.idx, sel.valid)
+    idx32 = indexer_topk(qi, torch.randn(b, l, 64, device=DEV), torch.randn(b, l, 4, device=DEV), k)
+    out, lse = sparse_attention(q, kk, v, idx32, return_lse=True, impl="triton")
+    p = sparse_attention_probs(q.detach(), kk.detach(), idx32, lse, d**-0.5)
+    assert rel(p, sparse_attention_target(q.detach(), kk.detach(), idx32, 0, l, scale=d**-0.5)) < 1e-2
     go = torch.randn_like(out)
     out.backward(go)
     grads = [x.grad for x in (q, kk, v)]
     qr, kr, vr = (x.detach().float().requires_grad_() for x in (q, kk, v))
-    ref = sparse_attention_gather(qr, kr, vr, sel.idx, sel.valid, chunk=64)
+    ref = sparse_attention_gather(qr, kr, vr, idx32, scale=d**-0.5, chunk=64)[0]
     ref.backward(go.float())
     assert rel(out, ref) < 1e-2
     for a, r in zip(grads, (qr.grad, kr.grad, vr.grad)):
@@ -454,37 +530,31 @@ def test_indexer_topk_gpu_real():
     q = torch.randn(b, l, hi, di, device=DEV, dtype=torch.bfloat16)
     kk = torch.randn(b, l, di, device=DEV, dtype=torch.bfloat16)
     w = torch.randn(b, l, hi, device=DEV, dtype=torch.bfloat16)
-    sel = indexer_topk_fast(q, kk, w, k)
+    k_t = torch.full((b, l), k, device=DEV)
     # fp64 reference: an fp32 matmul on CUDA may run in TF32 (~1e-3 relative), coarser than the kernel's
     # exact bf16 products with fp32 accumulation
     ref = indexer_scores(q.double(), kk.double(), w.double())
-    _check_topk(sel, ref, torch.full((b, l), k, device=DEV), 1e-5)
+    for sel in (indexer_topk(q, kk, w, k, impl="triton"), indexer_topk(q, kk, w, k_t, impl="triton")):
+        _check_topk(sel, ref, k_t, 1e-5)
 
 
 
-def test_sparse_indexer_kl_through_the_kernel_with_autocast_dtypes(gen):
-    """The sparse KL loss takes the Triton scores-at path (compiled on CUDA, interpreted on CPU) with bf16
-    indexer queries/weights and fp32 keys, as autocast hands them over: loss and gradients as a float32
-    dense-scores-then-gather computation gives them."""
-    from dsa.indexer_loss import _kl, sparse_attention_target, sparse_indexer_kl  # noqa: PLC0415
-
+@pytest.mark.parametrize("with_lse", [False, True])
+def test_sparse_indexer_kl_on_the_kernels_with_autocast_dtypes(gen, with_lse):
+    """The sparse KL loss on the Triton path (target from the attention's lse, indexer scores at the selection)
+    with bf16 indexer queries/weights and fp32 keys, as autocast hands them over: loss and every gradient as
+    the reference computes them in float32."""
     b, h, hkv, l, d, hi, di = 2, 4, 2, 37, 16, 3, 16
     q, k = torch.randn(b, h, l, d, generator=gen).to(DEV), torch.randn(b, hkv, l, d, generator=gen).to(DEV)
     qi = torch.randn(b, l, hi, di, generator=gen).bfloat16()
     ki, w = torch.randn(b, l, di, generator=gen), torch.randn(b, l, hi, generator=gen).bfloat16()
-    sel = indexer_topk(qi.float(), ki, w.float(), 9)
-    sel = type(sel)(sel.idx.to(DEV), sel.valid.to(DEV))
+    sel = indexer_topk(qi.float(), ki, w.float(), 9).to(DEV)
+    lse = sparse_attention(q, k, k, sel, return_lse=True, impl="triton")[1] if with_lse else None
     ker = [x.to(DEV).clone().requires_grad_() for x in (qi, ki, w)]
-    got = sparse_indexer_kl(q, k, *ker, sel, chunk=8, use_kernel=True)
+    got = sparse_indexer_kl(q, k, *ker, sel, lse=lse, impl="triton")
     got.backward()
     ref_in = [x.to(DEV).float().clone().requires_grad_() for x in (qi, ki, w)]
-    total = 0.0
-    for c0 in range(0, l, 8):
-        c1 = min(c0 + 8, l)
-        sc = indexer_scores(ref_in[0][:, c0:c1], ref_in[1], ref_in[2][:, c0:c1], causal=False)
-        lq = sc.gather(-1, sel.idx[:, c0:c1].clamp(min=0)).masked_fill(~sel.valid[:, c0:c1], float("-inf"))
-        total = total + _kl(sparse_attention_target(q, k, sel, c0, c1), lq.log_softmax(-1)).sum()
-    ref = total / (b * l)
+    ref = sparse_indexer_kl(q, k, *ref_in, sel, impl="reference")
     ref.backward()
     assert float(got) == pytest.approx(float(ref), rel=1e-4)
     for name, a, r in zip(("q_idx", "k_idx", "w"), ker, ref_in):
@@ -497,9 +567,11 @@ def test_sparse_indexer_kl_through_the_kernel_with_autocast_dtypes(gen):
 
 
 def _radix():
-    from dsa.kernels.radix_topk import causal_lengths, radix_topk, radix_topk_reference  # noqa: PLC0415
+    """The kernel (with its tuning knobs: block, sample, cap, stats), the op's reference, causal lengths."""
+    from dsa.kernels.radix_topk import radix_topk  # noqa: PLC0415
+    from dsa.ops.topk import causal_lengths, topk_positions_reference  # noqa: PLC0415
 
-    return radix_topk, radix_topk_reference, causal_lengths
+    return radix_topk, topk_positions_reference, causal_lengths
 
 
 def _picked(scores, idx):
@@ -680,28 +752,35 @@ def test_radix_topk_falls_back_when_the_sample_misses(gen):
 
 
 def test_radix_topk_names_bad_arguments():
+    """k, lengths and scores are checked by the op (the same for every impl); the kernel's own knobs by it."""
+    from dsa.ops import topk_positions  # noqa: PLC0415
+
     radix_topk, _, _ = _radix()
     s = torch.randn(3, 10)
-    with pytest.raises(ValueError, match="k"):
-        radix_topk(s, 0)
-    with pytest.raises(ValueError, match="k"):
-        radix_topk(s, 11)
-    with pytest.raises(TypeError, match="k"):
-        radix_topk(s, 2.0)
-    with pytest.raises(ValueError, match="lengths"):
-        radix_topk(s, 2, torch.tensor([1, 2]))
-    with pytest.raises(TypeError, match="lengths"):
-        radix_topk(s, 2, torch.tensor([1.0, 2.0, 3.0]))
-    with pytest.raises(ValueError, match="lengths"):
-        radix_topk(s, 2, torch.tensor([1, 2, 11]))
-    with pytest.raises(TypeError, match="scores"):
-        radix_topk(torch.ones(3, 10, dtype=torch.int32), 2)
+    cases = [((s, 0), ValueError, "k"), ((s, 11), ValueError, "k"), ((s, 2.0), TypeError, "k"),
+             ((s, 2, torch.tensor([1, 2])), ValueError, "lengths"),
+             ((s, 2, torch.tensor([1.0, 2.0, 3.0])), TypeError, "lengths"),
+             ((s, 2, torch.tensor([1, 2, 11])), ValueError, "lengths"),
+             ((torch.ones(3, 10, dtype=torch.int32), 2), TypeError, "scores")]
+    for args, err, match in cases:
+        for impl in ("triton", "reference"):
+            with pytest.raises(err, match=match):
+                topk_positions(*args, impl=impl)
     with pytest.raises(ValueError, match="sample"):
         radix_topk(s, 2, sample=100)
     with pytest.raises(ValueError, match="cap"):
         radix_topk(s, 2, cap=0)
     with pytest.raises(ValueError, match="stats"):
         radix_topk(s, 2, stats=torch.empty(4, dtype=torch.int32))
+
+
+def test_topk_positions_op_runs_the_kernel(gen):
+    from dsa.ops import topk_positions  # noqa: PLC0415
+
+    s = torch.randn(2, 9, 40, generator=gen).to(DEV)
+    lens = torch.randint(0, 41, (2, 9), generator=gen).to(DEV)
+    got = topk_positions(s, 7, lens, impl="triton")
+    assert torch.equal(got, topk_positions(s, 7, lens, impl="reference"))
 
 
 @gpu_only

@@ -9,7 +9,7 @@ from dsa.model import TransformerLM
 
 def _cfg(**kw):
     base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, max_seq_len=48, top_k=8, indexer_heads=2,
-                indexer_dim=8, indexer_rope_dim=4, chunk=16)
+                indexer_dim=8, indexer_rope_dim=4)
     base.update(kw)
     return ModelConfig(**base)
 
@@ -74,7 +74,7 @@ def test_recall_is_one_when_k_covers_everything(gen):
     [({"attention": "sparse"}, "attention must be one of"), ({"top_k": 0}, "top_k"), ({"top_k": 49}, "top_k"),
      ({"n_kv_heads": 3}, "n_kv_heads"), ({"d_model": 30}, "d_model"), ({"attention": "dense", "leak_future": True},
                                                                        "leak_future"),
-     ({"sparse_impl": "cuda"}, "sparse_impl")],
+     ({"impl": "cuda"}, "impl must be one of")],
 )
 def test_bad_config_names_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -91,40 +91,32 @@ def test_bad_forward_input():
         m(torch.zeros(1, 5, dtype=torch.long), indexer_loss="kl")
 
 
-def test_sparse_implementations_agree_inside_the_model(gen):
+def test_reference_and_auto_agree_inside_the_model(gen):
     tokens = torch.randint(0, 61, (2, 41), generator=gen)
     outs = {}
-    for impl in ("gather", "masked", "auto"):
-        m = TransformerLM(_cfg(attention="dsa", top_k=7, n_kv_heads=2, sparse_impl=impl), seed=4)
-        out = m(tokens)
-        loss = out.logits.logsumexp(-1).mean()
-        loss.backward()
-        outs[impl] = (out.logits, m.layers[0].attn.wq.weight.grad)
-    for impl in ("masked", "auto"):
-        torch.testing.assert_close(outs[impl][0], outs["gather"][0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(outs[impl][1], outs["gather"][1], rtol=1e-4, atol=1e-6)
+    for impl in ("reference", "auto"):
+        m = TransformerLM(_cfg(attention="dsa", top_k=7, n_kv_heads=2, impl=impl), seed=4)
+        out = m(tokens, indexer_loss="sparse")
+        (out.logits.logsumexp(-1).mean() + out.indexer_kl).backward()
+        outs[impl] = (out.logits, m.layers[0].attn.proj.wq.weight.grad, m.layers[0].attn.indexer.wq.weight.grad)
+    for a, b in zip(outs["auto"], outs["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_effective_chunk_grows_on_cuda_only_within_budget():
-    from dsa.model import CUDA_CHUNK_ELEMENTS, effective_chunk
+def test_auto_resolves_to_the_reference_on_cpu_and_triton_says_why(monkeypatch):
+    from dsa.ops import resolve_impl  # noqa: PLC0415
+    from dsa.ops.dispatch import impl_on_device  # noqa: PLC0415
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
-    assert effective_chunk(128, cpu, 16, 8, 4096) == 128
-    assert effective_chunk(128, cuda, 16, 8, 512) == 512  # capped at L
-    c = effective_chunk(128, cuda, 1, 8, 4096)
-    assert c == CUDA_CHUNK_ELEMENTS // (8 * 4096) and 128 < c < 4096
-    assert effective_chunk(128, cuda, 4, 16, 1 << 16) == 128  # never below the configured chunk
-
-
-def test_resolved_sparse_impl_on_cpu():
-    from dsa.model import MASKED_MAX_LEN_CPU, resolved_sparse_impl
-
-    cpu = torch.device("cpu")
-    assert resolved_sparse_impl("auto", cpu, MASKED_MAX_LEN_CPU) == "masked"
-    assert resolved_sparse_impl("auto", cpu, MASKED_MAX_LEN_CPU + 1) == "gather"
-    assert resolved_sparse_impl("gather", cpu, 64) == "gather"
-    with pytest.raises(RuntimeError, match="triton"):
-        resolved_sparse_impl("triton", cpu, 64)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.zeros(2)
+    assert resolve_impl("auto", x, op="op") == "reference"
+    assert resolve_impl("reference", x, op="op") == "reference"
+    assert impl_on_device("auto", "cpu") == "reference"
+    with pytest.raises(ValueError, match="op: impl='triton' cannot run here"):
+        resolve_impl("triton", x, op="op")
+    with pytest.raises(ValueError, match="no float64"):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        resolve_impl("triton", x.double(), op="op")
 
 
 def test_importing_the_model_does_not_import_triton():
@@ -133,7 +125,7 @@ def test_importing_the_model_does_not_import_triton():
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    code = "import sys, dsa.model, dsa.train, dsa.indexer_loss; print('triton' in sys.modules)"
+    code = "import sys, dsa.model, dsa.train, dsa.ops, dsa.layers; print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -1,23 +1,15 @@
-"""Triton kernels for DeepSeek Sparse Attention (with plain-PyTorch fallbacks on CPU).
+"""Triton kernels of DeepSeek Sparse Attention. Triton only: the public ops (:mod:`dsa.ops`) check the
+inputs and choose between these kernels and the plain-PyTorch references, which the kernels never import.
 
-- :func:`sparse_attention`: attention over the selected K/V rows, forward + backward (GQA, -1 padding).
-- :func:`indexer_topk_fast`: causal indexer top-k without an L x L score tensor.
-- :func:`indexer_scores_at`: indexer scores at the selected positions, differentiable (for the KL loss).
+- :mod:`.sparse_attention`: attention over the selected K/V rows, forward + backward (GQA/MQA, -1 padding).
+- :mod:`.indexer_chunked`: causal indexer top-k through stored score chunks and the radix top-k.
+- :mod:`.indexer`: per-query-k indexer top-k by a threshold search; indexer scores at selected positions
+  with their backward (the KL loss).
+- :mod:`.radix_topk`: top-k positions of each row of precomputed scores.
 
 The Triton path runs on CUDA tensors, or on CPU when ``TRITON_INTERPRET=1`` is set before the first call.
 """
 
-from ._common import HAS_TRITON, TRITON_IMPORT_ERROR, interpret_mode, use_triton
-from .indexer import indexer_scores_at, indexer_scores_at_reference, indexer_topk_fast
-from .sparse_attention import sparse_attention
+from ._common import HAS_TRITON, TRITON_IMPORT_ERROR
 
-__all__ = [
-    "HAS_TRITON",
-    "TRITON_IMPORT_ERROR",
-    "indexer_scores_at",
-    "indexer_scores_at_reference",
-    "indexer_topk_fast",
-    "interpret_mode",
-    "sparse_attention",
-    "use_triton",
-]
+__all__ = ["HAS_TRITON", "TRITON_IMPORT_ERROR"]

@@ -1,4 +1,4 @@
-"""Shared helpers: Triton availability, the CPU/GPU dispatch rule, and lazy ``triton.jit``.
+"""Shared helpers: Triton availability, the interpreter switch, and lazy ``triton.jit``.
 
 The kernels are plain Python functions decorated on first use (not at import): Triton decides between a
 compiled ``JITFunction`` and the CPU interpreter when ``triton.jit`` runs, from ``TRITON_INTERPRET``. Lazy
@@ -26,15 +26,6 @@ except Exception as exc:  # pragma: no cover
 
 def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-def use_triton(*tensors: torch.Tensor) -> bool:
-    """Triton path on CUDA tensors, or anywhere when TRITON_INTERPRET=1 forces the interpreter."""
-    if not HAS_TRITON:
-        return False
-    if interpret_mode():
-        return True
-    return all(t.is_cuda for t in tensors)
 
 
 _JIT_CACHE: dict[tuple[int, bool], Any] = {}

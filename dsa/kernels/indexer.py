@@ -1,7 +1,7 @@
 """Lightning-indexer kernels: top-k selection without an L x L tensor, and scores at selected positions
 with their backward.
 
-``indexer_topk_fast``: a threshold search on recomputed score tiles (Triton), memory O(L * (k + NT)):
+``indexer_topk_threshold``: a threshold search on recomputed score tiles (Triton), memory O(L * (k + NT)):
   pass R   per-row max/min of I[t, s<=t];
   pass C*  per-row counts of I >= NT thresholds spread over the current bracket [lo, hi); the bracket
            keeps the invariant count(I >= lo) >= need > count(I >= hi), need = min(k_t, t+1), and shrinks
@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import FLOAT_DTYPES, check_same, check_tensor, check_top_k
-from ..topk import Selection, _per_query_k, indexer_topk
-from ._common import interpret_mode, jit, next_pow2, use_triton
+from ._common import interpret_mode, jit, next_pow2
 
 
 def _kernels():
     from . import _indexer_kernels as m
 
     return jit(m.idx_pass_kernel), jit(m.idx_at_fwd_kernel), jit(m.idx_at_bwd_kernel)
-
-
-def _check_indexer(q_idx, k_idx, w):
-    check_tensor("q_idx", q_idx, 4, FLOAT_DTYPES)
-    check_tensor("k_idx", k_idx, 3, FLOAT_DTYPES)
-    check_tensor("w", w, 3, FLOAT_DTYPES)
-    check_same("q_idx.shape[-1] (d_I)", q_idx.shape[-1], "k_idx.shape[-1]", k_idx.shape[-1])
-    check_same("w.shape[-1] (H_I)", w.shape[-1], "q_idx.shape[2]", q_idx.shape[2])
-    check_same("k_idx.shape[1] (L)", k_idx.shape[1], "q_idx.shape[1]", q_idx.shape[1])
 
 
 def _pad_heads(q_idx, w, hp):
@@ -91,32 +80,28 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 @torch.no_grad()
-def indexer_topk_fast(
+def indexer_topk_threshold(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
     w: torch.Tensor,
-    top_k: int | torch.Tensor,
+    k_t: torch.Tensor,
     *,
     nt: int = 16,
     boundary: int = 256,
     max_passes: int = 12,
     block_m: int | None = None,
     block_n: int = 64,
-    force_reference: bool = False,
     stats: dict | None = None,
-) -> Selection:
-    """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (ties broken differently,
-    indices not sorted by score). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I);
-    top_k int or (L,)/(B, L). returns Selection (B, L, max k)."""
-    _check_indexer(q_idx, k_idx, w)
+) -> torch.Tensor:
+    """Causal indexer top-k with a per-query k, by a threshold search (see the module docstring).
+
+    q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); k_t (B, L) int64 in [1, L].
+    returns (B, L, max k) int32 positions, -1 in unused slots (the set of :func:`dsa.ops.indexer_topk`; ties
+    broken differently, positions not sorted by score). Inputs are checked by the op."""
     b, l, h, di = q_idx.shape
-    check_top_k(top_k, l)
     if nt % 4:
         raise ValueError(f"nt must be a multiple of 4, got {nt}")
-    if force_reference or not use_triton(q_idx, k_idx, w) or q_idx.dtype == torch.float64:
-        return indexer_topk(q_idx, k_idx, w, top_k)
     dev = q_idx.device
-    k_t = _per_query_k(top_k, b, l, dev)
     kmax = int(k_t.max())
     hp = next_pow2(h)
     if w.dtype != torch.float32:
@@ -220,11 +205,10 @@ def indexer_topk_fast(
     if n_fallback:
         out = _exact_rows(out, over, need, qp[..., :h, :], kc, wp[..., :h])
     valid = pos[None, None, :kmax] < need[..., None]
-    idx = torch.where(valid, out.to(torch.int64), torch.full_like(out, -1, dtype=torch.int64))
     if stats is not None:
         stats.update(passes=n_pass, max_boundary=int(n_bnd.max()), max_sure=int(n_sure.max()),
                      fallback_rows=n_fallback)
-    return Selection(idx=idx, valid=valid)
+    return torch.where(valid, out, torch.full_like(out, -1))
 
 
 def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx: torch.Tensor,
@@ -252,24 +236,6 @@ def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx
 # Scores at selected positions, with backward (for the indexer's KL loss).
 
 
-def indexer_scores_at_reference(q_idx, k_idx, w, idx, valid=None, chunk: int = 256):
-    """I[t, idx[t, j]] by gathering (differentiable through autograd), -inf at invalid slots. (B, L, K) fp32."""
-    _check_indexer(q_idx, k_idx, w)
-    if valid is None:
-        valid = idx >= 0
-    b, l = idx.shape[:2]
-    bi = torch.arange(b, device=idx.device)[:, None, None]
-    outs = []
-    for c0 in range(0, l, chunk):
-        c1 = min(c0 + chunk, l)
-        ic = idx[:, c0:c1].long().clamp(min=0)
-        kg = k_idx[bi, ic].float()  # (B, C, K, d)
-        lg = torch.einsum("bchd,bckd->bchk", q_idx[:, c0:c1].float(), kg).relu()
-        sc = torch.einsum("bchk,bch->bck", lg, w[:, c0:c1].float())
-        outs.append(sc.masked_fill(~valid[:, c0:c1], float("-inf")))
-    return torch.cat(outs, 1)
-
-
 # Bytes of the [heads, d_I] q tile that one program of the scores-at kernels holds at once: 128 x 128 bf16. Up to
 # that the whole tile launched before head blocks (sm_90a: 99 KB of shared memory and 236 spilled bytes in the
 # backward at 128 x 128, 83 KB and 48 bytes at 64 x 128), and keeps its code: a block more gathers the keys and
@@ -288,58 +254,46 @@ def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
                 IEEE=dtype == torch.float32, INTERP=interp, num_warps=4)
 
 
-class _IndexerScoresAt(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q_idx, k_idx, w, idx32):
-        _, fwd, _ = _kernels()
-        b, l, h, di = q_idx.shape
-        ksel = idx32.shape[-1]
-        out = torch.empty(b, l, ksel, device=q_idx.device, dtype=torch.float32)
-        fwd[(l, b)](
-            q_idx, k_idx, w, idx32, out,
-            q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
-            idx32.stride(0), idx32.stride(1),
-            ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
-        )
-        ctx.save_for_backward(q_idx, k_idx, w, idx32)
-        return out
-
-    @staticmethod
-    def backward(ctx, go):
-        _, _, bwd = _kernels()
-        q_idx, k_idx, w, idx32 = ctx.saved_tensors
-        b, l, h, di = q_idx.shape
-        ksel = idx32.shape[-1]
-        go = go.float().contiguous()
-        dq = torch.empty(q_idx.shape, device=q_idx.device, dtype=torch.float32)
-        dk = torch.zeros(k_idx.shape, device=k_idx.device, dtype=torch.float32)
-        dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-        bwd[(l, b)](
-            q_idx, k_idx, w, idx32, go, dq, dk, dw,
-            q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
-            idx32.stride(0), idx32.stride(1), dk.stride(0), dk.stride(1),
-            ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
-        )
-        return dq.to(q_idx.dtype), dk.to(k_idx.dtype), dw.to(w.dtype), None
+def _scores_at_fwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx32: torch.Tensor) -> torch.Tensor:
+    """I[t, idx[t, j]] for contiguous q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) of one dtype and
+    idx32 (B, L, K) int32 -> (B, L, K) fp32, -inf at unused slots."""
+    _, fwd, _ = _kernels()
+    b, l, h, di = q_idx.shape
+    ksel = idx32.shape[-1]
+    out = torch.empty(b, l, ksel, device=q_idx.device, dtype=torch.float32)
+    fwd[(l, b)](
+        q_idx, k_idx, w, idx32, out,
+        q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
+        idx32.stride(0), idx32.stride(1),
+        ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
+    )
+    return out
 
 
-def indexer_scores_at(
-    q_idx: torch.Tensor,
-    k_idx: torch.Tensor,
-    w: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    *,
-    force_reference: bool = False,
-) -> torch.Tensor:
-    """Indexer scores at the selected positions: (B, L, K) fp32, I[t, idx[t, j]], -inf at invalid slots.
+def _scores_at_bwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx32: torch.Tensor,
+                   go: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_scores_at_fwd` for go (B, L, K) fp32 contiguous: dq, dk, dw in their inputs' dtypes."""
+    _, _, bwd = _kernels()
+    b, l, h, di = q_idx.shape
+    ksel = idx32.shape[-1]
+    dq = torch.empty(q_idx.shape, device=q_idx.device, dtype=torch.float32)
+    dk = torch.zeros(k_idx.shape, device=k_idx.device, dtype=torch.float32)
+    dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
+    bwd[(l, b)](
+        q_idx, k_idx, w, idx32, go, dq, dk, dw,
+        q_idx.stride(0), q_idx.stride(1), k_idx.stride(0), k_idx.stride(1), w.stride(0), w.stride(1),
+        idx32.stride(0), idx32.stride(1), dk.stride(0), dk.stride(1),
+        ksel, **_at_meta(h, di, q_idx.dtype, interpret_mode()),
+    )
+    return dq.to(q_idx.dtype), dk.to(k_idx.dtype), dw.to(w.dtype)
 
-    Differentiable w.r.t. q_idx, k_idx and w (Triton forward/backward on CUDA or under TRITON_INTERPRET=1,
-    else the gather reference through autograd)."""
-    _check_indexer(q_idx, k_idx, w)
-    if valid is None:
-        valid = idx >= 0
-    if force_reference or not use_triton(q_idx, k_idx, w, idx) or q_idx.dtype == torch.float64:
-        return indexer_scores_at_reference(q_idx, k_idx, w, idx, valid)
-    idx32 = torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
-    return _IndexerScoresAt.apply(q_idx.contiguous(), k_idx.contiguous(), w.contiguous(), idx32)
+
+
+def indexer_scores_at_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Indexer scores at the selected positions: (B, L, K) fp32, I[t, idx[t, j]], -inf at unused slots.
+
+    q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) of one dtype, idx (B, L, K) int (-1 = unused).
+    Differentiable w.r.t. q_idx, k_idx and w (Triton forward and backward). Inputs are checked by the op."""
+    from .registered import indexer_scores_at_op  # noqa: PLC0415 (the custom op: one node under torch.compile)
+
+    return indexer_scores_at_op(q_idx.contiguous(), k_idx.contiguous(), w.contiguous(), idx.to(torch.int32).contiguous())

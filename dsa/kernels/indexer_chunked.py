@@ -1,6 +1,6 @@
 """Causal indexer top-k through chunks of stored scores: the Triton score pass writes the scores of a chunk
 of query rows (C x L fp32, ``_indexer_kernels.idx_pass_kernel`` mode 3) and :func:`radix_topk` selects in
-them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_fast`` recomputes
+them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold`` recomputes
 them in every one of its threshold passes) at the price of writing and reading them back once.
 """
 
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_positive_int, check_top_k
-from ..topk import Selection, indexer_topk
-from ._common import interpret_mode, next_pow2, use_triton
-from .indexer import _check_indexer, _pad_heads, _run_pass
+from ._common import interpret_mode, next_pow2
+from .indexer import _pad_heads, _run_pass
 from .radix_topk import radix_topk
 
 # default chunk: about 2 GiB of fp32 scores. Larger chunks mean fewer launches, each paying the tail of its
@@ -37,23 +35,13 @@ def indexer_topk_chunked(
     top_k: int,
     *,
     chunk: int | None = None,
-    force_reference: bool = False,
-) -> Selection:
-    """Causal indexer top-k with the semantics of :func:`dsa.topk.indexer_topk` (positions ascending, the
-    first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I); top_k int in
-    [1, L] (one k for every query; per-query k: :func:`indexer_topk_fast`); chunk: query rows whose scores
-    are stored at once (default: about 2 GiB of scores over the batch; rounded up to the score tile).
-    Returns Selection (B, L, top_k). Runs the Triton kernels on CUDA tensors (or in the interpreter), else
-    :func:`dsa.topk.indexer_topk`."""
-    _check_indexer(q_idx, k_idx, w)
+) -> torch.Tensor:
+    """Causal indexer top-k, one k for every query: the set of :func:`dsa.ops.indexer_topk` (positions
+    ascending, the first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I);
+    top_k int in [1, L]; chunk: query rows whose scores are stored at once (default: about 2 GiB of scores
+    over the batch; rounded up to the score tile). Returns (B, L, top_k) int32, -1 in unused slots.
+    Inputs are checked by the op."""
     b, l, h, _ = q_idx.shape
-    if not isinstance(top_k, int) or isinstance(top_k, bool):
-        raise TypeError(f"top_k must be an int (per-query k: indexer_topk_fast), got {type(top_k).__name__}")
-    check_top_k(top_k, l)
-    if chunk is not None:
-        check_positive_int("chunk", chunk)
-    if force_reference or not use_triton(q_idx, k_idx, w) or q_idx.dtype == torch.float64:
-        return indexer_topk(q_idx, k_idx, w, top_k)
     dev = q_idx.device
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
@@ -69,8 +57,20 @@ def indexer_topk_chunked(
         cols = max(t1, top_k)  # the columns past a row's length are never read
         for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
             idx[bi, t0:t1] = radix_topk(scores[bi, : t1 - t0, :cols], top_k, lens, out_dtype=torch.int32)
-    idx64 = idx.to(torch.int64)
-    return Selection(idx=idx64, valid=idx64 >= 0)
+    return idx
+
+
+@torch.no_grad()
+def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The causal L x L indexer scores by the score pass: q_idx (B, L, H_I, d_I), k_idx (B, L, d_I),
+    w (B, L, H_I) -> (B, L, L) float32, -inf for s > t. Forward only."""
+    b, l, h, _ = q_idx.shape
+    qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
+    kc = k_idx.to(q_idx.dtype).contiguous()
+    rows = -(-l // score_tile()[0]) * score_tile()[0]
+    scores = torch.full((b, rows, l), float("-inf"), device=q_idx.device, dtype=torch.float32)
+    score_rows(qp, kc, wp, scores, 0, l)
+    return scores[:, :l]
 
 
 def score_tile(tile: tuple[int, int, int] | None = None) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""Top-k positions of each row of precomputed scores (Triton), with a torch reference.
+"""Top-k positions of each row of precomputed scores (Triton; the public op is :func:`dsa.ops.topk_positions`).
 
 ``torch.topk`` sorts its k winners and returns their values; the attention needs only the set of positions.
 :func:`radix_topk` finds the k-th largest score of each row and then writes the positions at or above it
@@ -7,16 +7,15 @@ k-th score comes from a sorted stratified sample that brackets it and one pass t
 (the scores at or above the bracket's low end, about k plus the bracket) aside, where a histogram select
 finds it and the positions are written (one read of the row in all), or, when the sample misses, from four
 8-bit histogram passes over the row and one more to write the positions (a radix select). Its result
-equals :func:`radix_topk_reference` up to the order of the positions (ascending here) and the choice among
-tied scores at the threshold (the first ones by position here).
+equals :func:`dsa.ops.topk.topk_positions_reference` up to the choice among tied scores at the threshold
+(the first ones by position here).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..checks import FLOAT_DTYPES, check_positive_int, check_tensor, check_top_k
-from ._common import interpret_mode, jit, use_triton
+from ._common import interpret_mode, jit
 
 
 def _kernels() -> dict:
@@ -41,48 +40,10 @@ _STAGE_DEFAULTS = {"gather_block": None, "gather_warps": None, "select_block": N
 READS_PER_ROW_SAMPLED = 1
 
 
-def _check(scores: torch.Tensor, k: int, lengths: torch.Tensor | None) -> None:
-    if not isinstance(scores, torch.Tensor) or scores.dim() < 1:
-        raise ValueError("scores must be a tensor with at least one dimension (..., N)")
-    check_tensor("scores", scores, scores.dim(), FLOAT_DTYPES)
-    if not isinstance(k, int) or isinstance(k, bool):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    check_top_k(k, scores.shape[-1], name="k")
-    if lengths is not None:
-        if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-            raise TypeError("lengths must be an integer tensor of shape scores.shape[:-1]")
-        if tuple(lengths.shape) != tuple(scores.shape[:-1]):
-            raise ValueError(f"lengths must have shape {tuple(scores.shape[:-1])} (scores.shape[:-1]), "
-                             f"got {tuple(lengths.shape)}")
-        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > scores.shape[-1]):
-            raise ValueError(f"lengths must lie in [0, N={scores.shape[-1]}]")
-
-
 def causal_lengths(l: int, device: torch.device | str | None = None, batch: int | None = None) -> torch.Tensor:
     """Valid prefix of each row of a causal (L, L) score matrix: t + 1 for query t. (L,) or (batch, L) int32."""
     t = torch.arange(1, l + 1, device=device, dtype=torch.int32)
     return t if batch is None else t.expand(batch, l).contiguous()
-
-
-def radix_topk_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """torch.topk over the valid prefix of each row. scores (..., N) float; lengths (...) int, default N.
-    Returns (..., k) int64 positions in ascending order, -1 in the slots a short row cannot fill."""
-    _check(scores, k, lengths)
-    n = scores.shape[-1]
-    if lengths is None:
-        idx = torch.topk(scores, k, dim=-1).indices
-        return idx.sort(dim=-1).values
-    lengths = lengths.to(scores.device)
-    pos = torch.arange(n, device=scores.device)
-    valid = pos < lengths[..., None]
-    masked = scores.masked_fill(~valid, float("-inf"))
-    # a stable sort ranks a valid -inf (position < length) before the invalid fills at the same value
-    idx = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
-    ok = torch.arange(k, device=scores.device) < lengths[..., None].clamp(max=k)
-    # among a short row's k picks the invalid ones are the -inf fills: keep the valid positions only
-    idx = torch.where(valid.gather(-1, idx), idx, torch.full_like(idx, n))
-    idx = idx.sort(dim=-1).values
-    return torch.where(ok, idx, torch.full_like(idx, -1))
 
 
 def _bracket_cap(n: int, k: int, sample: int) -> int:
@@ -104,7 +65,6 @@ def radix_topk(
     sample: int = DEFAULT_SAMPLE,
     cap: int | None = None,
     out_dtype: torch.dtype = torch.int64,
-    force_reference: bool = False,
     stats: torch.Tensor | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
@@ -121,20 +81,14 @@ keys and positions, int32); stats: an
     optional (...) int32 tensor that receives per row 0 (short row), 1 (sampled bracket) or 2 (radix
     select); block, num_warps: tile size and warps of every pass over the rows, and warps of the bracket
     select (default: each launch's own, measured fastest on an H100; tuning only: the result is the same).
-    Runs the Triton kernels on CUDA tensors (or in the interpreter with TRITON_INTERPRET=1), else the
-    reference."""
-    _check(scores, k, lengths)
+    Triton only (CUDA tensors, or the interpreter with TRITON_INTERPRET=1); inputs are checked by the op."""
     if not isinstance(sample, int) or isinstance(sample, bool) or (sample and (sample < 64 or sample & (sample - 1))):
         raise ValueError(f"sample must be 0 or a power of two >= 64, got {sample!r}")
-    if cap is not None:
-        check_positive_int("cap", cap)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"cap must be an int >= 1, got {cap!r}")
     if stats is not None and (not isinstance(stats, torch.Tensor) or stats.dtype != torch.int32
                               or tuple(stats.shape) != tuple(scores.shape[:-1]) or not stats.is_contiguous()):
         raise ValueError(f"stats must be a contiguous int32 tensor of shape {tuple(scores.shape[:-1])}")
-    if force_reference or not use_triton(scores) or scores.dtype == torch.float64:
-        if stats is not None:
-            stats.fill_(-1)  # no kernel ran
-        return radix_topk_reference(scores, k, lengths).to(out_dtype)
     out, stages = _stages(scores, k, lengths, block=block, sample=sample, cap=cap, stats=stats, num_warps=num_warps)
     for _, launch in stages:
         launch()

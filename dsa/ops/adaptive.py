@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_positive_int
-from .indexer import indexer_scores
+from ..checks import check_positive_int
+from .indexer import indexer_scores_reference
 
 POLICIES = ("fixed", "mass", "entropy")
 
@@ -79,6 +79,6 @@ def adaptive_k(
     parts = []
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
-        sc = indexer_scores(q_idx[:, c0:c1], k_idx, w[:, c0:c1], causal=True, q_start=c0)
+        sc = indexer_scores_reference(q_idx[:, c0:c1], k_idx, w[:, c0:c1], q_start=c0)
         parts.append(k_from_scores(sc, policy, q_start=c0))
     return torch.cat(parts, 1)

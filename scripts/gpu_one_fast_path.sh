@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one-fast-path measurements on a lent GPU (H100/H200), each file with its provenance:
+#   1. the kernel, op and layer tests at real sizes (compiled Triton), log kept;
+#   2. dsa.bench_layer: the model's own DSA layer vs the dense layer (cuDNN, flash, FlexAttention) in the MQA
+#      layout (64 query heads x 128 on one K/V head), k = 2048, indexers 4x64 and 64x128, L = 8K..64K;
+#   3. dsa.step_profile: a whole training step of a d_model-1024, 4-layer MQA model, dense vs DSA.
+# Usage: OUT=<folder> bash scripts/gpu_one_fast_path.sh [tests|layer|step|all] ; results go to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+what=${1:-all}
+export PYTHONUNBUFFERED=1
+if [[ $what == tests || $what == all ]]; then
+  python -m pytest -q -x tests/test_kernels.py tests/test_layers.py tests/test_model.py tests/test_attention.py \
+    tests/test_indexer_loss.py tests/test_compile.py 2>&1 | tail -40 | tee "$OUT/tests.log"
+fi
+if [[ $what == layer || $what == all ]]; then
+  python -m dsa.bench_layer --seq-lens ${LAYER_LENS:-8192 16384 32768 65536} --top-k 2048 --d-model 1024 \
+    --heads 64 --kv-heads 1 --head-dim 128 --indexers ${INDEXERS:-4x64 64x128} --out "$OUT/layer-mqa.json"
+fi
+if [[ $what == step || $what == all ]]; then
+  for L in ${STEP_LENS:-8192 16384 32768 65536}; do
+    python -m dsa.step_profile --seq-len "$L" --top-k 2048 --batch-size 1 --d-model 1024 --n-layers 4 \
+      --n-heads 64 --n-kv-heads 1 --head-dim 128 --indexer-heads 4 --indexer-dim 64 --indexer-rope-dim 32 \
+      --steps 6 --warmup 2 --profile-steps 1 --device cuda --variants dense dsa --out "$OUT/step-mqa-L$L.json" \
+      || echo "step profile at L=$L failed"
+  done
+fi

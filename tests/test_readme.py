@@ -1,0 +1,18 @@
+"""The README's library example runs as written (the first python block under "The `dsa` package")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_library_example_runs():
+    text = README.read_text()
+    section = text[text.index("## The `dsa` package"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "ops.sparse_attention" in code and "DSAAttention" in code
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 (our own README)
+    assert namespace["y"].shape == (1, 96, 256) and namespace["aux"].selection.shape == (1, 96, 16)
