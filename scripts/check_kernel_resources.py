@@ -23,7 +23,7 @@ from pathlib import Path
 
 SHARED_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (H100, H200): 227 KiB
 ARCH = 90
-SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128))
+SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128), (256, 128))
 FAST_TILE = (64, 64, 4)  # indexer_topk_threshold's default block_m (compiled), block_n and warps
 BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench's tuning set
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers

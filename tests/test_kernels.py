@@ -421,9 +421,11 @@ def test_indexer_scores_at_fwd_bwd(dtype):
 
 # ------------------------------------------------------------------- indexer heads in blocks (H_I x d_I)
 # DeepSeek-V3.2's indexer, 64 heads x 128 dims, and odd head counts: the kernels loop over blocks of heads
-# (in the interpreter: the score pass in blocks of 16 heads of d_I 128 in bf16, 8 in fp32; the scores-at
-# kernels in one block of 64 in bf16, in blocks of 32 in fp32, the last one part padding at 48 heads).
+# (in the interpreter: the score pass in blocks of 16 heads of d_I 128 in bf16, 8 in fp32, the last ones all
+# padding at 48 heads; the scores-at kernels in one block up to 64 x 128 fp32, in blocks of 64 heads at 96 x 128
+# fp32, the last one part padding).
 HEAD_SIZES = [(64, 128, torch.bfloat16), (48, 128, torch.float32), (5, 40, torch.bfloat16)]
+AT_HEAD_SIZES = [(64, 128, torch.bfloat16), (64, 128, torch.float32), (96, 128, torch.float32), (5, 40, torch.bfloat16)]
 
 
 def _indexer_inputs(gen, b, l, h, di, dtype):
@@ -462,10 +464,10 @@ def test_indexer_topk_many_heads(h, di, dtype):
     _same_selected_sums(sel, ref, scores)
 
 
-@pytest.mark.parametrize("h,di,dtype", HEAD_SIZES + [(64, 128, torch.float32)])
+@pytest.mark.parametrize("h,di,dtype", AT_HEAD_SIZES)
 def test_indexer_scores_at_many_heads(h, di, dtype):
-    """Scores at selected positions and dq, dk, dw at 64 x 128 (one block in bf16, two in fp32) and odd
-    head counts (48: a last block with padded heads; 5: padded to 16)."""
+    """Scores at selected positions and dq, dk, dw at 64 x 128 (one block), 96 x 128 (two blocks of 64, the
+    second half padding) and 5 x 40 (padded to 16)."""
     gen = torch.Generator().manual_seed(41 + h + di)
     b, l, k = 1, 37, 9
     q, kk, w = _indexer_inputs(gen, b, l, h, di, dtype)

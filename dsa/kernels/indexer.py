@@ -236,9 +236,11 @@ def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx
 # Scores at selected positions, with backward (for the indexer's KL loss).
 
 
-# Bytes of the [heads, d_I] q tile that one program of the scores-at kernels holds: 64 x 128 bf16 (DeepSeek-V3.2's
-# indexer) fits whole (~81 KB of shared memory, a few spilled bytes in the backward); larger tiles go in blocks.
-AT_HEAD_BLOCK_BYTES = 64 * 128 * 2
+# Bytes of the [heads, d_I] q tile that one program of the scores-at kernels holds at once: 128 x 128 bf16. Up to
+# that the whole tile launched before head blocks (sm_90a: 99 KB of shared memory and 236 spilled bytes in the
+# backward at 128 x 128, 83 KB and 48 bytes at 64 x 128), and keeps its code: a block more gathers the keys and
+# adds its dk by atomics once more. Shared memory grows with the tile (~132 KB at 256 x 128 in the backward).
+AT_HEAD_BLOCK_BYTES = 128 * 128 * 2
 
 
 def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
