@@ -838,3 +838,13 @@ def test_selection_profile_rows_per_launch():
     assert prof.ms.tolist() == [0.5, 2.0] and prof.radix_topk_ms.eq(3.0).all()
     assert prof.one_read_ms.iloc[0] == pytest.approx(32768 * 32769 / 2 * 4 / 3.35e12 * 1e3)
     assert B.selection_profile(pd.DataFrame({"L": [1]})).empty
+
+
+# ------------------------------------------------------------------------------ test isolation
+def test_runs_and_figures_go_to_temporary_folders():
+    from dsa.figures import figures_dir
+    from dsa.provenance import REPO_ROOT
+    from dsa.runs import runs_dir
+
+    assert not runs_dir("x").resolve().is_relative_to(REPO_ROOT.resolve())
+    assert not figures_dir().resolve().is_relative_to(REPO_ROOT.resolve())
