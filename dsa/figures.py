@@ -4,12 +4,14 @@ set-up, and the interactive indexer explorer (ipywidgets + a plotly FigureWidget
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from .figcheck import check_figure
 from .provenance import REPO_ROOT
 
 
@@ -30,11 +32,16 @@ def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 15
         text = textwrap.fill(source, width=max(60, int(fig.get_figwidth() * 22)))
         fig.canvas.draw()  # the bottom of what is drawn (tick and axis labels) sets where the stamp hangs
         bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
-        fig.text(0.005, bottom - 0.02, text, fontsize=6, color="0.45", ha="left", va="top")
+        fig.text(0.005, bottom - 0.02, text, fontsize=6, color="0.45", ha="left", va="top", gid="provenance")
     path = figures_dir() / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     print(f"[figures] saved {path}")
+    # the mechanical checks (dsa.figcheck), written next to the figure: the tests fail on any problem
+    problems = check_figure(fig)
+    path.with_suffix(".check.json").write_text(json.dumps({"figure": path.name, "problems": problems}, indent=1))
+    for msg in problems:
+        print(f"[figures] CHECK {name}: {msg}")
     return path
 
 
@@ -58,6 +65,94 @@ def setup_plotting() -> None:
     pio.renderers.default = "plotly_mimetype"
     pio.templates.default = "plotly_white"
     sns.set_theme(context="notebook", style="whitegrid")
+
+
+# ----------------------------------------------------------------------------------- notebook figures
+KIND_STYLE = {"dense": ("#444444", "o"), "fixed k": ("#dd8452", "X"), "adaptive k": ("#55a868", "<")}
+
+
+def adaptive_tradeoff_figure(points: Any, arms: list[str], title: str = ""):
+    """Notebook 04's static figure: validation loss against the mean share of past tokens each query keeps
+    (lower-left is better), and the time per step, one marker per arm.
+
+    points: one row per arm with ``arm``, ``kind`` ('dense' | 'fixed k' | 'adaptive k'), ``keys`` (mean keys
+    per query / L; NaN when not measured), ``keys_max`` (an upper bound for an adaptive arm: the keys of the
+    fixed arm with its cap), ``loss``, ``loss_sd`` and ``ms`` (time per step). An adaptive arm whose keys were
+    not measured (a recorded run holds no model) is drawn at its bound with a left-pointing marker and an
+    arrow towards fewer keys, and its legend entry says so: every arm appears.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.35, 1]})
+    ax = axes[0]
+    palette = plt.get_cmap("tab10")
+    order = [a for a in arms if a in set(points.arm)]
+    for i, arm in enumerate(order):
+        r = points[points.arm == arm].iloc[0]
+        color, marker = KIND_STYLE.get(r.kind, ("#4c72b0", "o"))
+        color = color if r.kind == "dense" else palette(i % 10)
+        measured = np.isfinite(r["keys"])
+        x = r["keys"] if measured else r.get("keys_max", np.nan)
+        label = arm if measured else f"{arm}: keys not recorded, at most {x:.2f}"
+        if not np.isfinite(x):
+            continue
+        sd = r["loss_sd"] if np.isfinite(r["loss_sd"]) else 0.0
+        ax.errorbar([x], [r["loss"]], yerr=[[min(sd, r["loss"])], [sd]], fmt=marker if measured else "<",
+                    ms=9, color=color, capsize=3, label=label, mfc=color if measured else "white", mew=1.5)
+        if not measured:
+            ax.annotate("", xy=(x - 0.06, r["loss"]), xytext=(x, r["loss"]),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
+    ax.set(xlabel="mean keys per query / L (fraction of the sequence)", ylabel="validation loss (nats/token)",
+           title="Quality vs keys kept (lower-left is better; bars: SD over seeds)")
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="arm",
+              title_fontsize=7)
+    ms = points.set_index("arm").reindex(order)["ms"]
+    axes[1].barh(np.arange(len(order)), ms.to_numpy(), color="#4c72b0")
+    axes[1].set_yticks(np.arange(len(order)), order, fontsize=8)
+    axes[1].invert_yaxis()
+    axes[1].set(xlabel="time per training step (ms; DSA: sparse phase)", title="Speed (lower is better)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_pair_figure(mean: Any, diff: Any, title: str = ""):
+    """Notebook 03's static figure: the mean validation loss over (L, k/L) and its difference from dense
+    at the same L, with colour bars. Cell values are sized to the cells (no overlapping labels); an empty
+    cell (a configuration not run) is hatched and marked 'n/a'."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import seaborn as sns  # noqa: PLC0415
+
+    n_cols = mean.shape[1]
+    width = max(13.0, 2 * (1.6 + 0.95 * n_cols))
+    fig, axes = plt.subplots(1, 2, figsize=(width, 2.4 + 0.7 * len(mean)))
+    size = 8 if n_cols <= 5 else 7
+    for ax, data, fmt, cmap, label, ttl, kw in (
+        (axes[0], mean, ".3f", "viridis_r", "val loss (nats/token)", "Validation loss\n(lower is better)", {}),
+        (axes[1], diff, "+.3f", "RdBu_r", "loss − dense loss (nats/token)",
+         "Loss − dense at the same L\n(below 0: better than dense)",
+         {"center": 0, "vmin": -(np.nanmax(np.abs(diff.values)) or 1e-9), "vmax": np.nanmax(np.abs(diff.values)) or 1e-9}),
+    ):
+        filled = data.fillna(data.stack().mean() if data.notna().any().any() else 0.0)
+        sns.heatmap(filled, annot=False, cmap=cmap, ax=ax, cbar_kws={"label": label}, **kw)
+        mesh = ax.collections[0]
+        for (yi, xi), v in np.ndenumerate(data.to_numpy(dtype=float)):
+            if np.isfinite(v):
+                r, g, b, _ = mesh.cmap(mesh.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(xi + 0.5, yi + 0.5, format(v, fmt), ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black")
+            else:
+                ax.add_patch(plt.Rectangle((xi, yi), 1, 1, fill=True, color="white", hatch="//", ec="0.7"))
+                ax.text(xi + 0.5, yi + 0.5, "n/a\n(not run)", ha="center", va="center", fontsize=size - 1, color="0.4")
+        ax.set(xlabel="k/L (fraction of past tokens kept)", ylabel="sequence length L (tokens)", title=ttl)
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title, fontsize=10, y=1.02)
+    fig.tight_layout()
+    return fig
 
 
 # ----------------------------------------------------------------------------------- the explorer
@@ -180,4 +275,4 @@ class IndexerExplorer:
         return go.Figure(self.fig)
 
 
-__all__ = ["IndexerExplorer", "figure_saver", "figures_dir", "save_static", "setup_plotting"]
+__all__ = ["IndexerExplorer", "adaptive_tradeoff_figure", "figure_saver", "heatmap_pair_figure", "figures_dir", "save_static", "setup_plotting"]

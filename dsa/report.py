@@ -403,7 +403,7 @@ def run_report(
                                          cell_timeout=cell_timeout)
         dt = time.time() - t0
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        figs = sorted(p.name for p in fig_dir.glob("*") if p.is_file() and p.stat().st_mtime >= t0 - 1) if fig_dir.is_dir() else []
+        figs = sorted(p.name for p in fig_dir.glob("*.png") if p.stat().st_mtime >= t0 - 1) if fig_dir.is_dir() else []
         res = NotebookResult(name, ok, dt, parameters, executed if executed.exists() else None, error=err,
                              failed_cell=cell, records_read=recs, figures=figs)
         if recs:

@@ -136,10 +136,12 @@ def format_mean_ci(mean: float, half_width: float, n: int, digits: int = 3, scal
 
 
 def format_summary(summary: pd.DataFrame, by: Sequence[str] = GROUP,
-                   formats: dict[str, tuple[int, float, str]] | None = None) -> pd.DataFrame:
+                   formats: dict[str, tuple[int, float, str]] | None = None,
+                   na: dict[str, str] | None = None) -> pd.DataFrame:
     """:func:`summary_table` as one row per (by..., variant) and one string column per metric,
     'mean ± CI half-width (n=...)' (clipped at the metric's physical bounds, :func:`metric_bounds`); a metric
-    a row lacks shows 'n/a'. formats: metric -> (digits, scale, column title)."""
+    a row lacks shows 'n/a', or 'n/a (why)' with ``na``: metric -> why. formats: metric -> (digits, scale, column
+    title)."""
     formats = formats or {
         "val_loss": (3, 1.0, "val loss (nats/token)"),
         "val_acc": (1, 100.0, "val accuracy (%)"),
@@ -155,7 +157,8 @@ def format_summary(summary: pd.DataFrame, by: Sequence[str] = GROUP,
                  for _, r in s.iterrows()]
     wide = s.pivot_table(index=[*by, "variant"], columns="metric", values="text", aggfunc="first", sort=False)
     cols = [m for m in formats if m in wide.columns] + [m for m in wide.columns if m not in formats]
-    wide = wide[cols].rename(columns={m: formats[m][2] for m in cols if m in formats}).fillna("n/a")
+    wide = wide[cols].fillna({m: f"n/a ({why})" for m, why in (na or {}).items() if m in cols}).fillna("n/a")
+    wide = wide.rename(columns={m: formats[m][2] for m in cols if m in formats})
     wide.columns.name = None
     return wide.reset_index()
 

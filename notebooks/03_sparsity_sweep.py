@@ -91,7 +91,7 @@ from IPython.display import Markdown, display
 
 from dsa import stats as S
 from dsa import verdicts as V
-from dsa.figures import figure_saver, setup_plotting
+from dsa.figures import figure_saver, heatmap_pair_figure, setup_plotting
 from dsa.records import fresh_run_label
 from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
@@ -150,22 +150,12 @@ for label, recs, prov in sources:
     cols = [c for c in ORDER if c in set(g["k/L"])]
     mean = g.pivot(index="seq_len", columns="k/L", values="mean")[cols]
     diff = g.pivot(index="seq_len", columns="k/L", values="minus_dense")[cols]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 2.4 + 0.7 * len(mean)))
-    sns.heatmap(mean, annot=True, fmt=".3f", cmap="viridis_r", ax=axes[0],
-                cbar_kws={"label": "val loss (nats/token)"})
-    axes[0].set(xlabel="k/L (fraction of past tokens kept)", ylabel="sequence length L (tokens)",
-                title="Validation loss\n(lower is better)")
-    lim = np.nanmax(np.abs(diff.values)) or 1e-9
-    sns.heatmap(diff, annot=True, fmt="+.4f", cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=axes[1],
-                cbar_kws={"label": "loss − dense loss (nats/token)"})
-    axes[1].set(xlabel="k/L (fraction of past tokens kept)", ylabel="sequence length L (tokens)",
-                title="Loss − dense at the same L\n(below 0: better than dense)")
-    fig.suptitle(label, fontsize=10)
-    fig.tight_layout()
+    fig = heatmap_pair_figure(mean, diff, title=label)
     maybe_save(fig, "03_sparsity_heatmap" + ("" if label.startswith("fresh") else "_recorded"), prov)
     plt.show()
-    text = g.assign(cell=[V.format_mean_ci(m, h, n) for m, h, n in zip(g["mean"], g.half_width, g.n)])
-    display(text.pivot(index="seq_len", columns="k/L", values="cell")[cols])
+    text = g.assign(cell=[V.format_mean_ci(m, h, n, bounds=V.metric_bounds("val_loss"))
+                          for m, h, n in zip(g["mean"], g.half_width, g.n)])
+    display(text.pivot(index="seq_len", columns="k/L", values="cell")[cols].fillna("n/a (not run)"))
 
 # %% [markdown]
 # The same numbers, interactive: hover for the mean, the interval and the number of seeds; the line plot
