@@ -71,6 +71,18 @@ def setup_plotting() -> None:
 KIND_STYLE = {"dense": ("#444444", "o"), "fixed k": ("#dd8452", "X"), "adaptive k": ("#55a868", "<")}
 
 
+def clipped_errors(mean: Any, half_width: Any, bounds: tuple[float | None, float | None]) -> tuple[Any, Any]:
+    """(minus, plus) error-bar lengths of mean ± half_width cut at the metric's physical bounds (e.g. a time
+    interval never reaches below 0: ``dsa.verdicts.metric_bounds``); a missing half-width draws no bar."""
+    import numpy as np  # noqa: PLC0415
+
+    m = np.asarray(mean, float)
+    h = np.nan_to_num(np.asarray(half_width, float), nan=0.0)
+    lo = m - h if bounds[0] is None else np.maximum(m - h, bounds[0])
+    hi = m + h if bounds[1] is None else np.minimum(m + h, bounds[1])
+    return np.maximum(m - lo, 0.0), np.maximum(hi - m, 0.0)
+
+
 def adaptive_tradeoff_figure(points: Any, arms: list[str], title: str = ""):
     """Notebook 04's static figure: validation loss against the mean share of past tokens each query keeps
     (lower-left is better), and the time per step, one marker per arm.
@@ -275,4 +287,4 @@ class IndexerExplorer:
         return go.Figure(self.fig)
 
 
-__all__ = ["IndexerExplorer", "adaptive_tradeoff_figure", "figure_saver", "heatmap_pair_figure", "figures_dir", "save_static", "setup_plotting"]
+__all__ = ["IndexerExplorer", "adaptive_tradeoff_figure", "clipped_errors", "figure_saver", "heatmap_pair_figure", "figures_dir", "save_static", "setup_plotting"]

@@ -95,7 +95,10 @@ from IPython.display import Markdown, display
 
 from dsa import verdicts as V
 from dsa.figures import figure_saver, setup_plotting
-from dsa.records import fresh_run_label, summarize_provenance
+from dsa.tables import readable
+from dsa.records import fresh_run_label
+from dsa.records import summarize_provenance
+from dsa.scope import fresh_run_scope
 from dsa.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
                       recorded_source_label, runs_table)
 
@@ -104,6 +107,8 @@ pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("02_sparse_vs_dense", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 
 def short_device(records):
@@ -123,7 +128,8 @@ def short_device(records):
 fresh_recs = []
 if P.run_fresh:
     fresh_recs = fresh_sweep(
-        "exp4_reproduce", P.fresh_size, notebook="02_sparse_vs_dense", device=P.device, reuse=P.reuse_runs,
+        "exp4_reproduce", P.fresh_size, notebook="02_sparse_vs_dense", device=P.device, progress=True,
+        reuse=P.reuse_runs,
         time_budget_s=P.fresh_time_budget_s or None, seq_lens=parse_list(P.fresh_seq_lens),
         seeds=parse_list(P.fresh_seeds), steps=P.fresh_steps or None)
     FRESH_SOURCE = fresh_source_label(fresh_recs, DEV.type, P.fresh_size)
@@ -224,7 +230,7 @@ V.format_summary(summary)
 
 # %%
 leak = V.leak_table(df)
-display(leak.round(3))
+display(readable(leak, 3, na={v: "n/a (not run)" for v in V.CAUSAL}))
 
 plot_src = [label for label, recs in sources if recs is not fresh_recs] or [FRESH_SOURCE]
 pdat = df[df.source.isin(plot_src)].copy()

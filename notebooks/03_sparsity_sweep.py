@@ -93,6 +93,7 @@ from dsa import stats as S
 from dsa import verdicts as V
 from dsa.figures import figure_saver, heatmap_pair_figure, setup_plotting
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope
 from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
 setup_plotting()
@@ -100,6 +101,8 @@ pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("03_sparsity_sweep", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs: a fresh sweep, and the recorded GPU sweep if there is one
@@ -107,7 +110,7 @@ maybe_save = figure_saver(P.save_figures)
 # %%
 fresh = None
 if P.run_fresh:
-    fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device,
+    fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device, progress=True,
                         reuse=P.reuse_runs, time_budget_s=P.fresh_time_budget_s or None,
                         seq_lens=parse_list(P.fresh_seq_lens), seeds=parse_list(P.fresh_seeds),
                         ratios=parse_list(P.fresh_ratios, float), ratio_grid=SPARSITY_RATIOS,

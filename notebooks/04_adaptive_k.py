@@ -92,6 +92,7 @@ from dsa.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_
 from dsa.experiments import get_experiment
 from dsa.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope
 from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
                       train_keeping_models, validation_batches)
 
@@ -100,6 +101,8 @@ pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("04_adaptive_k", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs
@@ -112,7 +115,7 @@ fresh, models = None, {}
 if P.run_fresh:
     configs = select_configs(get_experiment("exp3_adaptive", P.fresh_size), seeds=parse_list(P.fresh_seeds),
                              steps=P.fresh_steps or None)
-    fresh = train_keeping_models(configs, device=P.device)
+    fresh = train_keeping_models(configs, device=P.device, progress=True)
     for r in fresh:
         models[(r["name"], r["config"]["k_policy"], r["config"]["k_mass"], r["config"]["seed"])] = r.pop("model")
 recorded = recorded_runs(P.recorded)
