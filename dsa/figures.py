@@ -176,6 +176,10 @@ PANELS = (
 )
 
 
+CBAR_TITLES = {"scores": "score (a.u.)", "selected": "selected", "sparse": "probability",
+               "dense": "probability"}
+
+
 class IndexerExplorer:
     """Sliders for k, sequence length, layer, attention head and indexer head, a causal-guard toggle, and
     four linked heatmaps (indexer scores, top-k selection, sparse attention weights, dense attention for
@@ -220,24 +224,34 @@ class IndexerExplorer:
                                        button_style="success", layout=W.Layout(width="200px"))
         self.w_stats = W.HTML()
 
-        fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in PANELS], horizontal_spacing=0.05)
-        for i, (_, label, cs) in enumerate(PANELS):
+        fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in PANELS], horizontal_spacing=0.075)
+        for i, (key, label, cs) in enumerate(PANELS):
+            dom = fig.layout[f"xaxis{i + 1 if i else ''}"].domain
+            cbar = {"x": dom[1] + 0.004, "len": 0.75, "thickness": 9, "title": {"text": CBAR_TITLES[key],
+                    "side": "right", "font": {"size": 10}}, "tickfont": {"size": 9}}
+            if key == "selected":
+                cbar.update(tickvals=[0, 1], ticktext=["no", "yes"])
             fig.add_trace(
-                go.Heatmap(z=[[0.0]], colorscale=cs, showscale=False, name=label,
+                go.Heatmap(z=[[0.0]], colorscale=cs, showscale=True, colorbar=cbar, name=label,
+                           zmin=0 if key == "selected" else None, zmax=1 if key == "selected" else None,
                            hovertemplate="t=%{y}, s=%{x}<br>" + label + ": %{z:.3g}<extra></extra>"),
                 row=1, col=i + 1,
             )
-            fig.update_xaxes(title_text="key position s (tokens)", row=1, col=i + 1)
-            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
-        fig.update_yaxes(title_text="query position t (tokens)", row=1, col=1)
+            fig.update_xaxes(title_text="key position s (tokens)", title_font_size=11, tickfont_size=10,
+                             row=1, col=i + 1)
+            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i + 1 if i else ''}", tickfont_size=10,
+                             row=1, col=i + 1)
+        fig.update_yaxes(title_text="query position t (tokens)", title_font_size=11, row=1, col=1)
+        fig.update_annotations(font_size=12)
         fig.update_layout(
-            title={"text": title, "font": {"size": 14}},
-            height=390, width=1040, margin={"l": 60, "r": 10, "t": 90, "b": 100},
+            title={"text": title, "font": {"size": 13}},
+            height=440, width=1320, margin={"l": 60, "r": 40, "t": 90, "b": 110},
             annotations=list(fig.layout.annotations) + [{
                 "text": "Better: the red cells of the selection cover the dark cells of dense attention (high "
                         "'dense mass recall');<br>with the causal guard no cell lies right of the diagonal "
-                        "(s > t is the future). Colour: score (a.u.), selected yes/no, attention probability.",
-                "xref": "paper", "yref": "paper", "x": 0, "y": -0.38, "showarrow": False,
+                        "(s > t is the future; blank cells are masked). Colour bars: score (a.u.), selected "
+                        "or not, attention probability.",
+                "xref": "paper", "yref": "paper", "x": 0, "y": -0.36, "showarrow": False,
                 "font": {"size": 11}, "xanchor": "left", "align": "left"}],
         )
         self.fig = go.FigureWidget(fig)

@@ -130,7 +130,11 @@ for label, recs, prov in sources:
     print(f"{label}: {len(recs)} runs — {prov}")
 df = pd.concat([runs_table(recs, label, ratios=SPARSITY_RATIOS) for label, recs, _ in sources], ignore_index=True)
 df["k/L"] = np.where(df.attention == "dense", "dense", df.ratio.map(lambda r: f"{r:g}"))
-df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first")).unstack("k/L")
+# one cell per (source, L, k/L): how many runs (seeds) and which k; "not run" where the sweep has none
+cells = df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first"))
+cells["cell"] = cells.runs.astype(str) + " runs, k=" + cells.k.astype(int).astype(str)
+cells.cell.unstack("k/L").reindex(columns=[c for c in [*map("{:g}".format, SPARSITY_RATIOS), "dense"]
+                                           if c in set(df["k/L"])]).fillna("not run")
 
 # %% [markdown]
 # ## 2 · Loss over (L, k/L): mean ± CI over seeds
