@@ -92,6 +92,7 @@ from IPython.display import Markdown, display
 from dsa import stats as S
 from dsa import verdicts as V
 from dsa.figures import figure_saver, heatmap_pair_figure, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
 from dsa.scope import fresh_run_scope
 from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
@@ -210,17 +211,17 @@ for label, recs, prov in sources:
     tk = S.tukey_by(sparse, by="seq_len", factor="ratio", alpha=P.alpha)
     tk["effect"] = tk.cohens_d.map(S.effect_size_label)
     display(Markdown(f"### {label}\n{prov}\n\n**ANOVA per L** (Bonferroni over the lengths)"))
-    display(results[label]["anova"].round(4))
+    display(readable(results[label]["anova"], 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Tukey HSD, every pair of ratios** (meandiff = loss(group2) − loss(group1); "
                      "Cohen's d of group2 vs group1)"))
-    display(tk.round(4))
+    display(readable(tk, 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Each ratio vs dense**, paired by seed (mean_diff = ratio − dense; Bonferroni over the table)"))
     vs = results[label]["vs_dense"]
     if len(vs):
-        display(vs[["seq_len", "variant", "n_pairs", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p",
-                    "p_adj", "significant", "cohens_d", "note"]].round(4))
+        display(readable(vs[["seq_len", "variant", "n_pairs", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p",
+                    "p_adj", "significant", "cohens_d", "note"]], 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Optimal ratio per L** (lowest mean loss; `ratios_not_worse`: not significantly worse by Tukey)"))
-    display(results[label]["optimal"].round(4))
+    display(readable(results[label]["optimal"], 4, na="n/a (too few runs, or no spread between them)"))
 
 # %% [markdown]
 # ### Cost: time per step against k/L

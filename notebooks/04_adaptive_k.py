@@ -91,6 +91,7 @@ from dsa import verdicts as V
 from dsa.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_override
 from dsa.experiments import get_experiment
 from dsa.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
 from dsa.scope import fresh_run_scope
 from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
@@ -166,7 +167,7 @@ df["mean_k"] = mk["mean_k"].values  # same order as df (one row per record, sour
 df["mean_k / L"] = df["mean_k"] / df["seq_len"]
 if per_layer_rows:
     display(pd.DataFrame(per_layer_rows).pivot_table(index=["source", "arm"], columns="layer", values="mean_k",
-                                                     aggfunc="mean").add_prefix("layer ").round(1))
+                                                     aggfunc="mean").add_prefix("layer ").pipe(readable, 1, na="n/a (no such layer)"))
 
 # %% [markdown]
 # ## 3 · Quality, keys per query and speed: mean ± CI over seeds
@@ -287,7 +288,7 @@ if models:
         for li in range(c.shape[0]):
             rows.append({"mass target": level, "layer": li, "mean k": float(c[li].mean()),
                          "mean k / available (t+1)": float((c[li] / avail).mean())})
-    display(pd.DataFrame(rows).round(3))
+    display(readable(pd.DataFrame(rows), 3))
 
 # %% [markdown]
 # ## 5 · Verdict on the seeds' exp3 targets

@@ -123,6 +123,7 @@ from plotly.subplots import make_subplots
 from dsa import verdicts as V
 from dsa.analysis import random_recall
 from dsa.figures import clipped_errors, figure_saver, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
 from dsa.scope import fresh_run_scope
 from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
@@ -250,7 +251,7 @@ def show_tables(ab):
     display(c[["source", "metric", "variant", "baseline", "n_pairs", "mean_b", "mean_a", "difference", "p", "p_adj"]]
             .rename(columns={"variant": "arm", "baseline": "reference", "mean_b": "arm mean",
                              "mean_a": "reference mean"})
-            .round(4))
+            .pipe(readable, 4, na="n/a (too few runs, or no spread between them)"))
 
 
 def plot_ablation(ab):
