@@ -256,6 +256,31 @@ def notebook_to_html(executed: Path, html_path: Path, plotly_js_rel: str, banner
     return html_path
 
 
+def write_pages(out: Path, res: NotebookResult, params_name: str, plotly_js: Path) -> NotebookResult:
+    """The two pages of one executed notebook (``res.executed``): ``html/NAME.html`` (the reading page, code
+    hidden) and ``html/NAME.code.html`` (every cell with its code), each with a banner linking the other
+    and the index. Sets ``res.html`` and ``res.code_html``; a conversion failure marks ``res`` failed."""
+    name, status = res.name, "ok" if res.ok else "FAILED"
+    params = html.escape(json.dumps(res.parameters))
+
+    def banner(other: str, other_text: str) -> str:
+        return (f"<div class='dsa-banner' style='background:{'#eef8ee' if res.ok else '#fbeaea'}'>"
+                f"<b>{html.escape(name)}</b>: {status} in {res.seconds:.1f} s, parameters <code>{params}</code> "
+                f"from {html.escape(params_name)}{'<br>' + html.escape(res.error) if res.error else ''}"
+                f"<a href='../index.html'>index</a><a href='{other}'>{other_text}</a></div>")
+
+    try:
+        js = os.path.relpath(plotly_js, out / "html")
+        res.html = notebook_to_html(res.executed, out / "html" / f"{name}.html", js,
+                                    banner(f"{name}.code.html", "show the code"), code=False)
+        res.code_html = notebook_to_html(res.executed, out / "html" / f"{name}.code.html", js,
+                                         banner(f"{name}.html", "hide the code"), code=True)
+    except Exception as e:  # noqa: BLE001
+        res.ok = False
+        res.error = (res.error + "; " if res.error else "") + f"HTML conversion failed: {type(e).__name__}: {e}"
+    return res
+
+
 def write_plotly_js(out_dir: Path) -> Path:
     from plotly.offline import get_plotlyjs  # noqa: PLC0415
 
@@ -414,23 +439,7 @@ def run_report(
         if figs:
             tqdm.write(f"{name}: wrote figures: {', '.join(figs)}")
         if res.executed:
-            status = "ok" if ok else "FAILED"
-            def banner(other: str, other_text: str) -> str:
-                return (f"<div class='dsa-banner' style='background:{'#eef8ee' if ok else '#fbeaea'}'>"
-                        f"<b>{html.escape(name)}</b>: {status} in {dt:.1f} s, parameters "
-                        f"<code>{html.escape(json.dumps(parameters))}</code> from {html.escape(pfile.name)}"
-                        f"{'<br>' + html.escape(err) if err else ''}<a href='../index.html'>index</a>"
-                        f"<a href='{other}'>{other_text}</a></div>")
-
-            try:
-                js = os.path.relpath(plotly_js, out / "html")
-                res.html = notebook_to_html(executed, out / "html" / f"{name}.html", js,
-                                            banner(f"{name}.code.html", "show the code"), code=False)
-                res.code_html = notebook_to_html(executed, out / "html" / f"{name}.code.html", js,
-                                                 banner(f"{name}.html", "hide the code"), code=True)
-            except Exception as e:  # noqa: BLE001
-                res.ok = False
-                res.error = (res.error + "; " if res.error else "") + f"HTML conversion failed: {type(e).__name__}: {e}"
+            write_pages(out, res, pfile.name, plotly_js)
         for f in figs:  # copied in: the report folder must hold everything it links
             shutil.copy2(fig_dir / f, out / "figures" / f)
         save_status(out, res, pfile)
