@@ -155,19 +155,25 @@ def prepare_for_html(nb: Any) -> Any:
         if cell.cell_type != "code":
             continue
         # tqdm's text bars on stderr (the \r-rewritten lines of a run without widgets) say nothing afterwards
-        cell.outputs = [o for o in cell.get("outputs", []) if not (o.get("output_type") == "stream" and
-                        o.get("name") == "stderr" and _TQDM.search(o.get("text", "")))]
+        # and tqdm's widget bars (in JupyterLab) neither: a progress bar means something only while it runs
+        cell.outputs = [o for o in cell.get("outputs", []) if not (
+            (o.get("output_type") == "stream" and o.get("name") == "stderr" and _TQDM.search(o.get("text", "")))
+            or (WIDGET_MIME in (o.get("data") or {}) and _TQDM.search(str(o["data"].get("text/plain", "")))))]
         for out in cell.get("outputs", []):
             data = out.get("data")
             if not data:
+                continue
+            plain = str(data.get("text/plain", ""))
+            if plain.startswith("namespace(") and len(data) == 1:  # the validated parameters: folded away
+                data.clear()
+                data["text/html"] = ("<details><summary>Parameters of this run</summary><pre>"
+                                     f"{html.escape(plain)}</pre></details>")
                 continue
             if PLOTLY_MIME in data:
                 fig = data[PLOTLY_MIME]
                 fig = json.loads(fig) if isinstance(fig, str) else fig
                 div = pio.to_html(fig, include_plotlyjs=False, full_html=False, config={"responsive": True})
                 out["data"] = {"text/html": div}
-            elif WIDGET_MIME in data and _TQDM.search(str(data.get("text/plain", ""))):
-                out["data"] = {}  # a progress bar: it means something only while the notebook runs
             elif WIDGET_MIME in data:
                 out["data"] = {"text/html": "<div style='padding:6px;border:1px dashed #999;color:#555'>Interactive "
                                "widget: open the notebook in JupyterLab to use it (a static snapshot follows where "
@@ -298,8 +304,13 @@ def notebook_summary(nb_path: Path) -> tuple[str, str]:
         if cell.cell_type == "markdown":
             lines = cell.source.strip().splitlines()
             title = lines[0].lstrip("#").strip() if lines and lines[0].startswith("#") else nb_path.stem
-            paras = "\n".join(lines[1:]).strip().split("\n\n")
-            return title, (paras[0].replace("\n", " ") if paras and paras[0] else "")
+            paras = [x.strip() for x in "\n".join(lines[1:]).strip().split("\n\n") if x.strip()]
+            keep: list[str] = []
+            for para in paras:  # the opening paragraph, with what it announces when it ends with a colon
+                keep.append(para)
+                if not para.endswith(":") or len(keep) == 3:
+                    break
+            return title, "\n\n".join(keep)
     return nb_path.stem, ""
 
 
@@ -325,6 +336,8 @@ def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
     """``index.html``: every numbered notebook, in order, with its latest page (whichever run built it),
     its code appendix, status, parameters, recorded data read and static figures; notebooks never built
     are listed with the command that builds them. Every link stays inside ``out_dir``."""
+    import mistune  # noqa: PLC0415
+
     from .records import fresh_run_label  # noqa: PLC0415
 
     notebooks = notebooks if notebooks is not None else find_notebooks()
@@ -332,10 +345,11 @@ def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
     for nb_path in notebooks:
         name = nb_path.stem
         title, para = notebook_summary(nb_path)
+        para = mistune.html(tex_to_mathml(para))  # markdown and formulas, as on the pages
         sp = status_path(out_dir, name)
         st = json.loads(sp.read_text()) if sp.is_file() else None
         if st is None or not st.get("html") or not (out_dir / st["html"]).is_file():
-            sections.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(para)}</p><p class='missing'>Not built "
+            sections.append(f"<h2>{html.escape(title)}</h2>{para}<p class='missing'>Not built "
                             f"yet: <code>python -m dsa.report --only {html.escape(name)}</code></p>")
             rows.append(f"<tr><td>{html.escape(name)}</td><td>not built</td><td></td><td></td><td></td><td></td></tr>")
             continue
@@ -347,7 +361,7 @@ def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
                  + (f" · <a href='{html.escape(st['executed'])}'>executed .ipynb</a>" if st.get("executed") else ""))
         figs = " ".join(f"<a href='figures/{html.escape(f)}'><img src='figures/{html.escape(f)}' alt='{html.escape(f)}'"
                         f" title='{html.escape(f)}'></a>" for f in st.get("figures", []) if (out_dir / "figures" / f).is_file())
-        sections.append(f"<h2><a href='{html.escape(st['html'])}'>{html.escape(title)}</a></h2><p>{html.escape(para)}</p>"
+        sections.append(f"<h2><a href='{html.escape(st['html'])}'>{html.escape(title)}</a></h2>{para}"
                         f"<p><small>{links} · {status} · built {html.escape(st.get('built', '?'))} with "
                         f"{html.escape(st.get('params_file', '?'))}</small></p><div class='thumbs'>{figs}</div>")
         recs = "<br>".join(html.escape(f"{x['path']} ({x.get('provenance', {}).get('device', '?')}, commit "

@@ -110,6 +110,7 @@ P = check_params(
 P
 
 # %%
+import textwrap
 import time
 
 import matplotlib.pyplot as plt
@@ -254,6 +255,11 @@ def show_tables(ab):
             .pipe(readable, 4, na="n/a (too few runs, or no spread between them)"))
 
 
+def wrap(arm):
+    """An arm's name on two lines (tick labels of neighbouring panels must not run into each other)."""
+    return arm.replace(" (", "<br>(")
+
+
 def plot_ablation(ab):
     df = DATA[ab]["df"]
     if df.empty:
@@ -307,14 +313,14 @@ def plot_ablation(ab):
         here = [a for a in arms if a in set(d.arm)]
         for j, (m, scale, ylabel, better) in enumerate(PANELS):
             vals = d.dropna(subset=[m])
-            pf.add_trace(go.Scatter(x=vals.arm, y=vals[m] * scale, mode="markers", marker=dict(size=7, opacity=0.6),
+            pf.add_trace(go.Scatter(x=vals.arm.map(wrap), y=vals[m] * scale, mode="markers", marker=dict(size=7, opacity=0.6),
                                     name="runs (one per seed)", legendgroup="runs", showlegend=(i == 0 and j == 0),
                                     customdata=np.stack([vals.seed, vals.origin], axis=-1) if len(vals) else None,
                                     hovertemplate="%{x}<br>seed %{customdata[0]}<br>%{y:.4f}<br>%{customdata[1]}"
                                                   "<extra></extra>"), row=i + 1, col=j + 1)
             st = summ[(summ.source == label) & (summ.metric == m)].set_index("variant").reindex(here)
             st = st.dropna(subset=["mean"])
-            pf.add_trace(go.Scatter(x=st.index, y=st["mean"] * scale, mode="markers+lines",
+            pf.add_trace(go.Scatter(x=[wrap(a) for a in st.index], y=st["mean"] * scale, mode="markers+lines",
                                     line=dict(color="black", width=1),
                                     marker=dict(symbol="diamond", size=9, color="black"),
                                     error_y=dict(array=clipped_errors(st["mean"], st.half_width, V.metric_bounds(m))[1] * scale,
@@ -326,12 +332,16 @@ def plot_ablation(ab):
                 pf.add_hline(y=floor[label], line_dash="dash", line_width=1, line_color="gray", row=i + 1, col=j + 1,
                              annotation_text="random selection", annotation_font_size=9)
             pf.update_yaxes(title_text=UNITS[m], row=i + 1, col=j + 1, title_font_size=10, title_standoff=4)
-            pf.update_xaxes(type="category", categoryorder="array", categoryarray=here, row=i + 1, col=j + 1,
+            pf.update_xaxes(type="category", categoryorder="array", categoryarray=[wrap(a) for a in here], row=i + 1, col=j + 1,
                             title_text=XLABEL[ab] if i == len(srcs) - 1 else None, title_font_size=10)
     pf.update_annotations(font_size=10)
-    pf.update_layout(height=400 * len(srcs) + 80, width=1100, title=f"Ablation: {ABLATIONS[ab]['title']}<br><sup>"
-                     + "<br>".join(f"{l}: {p[:150]}" for l, p in srcs) + "</sup>", margin=dict(t=90 + 18 * len(srcs)),
-                     legend=dict(orientation="h", y=-0.12, x=0))
+    subtitle = "<br>".join(line for l, p in srcs for line in textwrap.wrap(f"{l}: {p}", 150))
+    n_lines = subtitle.count("<br>") + 1
+    pf.update_layout(height=400 * len(srcs) + 120 + 18 * n_lines, width=1100,
+                     title=dict(text=f"Ablation: {ABLATIONS[ab]['title']}<br><sup>{subtitle}</sup>", y=1, pad=dict(t=14),
+                                yanchor="top", yref="container"),
+                     margin=dict(t=95 + 18 * n_lines, b=110), legend=dict(orientation="h", y=-0.25 / len(srcs), x=0,
+                                                                          yanchor="top"))
     pf.show()
 
 
