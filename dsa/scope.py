@@ -16,8 +16,9 @@ SCOPE: dict[str, tuple[str, str, str]] = {
         "the numbers of this notebook are exact checks or small-model illustrations; nothing is read from the GPU data",
     ),
     "02_sparse_vs_dense": (
-        "**the leak**: within a few hundred steps the seeds' leaky model's loss falls far below dense, and the "
-        "same weights evaluated with the causal guard on fall behind dense; every code path of the experiment",
+        "**the leak**: the seeds' leaky model's loss falls below dense within a few hundred steps, and the same "
+        "weights evaluated with the causal guard on fall behind dense (section 5 says whether this run shows it); "
+        "every code path of the experiment",
         "how causal DSA compares with dense (the differences at full size are a few hundredths of a nat, below "
         "a tiny run's noise), and any speed (CPU reference code, not the GPU kernels)",
         "the recorded H100 sweep `data/gpu/exp4_reproduce.jsonl` (1000 steps, 3 seeds)",
@@ -36,7 +37,8 @@ SCOPE: dict[str, tuple[str, str, str]] = {
     ),
     "06_ablations": (
         "**the indexer's KL loss at work**: the KL-trained indexer keeps more of the dense attention mass "
-        "(recall) than the untrained one, which stays near the random-selection line; every code path",
+        "(recall) than the untrained one, which stays near the random-selection line (section 2 says whether this "
+        "run shows it); every code path",
         "any effect on the loss or accuracy (a few dozen steps leave every arm near its initial loss), and "
         "the warm-up and head-count trends",
         "the recorded H100 sweeps `data/gpu/ablation_*.jsonl` (1000 steps, 3 seeds)",
@@ -66,4 +68,30 @@ def fresh_run_scope(notebook: str, *, run_fresh: bool = True, size: str = "small
             f"> * **The conclusions come from** {evidence}; every figure and table says which data it shows.")
 
 
-__all__ = ["SCOPE", "fresh_run_scope"]
+def leak_check(row: dict) -> str:
+    """Did a run set show the seeds' leak? ``row``: one row of ``dsa.verdicts.leak_table`` (dense, leaky, and the
+    leaky weights evaluated with the causal guard on; val loss, nats/token). Markdown, computed from the numbers."""
+    d, lk, ce = row["dense"], row["leaky"], row["leaky, causal guard on at eval"]
+    nums = f"leaky {lk:.3f}, dense {d:.3f}, the leaky weights with the guard on at eval {ce:.3f} nats/token"
+    if lk < d and ce > d:
+        return (f"**This run shows the leak** ({nums}): the leaky model is better than dense only while it may read "
+                "the future; denied it, the same weights are worse than dense.")
+    return (f"**This run does not show the leak clearly** ({nums}): the model has not trained long enough to learn "
+            "to copy the future (raise `fresh_steps`).")
+
+
+def kl_recall_check(df) -> str:
+    """Did the KL-trained indexer keep more of the dense attention mass than the untrained one? ``df``: the KL
+    ablation's runs of one source (``arm``, ``recall``). Markdown, computed from the numbers."""
+    on = df[df.arm.str.startswith("KL on")].recall.dropna()
+    off = df[df.arm.str.startswith("KL off")].recall.dropna()
+    if on.empty or off.empty:
+        return "No recall to compare: a KL arm is missing."
+    nums = f"recall with KL {on.mean():.3f}, without {off.mean():.3f} (mean over {len(on)} and {len(off)} runs)"
+    if on.min() > off.max():
+        return (f"**This run shows what the KL loss does** ({nums}): every KL-trained indexer keeps more of the dense "
+                "attention mass than every untrained one.")
+    return f"**This run does not separate the arms** ({nums}): too few steps for the indexer to learn."
+
+
+__all__ = ["SCOPE", "fresh_run_scope", "kl_recall_check", "leak_check"]

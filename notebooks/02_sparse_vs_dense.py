@@ -98,7 +98,7 @@ from dsa.figures import figure_saver, setup_plotting
 from dsa.tables import readable
 from dsa.records import fresh_run_label
 from dsa.records import summarize_provenance
-from dsa.scope import fresh_run_scope
+from dsa.scope import fresh_run_scope, leak_check
 from dsa.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
                       recorded_source_label, runs_table)
 
@@ -231,6 +231,8 @@ V.format_summary(summary)
 # %%
 leak = V.leak_table(df)
 display(readable(leak, 3, na={v: "n/a (not run)" for v in V.CAUSAL}))
+if FRESH_SOURCE is not None and (leak.source == FRESH_SOURCE).any():
+    display(Markdown("Fresh CPU run: " + leak_check(leak[leak.source == FRESH_SOURCE].iloc[0])))
 
 plot_src = [label for label, recs in sources if recs is not fresh_recs] or [FRESH_SOURCE]
 pdat = df[df.source.isin(plot_src)].copy()

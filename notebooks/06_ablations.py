@@ -126,7 +126,7 @@ from dsa.analysis import random_recall
 from dsa.figures import clipped_errors, figure_saver, setup_plotting
 from dsa.tables import readable
 from dsa.records import fresh_run_label
-from dsa.scope import fresh_run_scope
+from dsa.scope import fresh_run_scope, kl_recall_check
 from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
 
 setup_plotting()
@@ -375,6 +375,9 @@ def show_verdict(ab):
 
 # %%
 show_tables("kl")
+for label, _ in DATA["kl"]["sources"]:
+    if label.startswith("fresh"):
+        display(Markdown(f"*{label}*: " + kl_recall_check(DATA["kl"]["df"][DATA["kl"]["df"].source == label])))
 
 # %% [markdown]
 # Per arm, each dot is one seed's run; the black diamond is the mean with its confidence interval.

@@ -148,3 +148,19 @@ def test_report_pages_index_and_links_stay_inside(tmp_path):
             assert target.is_relative_to(out.resolve()), f"{f.name} links outside the report: {ref}"
             assert target.exists(), f"{f.name} links to a missing file: {ref}"
     assert js.is_file()
+
+
+# ------------------------------------------------------------------------------------------ CPU-run scope
+def test_scope_box_and_checks_follow_the_numbers():
+    from dsa.scope import fresh_run_scope, kl_recall_check, leak_check
+
+    box = fresh_run_scope("03_sparsity_sweep", size="small", device="cpu", steps=20)
+    assert "**can**" in box and "**cannot**" in box and "exp5_sparsity.jsonl" in box
+    assert fresh_run_scope("03_sparsity_sweep", size="full", device="cuda") == ""
+    row = {"dense": 4.2, "leaky": 1.0, "leaky, causal guard on at eval": 7.0}
+    assert leak_check(row).startswith("**This run shows the leak**")
+    assert "does not show" in leak_check({**row, "leaky": 4.3})
+    df = pd.DataFrame({"arm": ["KL on (warm-up 5)"] * 2 + ["KL off (indexer untrained)"] * 2,
+                       "recall": [0.7, 0.72, 0.5, 0.52]})
+    assert "shows what the KL loss does" in kl_recall_check(df)
+    assert "does not separate" in kl_recall_check(df.assign(recall=[0.5, 0.72, 0.6, 0.52]))
