@@ -142,11 +142,13 @@ def heatmap_pair_figure(mean: Any, diff: Any, title: str = ""):
     width = max(13.0, 2 * (1.6 + 0.95 * n_cols))
     fig, axes = plt.subplots(1, 2, figsize=(width, 2.4 + 0.7 * len(mean)))
     size = 8 if n_cols <= 5 else 7
+    lim = float(np.nanmax(np.abs(diff.values))) if diff.notna().any().any() else 0.0
+    lim = lim or 1e-9
     for ax, data, fmt, cmap, label, ttl, kw in (
         (axes[0], mean, ".3f", "viridis_r", "val loss (nats/token)", "Validation loss\n(lower is better)", {}),
         (axes[1], diff, "+.3f", "RdBu_r", "loss − dense loss (nats/token)",
          "Loss − dense at the same L\n(below 0: better than dense)",
-         {"center": 0, "vmin": -(np.nanmax(np.abs(diff.values)) or 1e-9), "vmax": np.nanmax(np.abs(diff.values)) or 1e-9}),
+         {"center": 0, "vmin": -lim, "vmax": lim}),
     ):
         filled = data.fillna(data.stack().mean() if data.notna().any().any() else 0.0)
         sns.heatmap(filled, annot=False, cmap=cmap, ax=ax, cbar_kws={"label": label}, **kw)
@@ -301,4 +303,5 @@ class IndexerExplorer:
         return go.Figure(self.fig)
 
 
-__all__ = ["IndexerExplorer", "adaptive_tradeoff_figure", "clipped_errors", "figure_saver", "heatmap_pair_figure", "figures_dir", "save_static", "setup_plotting"]
+__all__ = ["IndexerExplorer", "adaptive_tradeoff_figure", "clipped_errors", "figure_saver", "figures_dir",
+           "heatmap_pair_figure", "save_static", "setup_plotting"]

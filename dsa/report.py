@@ -360,14 +360,16 @@ def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
                  + (f" · <a href='{html.escape(st['code_html'])}'>with code</a>" if st.get("code_html") else "")
                  + (f" · <a href='{html.escape(st['executed'])}'>executed .ipynb</a>" if st.get("executed") else ""))
         figs = " ".join(f"<a href='figures/{html.escape(f)}'><img src='figures/{html.escape(f)}' alt='{html.escape(f)}'"
-                        f" title='{html.escape(f)}'></a>" for f in st.get("figures", []) if (out_dir / "figures" / f).is_file())
+                        f" title='{html.escape(f)}'></a>" for f in st.get("figures", [])
+                        if (out_dir / "figures" / f).is_file())
         sections.append(f"<h2><a href='{html.escape(st['html'])}'>{html.escape(title)}</a></h2>{para}"
                         f"<p><small>{links} · {status} · built {html.escape(st.get('built', '?'))} with "
                         f"{html.escape(st.get('params_file', '?'))}</small></p><div class='thumbs'>{figs}</div>")
         recs = "<br>".join(html.escape(f"{x['path']} ({x.get('provenance', {}).get('device', '?')}, commit "
                                        f"{str(x.get('provenance', {}).get('git_commit', '?'))[:7]})")
                            for x in st.get("records_read", []))
-        figlinks = "<br>".join(f"<a href='figures/{html.escape(f)}'>{html.escape(f)}</a>" for f in st.get("figures", []))
+        figlinks = "<br>".join(f"<a href='figures/{html.escape(f)}'>{html.escape(f)}</a>"
+                               for f in st.get("figures", []))
         rows.append(f"<tr><td><a href='{html.escape(st['html'])}'>{html.escape(name)}</a></td><td>{status}</td>"
                     f"<td>{st['seconds']:.1f} s<br><small>{html.escape(st.get('built', ''))}</small></td>"
                     f"<td><small>{html.escape(json.dumps(st.get('parameters', {})))}</small></td>"

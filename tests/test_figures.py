@@ -80,7 +80,8 @@ def test_adaptive_tradeoff_shows_every_arm_of_the_recorded_sweep():
                   for r in df.itertuples()]
     pts = df.groupby("arm").agg(loss=("val_loss", "mean"), loss_sd=("val_loss", "std"), keys=("keys", "mean"),
                                 ms=("sparse_time_per_step_s", "mean")).reset_index()
-    pts["kind"] = np.where(pts.arm == "dense", "dense", np.where(pts.arm.str.startswith("fixed"), "fixed k", "adaptive k"))
+    pts["kind"] = np.where(pts.arm == "dense", "dense",
+                           np.where(pts.arm.str.startswith("fixed"), "fixed k", "adaptive k"))
     caps = df.groupby("arm").apply(lambda g: fixed_mean_k(int(g.seq_len.iloc[0]), int(g.top_k.iloc[0]))
                                    / int(g.seq_len.iloc[0]), include_groups=False)
     pts["keys_max"] = pts.arm.map(caps)
