@@ -120,9 +120,10 @@ def intervals_out_of_bounds(fig: Any, eps: float = 1e-9) -> list[str]:
     from matplotlib.collections import LineCollection, PolyCollection  # noqa: PLC0415
 
     problems = []
+    fig.canvas.draw()
     for ax in fig.axes:
         lo, hi = axis_bounds(ax.get_ylabel())
-        if lo is None and hi is None:
+        if (lo is None and hi is None) or not _values_axis(ax.yaxis):
             continue
         ys = []
         for c in ax.collections:
@@ -134,6 +135,8 @@ def intervals_out_of_bounds(fig: Any, eps: float = 1e-9) -> list[str]:
                 for p in c.get_paths():
                     ys += list(p.vertices[:, 1])
         for line in ax.lines:  # seaborn draws its error bars as two-point vertical lines
+            if line.get_transform() != ax.transData:  # axvline & co.: y in axes coordinates
+                continue
             x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
             if len(x) == 2 and np.isfinite(x).all() and x[0] == x[1]:
                 ys += list(y)
@@ -145,6 +148,24 @@ def intervals_out_of_bounds(fig: Any, eps: float = 1e-9) -> list[str]:
         if hi is not None and ys.max() > hi + eps:
             problems.append(f"an interval reaches {ys.max():.4g} above the bound {hi:g} on {ax.get_ylabel()!r}")
     return problems
+
+
+def _values_axis(axis: Any) -> bool:
+    """True when the axis's tick labels are its data values (a numeric axis); False for category positions
+    (bars labelled '1024', '2048' at 0, 1), which carry no physical bound."""
+    seen = False
+    for tick in axis._update_ticks():
+        text = tick.label1.get_text().replace("\u2212", "-").replace(",", "")
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            return False
+        if not np.isclose(value, tick.get_loc(), rtol=1e-6, atol=1e-9 + 0.01 * abs(tick.get_loc())):
+            return False
+        seen = True
+    return seen
 
 
 def check_figure(fig: Any) -> list[str]:
