@@ -247,7 +247,7 @@ class IndexerExplorer:
         fig.update_annotations(font_size=12)
         fig.update_layout(
             title={"text": title, "font": {"size": 13}},
-            height=420, width=1150, margin={"l": 60, "r": 30, "t": 90, "b": 110},
+            height=410, width=1080, margin={"l": 60, "r": 70, "t": 90, "b": 110},
             annotations=list(fig.layout.annotations) + [{
                 "text": "Better: the red cells of the selection cover the dark cells of dense attention (high "
                         "'dense mass recall');<br>with the causal guard no cell lies right of the diagonal "
