@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install report test browser-deps
+.PHONY: install report test browser-deps lab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,7 @@ report: $(STAMP)
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# JupyterLab on the notebooks; as root (most containers) JupyterLab refuses to start without --allow-root
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

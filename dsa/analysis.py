@@ -295,6 +295,75 @@ def flops_table(lengths, *, indexer_heads: int, indexer_dim: int, heads: int, he
 
 
 # ------------------------------------------------------------------------------- the model inspected
+def train_inspect_model(
+    *,
+    steps: int = 120,
+    warmup_steps: int = 40,
+    seq_len: int = 128,
+    max_seq_len: int = 512,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    indexer_heads: int = 4,
+    indexer_dim: int = 16,
+    indexer_rope_dim: int = 8,
+    top_k: int = 32,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[torch.nn.Module, str, dict]:
+    """A small DSA ``TransformerLM`` trained here on the Shakespeare corpus, for the notebooks to inspect:
+    ``steps`` dense LM steps at ``seq_len`` (the cheap part of DeepSeek's recipe), then ``warmup_steps``
+    indexer-only steps of the KL warm-up, so the indexer has learned to point where dense attention looks.
+    (No sparse phase: on a CPU it costs several times a dense step, and the explorer shows the indexer's
+    selection next to the dense attention anyway.) RoPE has no learned positions, so the trained weights
+    are re-hosted in a model accepting ``max_seq_len`` tokens: views longer than ``seq_len`` extrapolate.
+
+    returns (model in eval mode on ``device``, a label, the training record without the model).
+    """
+    from dataclasses import replace  # noqa: PLC0415
+
+    from .model import TransformerLM  # noqa: PLC0415
+    from .train import TrainConfig, train  # noqa: PLC0415
+
+    cfg = TrainConfig(attention="dsa", recipe="deepseek", seq_len=seq_len, top_k=min(top_k, seq_len), steps=steps,
+                      dense_steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, d_model=d_model,
+                      n_layers=n_layers, n_heads=n_heads, indexer_heads=indexer_heads, indexer_dim=indexer_dim,
+                      indexer_rope_dim=indexer_rope_dim, eval_every=max(steps + warmup_steps, 1), eval_batches=1,
+                      lr_warmup_steps=min(20, max(steps // 5, 1)), seed=seed, device=str(device), out="",
+                      progress=progress, name=f"explorer-model-L{seq_len}")
+    from .runs import gc_frozen  # noqa: PLC0415
+
+    with gc_frozen():  # train() collects at phase changes: not the notebook's whole heap
+        rec = train(cfg)
+    trained = rec.pop("model")
+    mc = replace(trained.cfg, max_seq_len=max(max_seq_len, seq_len), top_k=min(top_k, max(max_seq_len, seq_len)))
+    model = TransformerLM(mc).to(next(trained.parameters()).device)
+    model.load_state_dict(trained.state_dict())
+    model.eval()
+    fin = rec.get("final", {})
+    label = (f"DSA model trained here ({steps} dense LM steps + {warmup_steps} indexer warm-up steps at L={seq_len}, "
+             f"val loss {fin.get('val_loss', float('nan')):.2f} nats/token, indexer recall "
+             f"{fin.get('recall', float('nan')):.2f})")
+    return model, label, rec
+
+
+def corpus_tokens(batch: int, seq_len: int, *, vocab_size: int = 2048, seed: int = 0) -> torch.Tensor:
+    """(batch, seq_len) int64 tokens of the validation plays (the corpus and BPE tokenizer the study trains on),
+    consecutive windows from a seeded offset."""
+    from .corpus import load_corpus  # noqa: PLC0415
+
+    val = load_corpus("shakespeare", tokenizer="bpe", vocab_size=vocab_size).val
+    val = torch.as_tensor(val, dtype=torch.long)
+    need = batch * seq_len
+    if len(val) < need:
+        raise ValueError(f"the validation split has {len(val)} tokens, fewer than {need}")
+    g = torch.Generator().manual_seed(seed)
+    start = int(torch.randint(0, len(val) - need + 1, (1,), generator=g))
+    return val[start:start + need].view(batch, seq_len).clone()
+
+
 def make_inspect_model(
     checkpoint: str = "",
     *,

@@ -16,6 +16,8 @@ import copy
 import html
 import json
 import os
+import re
+import shutil
 import sys
 import time
 import traceback
@@ -29,6 +31,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PARAMS_DIR = NOTEBOOKS_DIR / "params"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+_TQDM = re.compile(r"\d+%\|")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
@@ -99,6 +102,7 @@ class NotebookResult:
     html: Path | None = None
     error: str = ""
     failed_cell: int | None = None  # index in the executed notebook
+    code_html: Path | None = None
     records_read: list[dict] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
 
@@ -150,9 +154,20 @@ def prepare_for_html(nb: Any) -> Any:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
+        # tqdm's text bars on stderr (the \r-rewritten lines of a run without widgets) say nothing afterwards
+        # and tqdm's widget bars (in JupyterLab) neither: a progress bar means something only while it runs
+        cell.outputs = [o for o in cell.get("outputs", []) if not (
+            (o.get("output_type") == "stream" and o.get("name") == "stderr" and _TQDM.search(o.get("text", "")))
+            or (WIDGET_MIME in (o.get("data") or {}) and _TQDM.search(str(o["data"].get("text/plain", "")))))]
         for out in cell.get("outputs", []):
             data = out.get("data")
             if not data:
+                continue
+            plain = str(data.get("text/plain", ""))
+            if plain.startswith("namespace(") and len(data) == 1:  # the validated parameters: folded away
+                data.clear()
+                data["text/html"] = ("<details><summary>Parameters of this run</summary><pre>"
+                                     f"{html.escape(plain)}</pre></details>")
                 continue
             if PLOTLY_MIME in data:
                 fig = data[PLOTLY_MIME]
@@ -166,15 +181,77 @@ def prepare_for_html(nb: Any) -> Any:
     return nb
 
 
-def notebook_to_html(executed: Path, html_path: Path, plotly_js_rel: str, banner: str = "") -> Path:
+# TeX in markdown: $$display$$ and $inline$, outside code spans and fenced code
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+_MATH = re.compile(r"\$\$(.+?)\$\$|(?<![\\$])\$(?!\s)([^$\n]+?)(?<!\s)\$", re.S)
+
+
+def tex_to_mathml(text: str) -> str:
+    """Markdown with ``$$...$$`` / ``$...$`` TeX turned into MathML (latex2mathml), so formulas render offline
+    in any current browser without MathJax. Code spans and fenced code are left alone; a formula that
+    latex2mathml cannot convert stays as TeX source in a ``<code>`` span."""
+    from latex2mathml.converter import convert  # noqa: PLC0415
+
+    def one(m: re.Match) -> str:
+        display = m.group(1) is not None
+        tex = (m.group(1) if display else m.group(2)).strip()
+        try:
+            mml = convert(tex, display="block" if display else "inline").replace("\n", "")
+        except Exception:  # noqa: BLE001
+            return f"<code>{html.escape(tex)}</code>"
+        return f"\n\n{mml}\n\n" if display else mml
+
+    parts = _CODE.split(text)
+    return "".join(part if i % 2 else _MATH.sub(one, part) for i, part in enumerate(parts))
+
+
+def _math_offline(nb: Any) -> Any:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = tex_to_mathml(cell.source)
+        elif cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                data = out.get("data") or {}
+                if "text/markdown" in data:
+                    data["text/markdown"] = tex_to_mathml(data["text/markdown"])
+    return nb
+
+
+def _strip_network_scripts(body: str) -> str:
+    """Drop what a static page would fetch from the network: nbconvert's MathJax (the formulas are MathML
+    now) and require.js (nothing on the page needs it: plotly.js is loaded from the report folder)."""
+    a, b = body.find("<!-- Load mathjax -->"), body.find("<!-- End of mathjax configuration -->")
+    if a != -1 and b != -1:
+        body = body[:a] + body[b + len("<!-- End of mathjax configuration -->"):]
+    return re.sub(r'<script src="https?://[^"]*require[^"]*"></script>', "", body)
+
+
+PAGE_STYLE = """<style>
+.jp-Notebook{max-width:1180px;margin:0 auto}
+math[display="block"]{margin:0.6em 0;font-size:1.1em}
+.dsa-banner{padding:8px 12px;font-family:sans-serif;font-size:14px;border-bottom:1px solid #ccc}
+.dsa-banner a{margin-left:0.8em}
+</style>"""
+
+
+def notebook_to_html(executed: Path, html_path: Path, plotly_js_rel: str, banner: str = "", *,
+                     code: bool = True) -> Path:
+    """One static page of an executed notebook. ``code=False``: the narrative, figures and tables only
+    (nbconvert's no-input mode), as a paper reads; ``code=True``: every cell with its code (the appendix)."""
     import nbformat  # noqa: PLC0415
     from nbconvert import HTMLExporter  # noqa: PLC0415
 
-    nb = prepare_for_html(nbformat.read(str(executed), as_version=4))
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    # plotly.js first in <head>: loaded before require.js, it defines window.Plotly (after require.js it
-    # would register as an AMD module instead and the figure divs, which call window.Plotly, would stay empty)
-    tag = f'<script src="{plotly_js_rel}" charset="utf-8"></script>'
+    nb = _math_offline(prepare_for_html(nbformat.read(str(executed), as_version=4)))
+    exporter = HTMLExporter(template_name="lab")
+    if not code:
+        exporter.exclude_input = True
+        exporter.exclude_input_prompt = True
+        exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb)
+    body = _strip_network_scripts(body)
+    # plotly.js first in <head>: loaded before any AMD loader, it defines window.Plotly, which the figure
+    # divs call
+    tag = f'<script src="{plotly_js_rel}" charset="utf-8"></script>\n{PAGE_STYLE}'
     i = body.find(">", body.find("<head")) + 1
     body = body[:i] + "\n" + tag + body[i:]
     if banner:
@@ -185,6 +262,31 @@ def notebook_to_html(executed: Path, html_path: Path, plotly_js_rel: str, banner
     return html_path
 
 
+def write_pages(out: Path, res: NotebookResult, params_name: str, plotly_js: Path) -> NotebookResult:
+    """The two pages of one executed notebook (``res.executed``): ``html/NAME.html`` (the reading page, code
+    hidden) and ``html/NAME.code.html`` (every cell with its code), each with a banner linking the other
+    and the index. Sets ``res.html`` and ``res.code_html``; a conversion failure marks ``res`` failed."""
+    name, status = res.name, "ok" if res.ok else "FAILED"
+    params = html.escape(json.dumps(res.parameters))
+
+    def banner(other: str, other_text: str) -> str:
+        return (f"<div class='dsa-banner' style='background:{'#eef8ee' if res.ok else '#fbeaea'}'>"
+                f"<b>{html.escape(name)}</b>: {status} in {res.seconds:.1f} s, parameters <code>{params}</code> "
+                f"from {html.escape(params_name)}{'<br>' + html.escape(res.error) if res.error else ''}"
+                f"<a href='../index.html'>index</a><a href='{other}'>{other_text}</a></div>")
+
+    try:
+        js = os.path.relpath(plotly_js, out / "html")
+        res.html = notebook_to_html(res.executed, out / "html" / f"{name}.html", js,
+                                    banner(f"{name}.code.html", "show the code"), code=False)
+        res.code_html = notebook_to_html(res.executed, out / "html" / f"{name}.code.html", js,
+                                         banner(f"{name}.html", "hide the code"), code=True)
+    except Exception as e:  # noqa: BLE001
+        res.ok = False
+        res.error = (res.error + "; " if res.error else "") + f"HTML conversion failed: {type(e).__name__}: {e}"
+    return res
+
+
 def write_plotly_js(out_dir: Path) -> Path:
     from plotly.offline import get_plotlyjs  # noqa: PLC0415
 
@@ -193,28 +295,98 @@ def write_plotly_js(out_dir: Path) -> Path:
     return p
 
 
-def write_index(out_dir: Path, results: list[NotebookResult], params_file: Path, figures_dir: Path) -> Path:
-    rows = []
-    for r in results:
-        status = "<span style='color:#2a2'>ok</span>" if r.ok else f"<span style='color:#c22'>FAILED</span><br><small>{html.escape(r.error)}</small>"
-        link = f"<a href='{r.html.relative_to(out_dir)}'>{r.name}</a>" if r.html else html.escape(r.name)
-        exe = f"<a href='{r.executed.relative_to(out_dir)}'>executed .ipynb</a>" if r.executed else ""
-        recs = "<br>".join(html.escape(f"{x['path']} ({x.get('provenance', {}).get('device', '?')}, commit "
-                                       f"{str(x.get('provenance', {}).get('git_commit', '?'))[:7]})") for x in r.records_read)
-        figs = "<br>".join(
-            f"<a href='{html.escape(os.path.relpath(figures_dir / f, out_dir))}'>{html.escape(f)}</a>" for f in r.figures)
-        params = html.escape(json.dumps(r.parameters))
-        rows.append(f"<tr><td>{link}<br><small>{exe}</small></td><td>{status}</td><td>{r.seconds:.1f} s</td>"
-                    f"<td><small>{params}</small></td><td><small>{recs or 'none: every figure from this run'}</small></td>"
-                    f"<td><small>{figs}</small></td></tr>")
+def notebook_summary(nb_path: Path) -> tuple[str, str]:
+    """(title, first paragraph) of a notebook's first markdown cell, for the index."""
+    import nbformat  # noqa: PLC0415
+
+    nb = nbformat.read(str(nb_path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            lines = cell.source.strip().splitlines()
+            title = lines[0].lstrip("#").strip() if lines and lines[0].startswith("#") else nb_path.stem
+            paras = [x.strip() for x in "\n".join(lines[1:]).strip().split("\n\n") if x.strip()]
+            keep: list[str] = []
+            for para in paras:  # the opening paragraph, with what it announces when it ends with a colon
+                keep.append(para)
+                if not para.endswith(":") or len(keep) == 3:
+                    break
+            return title, "\n\n".join(keep)
+    return nb_path.stem, ""
+
+
+def status_path(out_dir: Path, name: str) -> Path:
+    return out_dir / "status" / f"{name}.json"
+
+
+def save_status(out_dir: Path, r: NotebookResult, params_file: Path) -> Path:
+    """What the index shows for one notebook, kept next to its pages so that a later ``--only`` run of
+    another notebook still lists this one (with when and how it was built)."""
+    rel = lambda p: str(p.relative_to(out_dir)) if p else None  # noqa: E731
+    data = {"name": r.name, "ok": r.ok, "seconds": r.seconds, "parameters": r.parameters, "error": r.error,
+            "failed_cell": r.failed_cell, "executed": rel(r.executed), "html": rel(r.html),
+            "code_html": rel(r.code_html), "records_read": r.records_read, "figures": r.figures,
+            "params_file": params_file.name, "built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    p = status_path(out_dir, r.name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    return p
+
+
+def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
+    """``index.html``: every numbered notebook, in order, with its latest page (whichever run built it),
+    its code appendix, status, parameters, recorded data read and static figures; notebooks never built
+    are listed with the command that builds them. Every link stays inside ``out_dir``."""
+    import mistune  # noqa: PLC0415
+
     from .records import fresh_run_label  # noqa: PLC0415
 
+    notebooks = notebooks if notebooks is not None else find_notebooks()
+    sections, rows = [], []
+    for nb_path in notebooks:
+        name = nb_path.stem
+        title, para = notebook_summary(nb_path)
+        para = mistune.html(tex_to_mathml(para))  # markdown and formulas, as on the pages
+        sp = status_path(out_dir, name)
+        st = json.loads(sp.read_text()) if sp.is_file() else None
+        if st is None or not st.get("html") or not (out_dir / st["html"]).is_file():
+            sections.append(f"<h2>{html.escape(title)}</h2>{para}<p class='missing'>Not built "
+                            f"yet: <code>python -m dsa.report --only {html.escape(name)}</code></p>")
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>not built</td><td></td><td></td><td></td><td></td></tr>")
+            continue
+        ok = st["ok"]
+        status = "<span class='ok'>ok</span>" if ok else (f"<span class='bad'>FAILED</span><br><small>"
+                                                            f"{html.escape(st.get('error', ''))}</small>")
+        links = (f"<a href='{html.escape(st['html'])}'>read</a>"
+                 + (f" · <a href='{html.escape(st['code_html'])}'>with code</a>" if st.get("code_html") else "")
+                 + (f" · <a href='{html.escape(st['executed'])}'>executed .ipynb</a>" if st.get("executed") else ""))
+        figs = " ".join(f"<a href='figures/{html.escape(f)}'><img src='figures/{html.escape(f)}' alt='{html.escape(f)}'"
+                        f" title='{html.escape(f)}'></a>" for f in st.get("figures", [])
+                        if (out_dir / "figures" / f).is_file())
+        sections.append(f"<h2><a href='{html.escape(st['html'])}'>{html.escape(title)}</a></h2>{para}"
+                        f"<p><small>{links} · {status} · built {html.escape(st.get('built', '?'))} with "
+                        f"{html.escape(st.get('params_file', '?'))}</small></p><div class='thumbs'>{figs}</div>")
+        recs = "<br>".join(html.escape(f"{x['path']} ({x.get('provenance', {}).get('device', '?')}, commit "
+                                       f"{str(x.get('provenance', {}).get('git_commit', '?'))[:7]})")
+                           for x in st.get("records_read", []))
+        figlinks = "<br>".join(f"<a href='figures/{html.escape(f)}'>{html.escape(f)}</a>"
+                               for f in st.get("figures", []))
+        rows.append(f"<tr><td><a href='{html.escape(st['html'])}'>{html.escape(name)}</a></td><td>{status}</td>"
+                    f"<td>{st['seconds']:.1f} s<br><small>{html.escape(st.get('built', ''))}</small></td>"
+                    f"<td><small>{html.escape(json.dumps(st.get('parameters', {})))}</small></td>"
+                    f"<td><small>{recs or 'none: every figure from this run'}</small></td>"
+                    f"<td><small>{figlinks}</small></td></tr>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSA study report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:6px;vertical-align:top;text-align:left}}</style></head><body>
-<h1>DeepSeek Sparse Attention study: report</h1>
-<p>Built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} with parameters <code>{html.escape(str(params_file))}</code>;
-report process: {html.escape(fresh_run_label('cpu'))}. Every notebook was executed for this report (nothing re-used).</p>
+<style>body{{font-family:sans-serif;margin:2em auto;max-width:1100px;line-height:1.45}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:left}}
+.ok{{color:#2a2}}.bad{{color:#c22}}.missing{{color:#a60}}.thumbs img{{height:110px;margin:2px;border:1px solid #ddd}}
+h2{{margin-bottom:0.2em}}</style></head><body>
+<h1>DeepSeek Sparse Attention study</h1>
+<p>One page per notebook: narrative, figures, tables and verdicts; each page links its code ("with code", the
+appendix) and the executed notebook. Figures computed in this report are small CPU runs and say so; the
+conclusions come from the recorded GPU data each page names. Index written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+by {html.escape(fresh_run_label('cpu'))}. This folder is self-contained: copy it as it is.</p>
+{''.join(sections)}
+<h2>Appendix: how each page was built</h2>
 <table><tr><th>notebook</th><th>status</th><th>time</th><th>parameters passed</th><th>recorded data read</th>
 <th>static figures written</th></tr>
 {''.join(rows)}
@@ -247,7 +419,7 @@ def run_report(
         if sec != "common" and sec not in stems:
             print(f"warning: {pfile.name} has a section {sec!r} but there is no notebook {sec}.ipynb", file=sys.stderr)
     fig_dir = Path(figures_dir).resolve() if figures_dir else default_figures_dir()
-    for sub in ("executed", "html", "logs"):
+    for sub in ("executed", "html", "logs", "status", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     plotly_js = write_plotly_js(out)
     print(f"report: {len(notebooks)} notebook(s), parameters {pfile}, output {out}, static figures -> {fig_dir}")
@@ -272,7 +444,7 @@ def run_report(
                                          cell_timeout=cell_timeout)
         dt = time.time() - t0
         recs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        figs = sorted(p.name for p in fig_dir.glob("*") if p.is_file() and p.stat().st_mtime >= t0 - 1) if fig_dir.is_dir() else []
+        figs = sorted(p.name for p in fig_dir.glob("*.png") if p.stat().st_mtime >= t0 - 1) if fig_dir.is_dir() else []
         res = NotebookResult(name, ok, dt, parameters, executed if executed.exists() else None, error=err,
                              failed_cell=cell, records_read=recs, figures=figs)
         if recs:
@@ -283,21 +455,14 @@ def run_report(
         if figs:
             tqdm.write(f"{name}: wrote figures: {', '.join(figs)}")
         if res.executed:
-            status = "ok" if ok else "FAILED"
-            banner = (f"<div style='padding:8px;background:{'#eef8ee' if ok else '#fbeaea'};font-family:sans-serif'>"
-                      f"<b>{html.escape(name)}</b>: {status} in {dt:.1f} s, parameters "
-                      f"<code>{html.escape(json.dumps(parameters))}</code> from {html.escape(pfile.name)}"
-                      f"{'<br>' + html.escape(err) if err else ''} · <a href='../index.html'>index</a></div>")
-            try:
-                res.html = notebook_to_html(executed, out / "html" / f"{name}.html",
-                                            os.path.relpath(plotly_js, out / "html"), banner)
-            except Exception as e:  # noqa: BLE001
-                res.ok = False
-                res.error = (res.error + "; " if res.error else "") + f"HTML conversion failed: {type(e).__name__}: {e}"
+            write_pages(out, res, pfile.name, plotly_js)
+        for f in figs:  # copied in: the report folder must hold everything it links
+            shutil.copy2(fig_dir / f, out / "figures" / f)
+        save_status(out, res, pfile)
         tqdm.write(f"{name}: {'ok' if res.ok else 'FAILED: ' + res.error} ({dt:.1f} s)")
         results.append(res)
 
-    index = write_index(out, results, pfile, fig_dir)
+    index = write_index(out)
     failed = [r for r in results if not r.ok]
     print(f"\nreport: {len(results) - len(failed)}/{len(results)} notebook(s) ok; index: {index}")
     for r in failed:

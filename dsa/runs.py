@@ -215,15 +215,17 @@ def _empty_results(out: Path) -> None:
               "(reuse=False): every run below is trained now")
 
 
-def train_keeping_models(configs: Sequence[Any], device: str | None = None) -> list[dict]:
+def train_keeping_models(configs: Sequence[Any], device: str | None = None, progress: bool = False) -> list[dict]:
     """Train each configuration in this process (``dsa.train.train``, no JSON written) and return the
     records *with* their trained model under ``'model'`` (a sweep drops it). For analyses that need the
-    model itself, e.g. the per-query k an adaptive policy chooses."""
+    model itself, e.g. the per-query k an adaptive policy chooses. progress: a tqdm bar over the runs."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     from .train import train  # noqa: PLC0415
 
     out = []
     with gc_frozen():
-        for c in configs:
+        for c in tqdm(configs, desc="training", unit="run", disable=not progress):
             kw = {"out": "", "progress": False}
             if device and device != "auto":
                 kw["device"] = device

@@ -90,20 +90,58 @@ def summary_table(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS, by
     return out.sort_values([*by, "_order", "metric"]).drop(columns="_order").reset_index(drop=True)
 
 
-def format_mean_ci(mean: float, half_width: float, n: int, digits: int = 3, scale: float = 1.0) -> str:
-    """'4.254 ± 0.040 (n=3)'; 'x (n=1, no CI)' when the interval is undefined; '' without a mean."""
+# Physical bounds of the metrics: an interval is never shown beyond them (a t interval over 2-3 noisy seeds
+# can reach below zero for a time, or above 100% for an accuracy).
+METRIC_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "val_loss": (0.0, None), "val_loss_causal_eval": (0.0, None), "val_acc": (0.0, 1.0),
+    "val_acc_causal_eval": (0.0, 1.0), "recall": (0.0, 1.0), "mean_k": (0.0, None),
+    "sparse_time_per_step_s": (0.0, None), "time_per_step_s": (0.0, None),
+}
+
+
+def metric_bounds(metric: str) -> tuple[float | None, float | None]:
+    """(lower, upper) physical bound of a metric (None: unbounded); times, counts, losses >= 0, shares in [0, 1]."""
+    if metric in METRIC_BOUNDS:
+        return METRIC_BOUNDS[metric]
+    if "time" in metric or metric.endswith("_s") or metric.endswith("_ms"):
+        return (0.0, None)
+    if "acc" in metric or "recall" in metric:
+        return (0.0, 1.0)
+    return (None, None)
+
+
+def format_mean_ci(mean: float, half_width: float, n: int, digits: int = 3, scale: float = 1.0,
+                   bounds: tuple[float | None, float | None] = (None, None)) -> str:
+    """'4.254 ± 0.040 (n=3)'; 'x (n=1, no CI)' when the interval is undefined; 'n/a' without a mean.
+    bounds: the metric's physical (lower, upper) bound; an interval reaching past one is shown clipped as
+    'x [lo, hi] (n=2, CI clipped at 0)' instead of a symmetric '±' that would cross it."""
     if mean is None or not math.isfinite(mean):
-        return ""
+        return "n/a"
     m = f"{mean * scale:.{digits}f}"
     if half_width is None or not math.isfinite(half_width):
         return f"{m} (n={n}, no CI)"
+    lo, hi = mean - half_width, mean + half_width
+    blo, bhi = bounds
+    clipped = []
+    if blo is not None and lo < blo:
+        lo = blo
+        clipped.append(f"{blo * scale:g}")
+    if bhi is not None and hi > bhi:
+        hi = bhi
+        clipped.append(f"{bhi * scale:g}")
+    if clipped:
+        return (f"{m} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}] (n={n}, CI clipped at "
+                f"{' and '.join(clipped)})")
     return f"{m} ± {half_width * scale:.{digits}f} (n={n})"
 
 
 def format_summary(summary: pd.DataFrame, by: Sequence[str] = GROUP,
-                   formats: dict[str, tuple[int, float, str]] | None = None) -> pd.DataFrame:
+                   formats: dict[str, tuple[int, float, str]] | None = None,
+                   na: dict[str, str] | None = None) -> pd.DataFrame:
     """:func:`summary_table` as one row per (by..., variant) and one string column per metric,
-    'mean ± CI half-width (n=...)'. formats: metric -> (digits, scale, column title)."""
+    'mean ± CI half-width (n=...)' (clipped at the metric's physical bounds, :func:`metric_bounds`); a metric
+    a row lacks shows 'n/a', or 'n/a (why)' with ``na``: metric -> why. formats: metric -> (digits, scale, column
+    title)."""
     formats = formats or {
         "val_loss": (3, 1.0, "val loss (nats/token)"),
         "val_acc": (1, 100.0, "val accuracy (%)"),
@@ -114,11 +152,13 @@ def format_summary(summary: pd.DataFrame, by: Sequence[str] = GROUP,
     if summary.empty:
         return pd.DataFrame()
     s = summary.copy()
-    s["text"] = [format_mean_ci(r["mean"], r["half_width"], int(r["n"]), *formats.get(r["metric"], (3, 1.0, ""))[:2])
+    s["text"] = [format_mean_ci(r["mean"], r["half_width"], int(r["n"]), *formats.get(r["metric"], (3, 1.0, ""))[:2],
+                                bounds=metric_bounds(r["metric"]))
                  for _, r in s.iterrows()]
     wide = s.pivot_table(index=[*by, "variant"], columns="metric", values="text", aggfunc="first", sort=False)
     cols = [m for m in formats if m in wide.columns] + [m for m in wide.columns if m not in formats]
-    wide = wide[cols].rename(columns={m: formats[m][2] for m in cols if m in formats}).fillna("")
+    wide = wide[cols].fillna({m: f"n/a ({why})" for m, why in (na or {}).items() if m in cols}).fillna("n/a")
+    wide = wide.rename(columns={m: formats[m][2] for m in cols if m in formats})
     wide.columns.name = None
     return wide.reset_index()
 

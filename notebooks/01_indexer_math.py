@@ -51,9 +51,12 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 seed: int = 0
 device: str = "cpu"  # "cpu", "cuda" or "auto"
-checkpoint: str = ""  # a DSA checkpoint (torch.save {'model_config', 'state_dict'}) instead of the random model
+checkpoint: str = ""  # a DSA checkpoint (torch.save {'model_config', 'state_dict'}) instead of training one here
+train_steps: int = 100  # dense LM steps of the inspected model, trained here on Shakespeare (0: a random model)
+train_warmup: int = 30  # indexer-only KL warm-up steps after them (DeepSeek's recipe)
+train_seq_len: int = 128  # tokens per training sequence
 # the inspected model (ignored when a checkpoint is given)
-vocab_size: int = 256
+vocab_size: int = 256  # random model only (a trained one uses the corpus's BPE vocabulary)
 d_model: int = 64
 n_layers: int = 3
 n_heads: int = 4
@@ -65,7 +68,8 @@ init_gain: float = 8.0  # random model only: gain on the q/k/indexer projections
 batch: int = 4  # sequences for the statistics
 seq_len: int = 256  # tokens per sequence for the statistics
 top_k: int = 32  # keys kept per query
-view_len: int = 64  # tokens shown in the heatmaps and the explorer
+view_len: int = 64  # tokens shown in the heatmaps and at the explorer's start
+explorer_len: int = 512  # the explorer's longest sequence (its length slider's maximum)
 local_window: int = 16  # tokens: "local" means t - s < local_window
 k_sweep: str = "4,8,16,32,64,128"  # k values of the recall sweep (those up to seq_len are used)
 # cost plot at DeepSeek-V3.2-like sizes
@@ -86,6 +90,10 @@ P = check_params(
         "seq_len": between(8, None),
         "top_k": between(1, "seq_len"),
         "view_len": between(2, "seq_len"),
+        "explorer_len": between("view_len", 4096),
+        "train_steps": between(0, None),
+        "train_warmup": between(0, None),
+        "train_seq_len": between(8, None),
         "local_window": between(1, "seq_len"),
         "batch": between(1, None),
         "n_layers": between(1, None),
@@ -110,7 +118,7 @@ import pandas as pd
 import plotly.express as px
 import seaborn as sns
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from dsa import analysis as A
 from dsa.figures import IndexerExplorer, save_static, setup_plotting
@@ -118,11 +126,13 @@ from dsa.layers import IndexerConfig, LightningIndexer
 from dsa.ops import indexer_scores, indexer_topk, select_topk, selection_to_mask
 from dsa.probes import causality_probe
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope
 
 setup_plotting()
 DEV = resolve_device(P.device)
 SOURCE = fresh_run_label(DEV)
 print("Every number and figure in this notebook is a", SOURCE, "(no recorded data is read).")
+display(Markdown(fresh_run_scope("01_indexer_math", device=DEV.type)))
 
 
 def maybe_save(fig, name):
@@ -221,21 +231,35 @@ print(piv.loc[[lengths[0], lengths[len(lengths) // 2], lengths[-1]]].map(lambda 
 #
 # ## 3 · Top-k selection and the causal guard
 #
-# We now look at a real (small) DSA model: a `dsa.model.TransformerLM` with `attention='dsa'`, randomly
-# initialised unless a `checkpoint` is given, fed with tokens from a small alphabet (so tokens recur,
-# and the last quarter repeats the first). Per query $t$ the selection keeps the top-k of $I[t, s]$ over
-# $s \le t$ (all past tokens while $t < k$).
+# We now look at a real (small) DSA model: a `dsa.model.TransformerLM` with `attention='dsa'`, **trained
+# here** (`dsa.analysis.train_inspect_model`: `train_steps` dense LM steps on the Shakespeare plays, then
+# `train_warmup` steps of DeepSeek's KL warm-up, which teach the indexer to point where dense attention
+# looks; about half a minute on a laptop CPU, a progress bar counts the steps), fed with text of the
+# validation plays. A `checkpoint` replaces it; `train_steps=0` gives a random model fed with tokens from a
+# small alphabet (the last quarter repeating the first). Per query $t$ the selection keeps the top-k of
+# $I[t, s]$ over $s \le t$ (all past tokens while $t < k$).
 #
 # **The seed's leak.** The seed code built its top-k mask from scores *without* the causal mask and
 # passed it to `scaled_dot_product_attention(attn_mask=...)` *without* `is_causal`: any future token with
 # a high score gets selected and attended to. Left: that selection; right: with the guard.
 
 # %%
-model, MODEL_LABEL = A.make_inspect_model(
-    P.checkpoint, vocab_size=P.vocab_size, d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads,
-    indexer_heads=P.indexer_heads, indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim,
-    max_seq_len=P.seq_len, top_k=P.top_k, seed=P.seed, init_gain=P.init_gain, device=DEV)
-tokens = A.structured_tokens(P.batch, P.seq_len, model.cfg.vocab_size, seed=P.seed).to(DEV)
+MAX_LEN = max(P.seq_len, P.explorer_len)
+TRAINED = not P.checkpoint and P.train_steps > 0
+if TRAINED:
+    model, MODEL_LABEL, _ = A.train_inspect_model(
+        steps=P.train_steps, warmup_steps=P.train_warmup, seq_len=P.train_seq_len, max_seq_len=MAX_LEN,
+        d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads, indexer_heads=P.indexer_heads,
+        indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim, top_k=P.top_k, seed=P.seed, device=DEV)
+    tokens = A.corpus_tokens(P.batch, P.seq_len, vocab_size=model.cfg.vocab_size, seed=P.seed).to(DEV)
+    explorer_tokens = A.corpus_tokens(1, P.explorer_len, vocab_size=model.cfg.vocab_size, seed=P.seed + 1).to(DEV)
+else:
+    model, MODEL_LABEL = A.make_inspect_model(
+        P.checkpoint, vocab_size=P.vocab_size, d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads,
+        indexer_heads=P.indexer_heads, indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim,
+        max_seq_len=MAX_LEN, top_k=P.top_k, seed=P.seed, init_gain=P.init_gain, device=DEV)
+    tokens = A.structured_tokens(P.batch, P.seq_len, model.cfg.vocab_size, seed=P.seed).to(DEV)
+    explorer_tokens = A.structured_tokens(1, P.explorer_len, model.cfg.vocab_size, seed=P.seed).to(DEV)
 layers = A.layer_tensors(model, tokens)
 print(f"{MODEL_LABEL}: {model.cfg.n_layers} layers, {model.cfg.n_heads} heads × {model.cfg.head_dim}, "
       f"indexer {model.cfg.indexer_heads} heads × {model.cfg.indexer_dim} (RoPE on {model.cfg.indexer_rope_dim}); "
@@ -290,7 +314,8 @@ print("As expected: the seed's variant leaks the future, the guarded one is exac
 # %% [markdown]
 # ## 4 · Explore: indexer scores → top-k selection → sparse attention (vs dense)
 #
-# Move the sliders: **k**, the sequence length shown, the layer, the attention head, the indexer head
+# Move the sliders: **k**, the sequence length shown (up to `explorer_len` tokens of one validation
+# sequence), the layer, the attention head, the indexer head
 # (-1 shows the full weighted sum; a head number shows that head's term $w[t,j]\,\mathrm{ReLU}(\cdot)$
 # alone — the selection always uses the full sum) and the causal guard. The four heatmaps update in place.
 # Rows are queries $t$, columns keys $s$; blank cells are masked. The line above the plots gives the
@@ -300,8 +325,9 @@ print("As expected: the seed's variant leaks the future, the guarded one is exac
 # A static copy of the default view follows the widget, for reports (a widget needs a live kernel).
 
 # %%
-explorer = IndexerExplorer(layers, A.explorer_views, max_len=P.view_len, top_k=k_view,
-                           title=f"Indexer explorer — {MODEL_LABEL}")
+explorer_layers = A.layer_tensors(model, explorer_tokens)
+explorer = IndexerExplorer(explorer_layers, A.explorer_views, max_len=P.explorer_len, seq_len=P.view_len, top_k=k_view,
+                           title=f"Indexer explorer — {MODEL_LABEL.split(' (')[0]}")
 display(explorer.widget)
 
 # %%
@@ -358,9 +384,10 @@ px.histogram(dists, x="distance t−s (tokens)", color="indexer head", facet_col
              ).update_yaxes(title_text="fraction of selections").show()
 
 # %% [markdown]
-# With a random model the heads have no learned preference: differences come from RoPE and the input
-# (recurring tokens, the repeated last quarter). With a trained checkpoint (`checkpoint=...`) these plots
-# show whether heads specialise into local and long-range ones.
+# With the model trained here the indexer has had a few dozen warm-up steps: heads may already lean local
+# or long-range, but a longer-trained model (`checkpoint=...`) is what shows whether they specialise. With
+# a random model (`train_steps=0`) the heads have no learned preference: differences then come from RoPE
+# and the input (recurring tokens, the repeated last quarter).
 #
 # ## 6 · Sparsity: how much of dense attention does the selection keep?
 #
@@ -397,9 +424,9 @@ plt.show()
 sp.pivot_table(index=["layer", "k"], columns="selection", values="dense_mass_recall").round(3)
 
 # %% [markdown]
-# A random model's indexer has not learned where attention goes, so it need not beat the sliding window;
-# training the indexer (the KL warm-up, notebook on training) is what should lift its curve above the
-# window's, at the same k.
+# Better looks like the indexer's curve above the sliding window's at the same k. A random model's
+# indexer has not learned where attention goes, so it need not beat the window; the KL warm-up of the
+# model trained here is what should lift its curve (notebook 06 measures the effect at full size).
 #
 # ## Summary
 #

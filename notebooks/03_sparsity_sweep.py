@@ -91,8 +91,10 @@ from IPython.display import Markdown, display
 
 from dsa import stats as S
 from dsa import verdicts as V
-from dsa.figures import figure_saver, setup_plotting
+from dsa.figures import figure_saver, heatmap_pair_figure, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope
 from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
 setup_plotting()
@@ -100,6 +102,8 @@ pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("03_sparsity_sweep", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs: a fresh sweep, and the recorded GPU sweep if there is one
@@ -107,7 +111,7 @@ maybe_save = figure_saver(P.save_figures)
 # %%
 fresh = None
 if P.run_fresh:
-    fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device,
+    fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device, progress=True,
                         reuse=P.reuse_runs, time_budget_s=P.fresh_time_budget_s or None,
                         seq_lens=parse_list(P.fresh_seq_lens), seeds=parse_list(P.fresh_seeds),
                         ratios=parse_list(P.fresh_ratios, float), ratio_grid=SPARSITY_RATIOS,
@@ -127,7 +131,11 @@ for label, recs, prov in sources:
     print(f"{label}: {len(recs)} runs — {prov}")
 df = pd.concat([runs_table(recs, label, ratios=SPARSITY_RATIOS) for label, recs, _ in sources], ignore_index=True)
 df["k/L"] = np.where(df.attention == "dense", "dense", df.ratio.map(lambda r: f"{r:g}"))
-df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first")).unstack("k/L")
+# one cell per (source, L, k/L): how many runs (seeds) and which k; "not run" where the sweep has none
+cells = df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first"))
+cells["cell"] = cells.runs.astype(str) + " runs, k=" + cells.k.astype(int).astype(str)
+cells.cell.unstack("k/L").reindex(columns=[c for c in [*map("{:g}".format, SPARSITY_RATIOS), "dense"]
+                                           if c in set(df["k/L"])]).fillna("not run")
 
 # %% [markdown]
 # ## 2 · Loss over (L, k/L): mean ± CI over seeds
@@ -150,22 +158,12 @@ for label, recs, prov in sources:
     cols = [c for c in ORDER if c in set(g["k/L"])]
     mean = g.pivot(index="seq_len", columns="k/L", values="mean")[cols]
     diff = g.pivot(index="seq_len", columns="k/L", values="minus_dense")[cols]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 2.4 + 0.7 * len(mean)))
-    sns.heatmap(mean, annot=True, fmt=".3f", cmap="viridis_r", ax=axes[0],
-                cbar_kws={"label": "val loss (nats/token)"})
-    axes[0].set(xlabel="k/L (fraction of past tokens kept)", ylabel="sequence length L (tokens)",
-                title="Validation loss\n(lower is better)")
-    lim = np.nanmax(np.abs(diff.values)) or 1e-9
-    sns.heatmap(diff, annot=True, fmt="+.4f", cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=axes[1],
-                cbar_kws={"label": "loss − dense loss (nats/token)"})
-    axes[1].set(xlabel="k/L (fraction of past tokens kept)", ylabel="sequence length L (tokens)",
-                title="Loss − dense at the same L\n(below 0: better than dense)")
-    fig.suptitle(label, fontsize=10)
-    fig.tight_layout()
+    fig = heatmap_pair_figure(mean, diff, title=label)
     maybe_save(fig, "03_sparsity_heatmap" + ("" if label.startswith("fresh") else "_recorded"), prov)
     plt.show()
-    text = g.assign(cell=[V.format_mean_ci(m, h, n) for m, h, n in zip(g["mean"], g.half_width, g.n)])
-    display(text.pivot(index="seq_len", columns="k/L", values="cell")[cols])
+    text = g.assign(cell=[V.format_mean_ci(m, h, n, bounds=V.metric_bounds("val_loss"))
+                          for m, h, n in zip(g["mean"], g.half_width, g.n)])
+    display(text.pivot(index="seq_len", columns="k/L", values="cell")[cols].fillna("n/a (not run)"))
 
 # %% [markdown]
 # The same numbers, interactive: hover for the mean, the interval and the number of seeds; the line plot
@@ -213,17 +211,17 @@ for label, recs, prov in sources:
     tk = S.tukey_by(sparse, by="seq_len", factor="ratio", alpha=P.alpha)
     tk["effect"] = tk.cohens_d.map(S.effect_size_label)
     display(Markdown(f"### {label}\n{prov}\n\n**ANOVA per L** (Bonferroni over the lengths)"))
-    display(results[label]["anova"].round(4))
+    display(readable(results[label]["anova"], 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Tukey HSD, every pair of ratios** (meandiff = loss(group2) − loss(group1); "
                      "Cohen's d of group2 vs group1)"))
-    display(tk.round(4))
+    display(readable(tk, 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Each ratio vs dense**, paired by seed (mean_diff = ratio − dense; Bonferroni over the table)"))
     vs = results[label]["vs_dense"]
     if len(vs):
-        display(vs[["seq_len", "variant", "n_pairs", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p",
-                    "p_adj", "significant", "cohens_d", "note"]].round(4))
+        display(readable(vs[["seq_len", "variant", "n_pairs", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p",
+                    "p_adj", "significant", "cohens_d", "note"]], 4, na="n/a (too few runs, or no spread between them)"))
     display(Markdown("**Optimal ratio per L** (lowest mean loss; `ratios_not_worse`: not significantly worse by Tukey)"))
-    display(results[label]["optimal"].round(4))
+    display(readable(results[label]["optimal"], 4, na="n/a (too few runs, or no spread between them)"))
 
 # %% [markdown]
 # ### Cost: time per step against k/L

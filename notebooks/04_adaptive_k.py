@@ -88,10 +88,12 @@ import torch
 from IPython.display import Markdown, display
 
 from dsa import verdicts as V
-from dsa.analysis import chosen_k_counts, config_mean_k, k_policy_override
+from dsa.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_override
 from dsa.experiments import get_experiment
-from dsa.figures import figure_saver, setup_plotting
+from dsa.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope
 from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
                       train_keeping_models, validation_batches)
 
@@ -100,6 +102,8 @@ pd.set_option("display.max_colwidth", None)
 DEV = resolve_device(P.device)
 FRESH_LABEL = fresh_run_label(DEV)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("04_adaptive_k", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs
@@ -112,7 +116,7 @@ fresh, models = None, {}
 if P.run_fresh:
     configs = select_configs(get_experiment("exp3_adaptive", P.fresh_size), seeds=parse_list(P.fresh_seeds),
                              steps=P.fresh_steps or None)
-    fresh = train_keeping_models(configs, device=P.device)
+    fresh = train_keeping_models(configs, device=P.device, progress=True)
     for r in fresh:
         models[(r["name"], r["config"]["k_policy"], r["config"]["k_mass"], r["config"]["seed"])] = r.pop("model")
 recorded = recorded_runs(P.recorded)
@@ -163,7 +167,7 @@ df["mean_k"] = mk["mean_k"].values  # same order as df (one row per record, sour
 df["mean_k / L"] = df["mean_k"] / df["seq_len"]
 if per_layer_rows:
     display(pd.DataFrame(per_layer_rows).pivot_table(index=["source", "arm"], columns="layer", values="mean_k",
-                                                     aggfunc="mean").add_prefix("layer ").round(1))
+                                                     aggfunc="mean").add_prefix("layer ").pipe(readable, 1, na="n/a (no such layer)"))
 
 # %% [markdown]
 # ## 3 · Quality, keys per query and speed: mean ± CI over seeds
@@ -180,7 +184,8 @@ summary = arm_summary(df)
 table = V.format_summary(summary, by=("source", "device", "seq_len"), formats={
     "val_loss": (3, 1.0, "val loss (nats/token)"), "val_acc": (1, 100.0, "val accuracy (%)"),
     "mean_k": (1, 1.0, "keys per query (mean)"), "sparse_time_per_step_s": (1, 1e3, "time per step (ms)"),
-    "recall": (3, 1.0, "indexer recall (dense mass kept)")})
+    "recall": (3, 1.0, "indexer recall (dense mass kept)")},
+    na={"mean_k": "not recorded: a recorded run keeps no model to count", "recall": "dense attention has no selection"})
 table["_o"] = table.variant.map({a: i for i, a in enumerate(ARMS)})
 display(table.sort_values(["source", "_o"]).drop(columns="_o").rename(columns={"variant": "arm"}))
 
@@ -205,22 +210,15 @@ for label, recs, prov in sources:
     fig.update_traces(textposition="top center", textfont_size=9)
     fig.show()
 
-# the static figure shows the recorded sweep once it holds fixed and adaptive arms, else the fresh run
+# the static figure shows the recorded sweep once it holds fixed and adaptive arms, else the fresh run. A recorded
+# adaptive arm's keys per query were not measured (no model is kept): it is drawn at its upper bound, the keys
+# of the fixed arm with the same cap, with an arrow towards fewer keys.
 rec_kinds = set(pts[pts.source == sources[-1][0]].kind) if recorded else set()
 plot_label, _, plot_prov = sources[-1] if {"fixed k", "adaptive k"} <= rec_kinds else sources[0]
-p = pts[pts.source == plot_label]
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-sns.scatterplot(p, x="keys", y="loss", hue="kind", style="kind", s=90, ax=axes[0])
-for _, r in p.iterrows():
-    axes[0].annotate(r.arm, (r["keys"], r["loss"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-axes[0].set(xlabel="mean keys per query / L (fraction)", ylabel="validation loss (nats/token)",
-            title="Quality vs keys kept (lower-left is better)")
-order = [a for a in ARMS if a in set(p.arm)]
-sns.barplot(p, y="arm", x="ms", order=order, ax=axes[1], color="#4c72b0")
-axes[1].set(xlabel="time per training step (ms; DSA: sparse phase)", ylabel="",
-            title="Speed (lower is better)")
-fig.suptitle(plot_label, fontsize=10)
-fig.tight_layout()
+caps = df[df.source == plot_label].groupby("arm").apply(
+    lambda g: fixed_mean_k(int(g.seq_len.iloc[0]), int(g.top_k.iloc[0])) / int(g.seq_len.iloc[0]), include_groups=False)
+p = pts[pts.source == plot_label].assign(keys_max=lambda d: d.arm.map(caps))
+fig = adaptive_tradeoff_figure(p, ARMS, title=plot_label)
 maybe_save(fig, "04_adaptive_tradeoff", plot_prov)
 plt.show()
 
@@ -290,7 +288,7 @@ if models:
         for li in range(c.shape[0]):
             rows.append({"mass target": level, "layer": li, "mean k": float(c[li].mean()),
                          "mean k / available (t+1)": float((c[li] / avail).mean())})
-    display(pd.DataFrame(rows).round(3))
+    display(readable(pd.DataFrame(rows), 3))
 
 # %% [markdown]
 # ## 5 · Verdict on the seeds' exp3 targets

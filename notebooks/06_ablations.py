@@ -110,6 +110,7 @@ P = check_params(
 P
 
 # %%
+import textwrap
 import time
 
 import matplotlib.pyplot as plt
@@ -122,8 +123,10 @@ from plotly.subplots import make_subplots
 
 from dsa import verdicts as V
 from dsa.analysis import random_recall
-from dsa.figures import figure_saver, setup_plotting
+from dsa.figures import clipped_errors, figure_saver, setup_plotting
+from dsa.tables import readable
 from dsa.records import fresh_run_label
+from dsa.scope import fresh_run_scope, kl_recall_check
 from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
 
 setup_plotting()
@@ -133,6 +136,8 @@ FRESH_LABEL = fresh_run_label(DEV)
 RECORDED_GLOB = {"kl": P.recorded_kl, "warmup": P.recorded_warmup, "heads": P.recorded_heads}
 FRESH_ABLATIONS = parse_list(P.fresh_ablations, str) or list(ABLATIONS)
 maybe_save = figure_saver(P.save_figures)
+display(Markdown(fresh_run_scope("06_ablations", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
+                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs: fresh sweeps, and the recorded GPU sweeps as far as they go
@@ -159,6 +164,7 @@ if P.run_fresh:
                 print(f"fresh_time_budget_s spent: no fresh {ab} sweep")
                 continue
         fresh[ab] = fresh_sweep(ABLATIONS[ab]["experiment"], P.fresh_size, notebook="06_ablations", device=P.device,
+                                progress=True,
                                 reuse=P.reuse_runs, time_budget_s=left, seeds=parse_list(P.fresh_seeds),
                                 steps=P.fresh_steps or None)
     print(f"fresh runs: {sum(map(len, fresh.values()))} in {time.monotonic() - t_start:.0f} s — {FRESH_LABEL}")
@@ -208,6 +214,7 @@ FORMATS = {"val_loss": (3, 1.0, "val loss (nats/token)"), "val_acc": (1, 100.0, 
 PANELS = [("val_loss", 1.0, "validation loss (nats/token)", "lower is better"),
           ("recall", 1.0, "indexer recall (fraction of dense mass)", "higher is better"),
           ("sparse_time_per_step_s", 1e3, "time per step, sparse phase (ms)", "lower is better")]
+UNITS = {"val_loss": "nats/token", "recall": "fraction of dense mass", "sparse_time_per_step_s": "ms"}
 XLABEL = {"kl": "indexer training", "warmup": "warm-up length (indexer-only steps)", "heads": "indexer heads H_I"}
 BY = ("source", "device", "steps")
 
@@ -245,7 +252,12 @@ def show_tables(ab):
     display(c[["source", "metric", "variant", "baseline", "n_pairs", "mean_b", "mean_a", "difference", "p", "p_adj"]]
             .rename(columns={"variant": "arm", "baseline": "reference", "mean_b": "arm mean",
                              "mean_a": "reference mean"})
-            .round(4))
+            .pipe(readable, 4, na="n/a (too few runs, or no spread between them)"))
+
+
+def wrap(arm):
+    """An arm's name on two lines (tick labels of neighbouring panels must not run into each other)."""
+    return arm.replace(" (", "<br>(")
 
 
 def plot_ablation(ab):
@@ -273,7 +285,8 @@ def plot_ablation(ab):
                 sns.stripplot(vals, x="arm", y="y", hue="seed", order=here, ax=ax, size=6, alpha=0.7, jitter=0.08,
                               legend=(j == 0))  # the seeds at each arm, its mean ± CI just left of them
                 st = summ[(summ.source == label) & (summ.metric == m)].set_index("variant").reindex(here)
-                ax.errorbar(np.arange(len(here)) - 0.25, st["mean"] * scale, yerr=st.half_width.fillna(0) * scale,
+                minus, plus = clipped_errors(st["mean"], st.half_width, V.metric_bounds(m))
+                ax.errorbar(np.arange(len(here)) - 0.25, st["mean"] * scale, yerr=[minus * scale, plus * scale],
                             fmt="D", color="black", capsize=4, ms=5, label=f"mean ± {P.confidence:.0%} CI")
                 if m == "recall" and label in floor:
                     ax.axhline(floor[label], color="0.5", ls="--", lw=1)
@@ -291,35 +304,44 @@ def plot_ablation(ab):
     maybe_save(fig, f"06_ablation_{ab}", " | ".join(p for _, p in srcs))
     plt.show()
     # interactive: the same panels; hover a point for its seed and the file it was read from
-    pf = make_subplots(rows=len(srcs), cols=len(PANELS), vertical_spacing=0.18 if len(srcs) > 1 else 0.1,
-                       subplot_titles=[f"{l[:40]}: {y.split(' (')[0]} ({b})" for l, _ in srcs for _, _, y, b in PANELS])
+    pf = make_subplots(rows=len(srcs), cols=len(PANELS), vertical_spacing=0.22 if len(srcs) > 1 else 0.1,
+                       horizontal_spacing=0.09,
+                       subplot_titles=[f"{'fresh' if l.startswith('fresh') else 'recorded'}: {y.split(' (')[0]} ({b})"
+                                       for l, _ in srcs for _, _, y, b in PANELS])
     for i, (label, prov) in enumerate(srcs):
         d = df[df.source == label]
         here = [a for a in arms if a in set(d.arm)]
         for j, (m, scale, ylabel, better) in enumerate(PANELS):
             vals = d.dropna(subset=[m])
-            pf.add_trace(go.Scatter(x=vals.arm, y=vals[m] * scale, mode="markers", marker=dict(size=7, opacity=0.6),
+            pf.add_trace(go.Scatter(x=vals.arm.map(wrap), y=vals[m] * scale, mode="markers", marker=dict(size=7, opacity=0.6),
                                     name="runs (one per seed)", legendgroup="runs", showlegend=(i == 0 and j == 0),
                                     customdata=np.stack([vals.seed, vals.origin], axis=-1) if len(vals) else None,
                                     hovertemplate="%{x}<br>seed %{customdata[0]}<br>%{y:.4f}<br>%{customdata[1]}"
                                                   "<extra></extra>"), row=i + 1, col=j + 1)
             st = summ[(summ.source == label) & (summ.metric == m)].set_index("variant").reindex(here)
             st = st.dropna(subset=["mean"])
-            pf.add_trace(go.Scatter(x=st.index, y=st["mean"] * scale, mode="markers+lines",
+            pf.add_trace(go.Scatter(x=[wrap(a) for a in st.index], y=st["mean"] * scale, mode="markers+lines",
                                     line=dict(color="black", width=1),
                                     marker=dict(symbol="diamond", size=9, color="black"),
-                                    error_y=dict(array=st.half_width.fillna(0) * scale),
+                                    error_y=dict(array=clipped_errors(st["mean"], st.half_width, V.metric_bounds(m))[1] * scale,
+                                                 arrayminus=clipped_errors(st["mean"], st.half_width,
+                                                                           V.metric_bounds(m))[0] * scale),
                                     name=f"mean ± {P.confidence:.0%} CI", legendgroup="mean",
                                     showlegend=(i == 0 and j == 0)), row=i + 1, col=j + 1)
             if m == "recall" and label in floor:
                 pf.add_hline(y=floor[label], line_dash="dash", line_width=1, line_color="gray", row=i + 1, col=j + 1,
                              annotation_text="random selection", annotation_font_size=9)
-            pf.update_yaxes(title_text=ylabel, row=i + 1, col=j + 1, title_font_size=10)
-            pf.update_xaxes(type="category", categoryorder="array", categoryarray=here, row=i + 1, col=j + 1,
+            pf.update_yaxes(title_text=UNITS[m], row=i + 1, col=j + 1, title_font_size=10, title_standoff=4)
+            pf.update_xaxes(type="category", categoryorder="array", categoryarray=[wrap(a) for a in here], row=i + 1, col=j + 1,
                             title_text=XLABEL[ab] if i == len(srcs) - 1 else None, title_font_size=10)
     pf.update_annotations(font_size=10)
-    pf.update_layout(height=380 * len(srcs) + 60, title=f"Ablation: {ABLATIONS[ab]['title']}<br><sup>"
-                     + " | ".join(p for _, p in srcs)[:300] + "</sup>", margin=dict(t=110))
+    subtitle = "<br>".join(line for l, p in srcs for line in textwrap.wrap(f"{l}: {p}", 150))
+    n_lines = subtitle.count("<br>") + 1
+    pf.update_layout(height=400 * len(srcs) + 120 + 18 * n_lines, width=1100,
+                     title=dict(text=f"Ablation: {ABLATIONS[ab]['title']}<br><sup>{subtitle}</sup>", y=1, pad=dict(t=14),
+                                yanchor="top", yref="container"),
+                     margin=dict(t=95 + 18 * n_lines, b=110), legend=dict(orientation="h", y=-0.25 / len(srcs), x=0,
+                                                                          yanchor="top"))
     pf.show()
 
 
@@ -353,6 +375,9 @@ def show_verdict(ab):
 
 # %%
 show_tables("kl")
+for label, _ in DATA["kl"]["sources"]:
+    if label.startswith("fresh"):
+        display(Markdown(f"*{label}*: " + kl_recall_check(DATA["kl"]["df"][DATA["kl"]["df"].source == label])))
 
 # %% [markdown]
 # Per arm, each dot is one seed's run; the black diamond is the mean with its confidence interval.

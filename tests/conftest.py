@@ -1,5 +1,24 @@
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_output_folders(tmp_path_factory):
+    """Every test writes runs (``$DSA_RUNS_DIR``: notebooks' fresh sweeps) and static figures
+    (``$DSA_FIGURES_DIR``) into this session's temporary folders, never into the checkout's ``runs/`` or
+    ``figures/``: a ``make report`` running in the same checkout keeps its files. Notebook kernels started by
+    the tests inherit the environment."""
+    saved = {k: os.environ.get(k) for k in ("DSA_RUNS_DIR", "DSA_FIGURES_DIR")}
+    os.environ["DSA_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    os.environ["DSA_FIGURES_DIR"] = str(tmp_path_factory.mktemp("figures"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture

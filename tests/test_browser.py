@@ -36,7 +36,7 @@ CHROMIUM_FLAGS = [
 ]
 # Small values so that "run all" takes seconds; injected as papermill would (an injected-parameters cell).
 PARAMS = {"seq_len": 64, "batch": 2, "top_k": 12, "view_len": 32, "local_window": 8, "k_sweep": "4,8,16",
-          "n_layers": 2, "save_figures": False}
+          "n_layers": 2, "save_figures": False, "train_steps": 10, "train_warmup": 5, "explorer_len": 96}
 K_LABEL = "top-k k (keys)"
 
 if not Path(CHROMIUM).is_file():

@@ -8,6 +8,7 @@ as soon as it exists. Figures go to a temporary folder, never to figures/.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -59,6 +60,14 @@ def test_notebook_runs_with_small_params(nb_path: Path, tmp_path: Path):
     nb = nbformat.read(str(out), as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    # every static figure it saved passed dsa.figcheck (no overlapping labels, NaN cells, out-of-bound intervals)
+    checks = sorted((tmp_path / "figures").glob("*.check.json"))
+    problems = {c.name: json.loads(c.read_text())["problems"] for c in checks}
+    assert not {k: v for k, v in problems.items() if v}, problems
+    # no NaN shown in a table (an HTML table cell holding only NaN / None / <NA>)
+    nan_tables = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])
+                  if re.search(r"<td>\s*(NaN|nan|None|&lt;NA&gt;)\s*</td>", str(o.get("data", {}).get("text/html", "")))]
+    assert not nan_tables, f"NaN shown in the tables of cells {nan_tables}"
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -219,6 +220,24 @@ def test_summary_table_means_and_intervals():
     cell = wide[(wide.variant == "DSA scratch (leaky)") & (wide.seq_len == 64)]["val loss (nats/token)"].iloc[0]
     assert cell.startswith("0.410 ± ") and cell.endswith("(n=3)")
     assert V.format_mean_ci(1.0, float("nan"), 1) == "1.000 (n=1, no CI)"
+    assert V.format_mean_ci(float("nan"), 0.1, 0) == "n/a"
+
+
+def test_intervals_never_cross_a_physical_bound():
+    # the '422.0 ± 4779.8' ms: a time interval is clipped at 0, an accuracy at 100%
+    assert V.format_mean_ci(0.422, 4.7798, 2, 1, 1e3, bounds=V.metric_bounds("sparse_time_per_step_s")) == \
+        "422.0 [0.0, 5201.8] (n=2, CI clipped at 0)"
+    assert V.format_mean_ci(0.95, 0.2, 2, 1, 100.0, bounds=V.metric_bounds("val_acc")).startswith("95.0 [75.0, 100.0]")
+    assert V.format_mean_ci(0.5, 0.1, 3, 1, 100.0, bounds=V.metric_bounds("val_acc")) == "50.0 ± 10.0 (n=3)"
+    df = pd.DataFrame({"variant": ["a", "a", "b", "b"], "seq_len": 64, "seed": [0, 1, 0, 1],
+                       "sparse_time_per_step_s": [0.01, 0.9, 0.02, 0.021], "val_acc": [0.99, 0.5, 0.3, 0.31]})
+    t = V.format_summary(V.summary_table(df, metrics=("sparse_time_per_step_s", "val_acc"), by=("seq_len",)),
+                         by=("seq_len",))
+    for text in t.drop(columns=["seq_len", "variant"]).to_numpy().ravel():
+        nums = [float(x) for x in re.findall(r"-?\d+\.\d+", text.split("(n=")[0])]
+        assert min(nums) >= 0 and "nan" not in text.lower(), text
+        if "[" in text:
+            assert "clipped" in text
 
 
 def test_verdicts_refute_the_seeds_claims_when_only_the_leak_wins():
@@ -838,3 +857,13 @@ def test_selection_profile_rows_per_launch():
     assert prof.ms.tolist() == [0.5, 2.0] and prof.radix_topk_ms.eq(3.0).all()
     assert prof.one_read_ms.iloc[0] == pytest.approx(32768 * 32769 / 2 * 4 / 3.35e12 * 1e3)
     assert B.selection_profile(pd.DataFrame({"L": [1]})).empty
+
+
+# ------------------------------------------------------------------------------ test isolation
+def test_runs_and_figures_go_to_temporary_folders():
+    from dsa.figures import figures_dir
+    from dsa.provenance import REPO_ROOT
+    from dsa.runs import runs_dir
+
+    assert not runs_dir("x").resolve().is_relative_to(REPO_ROOT.resolve())
+    assert not figures_dir().resolve().is_relative_to(REPO_ROOT.resolve())
