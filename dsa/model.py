@@ -19,6 +19,9 @@ from .config import ModelConfig
 from .layers import INDEXER_LOSSES, AttentionAux, DenseAttention, DSAAttention, RMSNorm
 
 
+SELECTION_FIELDS = ("top_k", "k_policy", "k_mass", "k_min", "leak_future")
+
+
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
@@ -84,19 +87,22 @@ class TransformerLM(nn.Module):
 
     @contextlib.contextmanager
     def selection_override(self, **changes) -> Iterator[TransformerLM]:
-        """Temporarily change the selection of every DSA layer (fields of :class:`dsa.layers.SparseConfig`:
-        top_k, k_policy, k_mass, k_min, leak_future), the model's config alike; both restored on exit."""
+        """Temporarily change the selection of every DSA layer (``SELECTION_FIELDS`` of
+        :class:`dsa.layers.SparseConfig`) and the model's config (a new object: the caller's config is never
+        changed); both restored on exit."""
+        unknown = set(changes) - set(SELECTION_FIELDS)
+        if unknown:
+            raise ValueError(f"selection_override changes only {SELECTION_FIELDS}, got {sorted(unknown)}")
         layers = [m for m in self.modules() if isinstance(m, DSAAttention)]
-        old_cfg = dataclasses.replace(self.cfg)
-        old = [m.sparse_cfg for m in layers]
-        for m in layers:
-            m.sparse_cfg = dataclasses.replace(m.sparse_cfg, **changes)  # validated by SparseConfig
-        for name, value in changes.items():
-            setattr(self.cfg, name, value)
+        old_layers, old_cfg = [m.sparse_cfg for m in layers], self.cfg
+        new = [dataclasses.replace(c, **changes) for c in old_layers]  # validated by SparseConfig, before any change
+        self.cfg = dataclasses.replace(old_cfg, **changes)
+        for m, c in zip(layers, new):
+            m.sparse_cfg = c
         try:
             yield self
         finally:
-            for m, c in zip(layers, old):
+            for m, c in zip(layers, old_layers):
                 m.sparse_cfg = c
             self.cfg = old_cfg
 

@@ -14,8 +14,10 @@ mkdir -p "$OUT"
 what=${1:-all}
 export PYTHONUNBUFFERED=1
 if [[ $what == tests || $what == all ]]; then
-  python -m pytest -q -x tests/test_kernels.py -k "real or many_heads or kl or fwd_bwd" tests/test_compile.py \
-    tests/test_layers.py 2>&1 | tail -40 | tee "$OUT/tests.log"
+  # -k applies to every file on a pytest line: the kernel subset runs apart from the compile and layer tests
+  { python -m pytest -q -x tests/test_kernels.py -k "real or many_heads or kl or fwd_bwd" 2>&1 | tail -5
+    python -m pytest -q -x tests/test_compile.py tests/test_layers.py tests/test_model.py 2>&1 | tail -5; } \
+    | tee "$OUT/tests.log"
 fi
 if [[ $what == layer || $what == all ]]; then
   python -m dsa.bench_layer --seq-lens ${LAYER_LENS:-32768 65536 8192 16384} --top-k 2048 --d-model 1024 \

@@ -90,3 +90,12 @@ def test_triton_on_cpu_without_the_interpreter_says_why(monkeypatch):
     q = torch.zeros(1, 2, 8, 4)
     with pytest.raises(ValueError, match="impl='triton' cannot run here"):
         sparse_attention(q, q, q, torch.zeros(1, 8, 2, dtype=torch.int32), impl="triton")
+
+
+def test_a_repeated_position_weighs_twice_in_every_reference_path(gen):
+    """The mask path (CPU, L <= 512) counts a repeated position as the gather path and the kernels do."""
+    q, k, v = _qkv(gen, 1, 2, 1, 9, 4)
+    idx = torch.tensor([[[0, -1, -1]] + [[1, 0, 0]] * 8], dtype=torch.int32)
+    gathered, lse_g = sparse_attention_gather(q, k, v, idx, scale=0.5)
+    torch.testing.assert_close(sparse_attention_masked(q, k, v, idx, scale=0.5), gathered)
+    torch.testing.assert_close(sparse_attention(q, k, v, idx, scale=0.5, return_lse=True)[1], lse_g.float())

@@ -91,7 +91,7 @@ def test_loss_inputs_are_checked_by_name(gen):
     sel = indexer_topk(qi, ki, w, 3)
     with pytest.raises(ValueError, match="k_idx.shape\\[0\\] \\(B\\)"):
         sparse_indexer_kl(q, k, qi, ki[:1], w, sel)
-    with pytest.raises(ValueError, match="lse must have shape"):
+    with pytest.raises(ValueError, match="lse must be a float tensor of shape"):
         sparse_indexer_kl(q, k, qi, ki, w, sel, lse=torch.zeros(2, 4, 8))
     with pytest.raises(ValueError, match="dense_indexer_kl: impl='triton' cannot run here"):
         dense_indexer_kl(q, k, qi, ki, w, impl="triton")

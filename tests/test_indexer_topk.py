@@ -156,3 +156,16 @@ def test_topk_positions_reference_is_ascending_and_pads_short_rows(gen):
     out = topk_positions(scores, 4, torch.tensor([10, 2, 0]))
     assert out[1].tolist()[2:] == [-1, -1] and out[2].tolist() == [-1] * 4
     assert torch.equal(out[0], torch.topk(scores[0], 4).indices.sort().values)
+
+
+def test_ties_and_minus_inf_take_the_first_past_positions():
+    """A past -inf ranks before the masked future (torch.topk's order did not ensure it); tied scores go to
+    the first positions, as the Triton top-k breaks them."""
+    s = torch.full((1, 4, 8), float("-inf"))
+    s[0, :, 0] = 1.0
+    assert select_topk(s, 3, impl="reference").tolist() == [[[0, -1, -1], [0, 1, -1], [0, 1, 2], [0, 1, 2]]]
+    z = torch.zeros(1, 6, 6)
+    z[0, :, 3] = 1.0
+    assert select_topk(z, 2, impl="reference")[0, 5].tolist() == [3, 0]
+    with pytest.raises(ValueError, match="q_start"):
+        select_topk(z, 2, q_start=-1)

@@ -142,3 +142,14 @@ def test_selection_override_reaches_every_layer_and_is_restored(gen):
         with m.selection_override(k_policy="foo"):
             pass
     assert kept(m(tokens)) == [7, 7]
+
+
+def test_selection_override_leaves_the_callers_config_alone():
+    cfg = _cfg(attention="dsa", top_k=7, leak_future=True)
+    m = TransformerLM(cfg, seed=0)
+    with m.selection_override(leak_future=False, top_k=4):
+        assert m.cfg.top_k == 4 and not m.cfg.leak_future
+    assert cfg.top_k == 7 and cfg.leak_future and m.cfg is cfg
+    with pytest.raises(ValueError, match="selection_override changes only"):
+        with m.selection_override(indexer_heads=2):
+            pass

@@ -200,7 +200,7 @@ class DSAAttention(nn.Module):
             aux.indexer_kl = ops.sparse_indexer_kl(q_d, k_d, qi, ki, wi, aux.selection, lse=lse, scale=t.scale,
                                                    impl=impl)
         if recall:
-            aux.recall = ops.indexer_recall(q_d, k_d, aux.selection)
+            aux.recall = ops.indexer_recall(q_d, k_d, aux.selection, scale=t.scale)
         if keep_tensors:
             aux.tensors = {**_detached(t), "q_idx": qi.detach(), "k_idx": ki.detach(), "w": wi.detach()}
         return self.proj.output(o), aux
@@ -225,8 +225,10 @@ def _check_hidden(x: torch.Tensor, cfg: AttentionConfig) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != cfg.d_model:
         raise ValueError(f"hidden states must be (B, L, d_model={cfg.d_model}), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.shape[1] > cfg.max_seq_len:
-        raise ValueError(f"sequence length {x.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"hidden states must be floating point, got {x.dtype}")
+    if not 1 <= x.shape[1] <= cfg.max_seq_len:
+        raise ValueError(f"sequence length {x.shape[1]} must be in [1, max_seq_len={cfg.max_seq_len}]")
 
 
 def _detached(t: QKV) -> dict:

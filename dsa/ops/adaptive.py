@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check_positive_int
+from .checks import check_finite, check_indexer
 from .indexer import indexer_scores_reference
 
 POLICIES = ("fixed", "mass", "entropy")
@@ -75,6 +76,9 @@ def adaptive_k(
     q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I) -> (B, L) int64.
     """
     check_positive_int("chunk", chunk)
+    check_indexer(q_idx, k_idx, w)
+    for name, t in (("q_idx", q_idx), ("k_idx", k_idx), ("w", w)):
+        check_finite(name, t)
     l = q_idx.shape[1]
     parts = []
     for c0 in range(0, l, chunk):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..checks import check_positive_int
 from .checks import check_qkv, check_scale, check_selection
 from .dispatch import resolve_impl
-from .topk import indexer_topk, selection_to_mask
+from .topk import indexer_topk, selection_counts
 
 # On CPU at small L the masked reference (one dense product) is several times faster than gathering,
 # whose scattered backward dominates; both compute the same function (tests/test_attention.py).
@@ -72,16 +72,22 @@ def sparse_attention_gather(
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
+def _selection_bias(idx: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, seq_len) float32 log-counts of the selection (-inf where not selected: a position selected
+    twice weighs twice, as in the gather), and the (B, L) rows that select nothing."""
+    counts = selection_counts(idx, seq_len)
+    return counts.float().log(), counts.sum(-1) == 0
+
+
 def sparse_attention_masked(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *, scale: float
 ) -> torch.Tensor:
-    """The same function as :func:`sparse_attention_gather` by a dense product with an L x L mask (the
+    """The same function as :func:`sparse_attention_gather` by a dense product with an L x L bias (the
     seeds' approach: every dense FLOP is spent). A query with no selected token gets zeros (SDPA: NaN)."""
     h, l = q.shape[1], q.shape[2]
-    mask = selection_to_mask(idx, l)  # (B, L, L)
-    empty = ~mask.any(-1)
-    mask = mask | empty[..., None]  # keep SDPA finite; those rows are zeroed below
-    out = F.scaled_dot_product_attention(q, expand_kv(k, h), expand_kv(v, h), attn_mask=mask[:, None], scale=scale)
+    bias, empty = _selection_bias(idx, l)
+    bias = bias.masked_fill(empty[..., None], 0.0).to(q.dtype)  # keep SDPA finite; those rows are zeroed below
+    out = F.scaled_dot_product_attention(q, expand_kv(k, h), expand_kv(v, h), attn_mask=bias[:, None], scale=scale)
     return out.masked_fill(empty[:, None, :, None], 0.0)
 
 
@@ -89,7 +95,7 @@ def sparse_attention_masked(
 def _masked_lse(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, scale: float) -> torch.Tensor:
     """log-sum-exp of each query's selected scores, (B, H, L) float32, -inf for an empty selection."""
     s = torch.einsum("bhtd,bhsd->bhts", q.float(), expand_kv(k, q.shape[1]).float()) * scale
-    return s.masked_fill(~selection_to_mask(idx, q.shape[2])[:, None], float("-inf")).logsumexp(-1)
+    return (s + _selection_bias(idx, q.shape[2])[0][:, None]).logsumexp(-1)
 
 
 def sparse_attention(
@@ -104,8 +110,8 @@ def sparse_attention(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of each query over its selected K/V rows only (the same rows for every head).
 
-    q (B, H, L, d_qk); k (B, H_kv, L, d_qk); v (B, H_kv, L, d_v); idx (B, L, K) int32/int64, -1 = unused.
-    scale: default d_qk^-1/2. returns out (B, H, L, d_v) in q's dtype [and lse (B, H, L) float32, -inf for
+    q (B, H, L, d_qk); k (B, H_kv, L, d_qk); v (B, H_kv, L, d_v); idx (B, L, K) int32/int64, -1 = unused; a
+    position listed twice weighs twice (every impl). scale: default d_qk^-1/2. returns out (B, H, L, d_v) in q's dtype [and lse (B, H, L) float32, -inf for
     a query with no selected key; no gradient flows through lse]. Differentiable w.r.t. q, k, v.
     """
     check_qkv(q, k, v)

@@ -130,8 +130,9 @@ def sparse_indexer_kl(
     check_scale(scale)
     b, h, l, d = q.shape
     check_selection(idx, b, l, l)
-    if lse is not None and tuple(lse.shape) != (b, h, l):
-        raise ValueError(f"lse must have shape (B, H, L)=({b}, {h}, {l}), got {tuple(lse.shape)}")
+    if lse is not None and (tuple(lse.shape) != (b, h, l) or not lse.dtype.is_floating_point):
+        raise ValueError(f"lse must be a float tensor of shape (B, H, L)=({b}, {h}, {l}), got {tuple(lse.shape)} "
+                         f"{lse.dtype}")
     scale = d**-0.5 if scale is None else float(scale)
     if resolve_impl(impl, q, k, q_idx, k_idx, w, idx, op="sparse_indexer_kl") == "triton":
         return _sparse_kl_triton(q, k, q_idx, k_idx, w, idx, lse, scale)
@@ -160,21 +161,26 @@ def _sparse_kl_triton(q, k, q_idx, k_idx, w, idx, lse, scale) -> torch.Tensor:
 
 
 @torch.no_grad()
-def indexer_recall(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor) -> dict[str, float]:
-    """Share of the dense attention mass (head-averaged) on the selected tokens.
+def indexer_recall(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, *, scale: float | None = None
+                   ) -> dict[str, float]:
+    """Share of the dense attention mass (head-averaged) on the selected tokens (a measurement: reference only).
 
-    q: (B, H, L, d), k: (B, H_kv, L, d), idx (B, L, K). Returns ``recall``: mean over queries that had to
+    q: (B, H, L, d), k: (B, H_kv, L, d), idx (B, L, K); scale: the attention's softmax scale (default d^-1/2;
+    MLA's absorbed form needs its own). Returns ``recall``: mean over queries that had to
     drop something (more past tokens than selected), the study's measure of indexer quality;
     ``recall_all``: mean over every query (trivial ones count as 1); ``n_nontrivial``: how many queries
     the first mean is over.
     """
+    check_qkv(q, k, k)
+    check_scale(scale)
     b, h, l, _ = q.shape
+    check_selection(idx, b, l, l)
     mass_sum, n_nt, all_sum = 0.0, 0, 0.0
     t_all = torch.arange(l, device=q.device)
     chunk = _chunk(b, h, l)
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
-        p = dense_attention_target(q, k, c0, c1)
+        p = dense_attention_target(q, k, c0, c1, scale)
         ic = idx[:, c0:c1].long()
         mass = (p.gather(-1, ic.clamp(min=0)) * (ic >= 0)).sum(-1)  # (B, C)
         nontrivial = (ic >= 0).sum(-1) < (t_all[c0:c1] + 1)[None, :]

@@ -2,8 +2,8 @@
 
 A selection is a (B, L, K) int32 tensor of key positions, -1 in unused slots: the format FlashMLA and the
 Hugging Face DeepSeek-V3.2 code use. The reference lists a query's positions by descending score; the
-Triton top-k lists them by ascending position (ties: the first positions). Both select the same set up to
-ties, which every consumer (attention, losses) treats as a set.
+Triton top-k (one k) by ascending position. Both take the first positions among tied scores, so they select
+the same set; the per-query-k threshold kernel may break ties otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _k_max(top_k: int | torch.Tensor) -> int:
 def select_topk_reference(
     scores: torch.Tensor, top_k: int | torch.Tensor, *, q_start: int = 0, leak_future: bool = False
 ) -> torch.Tensor:
-    """scores (B, Lq, Lk) for queries q_start.. -> (B, Lq, max k) int32 positions by descending score."""
+    """scores (B, Lq, Lk) for queries q_start.. -> (B, Lq, max k) int32 positions by descending score, tied
+    scores by ascending position."""
     b, lq, lk = scores.shape
     k_t = per_query_k(top_k, b, lq, scores.device)
     k_max = _k_max(top_k)
@@ -49,7 +50,9 @@ def select_topk_reference(
         future = torch.arange(lk, device=scores.device)[None, :] > t[:, None]
         scores = scores.masked_fill(future, float("-inf"))
         available = (t + 1).clamp(max=lk)
-    idx = torch.topk(scores, k_max, dim=-1, sorted=True).indices
+    # a stable sort: ties (ReLU's exact zeros, -inf) go to the first positions, as the Triton top-k breaks
+    # them, and a past -inf ranks before the masked future, which torch.topk's arbitrary order did not ensure
+    idx = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k_max]
     n_sel = torch.minimum(k_t, available[None, :])  # (B, Lq)
     unused = torch.arange(k_max, device=scores.device)[None, None, :] >= n_sel[..., None]
     return idx.masked_fill(unused, -1).to(torch.int32)
@@ -74,6 +77,8 @@ def select_topk(
     check_tensor("scores", scores, 3)
     b, lq, lk = scores.shape
     check_top_k(top_k, lk)
+    if isinstance(q_start, bool) or not isinstance(q_start, int) or q_start < 0:
+        raise ValueError(f"q_start must be an int >= 0, got {q_start!r}")
     if values_checked() and bool(scores.isnan().any()):
         raise ValueError("scores holds NaN values: the top-k cannot rank them")
     why = None if isinstance(top_k, int) else "the Triton top-k takes one k for every query"
@@ -115,7 +120,7 @@ def topk_positions_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor
     (int64 out)."""
     n = scores.shape[-1]
     if lengths is None:
-        return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
+        return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k].sort(dim=-1).values
     lengths = lengths.to(scores.device)
     pos = torch.arange(n, device=scores.device)
     valid = pos < lengths[..., None]
@@ -207,12 +212,17 @@ def indexer_topk(
     return indexer_topk_threshold(q_idx, k_idx, w, per_query_k(top_k, *q_idx.shape[:2], q_idx.device))
 
 
+def selection_counts(idx: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """idx (B, L, K) -> (B, L, seq_len) int32: how often each position is selected (a repeated position
+    counts as often as it appears, as the gather reference and the kernels count it)."""
+    check_tensor("idx", idx, 3)
+    b, l, _ = idx.shape
+    counts = torch.zeros(b, l, seq_len, dtype=torch.int32, device=idx.device)
+    return counts.scatter_add_(2, idx.long().clamp(min=0), (idx >= 0).to(torch.int32))
+
+
 def selection_to_mask(idx: torch.Tensor, seq_len: int) -> torch.Tensor:
     """idx (B, L, K) -> dense bool mask (B, L, seq_len), True at the selected positions (small L, plots,
     the masked reference). Unused slots are counted out, not scattered as False: a False scattered to
     position 0 could overwrite a real selection of position 0."""
-    check_tensor("idx", idx, 3)
-    b, l, _ = idx.shape
-    counts = torch.zeros(b, l, seq_len, dtype=torch.int32, device=idx.device)
-    counts.scatter_add_(2, idx.long().clamp(min=0), (idx >= 0).to(torch.int32))
-    return counts > 0
+    return selection_counts(idx, seq_len) > 0
