@@ -30,8 +30,12 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+# looked up once, without importing triton: torch.compile cannot trace importlib's find_spec at call time
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def _why_not_triton(tensors: tuple[torch.Tensor, ...], unsupported: str | None) -> str | None:
