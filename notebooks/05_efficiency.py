@@ -109,6 +109,7 @@ from IPython.display import Markdown, display
 from dsa import bench as dsa_bench
 from dsa import bench_report as B
 from dsa.figures import save_static, setup_plotting
+from dsa.tables import readable
 from dsa.records import describe_provenance, fresh_run_label, load_records, summarize_provenance
 from dsa.runs import runs_dir
 
@@ -412,7 +413,8 @@ if steps.empty:
     display(Markdown(f"No step profile matches `data/{P.step_profiles}`."))
 else:
     show = steps.rename(columns={"x_first": "x dense", "ms_per_step": "ms/step"})
-    display(show.drop(columns=["device", "commit", "date"]).round(2))
+    display(readable(show.drop(columns=["device", "commit", "date"]), 2,
+                     na={"attention_share": "n/a (not recorded then)"}))
     latest = steps.loc[steps.date.idxmax(), "stage"]  # the most recent profile: the code as it is now
     after = steps[(steps.stage == latest) & steps.variant.str.startswith("dsa")]
     fig = px.bar(steps[steps.variant.str.startswith("dsa")], x="variant", y="x_first", color="stage",
@@ -457,12 +459,13 @@ else:
     fig.show()
     parts = layer[layer.baseline == B.LAYER_BASELINES["cudnn"]] if (layer.baseline == B.LAYER_BASELINES["cudnn"]).any() \
         else layer[layer.baseline == layer.baseline.iloc[0]]
-    display(parts[["L", "indexer", "pass", "dense_ms", "dsa_ms", "speedup", "dsa_tflops", "indexer_topk_ms",
-                   "sparse_ms", "kl_fwdbwd_ms"]].rename(columns={
+    display(readable(parts[["L", "indexer", "pass", "dense_ms", "dsa_ms", "speedup", "dsa_tflops",
+                            "indexer_topk_ms", "sparse_ms", "kl_fwdbwd_ms"]].rename(columns={
         "dense_ms": f"dense ({parts.baseline.iloc[0]}) ms", "dsa_ms": "DSA layer ms", "speedup": "x dense",
         "dsa_tflops": "DSA attention TFLOP/s", "indexer_topk_ms": "indexer + top-k ms",
-        "sparse_ms": "sparse attention ms", "kl_fwdbwd_ms": "KL loss fwd+bwd ms"}).round(2))
-    display(B.evaluate_layer_targets(layer).round(2))
+        "sparse_ms": "sparse attention ms", "kl_fwdbwd_ms": "KL loss fwd+bwd ms"}), 2,
+        na={"KL loss fwd+bwd ms": "n/a (no KL loss in a forward)"}))
+    display(readable(B.evaluate_layer_targets(layer), 2))
 
 # %% [markdown]
 # A whole training step of a model in that layout (`python -m dsa.step_profile` with the MQA flags; LM
@@ -475,8 +478,10 @@ if mqa_steps.empty:
     display(Markdown("No step profile outside the KL-fix stages: run `python -m dsa.step_profile` with "
                      "`--n-kv-heads 1` on a GPU and keep its JSON under `data/bench/step-profile/<stage>/`."))
 else:
-    display(mqa_steps[["stage", "device", "layout", "L", "k", "variant", "ms_per_step", "x_first", "attention_share",
-                       "peak_mib", "top_op"]].rename(columns={"x_first": "x dense", "ms_per_step": "ms/step"}).round(3))
+    display(readable(mqa_steps[["stage", "device", "layout", "L", "k", "variant", "ms_per_step", "x_first",
+                                "attention_share", "peak_mib", "top_op"]].rename(
+        columns={"x_first": "x dense", "ms_per_step": "ms/step", "attention_share": "attention share"}), 3,
+        na={"attention share": "n/a (not recorded)", "peak_mib": "n/a (CPU)"}))
 
 # %% [markdown]
 # ### A caveat on FlexAttention

@@ -227,7 +227,8 @@ def _exact_rows(out: torch.Tensor, rows: torch.Tensor, need: torch.Tensor, q_idx
             lg = torch.einsum("nhd,kd->nhk", q_idx[b, t_c].float(), k_idx[b].float()).relu_()
             sc = torch.einsum("nhk,nh->nk", lg, w[b, t_c].float())
             sc = sc.masked_fill(s[None, :] > t_c[:, None], float("-inf"))
-            top = torch.topk(sc, kmax, dim=-1).indices.to(out.dtype)
+            # a stable sort: tied scores take the first positions, as every other top-k here does
+            top = torch.sort(sc, dim=-1, descending=True, stable=True).indices[:, :kmax].to(out.dtype)
             out[b, t_c] = torch.where(pos[None, :] < need[b, t_c][:, None], top, torch.full_like(top, -1))
     return out
 
