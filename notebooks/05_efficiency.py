@@ -27,10 +27,12 @@
 # | seeds' masked SDPA | the seeds' approach: an $L \times L$ top-k mask passed to SDPA — dense cost, no saving |
 # | gather reference | our plain-PyTorch sparse attention: gathers the $k$ keys of every query |
 # | sparse kernel | our Triton sparse attention (GQA-aware, padded slots) over precomputed indices |
-# | indexer top-k | ours with its scores (the fused threshold search `indexer_topk_fast`, and stored score chunks + our top-k `indexer_topk_chunked`) vs scores + `torch.topk`; our top-k vs `torch.topk` over the same precomputed scores |
-# | DSA layer | indexer top-k (the faster of ours on the shape) + sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
+# | indexer top-k | ours with its scores (the threshold search `indexer_topk_threshold`, the per-query-k path, and stored score chunks + our top-k `indexer_topk_chunked`, the fixed-k path of `dsa.ops.indexer_topk`) vs scores + `torch.topk`; our top-k vs `torch.topk` over the same precomputed scores |
+# | DSA (select + attend) | `dsa.ops.indexer_topk` + the sparse kernel: what replaces the dense attention (fwd+bwd: attention backward; the selection has no gradient) |
 #
-# for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$.
+# for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$. The model's
+# whole layer (projections, indexer, top-k, sparse attention, KL loss) against the same dense layer, in the
+# MQA layout where DSA should pay, is the section "Where DSA should pay" (`python -m dsa.bench_layer`, H200).
 #
 # The **recorded** numbers come from `data/bench/*.json` (an H100; every file's device, commit and date
 # are printed and stamped on the figures; several files are merged, the newest winning for a repeated
