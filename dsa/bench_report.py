@@ -431,7 +431,8 @@ def layer_bench_frame(results: Iterable[dict]) -> pd.DataFrame:
                     })
     cols = ["device", "commit", "layout", "L", "k", "indexer", "baseline", "pass", "dense_ms", "dsa_ms", "speedup",
             "dense_why", "dsa_why", "dsa_tflops", "indexer_topk_ms", "sparse_ms", "kl_fwdbwd_ms"]
-    return pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=cols)
+    return df.sort_values(["indexer", "baseline", "pass", "L"], kind="stable").reset_index(drop=True)
 
 
 @dataclass(frozen=True)

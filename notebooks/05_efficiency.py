@@ -415,8 +415,7 @@ if steps.empty:
     display(Markdown(f"No step profile matches `data/{P.step_profiles}`."))
 else:
     show = steps.rename(columns={"x_first": "x dense", "ms_per_step": "ms/step"})
-    display(readable(show.drop(columns=["device", "commit", "date"]), 2,
-                     na={"attention_share": "n/a (not recorded then)"}))
+    display(readable(show.drop(columns=["device", "commit", "date", "layout", "attention_share"]), 2))
     latest = steps.loc[steps.date.idxmax(), "stage"]  # the most recent profile: the code as it is now
     after = steps[(steps.stage == latest) & steps.variant.str.startswith("dsa")]
     fig = px.bar(steps[steps.variant.str.startswith("dsa")], x="variant", y="x_first", color="stage",
@@ -461,6 +460,7 @@ else:
     fig.show()
     parts = layer[layer.baseline == B.LAYER_BASELINES["cudnn"]] if (layer.baseline == B.LAYER_BASELINES["cudnn"]).any() \
         else layer[layer.baseline == layer.baseline.iloc[0]]
+    parts = parts.sort_values(["indexer", "L", "pass"])
     display(readable(parts[["L", "indexer", "pass", "dense_ms", "dsa_ms", "speedup", "dsa_tflops",
                             "indexer_topk_ms", "sparse_ms", "kl_fwdbwd_ms"]].rename(columns={
         "dense_ms": f"dense ({parts.baseline.iloc[0]}) ms", "dsa_ms": "DSA layer ms", "speedup": "x dense",
@@ -472,10 +472,12 @@ else:
 # %% [markdown]
 # A whole training step of a model in that layout (`python -m dsa.step_profile` with the MQA flags; LM
 # loss + indexer KL, backward, both optimisers): DSA step time / dense step time (**below 1, DSA trains
-# faster**), and the share of the step spent in attention operators.
+# faster**), and the share of the step spent in attention kernels. Stage `mqa-fp32-scores-at` is the same
+# model before the fix of the KL loss's dtype (its attention share counted operator and kernel rows alike:
+# not comparable); `mqa-one-path` is the code as it is.
 
 # %%
-mqa_steps = all_steps[~all_steps.stage.isin(KL_FIX_STAGES)]
+mqa_steps = all_steps[~all_steps.stage.isin(KL_FIX_STAGES)].sort_values(["stage", "L", "variant"])
 if mqa_steps.empty:
     display(Markdown("No step profile outside the KL-fix stages: run `python -m dsa.step_profile` with "
                      "`--n-kv-heads 1` on a GPU and keep its JSON under `data/bench/step-profile/<stage>/`."))
