@@ -8,25 +8,11 @@ With CUDA the same test compiles with inductor.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_interpreter import interpreter_for_module
 
-_OLD = os.environ.get("TRITON_INTERPRET")
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter_for_this_module_only():
-    if not torch.cuda.is_available():  # again at setup: another module's teardown may have removed it
-        os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if _OLD is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _OLD
+_interpreter_for_this_module_only = interpreter_for_module()  # before triton is imported
 
 
 pytest.importorskip("triton", reason="triton is not importable: the Triton path cannot be compiled")

@@ -10,28 +10,11 @@ model does not) at small, odd sizes. With CUDA the same tests run compiled, plus
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from triton_interpreter import interpreter_for_module
 
-
-_OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads the variable then too
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter_for_this_module_only():
-    """Set again at setup (another module's teardown may have removed it since this one was imported), and put
-    back after this module: it would otherwise reach the notebook kernels that later tests start."""
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if _OLD_INTERPRET is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+_interpreter_for_this_module_only = interpreter_for_module()  # before triton is imported
 
 
 triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")

@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from ..checks import check_positive_int
 from .checks import check_qkv, check_scale, check_selection
 from .dispatch import resolve_impl
+from .memory import chunk_rows
 from .topk import indexer_topk, selection_counts
 
 # On CPU at small L the masked reference (one dense product) is several times faster than gathering,
 # whose scattered backward dominates; both compute the same function (tests/test_attention.py).
 MASKED_MAX_LEN_CPU = 512
-# Query rows per chunk of the gather reference: its (B, H, rows, K) float32 scores stay near this size.
-GATHER_CHUNK_ELEMENTS = 1 << 25
 
 
 def expand_kv(k: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -51,7 +50,7 @@ def sparse_attention_gather(
     b, h, l, d = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
     g = h // hkv
-    chunk = chunk or max(1, min(l, GATHER_CHUNK_ELEMENTS // max(1, b * h * idx.shape[-1])))
+    chunk = chunk or chunk_rows(b * h * idx.shape[-1], l)  # (B, H, rows, K) float32 scores per chunk
     kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # (B, L, H_kv, d): rows to gather
     bi = torch.arange(b, device=q.device)[:, None, None]
     acc = torch.promote_types(q.dtype, torch.float32)

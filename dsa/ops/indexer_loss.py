@@ -17,17 +17,11 @@ from .attention import expand_kv
 from .checks import check_indexer, check_qkv, check_scale, check_selection
 from .dispatch import resolve_impl
 from .indexer import indexer_scores_at, indexer_scores_at_reference, indexer_scores_reference
-
-# Query rows per chunk of the references: their (B, H, rows, L) float32 products stay near this size.
-CHUNK_ELEMENTS = 1 << 25
-
-
-def _chunk(b: int, h: int, l: int) -> int:
-    return max(1, min(l, CHUNK_ELEMENTS // max(1, b * h * l)))
+from .memory import chunk_rows
 
 
 def _check_loss_inputs(q, k, q_idx, k_idx, w) -> None:
-    check_qkv(q, k, k[..., :1].expand(*k.shape[:3], 1))  # v is not an input: any d_v passes
+    check_qkv(q, k, k)  # no v here: k stands in for it
     check_indexer(q_idx, k_idx, w)
     check_same("q_idx.shape[1] (L)", q_idx.shape[1], "q.shape[2] (L)", q.shape[2])
     check_same("q_idx.shape[0] (B)", q_idx.shape[0], "q.shape[0] (B)", q.shape[0])
@@ -99,7 +93,7 @@ def dense_indexer_kl(
                  "runs the reference")
     b, h, l, _ = q.shape
     total = q_idx.new_zeros((), dtype=torch.float32)
-    chunk = _chunk(b, max(h, q_idx.shape[2]), l)
+    chunk = chunk_rows(b * max(h, q_idx.shape[2]) * l, l)  # (B, H, rows, L) float32 products per chunk
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         p = dense_attention_target(q, k, c0, c1, scale)
@@ -137,7 +131,7 @@ def sparse_indexer_kl(
     if resolve_impl(impl, q, k, q_idx, k_idx, w, idx, op="sparse_indexer_kl") == "triton":
         return _sparse_kl_triton(q, k, q_idx, k_idx, w, idx, lse, scale)
     total = q_idx.new_zeros((), dtype=torch.float32)
-    chunk = _chunk(b, h, l)
+    chunk = chunk_rows(b * h * l, l)
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         p = sparse_attention_target(q, k, idx, c0, c1, scale)
@@ -148,7 +142,8 @@ def sparse_indexer_kl(
 
 def _sparse_kl_triton(q, k, q_idx, k_idx, w, idx, lse, scale) -> torch.Tensor:
     """The sparse KL on kernels: target from the attention's lse, indexer scores at the selection."""
-    from ..kernels.registered import sparse_attention_op as attn, sparse_attention_probs_op  # noqa: PLC0415
+    from ..kernels.registered import sparse_attention_op as attn  # noqa: PLC0415
+    from ..kernels.registered import sparse_attention_probs_op
 
     idx32 = idx.to(torch.int32).contiguous()
     q, k = q.detach(), k.detach()
@@ -177,7 +172,7 @@ def indexer_recall(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, *, scale
     check_selection(idx, b, l, l)
     mass_sum, n_nt, all_sum = 0.0, 0, 0.0
     t_all = torch.arange(l, device=q.device)
-    chunk = _chunk(b, h, l)
+    chunk = chunk_rows(b * h * l, l)
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
         p = dense_attention_target(q, k, c0, c1, scale)

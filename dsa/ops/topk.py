@@ -14,9 +14,7 @@ from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
 from .checks import check_finite, check_indexer, values_checked
 from .dispatch import resolve_impl
 from .indexer import indexer_scores_reference
-
-# Query rows per chunk of the reference: its (B, rows, H_I, L) float32 logits stay near this many elements.
-REFERENCE_CHUNK_ELEMENTS = 1 << 25
+from .memory import chunk_rows
 
 
 def per_query_k(top_k: int | torch.Tensor, b: int, l: int, device: torch.device) -> torch.Tensor:
@@ -86,8 +84,9 @@ def select_topk(
         return select_topk_reference(scores, top_k, q_start=q_start, leak_future=leak_future)
     rows = torch.full((lq,), lk, device=scores.device, dtype=torch.int32) if leak_future else \
         torch.arange(q_start + 1, q_start + lq + 1, device=scores.device, dtype=torch.int32).clamp(max=lk)
-    return topk_positions(scores.float(), top_k, rows.expand(b, lq).contiguous(), out_dtype=torch.int32,
-                          impl="triton")
+    from ..kernels.radix_topk import radix_topk  # noqa: PLC0415 (checked above: no second pass of checks)
+
+    return radix_topk(scores.float(), top_k, rows.expand(b, lq).contiguous(), out_dtype=torch.int32)
 
 
 def _check_positions_args(scores: torch.Tensor, k: int, lengths: torch.Tensor | None) -> None:
@@ -153,11 +152,6 @@ def topk_positions(
     return radix_topk(scores, k, lengths, out_dtype=out_dtype)
 
 
-def reference_chunk(b: int, h_i: int, l: int) -> int:
-    """Query rows per chunk of the reference indexer top-k (memory O(chunk * L), never L x L)."""
-    return max(1, min(l, REFERENCE_CHUNK_ELEMENTS // max(1, b * h_i * l)))
-
-
 @torch.no_grad()
 def indexer_topk_reference(
     q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, top_k: int | torch.Tensor, *,
@@ -167,7 +161,7 @@ def indexer_topk_reference(
     b, l, h_i, _ = q_idx.shape
     k_t = per_query_k(top_k, b, l, q_idx.device)
     k_max = _k_max(top_k)
-    chunk = chunk or reference_chunk(b, h_i, l)
+    chunk = chunk or chunk_rows(b * h_i * l, l)  # (B, rows, H_I, L) float32 logits per chunk: never L x L
     parts = []
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
