@@ -25,7 +25,7 @@ browser-deps:
 	  else echo "chromium missing and cannot apt-get install it: the browser test will skip"; fi; }
 
 report: $(STAMP)
-	$(PY) -m dsa.report --params small
+	$(PY) -m dsa.study.report --params small
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q

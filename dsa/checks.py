@@ -53,3 +53,13 @@ def check_same(name_a: str, a: int, name_b: str, b: int) -> None:
 
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def resolve_device(device: str) -> torch.device:
+    """The device named by ``device``: "auto" is CUDA when available, else CPU; an explicit CUDA device must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    return dev

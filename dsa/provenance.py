@@ -19,7 +19,7 @@ def git_commit() -> dict:
     """{'commit': sha or None, 'dirty': bool or None} of the repository holding this package.
 
     DSA_GIT_COMMIT, when set, wins: a copy of the tree on a lent machine may carry a stale .git. DSA_GIT_DIRTY
-    ('0' or '1') then gives the dirty flag of the tree that was sent (scripts/gpu_env.sh sets both)."""
+    ('0' or '1') then gives the dirty flag of the tree that was sent (scripts/gpu/gpu_env.sh sets both)."""
     if os.environ.get("DSA_GIT_COMMIT"):
         dirty = {"0": False, "1": True}.get(os.environ.get("DSA_GIT_DIRTY", ""))
         return {"commit": os.environ["DSA_GIT_COMMIT"], "dirty": dirty}

@@ -10,7 +10,7 @@ A record is a JSON object with a ``provenance`` key::
 
 GPU runs write records with :func:`save_record`; notebooks read them with :func:`load_records`, which
 prints what it read and, when the environment variable ``DSA_RECORDS_LOG`` names a file, appends one line per
-file read there (``python -m dsa.report`` uses this to list the recorded data each notebook used).
+file read there (``python -m dsa.study.report`` uses this to list the recorded data each notebook used).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def save_record(name: str, data: dict, config: dict | None = None, device: Any =
 
 def load_records(pattern: str, *, root: str | Path | None = None, required: bool = False) -> list[dict]:
     """Records matching the glob ``pattern`` under ``root`` (default ``data/``; training runs written by
-    ``dsa.train`` live under ``runs/``: pass ``root=REPO_ROOT / "runs"``), sorted by path, each with ``_path``
+    ``dsa.train.trainer`` live under ``runs/``: pass ``root=REPO_ROOT / "runs"``), sorted by path, each with ``_path``
     added.
 
     Every record must carry a ``provenance`` dict with at least git_commit, device and date; a file without
@@ -84,7 +84,7 @@ def _rel(p: Path) -> str:
 def describe_provenance(prov: dict) -> str:
     """'recorded on NVIDIA H100 80GB HBM3, commit 1a2b3c4, 2026-11-22, torch 2.11.0'.
 
-    (``dsa.bench`` writes the torch version as ``torch``; it is read from there when ``torch_version`` is
+    (``dsa.bench.kernels`` writes the torch version as ``torch``; it is read from there when ``torch_version`` is
     absent.)"""
     commit = str(prov.get("git_commit", "unknown"))[:7] + ("+dirty" if prov.get("git_dirty") else "")
     date = str(prov.get("date", "?"))[:10]
@@ -109,7 +109,7 @@ def _check_provenance(prov: Any, where: str) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of one JSON-lines file (one finished run per line, as ``dsa.sweep`` appends them).
+    """The records of one JSON-lines file (one finished run per line, as ``dsa.train.sweep`` appends them).
 
     A torn last line (a writer killed mid-line) is skipped with a printed warning; a bad line elsewhere is
     an error naming the file and line. Every record must carry a ``provenance`` (git_commit, device, date).
@@ -156,7 +156,7 @@ def drop_duplicate_keys(records: Iterable[dict], where: str | None) -> list[dict
     return out
 
 
-# Shards: ``python -m dsa.sweep --shard i/N --out X.jsonl`` writes ``X.shard-i-of-N.jsonl`` next to
+# Shards: ``python -m dsa.train.sweep --shard i/N --out X.jsonl`` writes ``X.shard-i-of-N.jsonl`` next to
 # ``X.jsonl``; readers take the base file and its shards as one results set.
 _SHARD_INFIX = ".shard-"
 

@@ -42,8 +42,8 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.checks import resolve_device
+from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
 
 _ns_before = snapshot_namespace(globals())
 
@@ -120,13 +120,13 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from dsa import analysis as A
-from dsa.figures import IndexerExplorer, save_static, setup_plotting
+from dsa.study import analysis as A
+from dsa.study.figures import IndexerExplorer, save_static, setup_plotting
 from dsa.layers import IndexerConfig, LightningIndexer
 from dsa.ops import indexer_scores, indexer_topk, select_topk, selection_to_mask
-from dsa.probes import causality_probe
+from dsa.study.probes import causality_probe
 from dsa.records import fresh_run_label
-from dsa.scope import fresh_run_scope
+from dsa.study.scope import fresh_run_scope
 
 setup_plotting()
 DEV = resolve_device(P.device)
@@ -232,7 +232,7 @@ print(piv.loc[[lengths[0], lengths[len(lengths) // 2], lengths[-1]]].map(lambda 
 # ## 3 · Top-k selection and the causal guard
 #
 # We now look at a real (small) DSA model: a `dsa.model.TransformerLM` with `attention='dsa'`, **trained
-# here** (`dsa.analysis.train_inspect_model`: `train_steps` dense LM steps on the Shakespeare plays, then
+# here** (`dsa.study.analysis.train_inspect_model`: `train_steps` dense LM steps on the Shakespeare plays, then
 # `train_warmup` steps of DeepSeek's KL warm-up, which teach the indexer to point where dense attention
 # looks; about half a minute on a laptop CPU, a progress bar counts the steps), fed with text of the
 # validation plays. A `checkpoint` replaces it; `train_steps=0` gives a random model fed with tokens from a
@@ -290,7 +290,7 @@ assert views[True]["stats"]["future_selections"] == 0
 # %% [markdown]
 # ### The causality probe
 #
-# `dsa.probes.causality_probe` perturbs every input after position $t$ and checks that the outputs at
+# `dsa.study.probes.causality_probe` perturbs every input after position $t$ and checks that the outputs at
 # positions $\le t$ do not change **at all**, and that their gradient with respect to the later inputs is
 # exactly zero. We probe layer 0's attention as a function of its input hidden states, once built the
 # seed's way and once with the guard (indexer top-k with the causal mask + gather attention).

@@ -51,9 +51,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.notebook_params import check_params, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.checks import resolve_device
+from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -61,7 +61,7 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 device: str = "cpu"  # device of the fresh runs: "cpu", "cuda" or "auto"
 run_fresh: bool = True  # train a fresh exp4 sweep in this notebook
-fresh_size: str = "small"  # experiment size of the fresh sweep (dsa.experiments): "small" (CPU) or "full" (GPU)
+fresh_size: str = "small"  # experiment size of the fresh sweep (dsa.train.experiments): "small" (CPU) or "full" (GPU)
 fresh_seq_lens: str = "64"  # comma-separated subset of exp4's sequence lengths 64,128,256 (empty: all)
 fresh_seeds: str = "0"  # comma-separated subset of the size's seeds (empty: all)
 fresh_steps: int = 300  # LM steps per fresh run (0: the experiment's own)
@@ -93,13 +93,13 @@ import plotly.express as px
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from dsa import verdicts as V
-from dsa.figures import figure_saver, setup_plotting
-from dsa.tables import readable
+from dsa.study import verdicts as V
+from dsa.study.figures import figure_saver, setup_plotting
+from dsa.study.tables import readable
 from dsa.records import fresh_run_label
 from dsa.records import summarize_provenance
-from dsa.scope import fresh_run_scope, leak_check
-from dsa.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
+from dsa.study.scope import fresh_run_scope, leak_check
+from dsa.study.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
                       recorded_source_label, runs_table)
 
 setup_plotting()
@@ -119,8 +119,8 @@ def short_device(records):
 # %% [markdown]
 # ## 1 · A fresh run, in this notebook
 #
-# A subset of the experiment's configurations (`dsa.experiments.exp4_reproduce` at size `fresh_size`,
-# filtered by the `fresh_*` parameters) trained now by `dsa.sweep`. At the CPU size the model is tiny
+# A subset of the experiment's configurations (`dsa.train.experiments.exp4_reproduce` at size `fresh_size`,
+# filtered by the `fresh_*` parameters) trained now by `dsa.train.sweep`. At the CPU size the model is tiny
 # (d_model 64, 2 layers) and trains one seed for `fresh_steps` (300) steps: enough to exercise every code
 # path and for the leaky variant to pull away from dense (section 5 says whether it did), not enough to
 # reach the H100 numbers below or to compare causal DSA with dense.
@@ -143,12 +143,12 @@ else:
 # ## 2 · Recorded runs (H100)
 #
 # * `data/gpu/exp4_reproduce.jsonl` — the exp4 sweep at full size (d_model 256, 4 layers, 1000 steps,
-#   seeds 0-2) written by `python -m dsa.sweep exp4_reproduce --size full`; it may hold only part of the
+#   seeds 0-2) written by `python -m dsa.train.sweep exp4_reproduce --size full`; it may hold only part of the
 #   36 configurations (the campaign's time budget ran out);
 # * `data/gpu/issue2/*.json` — issue 2's three runs at L = 256 (dense, DSA deepseek, the seeds' leaky
 #   variant; 300 steps, one seed), which fill in the longest L.
 #
-# The exp4 sweep ran up to four trainings side by side on the one GPU (`data/gpu/run_campaign.sh`), so its
+# The exp4 sweep ran up to four trainings side by side on the one GPU (`scripts/gpu/run_campaign.sh`), so its
 # per-step times are inflated for every arm alike; issue 2's three runs ran one at a time.
 
 # %%
@@ -215,7 +215,7 @@ for label, recs in sources:
 #
 # Final validation loss and next-token accuracy, and the steady time per training step (for DSA the
 # sparse phase's: the deepseek recipe's first quarter runs dense attention). The interval is
-# mean ± $t_{0.975,\,n-1}\, s/\sqrt{n}$ over seeds (`dsa.stats.mean_ci`); with one seed there is none.
+# mean ± $t_{0.975,\,n-1}\, s/\sqrt{n}$ over seeds (`dsa.study.stats.mean_ci`); with one seed there is none.
 # The last two columns exist only for the leaky variant: its weights evaluated with the causal guard on.
 
 # %%
@@ -274,7 +274,7 @@ plt.show()
 # %% [markdown]
 # ## 6 · Verdicts on the seeds' claims
 #
-# Computed by `dsa.verdicts` from the runs above, per data set: the causal variants are compared with
+# Computed by `dsa.study.verdicts` from the runs above, per data set: the causal variants are compared with
 # dense **paired by seed** (same initial weights, same batches), with a t interval on the difference;
 # "similar" means within 5% (the seeds' own criterion). The evidence column is generated from the data.
 
@@ -293,7 +293,7 @@ display(Markdown("\n".join(lines)))
 # %% [markdown]
 # ## 7 · Longer sequences (exp4_long)
 #
-# `dsa.experiments.exp4_long` compares causal DSA with dense at L = 512 … 4096 (k = L/2 and k = L/8, where
+# `dsa.train.experiments.exp4_long` compares causal DSA with dense at L = 512 … 4096 (k = L/2 and k = L/8, where
 # attention really is sparse). It is a GPU experiment; this notebook shows its recorded results when
 # `data/gpu/exp4_long.jsonl` exists.
 
@@ -301,7 +301,7 @@ display(Markdown("\n".join(lines)))
 rec_long = recorded_runs(P.recorded_long)
 if not rec_long:
     display(Markdown(f"**exp4_long was not run**: no recorded data matches `data/{P.recorded_long}`. Run it on a "
-                     "GPU with `python -m dsa.sweep exp4_long --size full --out data/gpu/exp4_long.jsonl`."))
+                     "GPU with `python -m dsa.train.sweep exp4_long --size full --out data/gpu/exp4_long.jsonl`."))
 else:
     long_label = f"recorded exp4_long ({short_device(rec_long)})"
     dl = runs_table(rec_long, long_label)

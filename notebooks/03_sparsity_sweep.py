@@ -22,9 +22,9 @@
 # HSD, Cohen's d and a Bonferroni correction — and never ran it ("Results will be populated after running
 # the experiment").
 #
-# Here it runs as designed (`dsa.experiments.exp5_sparsity`): causal DSA with DeepSeek's recipe at
+# Here it runs as designed (`dsa.train.experiments.exp5_sparsity`): causal DSA with DeepSeek's recipe at
 # $k/L \in \{0.25, 0.33, 0.5, 0.67, 0.75, 0.9\}$, seeds 0-2, and a dense model at each $L$ as the
-# reference ($k/L = 1$). All statistics come from `dsa.stats` (scipy / statsmodels).
+# reference ($k/L = 1$). All statistics come from `dsa.study.stats` (scipy / statsmodels).
 #
 # The CPU (`small`) run is a tiny version — a small model, a few dozen steps — that exercises the whole
 # analysis; at that size the differences between ratios are noise, and the notebook says so rather than
@@ -40,10 +40,10 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.experiments import SPARSITY_RATIOS
-from dsa.notebook_params import check_params, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.checks import resolve_device
+from dsa.train.experiments import SPARSITY_RATIOS
+from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -51,7 +51,7 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 device: str = "cpu"  # device of the fresh runs: "cpu", "cuda" or "auto"
 run_fresh: bool = True  # train a fresh exp5 sweep in this notebook
-fresh_size: str = "small"  # experiment size of the fresh sweep (dsa.experiments): "small" (CPU) or "full" (GPU)
+fresh_size: str = "small"  # experiment size of the fresh sweep (dsa.train.experiments): "small" (CPU) or "full" (GPU)
 fresh_seq_lens: str = "64,128"  # comma-separated subset of the size's sequence lengths (empty: all)
 fresh_ratios: str = "0.25,0.5,0.9"  # comma-separated subset of the ratios 0.25,0.33,0.5,0.67,0.75,0.9 (empty: all)
 fresh_seeds: str = "0,1,2"  # comma-separated subset of the seeds 0,1,2 (empty: all)
@@ -89,13 +89,13 @@ import plotly.express as px
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from dsa import stats as S
-from dsa import verdicts as V
-from dsa.figures import figure_saver, heatmap_pair_figure, setup_plotting
-from dsa.tables import readable
+from dsa.study import stats as S
+from dsa.study import verdicts as V
+from dsa.study.figures import figure_saver, heatmap_pair_figure, setup_plotting
+from dsa.study.tables import readable
 from dsa.records import fresh_run_label
-from dsa.scope import fresh_run_scope
-from dsa.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
+from dsa.study.scope import fresh_run_scope
+from dsa.study.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -123,7 +123,7 @@ if recorded:
     print(f"recorded: {len(recorded)} runs from data/{P.recorded}; {coverage(recorded, 'exp5_sparsity')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`. "
-                     "Everything below comes from the fresh run. (On a GPU: `python -m dsa.sweep exp5_sparsity "
+                     "Everything below comes from the fresh run. (On a GPU: `python -m dsa.train.sweep exp5_sparsity "
                      "--size full --out data/gpu/exp5_sparsity.jsonl`.)"))
 if not sources:
     raise RuntimeError("nothing to analyse: run_fresh is off and there is no recorded sweep")
@@ -194,13 +194,13 @@ for label, recs, prov in sources:
 # %% [markdown]
 # ## 3 · Statistics per sequence length
 #
-# * **One-way ANOVA** across the DSA ratios at each $L$ (`dsa.stats.anova_by`; `scipy.stats.f_oneway`),
+# * **One-way ANOVA** across the DSA ratios at each $L$ (`dsa.study.stats.anova_by`; `scipy.stats.f_oneway`),
 #   the p-values **Bonferroni**-corrected for the number of lengths tested;
-# * **Tukey HSD** for every pair of ratios (`dsa.stats.tukey_by`; statsmodels), with **Cohen's d**
+# * **Tukey HSD** for every pair of ratios (`dsa.study.stats.tukey_by`; statsmodels), with **Cohen's d**
 #   (pooled SD; |d| < 0.2 negligible, < 0.5 small, < 0.8 medium, else large);
-# * each ratio against **dense**, paired by seed, Bonferroni over the table (`dsa.stats.compare_variants`);
+# * each ratio against **dense**, paired by seed, Bonferroni over the table (`dsa.study.stats.compare_variants`);
 # * the **optimal ratio** per $L$: the lowest mean loss, its CI, and the ratios Tukey cannot tell apart
-#   from it (`dsa.stats.optimal_by`).
+#   from it (`dsa.study.stats.optimal_by`).
 
 # %%
 results = {}

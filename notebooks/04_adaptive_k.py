@@ -28,7 +28,7 @@
 #   number of tokens;
 #
 # both clipped to $[k_{min}, k_{max}]$ with $k_{max}$ = the fixed 75% arm's $k$. They are compared
-# (`dsa.experiments.exp3_adaptive`) with dense attention and fixed $k$ = 25%, 50%, 75% of $L$, on
+# (`dsa.train.experiments.exp3_adaptive`) with dense attention and fixed $k$ = 25%, 50%, 75% of $L$, on
 # quality, the **average number of keys per query** actually used, and time per step.
 #
 # A fresh run trains every arm on CPU (small size, few steps); the recorded GPU sweep
@@ -43,9 +43,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, satisfies, snapshot_namespace
-from dsa.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.checks import resolve_device
+from dsa.study.notebook_params import between, check_params, satisfies, snapshot_namespace
+from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
@@ -53,7 +53,7 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 device: str = "cpu"  # device of the fresh runs: "cpu", "cuda" or "auto"
 run_fresh: bool = True  # train the exp3 arms in this notebook (needed for the chosen-k analysis)
-fresh_size: str = "small"  # experiment size (dsa.experiments): "small" (CPU, L 128) or "full" (GPU, L 512)
+fresh_size: str = "small"  # experiment size (dsa.train.experiments): "small" (CPU, L 128) or "full" (GPU, L 512)
 fresh_seeds: str = "0,1"  # comma-separated subset of the size's seeds (empty: all)
 fresh_steps: int = 30  # LM steps per fresh run (0: the experiment's own)
 analysis_batches: int = 2  # validation batches for the chosen-k statistics
@@ -87,14 +87,14 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from dsa import verdicts as V
-from dsa.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_override
-from dsa.experiments import get_experiment
-from dsa.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
-from dsa.tables import readable
+from dsa.study import verdicts as V
+from dsa.study.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_override
+from dsa.train.experiments import get_experiment
+from dsa.study.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
+from dsa.study.tables import readable
 from dsa.records import fresh_run_label
-from dsa.scope import fresh_run_scope
-from dsa.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
+from dsa.study.scope import fresh_run_scope
+from dsa.study.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
                       train_keeping_models, validation_batches)
 
 setup_plotting()
@@ -108,7 +108,7 @@ display(Markdown(fresh_run_scope("04_adaptive_k", run_fresh=P.run_fresh, size=P.
 # %% [markdown]
 # ## 1 · The runs
 #
-# The fresh arms are trained in this process (`dsa.runs.train_keeping_models`, i.e. `dsa.train.train`)
+# The fresh arms are trained in this process (`dsa.study.runs.train_keeping_models`, i.e. `dsa.train.trainer.train`)
 # rather than by a sweep, because the chosen-k analysis below needs the trained models themselves.
 
 # %%
@@ -126,7 +126,7 @@ if recorded:
     print(f"data/{P.recorded}: {coverage(recorded, 'exp3_adaptive')['text']}")
 else:
     display(Markdown(f"**The GPU sweep has not been run yet**: no recorded data matches `data/{P.recorded}`; "
-                     "everything below comes from the fresh run. (On a GPU: `python -m dsa.sweep exp3_adaptive "
+                     "everything below comes from the fresh run. (On a GPU: `python -m dsa.train.sweep exp3_adaptive "
                      "--size full --out data/gpu/exp3_adaptive.jsonl`.)"))
 if not sources:
     raise RuntimeError("nothing to analyse: run_fresh is off and there is no recorded sweep")
@@ -143,7 +143,7 @@ ARMS = ["dense"] + [a for a in ARMS if a.startswith("fixed")] + [a for a in ARMS
 # fewer than $k$ past tokens); dense attends to all $t+1$. For the adaptive arms it depends on the trained
 # indexer, so it is measured: a sparse forward pass of each trained model over `analysis_batches`
 # validation batches, counting the keys every query attends to in every layer. (A recorded run holds no
-# model, so its adaptive arms' average $k$ is unknown — `dsa.train` does not record it.)
+# model, so its adaptive arms' average $k$ is unknown — `dsa.train.trainer` does not record it.)
 
 # %%
 mean_k_rows, per_layer_rows = [], []

@@ -18,7 +18,7 @@
 #
 # DSA replaces the $O(L^2)$ attention by an $O(L^2)$ but cheap indexer plus an $O(L k)$ attention over
 # the selected keys. Whether that is faster in practice depends on kernels. This notebook compares, for
-# one attention layer over $L$ (`python -m dsa.bench`, one process per table, median times):
+# one attention layer over $L$ (`python -m dsa.bench.kernels`, one process per table, median times):
 #
 # | method | what it is |
 # | --- | --- |
@@ -32,7 +32,7 @@
 #
 # for MHA ($H_{kv} = H$) and GQA ($H_{kv} = 2$), with $k$ = 2048 (DeepSeek-V3.2's) and $k = L/8$. The model's
 # whole layer (projections, indexer, top-k, sparse attention, KL loss) against the same dense layer, in the
-# MQA layout where DSA should pay, is the section "Where DSA should pay" (`python -m dsa.bench_layer`, H200).
+# MQA layout where DSA should pay, is the section "Where DSA should pay" (`python -m dsa.bench.layer`, H200).
 #
 # The **recorded** numbers come from `data/bench/*.json` (an H100; every file's device, commit and date
 # are printed and stamped on the figures; several files are merged, the newest winning for a repeated
@@ -48,16 +48,16 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
-from dsa.runs import parse_list, valid_list
+from dsa.checks import resolve_device
+from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.study.runs import parse_list, valid_list
 
 _ns_before = snapshot_namespace(globals())
 
 # %% tags=["parameters"]
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 device: str = "cpu"  # device of the fresh benchmark: "cpu", "cuda" or "auto"
-run_fresh: bool = True  # run a fresh dsa.bench in this notebook
+run_fresh: bool = True  # run a fresh dsa.bench.kernels in this notebook
 bench_seq_lens: str = "128,256,512"  # comma-separated sequence lengths of the fresh benchmark (tokens)
 bench_top_k: str = "64,0"  # comma-separated k values of the fresh benchmark; 0 means L/8
 bench_heads: int = 4  # attention heads H of the fresh benchmark
@@ -66,8 +66,8 @@ bench_head_dim: int = 32  # head dimension d of the fresh benchmark
 bench_indexer_heads: int = 4  # indexer heads of the fresh benchmark
 bench_indexer_dim: int = 32  # indexer head dimension of the fresh benchmark
 recorded: str = "bench/*.json"  # glob under data/: the recorded benchmark files (merged)
-step_profiles: str = "bench/step-profile/*/*.json"  # glob under data/: dsa.step_profile files ("" to skip)
-layer_bench: str = "bench/layer/*.json"  # glob under data/: dsa.bench_layer files, the model's own layer ("" to skip)
+step_profiles: str = "bench/step-profile/*/*.json"  # glob under data/: dsa.bench.step_profile files ("" to skip)
+layer_bench: str = "bench/layer/*.json"  # glob under data/: dsa.bench.layer files, the model's own layer ("" to skip)
 plot_k: str = "2048"  # the k shown in the plots over L: an integer, or "L/8"
 flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than flash is flagged as an artefact
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
@@ -108,12 +108,12 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from dsa import bench as dsa_bench
-from dsa import bench_report as B
-from dsa.figures import save_static, setup_plotting
-from dsa.tables import readable
+from dsa.bench import kernels as dsa_bench
+from dsa.study import bench_tables as B
+from dsa.study.figures import save_static, setup_plotting
+from dsa.study.tables import readable
 from dsa.records import describe_provenance, fresh_run_label, load_records, summarize_provenance
-from dsa.runs import runs_dir
+from dsa.study.runs import runs_dir
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -156,7 +156,7 @@ def ms_vs_len(long, title, rule):
 results = B.load_bench_results(P.recorded)
 df = B.bench_frame(results)
 if df.empty:
-    display(Markdown(f"**No recorded benchmark**: nothing matches `data/{P.recorded}`. Run `python -m dsa.bench "
+    display(Markdown(f"**No recorded benchmark**: nothing matches `data/{P.recorded}`. Run `python -m dsa.bench.kernels "
                      "--out data/bench/<name>.json` on a GPU. Only the fresh CPU run is shown below."))
     REC_LABEL = ""
 else:
@@ -280,7 +280,7 @@ if not df.empty:
 # ### The selection alone: our top-k kernel vs `torch.topk` over the same scores
 #
 # `torch.topk` sorts its $k$ winners and returns their values; the attention needs only the set of
-# positions. `dsa.kernels.radix_topk` finds the $k$-th largest score of each row and writes the positions at
+# positions. `dsa.ops.kernels.radix_topk` finds the $k$-th largest score of each row and writes the positions at
 # or above it. It sorts a stratified sample of 512 scores of the row and reads off two scores that bracket
 # the $k$-th one (about three standard deviations of the sample rank on either side); one pass over the row
 # copies the candidates, the scores at or above the bracket's low end with their positions, aside in order;
@@ -288,7 +288,7 @@ if not df.empty:
 # find the $k$-th score, and one pass over the candidates writes the positions, ascending. So the row is
 # read once. When the sample misses (a row the sample does not represent, or ties that overflow the
 # scratch) the row falls back to a radix select (four 8-bit histogram passes over it). The result is exact
-# either way. Both read the same precomputed causal scores (`python -m dsa.bench --selection-only`); a ratio
+# either way. Both read the same precomputed causal scores (`python -m dsa.bench.kernels --selection-only`); a ratio
 # above 1 means ours is faster. The target is 5x at $k = 2048$.
 
 # %%
@@ -299,7 +299,7 @@ if not df.empty:
 # %% [markdown]
 # ### Where our top-k's time goes
 #
-# Each launch of `radix_topk` timed on its own (`python -m dsa.bench --selection-only --profile-selection`),
+# Each launch of `radix_topk` timed on its own (`python -m dsa.bench.kernels --selection-only --profile-selection`),
 # against one read of the fp32 causal score triangle at the HBM peak (the dashed line: what a selection
 # bound by memory would cost). Shorter bars are better; a bar well past the line is bound by its
 # instructions (scans, histograms, scattered stores), not by memory.
@@ -399,7 +399,7 @@ if not df.empty:
 # ### A whole training step: dense vs DSA in one process
 #
 # The seeds' "1.4-1.7x faster training" is a claim about training steps, not kernels.
-# `python -m dsa.step_profile` times the sparse-phase training step of the study's full-size model
+# `python -m dsa.bench.step_profile` times the sparse-phase training step of the study's full-size model
 # (d_model 256, 4 layers, 8 heads of 32; LM loss + the indexer's KL loss, backward, both optimisers)
 # with dense attention and with DSA, in the same process, and lists the top operators. The first
 # profile found 20-75% of a DSA step in a sorting `index_put` (the backward of gathering indexer keys
@@ -437,8 +437,8 @@ else:
 #
 # DSA saves attention work only where the main attention costs far more per (query, key) pair than the
 # indexer (`../shared/notes/where_dsa_pays.md`): many query heads sharing one K/V (MQA, MLA), long context,
-# k ≪ L. `python -m dsa.bench_layer` times **the model's own layer** (`dsa.layers.DSAAttention`: projections,
-# indexer, top-k, sparse attention and, in training, the indexer's KL loss; the code `dsa.train` runs)
+# k ≪ L. `python -m dsa.bench.layer` times **the model's own layer** (`dsa.layers.DSAAttention`: projections,
+# indexer, top-k, sparse attention and, in training, the indexer's KL loss; the code `dsa.train.trainer` runs)
 # against the same layer with dense attention (`dsa.layers.DenseAttention`, same weights) on cuDNN SDPA (the
 # fastest dense attention on Hopper), flash SDPA and FlexAttention, in one process. Speed-up = dense ms /
 # DSA ms: **above 1, DSA is faster**. The table under it splits the DSA layer into its parts.
@@ -447,7 +447,7 @@ else:
 layer_records = load_records(P.layer_bench) if P.layer_bench else []
 layer = B.layer_bench_frame(layer_records)
 if layer.empty:
-    display(Markdown(f"No layer benchmark matches `data/{P.layer_bench}`: run `python -m dsa.bench_layer` on a GPU."))
+    display(Markdown(f"No layer benchmark matches `data/{P.layer_bench}`: run `python -m dsa.bench.layer` on a GPU."))
 else:
     fig = px.line(layer.dropna(subset=["speedup"]), x="L", y="speedup", color="baseline", line_dash="indexer",
                   facet_col="pass", markers=True, log_x=True, hover_data=["dense_ms", "dsa_ms", "dsa_tflops"],
@@ -470,7 +470,7 @@ else:
     display(readable(B.evaluate_layer_targets(layer), 2))
 
 # %% [markdown]
-# A whole training step of a model in that layout (`python -m dsa.step_profile` with the MQA flags; LM
+# A whole training step of a model in that layout (`python -m dsa.bench.step_profile` with the MQA flags; LM
 # loss + indexer KL, backward, both optimisers): DSA step time / dense step time (**below 1, DSA trains
 # faster**), and the share of the step spent in attention kernels. Stage `mqa-fp32-scores-at` is the same
 # model before the fix of the KL loss's dtype (its attention share counted operator and kernel rows alike:
@@ -479,7 +479,7 @@ else:
 # %%
 mqa_steps = all_steps[~all_steps.stage.isin(KL_FIX_STAGES)].sort_values(["stage", "L", "variant"])
 if mqa_steps.empty:
-    display(Markdown("No step profile outside the KL-fix stages: run `python -m dsa.step_profile` with "
+    display(Markdown("No step profile outside the KL-fix stages: run `python -m dsa.bench.step_profile` with "
                      "`--n-kv-heads 1` on a GPU and keep its JSON under `data/bench/step-profile/<stage>/`."))
 else:
     display(readable(mqa_steps[["stage", "device", "layout", "L", "k", "variant", "ms_per_step", "x_first",
@@ -521,7 +521,7 @@ if not df.empty:
 # %% [markdown]
 # ## 6 · A fresh benchmark, on this machine
 #
-# `dsa.bench` at small sizes (parameters `bench_*`). On a CPU every method runs its PyTorch reference
+# `dsa.bench.kernels` at small sizes (parameters `bench_*`). On a CPU every method runs its PyTorch reference
 # (SDPA math, the gather reference, `indexer_topk`), so the times say nothing about the GPU kernels; on a
 # GPU (`device: cuda`) this is a quick re-measurement.
 

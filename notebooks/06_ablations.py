@@ -21,7 +21,7 @@
 # each query may attend to, and the top-k choice is not differentiable: **the LM loss sends the indexer no
 # gradient at all**. It learns only from a loss of its own, or not at all.
 #
-# DeepSeek-V3.2 trains it in two stages (`dsa.train`, recipe `deepseek`), after a dense phase that stands
+# DeepSeek-V3.2 trains it in two stages (`dsa.train.trainer`, recipe `deepseek`), after a dense phase that stands
 # in for the dense checkpoint DeepSeek starts from:
 #
 # 1. **dense warm-up** — the main model frozen, only the indexer trained, by
@@ -30,7 +30,7 @@
 # 2. **sparse training** — everything trained, the LM through sparse attention over the top-$k$ set $S_t$,
 #    the indexer by the same KL restricted to $S_t$ (its input detached from the LM graph).
 #
-# The three ablations (`dsa.experiments`), each at the study's full size on a GPU (L = 512, k = 128, i.e.
+# The three ablations (`dsa.train.experiments`), each at the study's full size on a GPU (L = 512, k = 128, i.e.
 # 25% of the tokens, 1000 LM steps, seeds 0-2) and at a tiny CPU size here:
 #
 # | ablation | arms | question |
@@ -47,9 +47,9 @@
 #   top-$k$ set, averaged over the queries that must drop tokens ($t + 1 > k$) and over layers, on the first
 #   validation batch (1 = the selection keeps all of it); higher is better. A selection drawn at random
 #   keeps $k/(t+1)$ of a query's mass in expectation, whatever the attention: its average
-#   (`dsa.analysis.random_recall`) is drawn as a dashed line on the recall panels;
+#   (`dsa.study.analysis.random_recall`) is drawn as a dashed line on the recall panels;
 # * **time per step** (ms, the sparse phase's steady time per training step) — lower is better. The GPU
-#   sweeps ran several trainings side by side on one GPU (`data/gpu/run_campaign.sh`), so their times are
+#   sweeps ran several trainings side by side on one GPU (`scripts/gpu/run_campaign.sh`), so their times are
 #   noisy and inflated for every arm.
 #
 # Every statement below is computed from the data when the notebook runs: mean ± t confidence interval
@@ -66,9 +66,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.train import resolve_device
-from dsa.notebook_params import check_params, satisfies, snapshot_namespace
-from dsa.runs import ABLATIONS, fresh_run_rules, parse_list
+from dsa.checks import resolve_device
+from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.runs import ABLATIONS, fresh_run_rules, parse_list
 
 
 def _relative_glob(v, p):
@@ -81,7 +81,7 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 device: str = "cpu"  # device of the fresh runs: "cpu", "cuda" or "auto"
 run_fresh: bool = True  # train fresh ablation sweeps in this notebook
-fresh_size: str = "small"  # size of the fresh sweeps (dsa.experiments): "small" (CPU, L 128) or "full" (GPU, L 512)
+fresh_size: str = "small"  # size of the fresh sweeps (dsa.train.experiments): "small" (CPU, L 128) or "full" (GPU, L 512)
 fresh_ablations: str = "kl,warmup,heads"  # comma-separated subset of kl,warmup,heads to train fresh (empty: all)
 fresh_seeds: str = "0,1"  # comma-separated subset of the size's seeds (small: 0,1; full: 0,1,2; empty: all)
 fresh_steps: int = 20  # LM steps per fresh run (0: the experiment's own)
@@ -121,13 +121,13 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from plotly.subplots import make_subplots
 
-from dsa import verdicts as V
-from dsa.analysis import random_recall
-from dsa.figures import clipped_errors, figure_saver, setup_plotting
-from dsa.tables import readable
+from dsa.study import verdicts as V
+from dsa.study.analysis import random_recall
+from dsa.study.figures import clipped_errors, figure_saver, setup_plotting
+from dsa.study.tables import readable
 from dsa.records import fresh_run_label
-from dsa.scope import fresh_run_scope, kl_recall_check
-from dsa.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
+from dsa.study.scope import fresh_run_scope, kl_recall_check
+from dsa.study.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
 
 setup_plotting()
 pd.set_option("display.max_colwidth", None)
@@ -142,7 +142,7 @@ display(Markdown(fresh_run_scope("06_ablations", run_fresh=P.run_fresh, size=P.f
 # %% [markdown]
 # ## 1 · The runs: fresh sweeps, and the recorded GPU sweeps as far as they go
 #
-# The fresh sweeps (`dsa.runs.fresh_sweep`, i.e. `dsa.sweep`) train the selected ablations at
+# The fresh sweeps (`dsa.study.runs.fresh_sweep`, i.e. `dsa.train.sweep`) train the selected ablations at
 # `fresh_size`; at the CPU size the model is tiny (d_model 64, 2 layers, L = 128, k = 32) and trains for
 # `fresh_steps` steps, with warm-up arms of 0, 5 and 10 steps and 1, 2 or 4 indexer heads: enough to
 # exercise every code path, not to separate the arms.
@@ -150,7 +150,7 @@ display(Markdown(fresh_run_scope("06_ablations", run_fresh=P.run_fresh, size=P.f
 # With `share_recorded`, a recorded run counts in every ablation whose configuration it is: the KL
 # ablation's with-KL runs (the recipe's default, warm-up 100 and 4 indexer heads) are, field for field,
 # the warm-up-100 arm of the warm-up ablation and the 4-head arm of the heads ablation (matched by the key
-# `dsa.sweep` stores with every run). They are marked *shared* in the tables.
+# `dsa.train.sweep` stores with every run). They are marked *shared* in the tables.
 
 # %%
 t_start = time.monotonic()
@@ -205,7 +205,7 @@ for ab in ABLATIONS:
 # %% [markdown]
 # The helpers of the three sections below: a table of mean ± CI per arm, each arm against the reference
 # arm (KL off, no warm-up, one head) paired by seed, a figure, and the verdict
-# (`dsa.verdicts.ablation_verdicts`).
+# (`dsa.study.verdicts.ablation_verdicts`).
 
 # %%
 FORMATS = {"val_loss": (3, 1.0, "val loss (nats/token)"), "val_acc": (1, 100.0, "val accuracy (%)"),
@@ -224,7 +224,7 @@ def no_data(ab):
     where = (f"nothing matches `data/{glob}`" if glob.strip() else
              f"no recorded file was given (`recorded_{ab}` is empty)")
     display(Markdown(f"**No data for the {ABLATIONS[ab]['title']} ablation**: it was not run fresh and {where}. "
-                     f"On a GPU: `python -m dsa.sweep {exp} --size full --out data/gpu/{exp}.jsonl` (resumable)."))
+                     f"On a GPU: `python -m dsa.train.sweep {exp} --size full --out data/gpu/{exp}.jsonl` (resumable)."))
 
 
 def show_tables(ab):
@@ -447,6 +447,6 @@ for ab, spec in ABLATIONS.items():
     said = rec.verdict.iloc[0] if len(rec) else "no recorded data"
     lines.append(f"* **{spec['title']}** — recorded: **{said}**; {cov['text']}."
                  + ("" if not cov["missing_arms"] else
-                    f" To complete it on a GPU: `python -m dsa.sweep {spec['experiment']} --size full "
+                    f" To complete it on a GPU: `python -m dsa.train.sweep {spec['experiment']} --size full "
                     f"--out data/gpu/{spec['experiment']}.jsonl` (re-uses the finished runs)."))
 display(Markdown("\n".join(lines)))

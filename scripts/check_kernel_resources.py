@@ -25,7 +25,7 @@ SHARED_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (H100
 ARCH = 90
 SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128), (256, 128))
 FAST_TILE = (64, 64, 4)  # indexer_topk_threshold's default block_m (compiled), block_n and warps
-BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench's tuning set
+BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench.kernels's tuning set
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
 
 
@@ -53,8 +53,8 @@ def _torch_dtype(name: str):
 def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
     """idx_pass_kernel: modes 0-2 at indexer_topk_threshold's tile, mode 3 (the score pass of
     indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps); heads padded to a power of two."""
-    from dsa.kernels._common import next_pow2
-    from dsa.kernels.indexer import _pass_meta
+    from dsa.ops.kernels._common import next_pow2
+    from dsa.ops.kernels.indexer import _pass_meta
 
     hp = next_pow2(h)
     cases = []
@@ -71,7 +71,7 @@ def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
 
 def at_cases(h: int, di: int, dtype: str) -> list[Case]:
     """idx_at_fwd_kernel and idx_at_bwd_kernel (indexer_scores_at and its backward)."""
-    from dsa.kernels.indexer import _at_meta
+    from dsa.ops.kernels.indexer import _at_meta
 
     meta = _at_meta(h, di, _torch_dtype(dtype), interp=False)
     tile = f"{meta['BLOCK_K']}/{meta['num_warps']}w"
@@ -89,7 +89,7 @@ def _jitted(kernel: str):
     compiled ahead of time)."""
     from triton.runtime.jit import JITFunction
 
-    from dsa.kernels import _indexer_kernels as m
+    from dsa.ops.kernels import _indexer_kernels as m
 
     fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel}
     return JITFunction(fn[kernel.split()[0]])
@@ -153,9 +153,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=_parse_sizes, default=SIZES, help="H_IxD_I,... (default: %(default)s)")
     ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32 (default: %(default)s)")
-    ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench's 8 tiles too")
+    ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench.kernels's 8 tiles too")
     args = ap.parse_args(argv)
-    from dsa.kernels.indexer_chunked import SCORE_TILE
+    from dsa.ops.kernels.indexer_chunked import SCORE_TILE
 
     tiles = BENCH_TILES if args.all_tiles else (SCORE_TILE,)
     print(f"{'kernel':<16} {'dtype':<5} {'H_I x d_I':>10} {'tile':>11} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")

@@ -31,7 +31,7 @@ def gen() -> torch.Generator:
 
 @pytest.fixture(autouse=True)
 def _own_runs_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs that tests train (a notebook's fresh sweep writes under ``dsa.runs.runs_dir``) go to a temporary
+    """Runs that tests train (a notebook's fresh sweep writes under ``dsa.study.runs.runs_dir``) go to a temporary
     folder, never to the repository's runs/: `make test` while `make report` runs must not clobber its runs.
-    Notebook kernels inherit it (dsa.report passes the environment on)."""
+    Notebook kernels inherit it (dsa.study.report passes the environment on)."""
     monkeypatch.setenv("DSA_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..rope import apply_rope, rope_cos_sin
+from dsa.layers.rope import apply_rope, rope_cos_sin
 from .config import AttentionConfig, SparseConfig
 from .indexer import IndexerConfig, LightningIndexer
 from .norm import RMSNorm

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..rope import apply_rope
+from dsa.layers.rope import apply_rope
 
 
 @dataclass(frozen=True)

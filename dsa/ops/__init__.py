@@ -1,7 +1,7 @@
 """The public ops of DSA: one entry per op, each with ``impl="auto" | "reference" | "triton"``.
 
 ``auto`` runs the Triton kernel on CUDA tensors and the plain-PyTorch reference elsewhere (the rule lives in
-:mod:`dsa.ops.dispatch`); the references are the specification and the kernels (``dsa.kernels``) never
+:mod:`dsa.ops.dispatch`); the references are the specification and the kernels (``dsa.ops.kernels``) never
 import them. Inputs are checked here, the same for every impl.
 
 Layouts: q (B, H, L, d_qk), k (B, H_kv, L, d_qk), v (B, H_kv, L, d_v); indexer q_idx (B, L, H_I, d_I),

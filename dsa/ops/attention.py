@@ -20,7 +20,7 @@ from .memory import chunk_rows
 from .topk import indexer_topk, selection_counts
 
 # On CPU at small L the masked reference (one dense product) is several times faster than gathering,
-# whose scattered backward dominates; both compute the same function (tests/test_attention.py).
+# whose scattered backward dominates; both compute the same function (tests/ops/test_attention.py).
 MASKED_MAX_LEN_CPU = 512
 
 
@@ -119,7 +119,7 @@ def sparse_attention(
     check_selection(idx, b, l, l)
     scale = d**-0.5 if scale is None else float(scale)
     if resolve_impl(impl, q, k, v, idx, op="sparse_attention") == "triton":
-        from ..kernels.sparse_attention import sparse_attention as kernel  # noqa: PLC0415
+        from dsa.ops.kernels.sparse_attention import sparse_attention as kernel  # noqa: PLC0415
 
         o, lse = kernel(q, k, v, idx.to(torch.int32).contiguous(), scale)
         return (o, lse) if return_lse else o

@@ -53,7 +53,7 @@ def indexer_scores(
     why = None if square and not grad else "the kernel scores the causal square only, without gradient"
     if resolve_impl(impl, q_idx, k_idx, w, op="indexer_scores", unsupported=why) == "reference":
         return indexer_scores_reference(q_idx, k_idx, w, causal=causal, q_start=q_start)
-    from ..kernels.indexer_chunked import indexer_scores_triton  # noqa: PLC0415 (triton on demand)
+    from dsa.ops.kernels.indexer_chunked import indexer_scores_triton  # noqa: PLC0415 (triton on demand)
 
     return indexer_scores_triton(q_idx, k_idx, w)
 
@@ -87,7 +87,7 @@ def indexer_scores_at(
     check_selection(idx, q_idx.shape[0], q_idx.shape[1], k_idx.shape[1])
     if resolve_impl(impl, q_idx, k_idx, w, idx, op="indexer_scores_at") == "reference":
         return indexer_scores_at_reference(q_idx, k_idx, w, idx)
-    from ..kernels.indexer import indexer_scores_at_triton  # noqa: PLC0415
+    from dsa.ops.kernels.indexer import indexer_scores_at_triton  # noqa: PLC0415
 
     # the kernel takes one dtype: the queries' (autocast hands over bf16 queries and weights with fp32 keys from
     # the LayerNorm; promoting all to fp32 ran the fp32 path, 3-4x slower on an H200 at L = 64K, and the

@@ -142,8 +142,8 @@ def sparse_indexer_kl(
 
 def _sparse_kl_triton(q, k, q_idx, k_idx, w, idx, lse, scale) -> torch.Tensor:
     """The sparse KL on kernels: target from the attention's lse, indexer scores at the selection."""
-    from ..kernels.registered import sparse_attention_op as attn  # noqa: PLC0415
-    from ..kernels.registered import sparse_attention_probs_op
+    from dsa.ops.kernels.registered import sparse_attention_op as attn  # noqa: PLC0415
+    from dsa.ops.kernels.registered import sparse_attention_probs_op
 
     idx32 = idx.to(torch.int32).contiguous()
     q, k = q.detach(), k.detach()

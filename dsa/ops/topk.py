@@ -84,7 +84,7 @@ def select_topk(
         return select_topk_reference(scores, top_k, q_start=q_start, leak_future=leak_future)
     rows = torch.full((lq,), lk, device=scores.device, dtype=torch.int32) if leak_future else \
         torch.arange(q_start + 1, q_start + lq + 1, device=scores.device, dtype=torch.int32).clamp(max=lk)
-    from ..kernels.radix_topk import radix_topk  # noqa: PLC0415 (checked above: no second pass of checks)
+    from dsa.ops.kernels.radix_topk import radix_topk  # noqa: PLC0415 (checked above: no second pass of checks)
 
     return radix_topk(scores.float(), top_k, rows.expand(b, lq).contiguous(), out_dtype=torch.int32)
 
@@ -142,12 +142,12 @@ def topk_positions(
     scores (..., N) float; k int in [1, N]; lengths (...) integer, default N (a causal L x L matrix:
     :func:`causal_lengths`). Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer
     than k valid entries returns all of them and -1 in the remaining slots. NaN is refused; -0.0 ties +0.0.
-    Triton: the radix top-k (``dsa.kernels.radix_topk``, ties: the first positions).
+    Triton: the radix top-k (``dsa.ops.kernels.radix_topk``, ties: the first positions).
     """
     _check_positions_args(scores, k, lengths)
     if resolve_impl(impl, scores, op="topk_positions") == "reference":
         return topk_positions_reference(scores, k, lengths).to(out_dtype)
-    from ..kernels.radix_topk import radix_topk  # noqa: PLC0415
+    from dsa.ops.kernels.radix_topk import radix_topk  # noqa: PLC0415
 
     return radix_topk(scores, k, lengths, out_dtype=out_dtype)
 
@@ -186,8 +186,8 @@ def indexer_topk(
     q_idx: (B, L, H_I, d_I), k_idx: (B, L, d_I), w: (B, L, H_I); top_k: int, or (L,) / (B, L) per-query k.
     returns (B, L, max k) int32 positions, -1 in unused slots (a query t keeps min(k_t, t+1) positions).
     Non-finite indexer inputs are refused (their scores could not be ranked). Triton: a fixed k selects in
-    stored chunks of scores (radix top-k, ``dsa.kernels.indexer_chunked``); a per-query k by a threshold
-    search on recomputed score tiles (``dsa.kernels.indexer``). The seeds' ``leak_future`` runs only in the
+    stored chunks of scores (radix top-k, ``dsa.ops.kernels.indexer_chunked``); a per-query k by a threshold
+    search on recomputed score tiles (``dsa.ops.kernels.indexer``). The seeds' ``leak_future`` runs only in the
     reference.
     """
     check_indexer(q_idx, k_idx, w)
@@ -198,10 +198,10 @@ def indexer_topk(
     if resolve_impl(impl, q_idx, k_idx, w, op="indexer_topk", unsupported=why) == "reference":
         return indexer_topk_reference(q_idx, k_idx, w, top_k, leak_future=leak_future)
     if isinstance(top_k, int):
-        from ..kernels.registered import indexer_topk_op as kernel  # noqa: PLC0415
+        from dsa.ops.kernels.registered import indexer_topk_op as kernel  # noqa: PLC0415
 
         return kernel(q_idx, k_idx, w, top_k)
-    from ..kernels.indexer import indexer_topk_threshold  # noqa: PLC0415
+    from dsa.ops.kernels.indexer import indexer_topk_threshold  # noqa: PLC0415
 
     return indexer_topk_threshold(q_idx, k_idx, w, per_query_k(top_k, *q_idx.shape[:2], q_idx.device))
 

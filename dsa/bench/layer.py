@@ -1,0 +1,304 @@
+"""Layer benchmark: the model's own DSA layer against the same layer with dense attention, in one process.
+
+    python -m dsa.bench.layer                                  # CPU: a tiny MQA layer, the reference path
+    python -m dsa.bench.layer --seq-lens 8192 32768 65536 --top-k 2048 --heads 64 --kv-heads 1 \
+        --head-dim 128 --indexers 4x64 64x128 --out runs/bench-layer.json
+
+Each configuration builds one :class:`dsa.layers.DSAAttention` and a :class:`dsa.layers.DenseAttention` with
+the same projection weights (bf16 on CUDA) and times, on hidden states (1, L, d_model):
+- ``dense_<backend>_fwd`` / ``_fwdbwd``: the dense layer with SDPA forced to cuDNN or flash, and the same
+  projections around FlexAttention (the dense baselines; cuDNN is the one to beat on Hopper);
+- ``dsa_fwd`` (prefill: projections, indexer, top-k, sparse attention) and ``dsa_fwdbwd`` (training: the
+  same plus the indexer's sparse KL loss, all backward): exactly the code the model trains with;
+- the DSA layer's parts: ``part_indexer_topk`` (indexer projections + top-k), ``part_sparse_fwd`` /
+  ``part_sparse_fwdbwd`` (sparse attention alone), ``part_kl_fwdbwd`` (the KL loss alone).
+Ratios ``speedup_*`` are dense ms / DSA ms of the same run. TFLOP/s count the attention's causal pairs only
+(dense L(L+1)/2, sparse sum_t min(t+1, k)) at 2·H·(d_qk + d_v) FLOPs per pair, x3.5 for fwd+bwd. Timer:
+triton.testing.do_bench median on CUDA, a perf_counter median on CPU. Results go to ``runs/`` unless --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dsa import ops
+from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
+from dsa.ops.dispatch import impl_on_device
+from dsa.provenance import provenance
+
+DENSE_BACKENDS = ("cudnn", "flash", "flex")
+
+
+@dataclass
+class LayerBenchConfig:
+    seq_lens: list[int] = field(default_factory=lambda: [256])
+    top_k: int = 64
+    d_model: int = 256
+    heads: int = 8
+    kv_heads: int = 1
+    head_dim: int = 32
+    indexers: list[str] = field(default_factory=lambda: ["4x16"])  # H_I x d_I
+    indexer_rope_dim: int = 0
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "d_model", "heads", "kv_heads", "head_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not self.seq_lens or any(l < 1 for l in self.seq_lens):
+            raise ValueError(f"seq_lens must be positive ints, got {self.seq_lens}")
+        if self.top_k > min(self.seq_lens):
+            raise ValueError(f"top_k ({self.top_k}) must be <= every seq_len (smallest {min(self.seq_lens)})")
+        for spec in self.indexers:
+            parse_indexer(spec)
+        AttentionConfig(d_model=self.d_model, n_heads=self.heads, n_kv_heads=self.kv_heads, head_dim=self.head_dim)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+
+
+def parse_indexer(spec: str) -> tuple[int, int]:
+    """'64x128' -> (64, 128): indexer heads x head size."""
+    parts = spec.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"an indexer size is 'HEADSxDIM', e.g. 64x128, got {spec!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _timer(fn: Callable[[], object], cuda: bool) -> float:
+    if cuda:
+        import triton.testing  # noqa: PLC0415
+
+        return float(triton.testing.do_bench(fn, warmup=5, rep=40, return_mode="median"))
+    ts = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        fn()
+        if i:
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def _measure(fn: Callable[[], object], cuda: bool) -> tuple[float | None, str | None]:
+    """(ms, None), or (None, why) when the call runs out of memory or fails."""
+    try:
+        return _timer(fn, cuda), None
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None, "oom"
+    except Exception as exc:  # a baseline that cannot run this shape is recorded, not fatal
+        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+def attention_pairs(l: int, k: int | None) -> float:
+    """Causal (query, key) pairs: dense L(L+1)/2, sparse sum_t min(t+1, k)."""
+    return l * (l + 1) / 2 if k is None else k * (k + 1) / 2 + (l - k) * k
+
+
+def _layers(cfg: LayerBenchConfig, l: int, hi: int, di: int, dev: torch.device, dtype: torch.dtype):
+    acfg = AttentionConfig(d_model=cfg.d_model, n_heads=cfg.heads, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                           max_seq_len=l)
+    scfg = SparseConfig(top_k=cfg.top_k, indexer_heads=hi, indexer_dim=di, indexer_rope_dim=cfg.indexer_rope_dim)
+    torch.manual_seed(cfg.seed)
+    dsa = DSAAttention(acfg, scfg).to(dev, dtype)
+    dense = DenseAttention(acfg).to(dev, dtype)
+    dense.proj.load_state_dict(dsa.proj.state_dict())
+    return dense, dsa
+
+
+def _dense_fns(dense: DenseAttention, backend: str, x: torch.Tensor, go: torch.Tensor, cuda: bool):
+    """(fwd, fwdbwd) of the dense layer on one SDPA backend, or around FlexAttention."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
+
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: PLC0415
+
+        l = x.shape[1]
+        mask = create_block_mask(lambda b, h, q, k: q >= k, None, None, l, l, device=x.device)
+        flex = torch.compile(flex_attention, dynamic=False)
+
+        def run():
+            t = dense.proj(x)
+            o = flex(t.q, t.k, t.v, block_mask=mask, scale=t.scale, enable_gqa=t.k.shape[1] != t.q.shape[1])
+            return dense.proj.output(o)
+    else:
+        chosen = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend] if cuda \
+            else SDPBackend.MATH
+
+        def run():
+            with sdpa_kernel(chosen):
+                return dense(x)[0]
+
+    def fwd():
+        with torch.no_grad():
+            run()
+
+    def fwdbwd():
+        run().backward(go)
+
+    return fwd, fwdbwd
+
+
+def _dsa_fns(dsa: DSAAttention, x: torch.Tensor, go: torch.Tensor):
+    def fwd():
+        with torch.no_grad():
+            dsa(x)
+
+    def fwdbwd():
+        out, aux = dsa(x, indexer_loss="sparse")
+        ((out.float() * go.float()).sum() + aux.indexer_kl).backward()
+
+    return fwd, fwdbwd
+
+
+def _part_fns(dsa: DSAAttention, x: torch.Tensor, go: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The DSA layer's parts on the layer's own tensors."""
+    impl = dsa.cfg.impl
+    t = dsa.proj(x)
+    q, k, v = (a.detach().requires_grad_() for a in (t.q, t.k, t.v))
+    with torch.no_grad():
+        qi, ki, wi = dsa.indexer_outputs(x)
+        idx = ops.indexer_topk(qi, ki, wi, dsa.sparse_cfg.top_k, impl=impl)
+        lse = ops.sparse_attention(q, k, v, idx, scale=t.scale, return_lse=True, impl=impl)[1]
+    qi_g, ki_g, wi_g = (a.detach().requires_grad_() for a in (qi, ki, wi))
+    go_o = torch.randn(q.shape[:3] + (v.shape[-1],), device=x.device, dtype=q.dtype)
+
+    def topk():
+        with torch.no_grad():
+            a, b, c = dsa.indexer_outputs(x)
+            ops.indexer_topk(a, b, c, dsa.sparse_cfg.top_k, impl=impl)
+
+    def sparse_fwd():
+        with torch.no_grad():
+            ops.sparse_attention(q, k, v, idx, scale=t.scale, impl=impl)
+
+    def sparse_fwdbwd():
+        ops.sparse_attention(q, k, v, idx, scale=t.scale, impl=impl).backward(go_o)
+
+    def kl_fwdbwd():
+        ops.sparse_indexer_kl(q.detach(), k.detach(), qi_g, ki_g, wi_g, idx, lse=lse, scale=t.scale,
+                              impl=impl).backward()
+
+    return {"part_indexer_topk": topk, "part_sparse_fwd": sparse_fwd, "part_sparse_fwdbwd": sparse_fwdbwd,
+            "part_kl_fwdbwd": kl_fwdbwd}
+
+
+def bench_one(cfg: LayerBenchConfig, l: int, indexer: str, dev: torch.device) -> dict:
+    """One (L, indexer size) row: every dense baseline, the DSA layer, its parts, ratios and TFLOP/s."""
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    hi, di = parse_indexer(indexer)
+    dense, dsa = _layers(cfg, l, hi, di, dev, dtype)
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
+    x = torch.randn(1, l, cfg.d_model, device=dev, dtype=dtype, generator=g, requires_grad=True)
+    go = torch.randn(1, l, cfg.d_model, device=dev, dtype=dtype, generator=g)
+    row: dict = {"L": l, "k": cfg.top_k, "layout": dsa.cfg.layout, "d_model": cfg.d_model, "H": cfg.heads,
+                 "H_kv": cfg.kv_heads, "d_qk": cfg.head_dim, "d_v": cfg.head_dim, "H_I": hi, "d_I": di,
+                 "indexer_dtype": str(dtype).replace("torch.", ""), "dtype": str(dtype).replace("torch.", ""),
+                 "impl": impl_on_device(dsa.cfg.impl, dev)}
+    per_pair = 2 * cfg.heads * 2 * cfg.head_dim
+    fns: dict[str, tuple[Callable, float]] = {}
+    for backend in DENSE_BACKENDS if cuda else ("math",):
+        fwd, fwdbwd = _dense_fns(dense, backend, x, go, cuda)
+        fns[f"dense_{backend}_fwd"] = (fwd, attention_pairs(l, None) * per_pair)
+        fns[f"dense_{backend}_fwdbwd"] = (fwdbwd, 3.5 * attention_pairs(l, None) * per_pair)
+    fwd, fwdbwd = _dsa_fns(dsa, x, go)
+    sparse_flops = attention_pairs(l, cfg.top_k) * per_pair
+    fns["dsa_fwd"] = (fwd, sparse_flops)
+    fns["dsa_fwdbwd"] = (fwdbwd, 3.5 * sparse_flops)
+    for name, fn in _part_fns(dsa, x, go).items():
+        fns[name] = (fn, 3.5 * sparse_flops if name == "part_sparse_fwdbwd" else
+                     sparse_flops if name == "part_sparse_fwd" else 0.0)
+    for name, (fn, flops) in fns.items():
+        ms, why = _measure(fn, cuda)
+        row[name + "_ms"] = ms
+        if why:
+            row[name + "_why"] = why
+        if ms and flops:
+            row[name + "_tflops"] = flops / ms / 1e9
+    _ratios(row)
+    return row
+
+
+def _ratios(row: dict) -> None:
+    """speedup_<backend>_<pass> = dense layer ms / DSA layer ms (> 1: DSA is faster)."""
+    for key in [k for k in row if k.startswith("dense_") and k.endswith("_ms")]:
+        pass_ = "fwdbwd" if key.endswith("_fwdbwd_ms") else "fwd"
+        dsa_ms = row.get(f"dsa_{pass_}_ms")
+        if row[key] and dsa_ms:
+            row["speedup_" + key[len("dense_"):-len("_ms")]] = row[key] / dsa_ms
+
+
+def run(cfg: LayerBenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                       else "cpu")
+    res = {"config": asdict(cfg), "rows": [], "provenance": provenance(dev)}
+    for l in cfg.seq_lens:
+        for indexer in tqdm(cfg.indexers, desc=f"dsa.bench.layer L={l}", file=sys.stderr):
+            res["rows"].append(bench_one(cfg, l, indexer, dev))
+            if on_row:
+                on_row(res)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return res
+
+
+def table(res: dict) -> str:
+    cols = [("L", "{}"), ("H_I", "{}"), ("d_I", "{}"), ("dense_cudnn_fwd_ms", "{:.1f}"), ("dsa_fwd_ms", "{:.1f}"),
+            ("speedup_cudnn_fwd", "{:.2f}"), ("dense_cudnn_fwdbwd_ms", "{:.1f}"), ("dsa_fwdbwd_ms", "{:.1f}"),
+            ("speedup_cudnn_fwdbwd", "{:.2f}"), ("part_indexer_topk_ms", "{:.1f}"), ("part_sparse_fwdbwd_ms", "{:.1f}"),
+            ("part_kl_fwdbwd_ms", "{:.1f}")]
+    if res["rows"] and "dense_cudnn_fwd_ms" not in res["rows"][0]:
+        cols = [(c.replace("cudnn", "math"), f) for c, f in cols]
+    lines = ["  ".join(c for c, _ in cols)]
+    for r in res["rows"]:
+        lines.append("  ".join(f.format(r[c]) if r.get(c) is not None else "-" for c, f in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m dsa.bench.layer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = LayerBenchConfig()
+    p.add_argument("--seq-lens", type=int, nargs="+", default=d.seq_lens, help="sequence lengths L")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keys kept per query")
+    p.add_argument("--d-model", type=int, default=d.d_model, help="hidden size of the layer")
+    p.add_argument("--heads", type=int, default=d.heads, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=d.kv_heads, help="K/V heads (1 = MQA)")
+    p.add_argument("--head-dim", type=int, default=d.head_dim, help="per-head query/key/value size")
+    p.add_argument("--indexers", nargs="+", default=d.indexers, help="indexer sizes HEADSxDIM, e.g. 4x64 64x128")
+    p.add_argument("--indexer-rope-dim", type=int, default=d.indexer_rope_dim, help="RoPE dims of the indexer")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="where to run")
+    p.add_argument("--seed", type=int, default=d.seed, help="weights and inputs")
+    p.add_argument("--out", default=None, help="JSON path (default runs/bench-layer-<device>.json)")
+    a = vars(p.parse_args(argv))
+    out = a.pop("out")
+    try:
+        cfg = LayerBenchConfig(**a)
+    except ValueError as e:
+        p.error(str(e))
+    out = Path(out or f"runs/bench-layer-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
+    out.write_text(json.dumps(res, indent=1))
+    print(table(res))
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The study's experiments as lists of TrainConfig, at two sizes: ``small`` (CPU, seconds) and ``full`` (GPU).
+
+Every experiment compares runs that differ only in what is under test: same seeds, same data order
+(data_seed = 0 for all), same architecture except the attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dsa.train.trainer import TrainConfig
+
+SIZES = ("small", "full")
+
+# Model and optimisation shared by every run of a size. "full" follows the seeds' exp4 scale
+# (d_model 256, 1000 steps); "small" is the same design shrunk to run on 2 CPU cores.
+# Plain dicts, not TrainConfig: a TrainConfig resolves its recipe defaults (dense_steps, warmup_steps,
+# indexer_kl) from its own attention/steps at construction, so each run is built from scratch in _base.
+_BASE = {
+    "small": dict(d_model=64, n_layers=2, n_heads=4, indexer_heads=2, indexer_dim=16, indexer_rope_dim=8,
+                  batch_size=8, steps=40, eval_every=20, eval_batches=2, lr=3e-3, lr_warmup_steps=5,
+                  vocab_size=2048, out="", progress=False),
+    "full": dict(d_model=256, n_layers=4, n_heads=8, indexer_heads=4, indexer_dim=64, indexer_rope_dim=32,
+                 batch_size=16, steps=1000, eval_every=100, eval_batches=8, lr=3e-3, lr_warmup_steps=50,
+                 vocab_size=2048, out="", progress=False),
+}
+_SEEDS = {"small": (0, 1), "full": (0, 1, 2)}
+
+
+def _base(size: str, **kw) -> TrainConfig:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    return TrainConfig(**{**_BASE[size], **kw})
+
+
+def _variants_exp4(size: str, seq_lens: tuple[int, ...], leaky: bool) -> list[TrainConfig]:
+    out = []
+    for l in seq_lens:
+        k = l // 2  # the seeds' exp4: 50% of the tokens
+        for seed in _SEEDS[size]:
+            out.append(_base(size, attention="dense", seq_len=l, top_k=k, seed=seed))
+            if leaky:
+                out.append(_base(size, attention="dsa", recipe="scratch", leak_future=True, seq_len=l, top_k=k, seed=seed))
+                out.append(_base(size, attention="dsa", recipe="scratch", seq_len=l, top_k=k, seed=seed))
+            out.append(_base(size, attention="dsa", recipe="deepseek", seq_len=l, top_k=k, seed=seed))
+    return out
+
+
+def exp4_reproduce(size: str) -> list[TrainConfig]:
+    """Seeds' exp4: dense vs the seeds' leaky sparse vs causal sparse-from-scratch vs causal DSA (DeepSeek
+    recipe), L = 64, 128, 256, k = L/2."""
+    return _variants_exp4(size, (64, 128, 256), leaky=True)
+
+
+def exp4_long(size: str) -> list[TrainConfig]:
+    """Causal DSA vs dense at longer L (k = L/2 as in exp4, and k = L/8 where attention is really sparse)."""
+    lens = (512, 1024) if size == "small" else (512, 1024, 2048, 4096)
+    out = []
+    for l in lens:
+        for seed in _SEEDS[size][:2] if size == "small" else _SEEDS[size]:
+            kw = dict(seq_len=l, seed=seed, steps=20 if size == "small" else 1000,
+                      batch_size=2 if size == "small" else max(1, 16 * 256 // l))
+            out.append(_base(size, attention="dense", top_k=l // 8, **kw))
+            out.append(_base(size, attention="dsa", top_k=l // 2, **kw))
+            out.append(_base(size, attention="dsa", top_k=l // 8, **kw))
+    return out
+
+
+SPARSITY_RATIOS = (0.25, 0.33, 0.5, 0.67, 0.75, 0.9)
+
+
+def exp5_sparsity(size: str) -> list[TrainConfig]:
+    """Seeds' exp5: k/L ratio x L x seeds, causal DSA (DeepSeek recipe); dense at each L as the reference."""
+    lens = (64, 128) if size == "small" else (64, 128, 256, 512, 1024)
+    seeds = (0, 1, 2)
+    out = []
+    for l in lens:
+        kw = dict(seq_len=l, steps=30 if size == "small" else 500,
+                  batch_size=_BASE[size]["batch_size"] if size == "small" else max(4, 16 * 256 // l))
+        for seed in seeds:
+            out.append(_base(size, attention="dense", top_k=l // 2, seed=seed, **kw))
+            for r in SPARSITY_RATIOS:
+                out.append(_base(size, attention="dsa", top_k=max(1, round(r * l)), seed=seed, **kw))
+    return out
+
+
+def exp3_adaptive(size: str) -> list[TrainConfig]:
+    """Seeds' exp3: adaptive per-query k (indexer-mass and entropy rules) vs dense and fixed 25/50/75%."""
+    l = 128 if size == "small" else 512
+    out = []
+    for seed in _SEEDS[size]:
+        kw = dict(seq_len=l, seed=seed)
+        out.append(_base(size, attention="dense", top_k=l // 2, **kw))
+        for r in (0.25, 0.5, 0.75):
+            out.append(_base(size, attention="dsa", top_k=int(r * l), **kw))
+        for mass in (0.8, 0.95):
+            out.append(_base(size, attention="dsa", top_k=int(0.75 * l), k_policy="mass", k_mass=mass, **kw))
+        out.append(_base(size, attention="dsa", top_k=int(0.75 * l), k_policy="entropy", **kw))
+    return out
+
+
+def ablation_indexer_heads(size: str) -> list[TrainConfig]:
+    l = 128 if size == "small" else 512
+    heads = (1, 2, 4) if size == "small" else (1, 2, 4, 8, 16)
+    return [_base(size, attention="dsa", seq_len=l, top_k=l // 4, indexer_heads=h, seed=s)
+            for h in heads for s in _SEEDS[size]]
+
+
+def ablation_warmup(size: str) -> list[TrainConfig]:
+    l = 128 if size == "small" else 512
+    lengths = (0, 5, 10) if size == "small" else (0, 100, 200, 500)
+    return [_base(size, attention="dsa", seq_len=l, top_k=l // 4, warmup_steps=w, seed=s)
+            for w in lengths for s in _SEEDS[size]]
+
+
+def ablation_kl(size: str) -> list[TrainConfig]:
+    """Indexer trained by its KL loss vs not trained at all (what the seeds' setup amounts to)."""
+    l = 128 if size == "small" else 512
+    out = []
+    for s in _SEEDS[size]:
+        out.append(_base(size, attention="dsa", seq_len=l, top_k=l // 4, seed=s))
+        out.append(_base(size, attention="dsa", seq_len=l, top_k=l // 4, seed=s, warmup_steps=0, indexer_kl=False))
+    return out
+
+
+EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
+    "exp4_reproduce": exp4_reproduce,
+    "exp4_long": exp4_long,
+    "exp5_sparsity": exp5_sparsity,
+    "exp3_adaptive": exp3_adaptive,
+    "ablation_indexer_heads": ablation_indexer_heads,
+    "ablation_warmup": ablation_warmup,
+    "ablation_kl": ablation_kl,
+}
+
+
+def get_experiment(name: str, size: str = "small") -> list[TrainConfig]:
+    """The configurations of experiment ``name`` at ``size`` ('small' for CPU, 'full' for GPU)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    return EXPERIMENTS[name](size)
