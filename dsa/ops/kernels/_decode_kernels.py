@@ -23,9 +23,9 @@ def decode_attn_kernel(
     skb, skh, sks,
     svb, svh, svs,
     sib, sit,
-    T, HKV, NHB, KSEL, SPLIT,
+    T, HKV, NHB, KSEL, SPLIT, NSPLIT,
     G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    DV: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_K: tl.constexpr, NSPLIT: tl.constexpr,
+    DV: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
     DENSE: tl.constexpr, INTERP: tl.constexpr,
 ):
     bt = tl.program_id(0).to(tl.int64)

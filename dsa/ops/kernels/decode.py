@@ -88,9 +88,9 @@ def decode_attention_triton(
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         sib, sit,
-        t, hkv, nhb, ksel, split,
+        t, hkv, nhb, ksel, split, ns,
         G=g, BLOCK_H=block_h, D=d, BLOCK_D=block_d, DV=dv, DV_PAD=max(16, next_pow2(dv)), BLOCK_K=block_k,
-        NSPLIT=ns, DENSE=dense, INTERP=interpret_mode(), num_warps=warps,
+        DENSE=dense, INTERP=interpret_mode(), num_warps=warps,
     )
     out = merge_splits(op, mp, lp)  # (B*T, H, DV)
     return out.view(b, t, h, dv).transpose(1, 2).to(q.dtype)
