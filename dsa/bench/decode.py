@@ -180,7 +180,7 @@ class Timer:
         """Median ms of ``step``: about ``budget_ms`` of calls on CUDA (between 2 and 20 per round)."""
         if not self.cuda:
             ts = []
-            for _ in range(3):
+            for _ in range(7):  # a shared CPU is noisy: the median of a few calls
                 t0 = time.perf_counter()
                 step()
                 ts.append((time.perf_counter() - t0) * 1e3)
@@ -398,6 +398,19 @@ def _cache_gib(lay: Layout, b: int, s: int, d_i: int) -> float:
 
 def run(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None, log: Callable[[str], None] = print
         ) -> dict:
+    """Every decode row and request of ``cfg``; the result dict (config, hbm_gbps, rows, provenance).
+    On CPU the ops run on one thread (restored after): at tiny shapes the thread pool's wake-ups on a shared
+    machine would be all that is timed."""
+    threads = torch.get_num_threads()
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    try:
+        return _run(cfg, on_row, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None, log: Callable[[str], None]) -> dict:
     dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                        else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
