@@ -160,6 +160,8 @@ class DenseAttention(nn.Module):
     def _decode(self, x: torch.Tensor, cache: LayerCache, positions: torch.Tensor) -> tuple[torch.Tensor, AttentionAux]:
         t = self.proj(x, positions)
         cache.write(t.k, t.v, positions)
+        if _from_start(positions):  # a prompt into an empty cache: the full-sequence (prefill) kernels
+            return self.proj.output(ops.dense_attention(t.q, t.k, t.v, scale=t.scale), absorbed=True), AttentionAux()
         kc, vc = _cached(cache, positions)
         o = ops.decode_dense_attention(t.q, kc, vc, positions, scale=t.scale, impl=self.cfg.impl)
         return self.proj.output(o, absorbed=True), AttentionAux()
@@ -265,8 +267,15 @@ class DSAAttention(nn.Module):
         t = self.proj(x, positions)
         qi, ki, wi = self.indexer_outputs(x, positions)
         cache.write(t.k, t.v, positions, ki)
-        kc, vc = _cached(cache, positions)
         aux = AttentionAux()
+        if _from_start(positions):  # a prompt into an empty cache: the full-sequence (prefill) ops
+            if sparse:
+                aux.selection = ops.indexer_topk(qi, ki, wi, min(self.sparse_cfg.top_k, x.shape[1]), impl=impl)
+                o = ops.sparse_attention(t.q, t.k, t.v, aux.selection, scale=t.scale, impl=impl)
+            else:
+                o = ops.dense_attention(t.q, t.k, t.v, scale=t.scale)
+            return self.proj.output(o, absorbed=True), aux
+        kc, vc = _cached(cache, positions)
         if sparse:
             used = kc.shape[2]
             aux.selection = ops.decode_indexer_topk(qi, cache.k_idx[:, :used], wi, self.sparse_cfg.top_k, positions,
@@ -311,6 +320,12 @@ def _empty_cache(cfg: AttentionConfig, b: int, max_len: int, dtype: torch.dtype,
     k = torch.zeros(b, cfg.kv_heads, max_len, cfg.qk_dim, dtype=dtype, device=device)
     v = torch.zeros(b, cfg.kv_heads, max_len, cfg.v_dim, dtype=dtype, device=device)
     return LayerCache(k, v, cfg.v_dim)
+
+
+def _from_start(positions: torch.Tensor) -> bool:
+    """Every sequence starts at position 0: the new tokens are whole sequences (positions 0..T-1), which the
+    full-sequence ops compute with their prefill kernels (the same function as the decode ops)."""
+    return not bool(positions[:, 0].any())
 
 
 def _cached(cache: LayerCache, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
