@@ -176,8 +176,8 @@ class Timer:
             torch.cuda.synchronize()
             return fn, f"{type(exc).__name__}: {str(exc)[:160]}"
 
-    def time(self, step: Callable[[], object], budget_ms: float = 400.0) -> float:
-        """Median ms of ``step``: about ``budget_ms`` of calls on CUDA (between 2 and 20 per round)."""
+    def time(self, step: Callable[[], object], budget_ms: float = 100.0) -> float:
+        """Median ms of ``step`` over 3 rounds of about ``budget_ms / 3`` of calls each on CUDA (2 to 20 calls)."""
         if not self.cuda:
             ts = []
             for _ in range(7):  # a shared CPU is noisy: the median of a few calls
@@ -191,8 +191,8 @@ class Timer:
             step()
 
         once = self._loop(flushed, 1, rounds=1)
-        n = max(2, min(20, int(budget_ms / 5 / max(once, 1e-3))))
-        return max(self._loop(flushed, n) - self.flush_ms, 1e-6)
+        n = max(2, min(20, int(budget_ms / 3 / max(once, 1e-3))))
+        return max(self._loop(flushed, n, rounds=3) - self.flush_ms, 1e-6)
 
 
 def measure(timer: Timer, fn: Callable[[], object]) -> dict:

@@ -7,7 +7,7 @@
 #      4K..128K, batches 1, 16, 64, CUDA graphs; whole requests (prefill + 256 tokens) at 4K, 16K, 64K.
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_decode.sh [tests|bench|all] ; results go to $OUT (decode.json, tests.log).
-# Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths), BENCH_TIMEOUT (seconds, default 300).
+# Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths), BENCH_TIMEOUT (seconds, default 240).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env  # the commit and dirty flag of the tree that was sent
@@ -19,13 +19,13 @@ start=$(date +%s)
 python -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 if [[ $what == tests || $what == all ]]; then
   echo "== decode tests (compiled kernels) =="
-  timeout 150 python -m pytest -q -x -p no:cacheprovider tests/ops/test_decode.py tests/inference 2>&1 | tail -5 \
+  timeout 100 python -m pytest -q -x -p no:cacheprovider tests/ops/test_decode.py tests/inference 2>&1 | tail -5 \
     | tee "$OUT/tests.log"
   echo "tests took $(( $(date +%s) - start )) s"
 fi
 if [[ $what == bench || $what == all ]]; then
   echo "== dsa.bench.decode =="
-  timeout "${BENCH_TIMEOUT:-300}" python -m dsa.bench.decode --layouts mqa mla \
+  timeout "${BENCH_TIMEOUT:-240}" python -m dsa.bench.decode --layouts mqa mla \
     --contexts ${CONTEXTS:-4096 8192 16384 32768 65536 131072} --batches ${BATCHES:-1 16 64} \
     --top-k 2048 --indexer 64x128 --request-contexts ${REQUESTS:-4096 16384 65536} --gen-tokens 256 \
     --out "$OUT/decode.json" || echo "bench stopped (exit $?): $OUT/decode.json holds every finished row"

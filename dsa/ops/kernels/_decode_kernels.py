@@ -2,7 +2,7 @@
 
 ``decode_attn_kernel``: split-K attention of one new query (b, t) and a block of BLOCK_H of its KV head's
 query heads over cached rows: the selected rows (IDX, sparse) or every row s <= q_pos (DENSE, flash
-decoding). Program (b*T + t, kv head x head block, split) covers the slots [split * SPLIT, (split+1) * SPLIT)
+decoding). Program (query b*T + t, split, kv head x head block; a flat grid, head blocks fastest) covers the slots [split * SPLIT, (split+1) * SPLIT)
 of the selection (or of the cache) and writes its partial output, normalised, with its running max and sum
 (base 2); the caller merges the splits. The heads of one KV head share every gathered row through one
 [BLOCK_H, D] x [D, BLOCK_K] product: many query heads on one K/V (MQA, MLA in MQA mode) read each row once
@@ -28,9 +28,13 @@ def decode_attn_kernel(
     DV: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
     DENSE: tl.constexpr, INTERP: tl.constexpr,
 ):
-    bt = tl.program_id(0).to(tl.int64)
-    hb = tl.program_id(1)
-    sp = tl.program_id(2)
+    # one flat grid, head blocks fastest: the programs that read the same rows (every head block of one query
+    # and split) run side by side, so each row comes from HBM once and from L2 for the other head blocks
+    pid = tl.program_id(0)
+    nh = HKV * NHB
+    hb = pid % nh
+    sp = (pid // nh) % NSPLIT
+    bt = (pid // (nh * NSPLIT)).to(tl.int64)
     b = bt // T
     t = bt % T
     hk = hb // NHB

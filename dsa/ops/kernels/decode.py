@@ -82,7 +82,7 @@ def decode_attention_triton(
     op = torch.empty(b * t, h, ns, dv, device=q.device, dtype=torch.float32)
     mp = torch.empty(b * t, h, ns, device=q.device, dtype=torch.float32)
     lp = torch.empty_like(mp)
-    _kernels()["decode_attn_kernel"][(b * t, hkv * nhb, ns)](
+    _kernels()["decode_attn_kernel"][(b * t * ns * hkv * nhb,)](
         q, k, v, idx_t, pos, op, mp, lp, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
