@@ -5,6 +5,7 @@
 #   2. dsa.bench.decode: per token and layer, DSA (indexer 64x128 bf16, k = 2048) against dense decode over the
 #      whole cache (the split-K Triton kernel and SDPA), MQA 64x128 and MLA-MQA 128 x 576/512, contexts
 #      4K..128K, batches 1, 16, 64, CUDA graphs; whole requests (prefill + 256 tokens) at 4K, 16K, 64K.
+#      MLA first: if the time runs out, the headline layout is done (every finished row is in the JSON).
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_decode.sh [tests|bench|all] ; results go to $OUT (decode.json, tests.log).
 # Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths), BENCH_TIMEOUT (seconds, default 240).
@@ -25,7 +26,7 @@ if [[ $what == tests || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   echo "== dsa.bench.decode =="
-  timeout "${BENCH_TIMEOUT:-240}" python -m dsa.bench.decode --layouts mqa mla \
+  timeout "${BENCH_TIMEOUT:-240}" python -m dsa.bench.decode --layouts mla mqa \
     --contexts ${CONTEXTS:-4096 8192 16384 32768 65536 131072} --batches ${BATCHES:-1 16 64} \
     --top-k 2048 --indexer 64x128 --request-contexts ${REQUESTS:-4096 16384 65536} --gen-tokens 256 \
     --out "$OUT/decode.json" || echo "bench stopped (exit $?): $OUT/decode.json holds every finished row"
