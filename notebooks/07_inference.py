@@ -121,7 +121,6 @@ P
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
 from dsa.bench import decode as bench_decode

@@ -36,12 +36,12 @@ def _prompt_batch(prompt: torch.Tensor | list[list[int]], vocab: int, device: to
     """(B, T) right-padded int64 tokens and the (B,) prompt lengths."""
     if isinstance(prompt, torch.Tensor):
         if prompt.ndim != 2 or prompt.dtype not in (torch.int32, torch.int64) or prompt.shape[1] < 1:
-            raise ValueError(f"prompt must be a (B, T) integer tensor with T >= 1, got {tuple(prompt.shape)}")
+            raise ValueError(f"prompt must be a (B, T) integer tensor with T >= 1, got {tuple(prompt.shape)} {prompt.dtype}")
         rows = prompt.tolist()
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(r, (list, tuple)) for r in prompt):
         rows = [list(r) for r in prompt]
     else:
-        raise ValueError("prompt must be a (B, T) integer tensor or a non-empty list of token lists")
+        raise TypeError("prompt must be a (B, T) integer tensor or a non-empty list of token lists")
     if any(len(r) == 0 for r in rows):
         raise ValueError("prompt: every sequence needs at least one token")
     if any(isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < vocab for r in rows for x in r):

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import ops
 from dsa.layers.rope import apply_rope, apply_rope_at, rope_cos_sin
+
+from .. import ops
 from .cache import LayerCache
 from .config import AttentionConfig, SparseConfig
 from .indexer import IndexerConfig, LightningIndexer

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import ModelCache
-from .config import ModelConfig
 from dsa.layers import INDEXER_LOSSES, AttentionAux, DenseAttention, DSAAttention, RMSNorm
 
+from .cache import ModelCache
+from .config import ModelConfig
 
 SELECTION_FIELDS = ("top_k", "k_policy", "k_mass", "k_min", "leak_future")
 
@@ -188,7 +188,7 @@ class TransformerLM(nn.Module):
                         embeds: torch.Tensor | None, training_options: bool) -> LMOutput:
         """The cached path of :meth:`forward`: tokens (B, T) -> LMOutput with logits (B, T, V) float32."""
         n_new = self._check_cache_call(tokens, cache, lengths, training_options)
-        b, t = tokens.shape
+        t = tokens.shape[1]
         positions = cache.lengths[:, None] + torch.arange(t, device=tokens.device)[None, :]  # (B, T)
         x = self.embed(tokens) if embeds is None else embeds
         auxes = []

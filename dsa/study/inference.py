@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -157,9 +157,8 @@ def test_bad_cached_calls_are_refused():
         generate(m, [[]], 3)
     with pytest.raises(ValueError, match="vocab_size"):
         generate(m, [[1, 97]], 3)
-    with pytest.raises(ValueError, match="k_policy"):
-        with m.selection_override(k_policy="mass"):
-            m(tok[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="k_policy"), m.selection_override(k_policy="mass"):
+        m(tok[:, :1], cache=cache)
 
 
 def test_cache_layout_and_row_bytes():

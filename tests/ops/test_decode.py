@@ -163,8 +163,9 @@ def test_model_decoding_through_the_kernels(attention, gen):
     from dsa.layers import MLAConfig
     from dsa.model import ModelConfig, TransformerLM
 
-    kw = dict(vocab_size=61, d_model=32, n_layers=1, n_heads=4, max_seq_len=32, attention=attention, top_k=4,
-              indexer_dim=16, indexer_rope_dim=8, mla=MLAConfig(kv_rank=16, rope_dim=8, nope_dim=8, v_dim=8))
+    kw = {"vocab_size": 61, "d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 32, "attention": attention,
+          "top_k": 4, "indexer_dim": 16, "indexer_rope_dim": 8,
+          "mla": MLAConfig(kv_rank=16, rope_dim=8, nope_dim=8, v_dim=8)}
     ref = TransformerLM(ModelConfig(impl="reference", **kw), seed=5).eval().to(DEV)
     tri = TransformerLM(ModelConfig(impl="triton", **kw), seed=5).eval().to(DEV)
     tokens = torch.randint(0, 61, (2, 11), generator=gen).to(DEV)

@@ -13,7 +13,6 @@ two; the value dim is padded to DV_PAD.
 sum_j w_j ReLU(q_j . k_s), -inf past the query's position.
 """
 
-import triton
 import triton.language as tl
 
 
