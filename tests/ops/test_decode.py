@@ -175,3 +175,36 @@ def test_model_decoding_through_the_kernels(attention, gen):
         dec = torch.cat([tri(tokens[:, :5], cache=cache).logits]
                         + [tri(tokens[:, j:j + 1], cache=cache).logits for j in range(5, 11)], 1)
     torch.testing.assert_close(dec, full, atol=1e-4, rtol=1e-4)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+@pytest.mark.skipif(not CUDA, reason="real sizes run only with CUDA")
+@pytest.mark.parametrize("layout", ["mqa", "mla"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_real_size_kernels_on_gpu(layout, batch, gen):
+    """DeepSeek's decode shapes in bf16: MQA 64 x 128 on one K/V, MLA-MQA 128 heads on one 576-value latent row
+    (values its first 512), a 64 x 128 indexer, k = 2048, a context of 8K + odd."""
+    h, d, dv = (64, 128, 128) if layout == "mqa" else (128, 576, 512)
+    s = 8192 + 37
+    g = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    q = torch.randn(batch, h, 1, d, device="cuda", dtype=torch.bfloat16, generator=g) * d**-0.25
+    k = torch.randn(batch, 1, s, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = k[..., :dv] if layout == "mla" else torch.randn(batch, 1, s, dv, device="cuda", dtype=torch.bfloat16,
+                                                         generator=g)
+    qi = torch.randn(batch, 1, 64, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    ki = torch.randn(batch, s, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.rand(batch, 1, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    pos = torch.tensor([[s - 1 - 500 * i] for i in range(batch)], device="cuda")
+    assert _rel(decode_dense_attention(q, k, v, pos, impl="triton"),
+                decode_dense_attention(q, k, v, pos, impl="reference")) < 2e-2
+    sel_t = decode_indexer_topk(qi, ki, w, 2048, pos, impl="triton")
+    sel_r = decode_indexer_topk(qi, ki, w, 2048, pos, impl="reference")
+    scores = decode_indexer_scores(qi, ki, w, pos, impl="reference")
+    picked = [scores.gather(-1, x.long()).sum() for x in (sel_t, sel_r)]  # bf16 products may swap near-ties only
+    assert float(picked[0]) == pytest.approx(float(picked[1]), rel=1e-3)
+    assert _rel(decode_sparse_attention(q, k, v, sel_r, impl="triton"),
+                decode_sparse_attention(q, k, v, sel_r, impl="reference")) < 2e-2
