@@ -2,7 +2,7 @@
 
 Shape and dtype checks are free. Value checks (NaN scores, positions out of range) read the tensor on the
 host, a synchronisation: they run eagerly and are skipped under ``torch.compile``, where a host read would
-break the graph.
+break the graph, and under CUDA graph capture, where it is an error.
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def values_checked() -> bool:
-    """Whether value checks run now (eager mode), or not (inside torch.compile)."""
-    return not torch.compiler.is_compiling()
+    """Whether value checks run now (eager mode), or not (inside torch.compile or a CUDA graph capture,
+    where a host read is not allowed)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
