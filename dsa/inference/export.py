@@ -192,11 +192,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_model(path: str) -> TransformerLM:
-    try:
-        from dsa.train.checkpoints import load_model  # noqa: PLC0415 (training tier; only the CLI needs it)
-    except ImportError as e:
-        raise SystemExit(f"error: reading checkpoints needs dsa.train.checkpoints.load_model, not importable "
-                         f"here ({e})") from None
+    """The checkpoint's model on CPU; ImportError when this install cannot read checkpoints."""
+    from dsa.train.checkpoints import load_model  # noqa: PLC0415 (training tier; only the CLI needs it)
+
     return load_model(path, map_location="cpu")
 
 
@@ -217,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{e.name} is not installed: pip install -e '.[onnx]'")
     try:
         model = _load_model(args.checkpoint)
+    except ImportError as e:
+        parser.error(f"reading checkpoints needs dsa.train.checkpoints.load_model, not importable here ({e})")
     except (ValueError, FileNotFoundError, TypeError) as e:
         parser.error(f"--checkpoint: {e}")
     seq_len = args.seq_len or default_seq_len(model)
