@@ -4,6 +4,8 @@
 tokens' rows and returns their logits (a prompt first, then one token at a time, or several);
 :func:`generate` samples from a prompt. The cache classes live with the layer and the model that fill them
 (tiers: layers < model < inference) and are re-exported here (:mod:`dsa.inference.cache`).
+:mod:`dsa.inference.export`: a model (dense or DSA) to ONNX through the reference ops, checked on onnxruntime
+(``python -m dsa.inference.export --checkpoint CKPT --output model.onnx``; needs the ``onnx`` extra).
 """
 
 from .cache import LayerCache, ModelCache, cache_row_bytes
