@@ -11,6 +11,7 @@ pad them. Exit status 1 when a launch would not fit.
 
     python scripts/check_kernel_resources.py [--sizes 4x64,64x128] [--dtypes bf16,fp32] [--all-tiles]
     python scripts/check_kernel_resources.py --only attention [--attention 128x1x576x512] [--all-tiles]
+    (the indexer kernels by default; --attention adds the attention layouts, --only picks one family)
 
 Attention sizes are H x H_kv x d_qk x d_v; each gives the forward, the backward with atomic dK/dV and with
 dQ only (the inverted index's first kernel), the inverted dK/dV kernel and the probabilities kernel, at the
@@ -214,8 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=_parse_sizes, default=SIZES, help="H_IxD_I,... (default: %(default)s)")
     ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32 (default: %(default)s)")
     ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench.kernels's 8 tiles too")
-    ap.add_argument("--attention", type=_parse_sizes, default=ATTN_SIZES,
-                    help="sparse-attention layouts H x H_kv x d_qk x d_v,... (default: %(default)s)")
+    ap.add_argument("--attention", type=_parse_sizes, default=None,
+                    help=f"sparse-attention layouts H x H_kv x d_qk x d_v,... (with --only attention, default: "
+                         f"{','.join('x'.join(map(str, s)) for s in ATTN_SIZES)})")
     ap.add_argument("--only", choices=("indexer", "attention"), default=None, help="one family of kernels")
     args = ap.parse_args(argv)
     from dsa.ops.kernels.indexer_chunked import SCORE_TILE
@@ -223,8 +225,8 @@ def main(argv=None) -> int:
     tiles = BENCH_TILES if args.all_tiles else (SCORE_TILE,)
     dtypes = args.dtypes.split(",")
     cases = [] if args.only == "attention" else all_cases(args.sizes, dtypes, tiles)
-    if args.only != "indexer":
-        cases += all_attn_cases(args.attention, dtypes, ATTN_TILES if args.all_tiles else ())
+    if args.only == "attention" or (args.attention and args.only != "indexer"):
+        cases += all_attn_cases(args.attention or ATTN_SIZES, dtypes, ATTN_TILES if args.all_tiles else ())
     print(f"{'kernel':<16} {'dtype':<5} {'size':>14} {'tile':>14} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")
     bad = 0
     for case in cases:

@@ -28,11 +28,15 @@ _MAX_BLOCK_H_BWD_WIDE = 32
 # The backward keeps dQ [BLOCK_H, d_qk] fp32 in registers: from this many score + value dims (padded) it runs
 # 8 warps, and the forward with its [BLOCK_H, d_v] accumulator too.
 _WIDE_HEADS = 1024
-# dK/dV by atomics (one fp32 atomic add per gathered element and program) or by the inverted key -> queries
+# dK/dV by atomics (one fp32 atomic add per gathered element and head block) or by the inverted key -> queries
 # index (a program per key row, no atomics, deterministic). The inverted kernel re-reads q and dO of every
-# head of the group per (query, key) pair, the atomic one adds d_qk + d_v floats per pair and head block:
-# from this group size on the atomics move fewer bytes (measured: data/bench/mla/).
-INVERTED_MAX_GROUP = 2
+# head of the group per (query, key) pair: measured on an H200 at k = 2048 (data/bench/mla/) it is slower in
+# every layout, 1.5x at MHA 16 (G = 1, 16K), 12x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
+# the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
+DKV_DEFAULT = "atomic"
+# The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
+# forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
+_WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
 
 
 def _kernels():
@@ -80,7 +84,9 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
     most = _MAX_BLOCK_H_BWD_WIDE if wide and pass_ == "bwd" else _MAX_BLOCK_H
     block_h = block_h or min(_pad(g), most)
     row_bytes = (d1 + d2 + _pad(dv)) * elem
-    if pass_ == "fwd":
+    if wide and elem < 4:
+        block_k = block_k or _WIDE_BLOCK_K[pass_]
+    elif pass_ == "fwd":
         block_k = block_k or _block_k(_FWD_BLOCK_BYTES * (2 if wide else 1), row_bytes, 64 if elem < 4 else 32)
     else:
         block_k = block_k or _block_k(_BWD_BLOCK_BYTES, row_bytes, 32 if elem < 4 else 16)
@@ -118,12 +124,6 @@ def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=None, block_h=None, num_
         **meta,
     )
     return o, lse
-
-
-def dkv_mode(q: torch.Tensor, k: torch.Tensor) -> str:
-    """'inverted' (deterministic, no atomics) for groups of at most INVERTED_MAX_GROUP query heads per K/V
-    head, else 'atomic'."""
-    return "inverted" if q.shape[1] // k.shape[1] <= INVERTED_MAX_GROUP else "atomic"
 
 
 def inverted_index(idx32: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,11 +169,11 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
          num_stages=None):
     """The gradients (dq, dk, dv) in the dtypes of (q, k, v). dkv: 'atomic' (dK/dV accumulate in fp32 by
     atomics in the dQ kernel) or 'inverted' (a second kernel over the inverted index; deterministic);
-    default :func:`dkv_mode`."""
+    default DKV_DEFAULT."""
     bwd_kernel = _kernels()[1]
     b, h, l, d = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
-    dkv = dkv or dkv_mode(q, k)
+    dkv = dkv or DKV_DEFAULT
     if dkv not in ("atomic", "inverted"):
         raise ValueError(f"dkv must be 'atomic' or 'inverted', got {dkv!r}")
     atomic = dkv == "atomic"
