@@ -36,8 +36,8 @@ BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in
 ATTN_SIZES = ((128, 1, 576, 512), (64, 1, 576, 512), (16, 1, 576, 512), (64, 1, 128, 128), (16, 2, 128, 128),
               (16, 16, 128, 128))
 # (pass, block_h, block_k, warps, stages): the tiles timed by dsa.bench.mla's tuning sweep
-ATTN_TILES = tuple(("fwd", bh, bk, w, st) for bh in (32, 64) for bk in (16, 32, 64) for w in (8, 16) for st in (1, 2)) + \
-    tuple(("bwd", bh, bk, w, st) for bh in (32, 64) for bk in (16, 32) for w in (8, 16) for st in (1, 2))
+ATTN_TILES = tuple(("fwd", bh, bk, 8, st) for bh in (32, 64) for bk in (32, 64) for st in (2, 3)) + \
+    tuple(("bwd", bh, bk, 8, st) for bh in (32, 64) for bk in (16, 32) for st in (1, 2))
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
 
 
@@ -100,9 +100,12 @@ def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[
     """The sparse-attention kernels at one layout: forward, backward (atomic dK/dV, and dQ only), the inverted
     dK/dV kernel, the probabilities kernel, at the launch code's tiles; then each of ``tiles``."""
     from dsa.ops.kernels._common import next_pow2
-    from dsa.ops.kernels.sparse_attention import attn_meta
+    from dsa.ops.kernels.sparse_attention import attn_meta, split_dim
 
     g, td = h // hkv, _torch_dtype(dtype)
+    # MLA's latent layout (d_v = the power-of-two part of d_qk, one K/V head): the layer passes v as a view
+    # of k, and the kernels reuse each K block as the V block
+    shared = dict(shared_kv=hkv == 1 and dv == split_dim(d)[0] < d)
     ints = dict(sqb=L * h * d, sqh=L * d, sql=d, skb=L * hkv * d, skh=L * d, skl=d, svb=L * hkv * dv, svh=L * dv,
                 svl=dv, sib=L * KSEL, sil=KSEL, sob=L * h * dv, soh=L * dv, sol=dv, slb=L * h, slh=L,
                 sdob=L * h * dv, sdoh=L * dv, sdol=dv, sgqb=L * h * d, sgqh=L * d, sgql=d, sgkb=L * hkv * d,
@@ -118,18 +121,19 @@ def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[
             (f"/{meta['num_stages']}s" if "num_stages" in meta else "")
         return Case(kernel, size, 0, dtype, tile, meta, types, ints)
 
-    cases = [case("attn_fwd", attn_meta(g, d, dv, td, "fwd"), fwd_t),
-             case("attn_bwd atomic", dict(attn_meta(g, d, dv, td, "bwd"), DKV_ATOMIC=True), bwd_t),
-             case("attn_bwd dq", dict(attn_meta(g, d, dv, td, "bwd"), DKV_ATOMIC=False), bwd_t)]
+    cases = [case("attn_fwd", attn_meta(g, d, dv, td, "fwd", **shared), fwd_t),
+             case("attn_bwd atomic", dict(attn_meta(g, d, dv, td, "bwd", **shared), DKV_ATOMIC=True), bwd_t),
+             case("attn_bwd dq", dict(attn_meta(g, d, dv, td, "bwd", **shared), DKV_ATOMIC=False), bwd_t)]
     inv = dict(G=g, D=d, D_PAD=next_pow2(d), DV=dv, DV_PAD=next_pow2(dv),
                BLOCK_T=max(1, min(32, 8192 // max(next_pow2(d), next_pow2(dv)))), num_warps=4)
     cases.append(case("attn_dkv_inv", inv, dict(bwd_t, INV_T="*i32", INV_START="*i32", GK=ptr, GV=ptr)))
-    probs = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items() if k not in ("DV", "DV_PAD", "num_warps")}
+    probs = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items()
+             if k not in ("DV", "DV_PAD", "num_warps", "V_FROM_K")}
     probs.update(BLOCK_K=32, num_warps=4, num_stages=2)
     cases.append(case("attn_probs", probs, dict(Q=ptr, K=ptr, IDX="*i32", LSE="*fp32", P="*fp32", sm_scale="fp32",
                                                 inv_h="fp32")))
     for pass_, bh, bk, w, st in tiles:
-        meta = attn_meta(g, d, dv, td, pass_, block_h=bh, block_k=bk, num_warps=w, num_stages=st)
+        meta = attn_meta(g, d, dv, td, pass_, block_h=bh, block_k=bk, num_warps=w, num_stages=st, **shared)
         if pass_ == "bwd":
             meta["DKV_ATOMIC"] = True
         cases.append(case(f"attn_{pass_}" + (" atomic" if pass_ == "bwd" else ""), meta,

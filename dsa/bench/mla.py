@@ -123,26 +123,37 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_against_reference(layout: str, dev: torch.device, dkv: str, seed: int, l: int = 1101, k: int = 500) -> dict:
-    """Relative errors of o, dq, dk, dv (the kernels, bf16 on CUDA) against the fp32 gather reference."""
+    """Relative errors of o, dq, dk, dv (the public op on the kernels, bf16 on CUDA, inputs as
+    :func:`mla_inputs` builds them: MLA's v a view of k, dk then the latent's whole gradient) against the
+    fp32 gather reference; dK/dV by ``dkv``."""
     import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+    from dsa.ops import sparse_attention  # noqa: PLC0415
     from dsa.ops.attention import sparse_attention_gather  # noqa: PLC0415
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    h, hkv, d, dv = LAYOUTS[layout]
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    q = torch.randn(1, h, l, d, device=dev, generator=gen).to(dtype)
-    kk = torch.randn(1, hkv, l, d, device=dev, generator=gen).to(dtype)
-    v = torch.randn(1, hkv, l, dv, device=dev, generator=gen).to(dtype)
+    d, dv = LAYOUTS[layout][2:]
+    q, kk, v = mla_inputs(layout, l, dev, dtype, seed)
     idx = causal_selection(l, k, dev, seed)
-    o, lse = sa._fwd(q, kk, v, idx, d**-0.5)
-    go = torch.randn(o.shape, device=dev, generator=gen).to(dtype)
-    grads = sa._bwd(q, kk, v, idx, o, lse, go, d**-0.5, dkv=dkv)
-    qr, kr, vr = (x.float().requires_grad_() for x in (q, kk, v))
-    ref = sparse_attention_gather(qr, kr, vr, idx, scale=d**-0.5, chunk=64)[0]
-    ref.backward(go.float())
-    errs = {"o": _rel(o, ref)}
-    errs.update({n: _rel(a, r.grad) for n, a, r in zip(("dq", "dk", "dv"), grads, (qr, kr, vr))})
-    return {"layout": layout, "dkv": dkv, "L": l, "k": k, "rel_err": errs}
+    go = torch.randn(q.shape[:3] + (dv,), device=dev, generator=torch.Generator(device=dev).manual_seed(seed))
+    shared = v.data_ptr() == kk.data_ptr()
+    grads = {}
+    for name, cast in (("kernel", lambda x: x), ("reference", lambda x: x.float())):
+        qs, ks = cast(q).clone().requires_grad_(), cast(kk).clone().requires_grad_()
+        vs = ks[..., :dv] if shared else cast(v).clone().requires_grad_()
+        if name == "kernel":
+            default, sa.DKV_DEFAULT = sa.DKV_DEFAULT, dkv
+            try:
+                o = sparse_attention(qs, ks, vs, idx, scale=d**-0.5, impl="triton")
+                o.backward(go.to(dtype))
+            finally:
+                sa.DKV_DEFAULT = default
+        else:
+            o = sparse_attention_gather(qs, ks, vs, idx, scale=d**-0.5, chunk=64)[0]
+            o.backward(go.float())
+        grads[name] = (o, qs.grad, ks.grad, None if shared else vs.grad)
+    errs = {n: _rel(a, r) for n, a, r in zip(("o", "dq", "dk", "dv"), grads["kernel"], grads["reference"])
+            if a is not None}
+    return {"layout": layout, "dkv": dkv, "L": l, "k": k, "v_view_of_k": shared, "rel_err": errs}
 
 
 def _kernel_fns(q, k, v, idx, scale, tile_f: dict, tile_b: dict, dkv: str) -> tuple[Callable, Callable]:

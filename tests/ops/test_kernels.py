@@ -138,6 +138,30 @@ def test_sparse_attention_many_heads_on_one_kv_head(gen, dkv, dtype, monkeypatch
     _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), d**-0.5, TOL[dtype])
 
 
+@pytest.mark.parametrize("dkv", ["atomic", "inverted"])
+def test_sparse_attention_latent_as_key_and_value(gen, dkv, monkeypatch):
+    """MLA's absorbed form as the layer passes it: v = k[..., :d_latent], a view (the kernels then read each
+    gathered K block as the V block); the gradient of the one latent tensor gathers both paths."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)
+    b, h, l, k = 1, _odd(gen, 3, 9), _odd(gen, 9, 19), _odd(gen, 5, 21)
+    d_lat, d = 32, 32 + _odd(gen, 1, 15)
+    q = torch.randn(b, h, l, d, generator=gen).to(DEV)
+    lat = torch.randn(b, 1, l, d, generator=gen).to(DEV)
+    idx = _selection(b, l, k, gen)
+    assert sa.v_from_k(lat, lat[..., :d_lat]) and not sa.v_from_k(lat, lat[..., :d_lat].clone())
+    go = torch.randn(b, h, l, d_lat, generator=gen).to(DEV)
+    outs = []
+    for impl in ("triton", "reference"):
+        qs, ls = q.clone().requires_grad_(), lat.clone().requires_grad_()
+        out = sparse_attention(qs, ls, ls[..., :d_lat], idx, scale=0.3, impl=impl)
+        out.backward(go)
+        outs.append((out, qs.grad, ls.grad))
+    for name, a, r in zip(("out", "dq", "dlatent"), *outs):
+        assert rel(a, r) < TOL[torch.float32], name
+
+
 def test_inverted_index_lists_each_keys_queries_in_order(gen):
     """Every (query, key) pair of the selection once per slot, grouped by key, queries ascending; -1 slots dropped."""
     from dsa.ops.kernels.sparse_attention import inverted_index  # noqa: PLC0415

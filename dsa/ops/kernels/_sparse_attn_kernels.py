@@ -10,7 +10,8 @@ head rows load zeros and are never stored.
 Two head dims: D (q and k, the score dim) and DV (v and the output). The score dim is split as D = D1 + rest
 with D1 the largest power of two <= D and the rest padded to D2 (a power of two, at least 16): DeepSeek's
 MLA head 576 = 512 latent + 64 RoPE is computed as two exact products instead of one padded to 1024. DV is
-padded to a power of two (512 in MLA: exact).
+padded to a power of two (512 in MLA: exact). V_FROM_K: v is a view of k's first D1 = DV columns (MLA's
+latent, as the layer passes it): the gathered K block serves as the V block, half the gathered bytes.
 
 ``sparse_attn_bwd_kernel`` gives dQ (in registers) and, with DKV_ATOMIC, dK/dV by fp32 atomics into the
 gathered rows; ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program per key row over the
@@ -36,7 +37,7 @@ def sparse_attn_fwd_kernel(
     HKV, KSEL, NHB,
     G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, V_FROM_K: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
     t = pid // NHB
@@ -90,9 +91,12 @@ def sparse_attn_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :], other=0.0)
-        if INTERP:
-            vb = vb.to(tl.float32)
+        if V_FROM_K:  # MLA: v is the latent, k's first D1 = DV columns: the K block already holds it
+            vb = k1
+        else:
+            vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :], other=0.0)
+            if INTERP:
+                vb = vb.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PREC)
         m_i = m_new
     has = l_i > 0.0
@@ -118,6 +122,7 @@ def sparse_attn_bwd_kernel(
     G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
     HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, DKV_ATOMIC: tl.constexpr,
+    V_FROM_K: tl.constexpr,
 ):
     """dQ for query t (head block hb of group hk) in registers; with DKV_ATOMIC, dK/dV of the gathered rows by
     fp32 atomics (scatter; GK, GV fp32, zero-filled by the caller), else dQ only."""
@@ -167,10 +172,14 @@ def sparse_attn_bwd_kernel(
         vm = ok[:, None] & em[None, :]
         krow = kbase + ixs[:, None] * skl
         k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
-        vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=vm, other=0.0)
         if INTERP:
             k1 = k1.to(tl.float32)
-            vb = vb.to(tl.float32)
+        if V_FROM_K:
+            vb = k1
+        else:
+            vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=vm, other=0.0)
+            if INTERP:
+                vb = vb.to(tl.float32)
         s = tl.dot(q1, tl.trans(k1), input_precision=PREC)
         if HAS_TAIL:
             k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)

@@ -72,8 +72,16 @@ def _block_k(budget: int, row_bytes: int, largest: int) -> int:
     return block
 
 
+def v_from_k(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether v is k's first D1 columns (MLA's latent as both key and value: ``v = k[..., :d_latent]``), so
+    that the kernels can use each gathered K block as the V block."""
+    d1 = split_dim(k.shape[-1])[0]
+    return v.shape[-1] == d1 < k.shape[-1] and v.data_ptr() == k.data_ptr() and v.stride() == k.stride() \
+        and v.dtype == k.dtype
+
+
 def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_h=None, block_k=None,
-              num_warps=None, num_stages=None, interp: bool = False) -> dict:
+              num_warps=None, num_stages=None, interp: bool = False, shared_kv: bool = False) -> dict:
     """The compile-time arguments of the forward (pass_ 'fwd') or backward ('bwd') kernel for a group of g
     query heads per K/V head, score dim d, value dim dv: G, BLOCK_H (heads per program), D = D1 + D2,
     DV_PAD, BLOCK_K, dot precision, num_warps [, num_stages]. The launch code and
@@ -92,7 +100,7 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
         block_k = block_k or _block_k(_BWD_BLOCK_BYTES, row_bytes, 32 if elem < 4 else 16)
     meta = dict(G=g, BLOCK_H=block_h, D=d, D1=d1, D2=max(d2, 16), HAS_TAIL=d2 > 0, DV=dv, DV_PAD=_pad(dv),
                 BLOCK_K=block_k, PREC="ieee" if dtype == torch.float32 else "tf32", INTERP=interp,
-                num_warps=num_warps or (8 if wide else 4))
+                V_FROM_K=shared_kv, num_warps=num_warps or (8 if wide else 4))
     if num_stages is not None or wide:
         meta["num_stages"] = num_stages or 2
     return meta
@@ -100,7 +108,7 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
 
 def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
     meta = attn_meta(q.shape[1] // k.shape[1], q.shape[-1], v.shape[-1], q.dtype, pass_, interp=interpret_mode(),
-                     **tile)
+                     shared_kv=v_from_k(k, v), **tile)
     return meta, -(-meta["G"] // meta["BLOCK_H"])
 
 
@@ -241,7 +249,7 @@ def sparse_attention_probs(
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
     meta, nhb = _meta(q, k, k, "fwd")
-    meta = {n: meta[n] for n in ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "PREC", "INTERP")}
+    meta = {n: meta[n] for n in ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "PREC", "INTERP")}  # no V
     # 32 rows, not 64: at d = 128 (bf16, 16 heads) 64 rows take all 255 registers, 32 take 128 (ptxas, sm_90)
     block_k = block_k or _block_k(_FWD_BLOCK_BYTES, (meta["D1"] + meta["D2"]) * q.element_size(), 32)
     nkb = -(-ksel // block_k)
