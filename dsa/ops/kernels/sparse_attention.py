@@ -31,7 +31,7 @@ _WIDE_HEADS = 1024
 # dK/dV by atomics (one fp32 atomic add per gathered element and head block) or by the inverted key -> queries
 # index (a program per key row, no atomics, deterministic). The inverted kernel re-reads q and dO of every
 # head of the group per (query, key) pair: measured on an H200 at k = 2048 (data/bench/mla/) it is slower in
-# every layout, 1.5x at MHA 16 (G = 1, 16K), 12x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
+# every layout, 1.5x at MHA 16 (G = 1, 16K), 9x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
 # the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
 DKV_DEFAULT = "atomic"
 # The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
