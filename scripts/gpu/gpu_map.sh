@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 LENS=${LENS:-2048 4096 8192 16384 32768 65536 131072}
 INDEXERS=${INDEXERS:-4x64 64x128}
-BUDGET_S=${BUDGET_S:-95}
+BUDGET_S=${BUDGET_S:-85}
 for layout in ${LAYOUTS:-mqa64 mla128 gqa16/2 mha16}; do
   name=${layout//\//-}
   echo "== $layout (budget ${BUDGET_S}s) $(date +%T)"
