@@ -115,7 +115,7 @@ def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
 def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=None, block_h=None, num_stages=None):
     """q (B, H, L, d_qk), k (B, H_kv, L, d_qk), v (B, H_kv, L, d_v) -> o (B, H, L, d_v), lse (B, H, L) fp32."""
     fwd_kernel = _kernels()[0]
-    b, h, l, d = q.shape
+    b, h, l, _ = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
     o = torch.empty(b, h, l, dv, device=q.device, dtype=q.dtype)
     lse = torch.empty(b, h, l, device=q.device, dtype=torch.float32)
@@ -179,8 +179,8 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
     atomics in the dQ kernel) or 'inverted' (a second kernel over the inverted index; deterministic);
     default DKV_DEFAULT."""
     bwd_kernel = _kernels()[1]
-    b, h, l, d = q.shape
-    hkv, dv = k.shape[1], v.shape[-1]
+    b, _, l, _ = q.shape
+    hkv = k.shape[1]
     dkv = dkv or DKV_DEFAULT
     if dkv not in ("atomic", "inverted"):
         raise ValueError(f"dkv must be 'atomic' or 'inverted', got {dkv!r}")
@@ -244,7 +244,7 @@ def sparse_attention_probs(
     to 1: the indexer's sparse KL target, in O(L * K) memory instead of a dense score product.
     """
     probs_kernel = _kernels()[2]
-    b, h, l, d = q.shape
+    b, h, l, _ = q.shape
     hkv, ksel = k.shape[1], idx32.shape[-1]
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
