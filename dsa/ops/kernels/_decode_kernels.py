@@ -25,7 +25,7 @@ def decode_attn_kernel(
     T, HKV, NHB, KSEL, SPLIT, NSPLIT,
     G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
     DV: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_K: tl.constexpr,
-    DENSE: tl.constexpr, INTERP: tl.constexpr,
+    DENSE: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
 ):
     # one flat grid, head blocks fastest: the programs that read the same rows (every head block of one query
     # and split) run side by side, so each row comes from HBM once and from L2 for the other head blocks
@@ -73,7 +73,7 @@ def decode_attn_kernel(
             if INTERP:  # the CPU interpreter's tl.dot mishandles bf16: compute in fp32 there
                 qd = qd.to(tl.float32)
                 kd = kd.to(tl.float32)
-            s += tl.dot(qd, tl.trans(kd))
+            s += tl.dot(qd, tl.trans(kd), input_precision=PREC)
         s = tl.where(ok[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -83,7 +83,7 @@ def decode_attn_kernel(
         vb = tl.load(vbase + rows[:, None] * svs + ee[None, :], mask=ok[:, None] & em[None, :], other=0.0)
         if INTERP:
             vb = vb.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PREC)
         m_i = m_new
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     # partials: (B*T, H, NSPLIT, DV) and (B*T, H, NSPLIT), contiguous
@@ -101,7 +101,7 @@ def decode_index_scores_kernel(
     swb, swt,
     T, S,
     HI: tl.constexpr, HI_PAD: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
-    BLOCK_S: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_S: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
 ):
     bt = tl.program_id(0).to(tl.int64)
     sb = tl.program_id(1)
@@ -120,7 +120,7 @@ def decode_index_scores_kernel(
     if INTERP:
         q = q.to(tl.float32)
         kb = kb.to(tl.float32)
-    logits = tl.maximum(tl.dot(kb, tl.trans(q)), 0.0)  # (BLOCK_S, HI_PAD)
+    logits = tl.maximum(tl.dot(kb, tl.trans(q), input_precision=PREC), 0.0)  # (BLOCK_S, HI_PAD)
     score = tl.sum(logits * w[None, :], 1)
     score = tl.where(s <= pos, score, float("-inf"))
     tl.store(OUT + bt * S + s, score, mask=sm)

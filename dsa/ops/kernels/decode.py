@@ -91,6 +91,7 @@ def decode_attention_triton(
         t, hkv, nhb, ksel, split, ns,
         G=g, BLOCK_H=block_h, D=d, BLOCK_D=block_d, DV=dv, DV_PAD=max(16, next_pow2(dv)), BLOCK_K=block_k,
         DENSE=dense, INTERP=interpret_mode(), num_warps=warps,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 exact: tl.dot would round fp32 to TF32
     )
     out = merge_splits(op, mp, lp)  # (B*T, H, DV)
     return out.view(b, t, h, dv).transpose(1, 2).to(q.dtype)
@@ -116,7 +117,7 @@ def decode_indexer_scores_triton(
         w.stride(0), w.stride(1),
         t, s_len,
         HI=h_i, HI_PAD=max(16, next_pow2(h_i)), DI=d_i, DI_PAD=max(16, next_pow2(d_i)), BLOCK_S=block_s,
-        INTERP=interpret_mode(), num_warps=4,
+        INTERP=interpret_mode(), num_warps=4, PREC="ieee" if k_idx.dtype == torch.float32 else "tf32",
     )
     return out
 
