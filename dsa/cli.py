@@ -5,7 +5,7 @@
   config field with metadata is a new flag with nothing else to change;
 - :func:`parse_args`: ``--config FILE`` (YAML or JSON, keys = field or flag names) under the command-line
   flags, unknown keys an error naming the key;
-- :func:`usage_errors`: a ValueError/TypeError raised while the values are checked becomes
+- :func:`usage_errors`: a ValueError/TypeError/FileNotFoundError raised while the values are checked becomes
   ``error: ...`` on stderr and exit status 2 (argparse's ``parser.error``), never a traceback.
 """
 
@@ -157,10 +157,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 @contextlib.contextmanager
 def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
-    """Turn a ValueError/TypeError raised by the value checks in the block into ``parser.error`` (stderr
+    """Turn a ValueError/TypeError (or FileNotFoundError: a named input file is not there) raised by the value
+    checks in the block into ``parser.error`` (stderr
     ``<prog>: error: <message>``, exit status 2). Only wrap the checks, never the work: an error raised while
     working is a bug to see with its traceback."""
     try:
         yield
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         parser.error(str(e))

@@ -179,6 +179,20 @@ def test_bad_values_exit_2_naming_the_flag_before_any_work(name, argv, named, no
     assert "Traceback" not in err
 
 
+@pytest.mark.skipif(CUDA, reason="checks what a machine without CUDA refuses")
+@pytest.mark.parametrize("kw", [{"device": "cuda"}, {"precision": "bf16"}, {"attention": "dsa", "impl": "triton"}])
+def test_the_library_refuses_what_this_machine_cannot_run_before_the_data_loads(kw, monkeypatch):
+    """A config naming a device this machine lacks still constructs (recorded GPU runs are rebuilt on CPU
+    machines); train() refuses it before any data loads."""
+    import dsa.train.trainer as trainer
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(trainer, "_load_data", lambda cfg: (_ for _ in ()).throw(WorkStarted()))
+    cfg = trainer.TrainConfig(**kw)
+    with pytest.raises(ValueError, match="needs|not available"):
+        trainer.train(cfg)
+
+
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
 def test_train_config_file_under_the_flags(suffix, tmp_path, no_work):
     from dsa.train.cli import build_train_parser, train_config_from_args

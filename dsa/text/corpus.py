@@ -282,16 +282,18 @@ def _read_cache_entry(
 # ------------------------------------------------------------------------------------------ public API
 
 
-def check_source(name: str, tokenizer: str, vocab_size: int, arg: str = "name") -> tuple[Path | None, str]:
+def check_source(name: str, tokenizer: str, vocab_size: int, arg: str = "name",
+                 file_exists: bool = True) -> tuple[Path | None, str]:
     """Checks a corpus request without reading anything: (the local file of a 'file:<path>' name or None, the
     tokenizer kind it resolves to). TypeError/ValueError/FileNotFoundError naming the argument (``arg``: what
-    the caller calls ``name``) otherwise."""
+    the caller calls ``name``) otherwise. ``file_exists=False``: leave out whether a local file is there (a
+    config may name a file of the machine that will run it)."""
     if not isinstance(name, str):
         raise TypeError(f"{arg} must be a str, got {type(name).__name__}")
     file_path: Path | None = None
     if name.startswith("file:"):
         file_path = Path(name[len("file:") :]).expanduser()
-        if not file_path.is_file():
+        if file_exists and not file_path.is_file():
             raise FileNotFoundError(f"{arg}: text file not found: {file_path}")
     elif name not in CORPUS_NAMES:
         raise ValueError(f"{arg} must be one of {CORPUS_NAMES} or 'file:<path>', got {name!r}")

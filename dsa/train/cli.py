@@ -38,7 +38,9 @@ def train_config_from_args(p: argparse.ArgumentParser, argv: list[str] | None) -
     args.pop("config")
     print_json = args.pop("print_json")
     with cli.usage_errors(p):
-        return TrainConfig(**args), print_json
+        cfg = TrainConfig(**args)
+        cfg.check_runtime()
+    return cfg, print_json
 
 
 def _summary(rec: dict) -> str:

@@ -44,6 +44,14 @@ RECIPES = ("deepseek", "scratch")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def _names_a_device(name: str) -> bool:
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
+
 @dataclass
 class TrainConfig:
     """One training run. Each field is a flag of ``python -m dsa train`` (its metadata: help, choices);
@@ -145,7 +153,6 @@ class TrainConfig:
             raise ValueError("indexer_kl only applies to attention='dsa'")
         if self.warmup_steps and not self.indexer_kl:
             raise ValueError("warmup_steps > 0 trains the indexer by its KL loss: it needs indexer_kl")
-        self._check_runtime()
 
     def _check_values(self) -> None:
         """Each value on its own, and the model it describes (heads, head sizes, RoPE dims, k, k policy)."""
@@ -164,15 +171,17 @@ class TrainConfig:
             check_number(name, getattr(self, name), low=0, low_open=True)
         check_number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_number("weight_decay", self.weight_decay, low=0)
-        try:
-            check_source(self.data, self.tokenizer, self.vocab_size, arg="data")
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
+        check_source(self.data, self.tokenizer, self.vocab_size, arg="data", file_exists=False)
         check_out_file("out", self.out)
+        if not isinstance(self.device, str) or (self.device != "auto" and not _names_a_device(self.device)):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         self.model_config(self.vocab_size)
 
-    def _check_runtime(self) -> None:
-        """What this machine can run: the device, bf16 autocast (CUDA only), Triton kernels."""
+    def check_runtime(self) -> None:
+        """Whether this machine can run the config: a local data file is there, the device, bf16 autocast
+        (CUDA only), Triton kernels. Called by :func:`train` and the CLI before any data loads; not at
+        construction, where a recorded config (device='cuda:0') must still rebuild on another machine."""
+        check_source(self.data, self.tokenizer, self.vocab_size, arg="data")  # FileNotFoundError naming data
         device = resolve_device(self.device)
         if self.precision == "bf16" and device.type != "cuda":
             raise ValueError(f"precision='bf16' autocast needs CUDA; device {self.device!r} is {device.type}")
@@ -273,6 +282,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     """Runs the configured training and returns the run record (also written as JSON to ``cfg.out``
     unless it is the empty string). ``data`` = (vocab_size, train_sampler, warm_sampler, val_batches, meta)
     overrides the corpus (used by tests and synthetic tasks)."""
+    cfg.check_runtime()
     info = ddp_util.init_from_env(cfg.device)
     device = resolve_device(cfg.device)
     if info.enabled and device.type == "cuda":
