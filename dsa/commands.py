@@ -20,7 +20,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "train": Command("dsa.train.cli:train_main", "train one configuration (dense, DSA, sparse from scratch)"),
-    "sweep": Command("dsa.train.cli:sweep_main", "run an experiment's configurations, resumably (pools, shards, Slurm)"),
+    "sweep": Command("dsa.train.cli:sweep_main", "run experiments' configurations, resumably (pools, shards, Slurm)"),
     "bench": Command("dsa.bench.cli:bench_main", "benchmark the attention kernels: dense baselines vs the DSA path"),
     "bench-layer": Command("dsa.bench.cli:bench_layer_main", "benchmark the model's DSA layer against its dense layer"),
     "profile": Command("dsa.bench.cli:profile_main", "profile a training step: dense vs DSA variants, op breakdown"),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from dsa.model.config import ModelConfig
 from dsa.model.lm import TransformerLM
 from dsa.ops.dispatch import IMPLS, impl_on_device, triton_installed
-from dsa.provenance import provenance, write_json_atomic
+from dsa.provenance import provenance
 from dsa.checks import check_int, resolve_device
 
 

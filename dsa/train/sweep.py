@@ -17,7 +17,8 @@
   ``--slurm key=value ...`` submits N such shards as a job array through submitit. Readers
   (``dsa.records``) read a results file and its shards as one.
 
-CLI (``dsa.train.cli``): python -m dsa sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
+CLI (``dsa.train.cli``):
+     python -m dsa sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
      python -m dsa sweep EXP1 EXP2 ... --size full --out-dir data/gpu --workers-per-device 8  (one pool)
      python -m dsa sweep EXP --size full --out data/gpu/EXP.jsonl --shard 0/4       (one of four shards)
      python -m dsa sweep EXP --size full --out data/gpu/EXP.jsonl --shards 4 \

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
