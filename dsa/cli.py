@@ -135,10 +135,13 @@ def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
             nulls[dest] = None
         else:
             tokens += _tokens(by_dest[dest], value)
+    parser.exit_on_error = False  # a bad value raises ArgumentError (naming its flag) instead of exiting
     try:
         file_ns = parser.parse_args(tokens)
-    except SystemExit:
-        raise ValueError(f"--config {path}: a value above is not valid for its option") from None
+    except argparse.ArgumentError as e:
+        raise ValueError(f"--config {path}: {e}") from None
+    finally:
+        parser.exit_on_error = True
     parser.set_defaults(**{dest: getattr(file_ns, dest) for dest in
                            (str(k).lstrip("-").replace("-", "_") for k in data)}, **nulls)
 

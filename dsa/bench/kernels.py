@@ -435,7 +435,7 @@ class KernelBenchConfig:
     seq_lens: list[int] | None = field(default=None, metadata={
         "help": "sequence lengths L (default 1K..64K; --quick: 1024 4096 on CUDA, 256 on CPU)", "metavar": "L"})
     top_k: list[int] = field(default_factory=lambda: [2048, 0], metadata={
-        "help": "keys per query, k; 0 means k = L/8; a k above L skips that (L, k) (default: 2048 0)",
+        "help": "keys per query, k; 0 means k = L/8; a k above L skips that (L, k)",
         "metavar": "K"})
     kv_heads: list[int] | None = field(default=None, metadata={
         "help": "K/V head counts, each a divisor of --heads (default: H (MHA) and 2 (GQA))", "metavar": "H_KV"})

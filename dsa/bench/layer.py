@@ -43,7 +43,7 @@ class LayerBenchConfig:
     """What ``python -m dsa bench-layer`` measures (each field is a flag), checked at construction."""
 
     seq_lens: list[int] = field(default_factory=lambda: [256], metadata={
-        "help": "sequence lengths L (default: 256)", "metavar": "L"})
+        "help": "sequence lengths L", "metavar": "L"})
     top_k: int = field(default=64, metadata={"help": "keys kept per query, <= every L", "metavar": "K"})
     d_model: int = field(default=256, metadata={"help": "hidden size of the layer"})
     heads: int = field(default=8, metadata={"help": "query heads", "metavar": "H"})
@@ -51,7 +51,7 @@ class LayerBenchConfig:
     head_dim: int = field(default=32, metadata={"help": "per-head query/key/value size, even (RoPE)",
                                                 "metavar": "D"})
     indexers: list[str] = field(default_factory=lambda: ["4x16"], metadata={
-        "help": "indexer sizes HEADSxDIM, e.g. 4x64 64x128 (default: 4x16)", "metavar": "HxD"})
+        "help": "indexer sizes HEADSxDIM, e.g. 4x64 64x128", "metavar": "HxD"})
     indexer_rope_dim: int = field(default=0, metadata={
         "help": "RoPE dims of each indexer head, even and <= every indexer DIM"})
     device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",

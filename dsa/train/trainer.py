@@ -440,3 +440,9 @@ def train(cfg: TrainConfig, data=None) -> dict:
         record["path"] = str(out)
     record["model"] = model
     return record
+
+
+if __name__ == "__main__":  # the command line lives in dsa.train.cli (python -m dsa train)
+    from dsa.train.cli import train_main  # noqa: PLC0415
+
+    raise SystemExit(train_main(prog="python -m dsa.train.trainer"))
