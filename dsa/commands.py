@@ -1,9 +1,10 @@
 """The project's commands: ``python -m dsa <command> ...`` and the ``dsa-<command>`` console scripts.
 
 A command is one entry of :data:`COMMANDS`: its name, the ``module:function`` that runs it (called as
-``function(argv, prog=...)``, returning the exit status) and one line for ``python -m dsa --help``. The
-modules are imported only when their command runs, so listing the commands is instant. pyproject.toml's
-``[project.scripts]`` maps ``dsa-<name>`` to the same ``module:function`` (a test checks the two agree).
+``function(argv, prog=...)``, returning the exit status; argv None = ``sys.argv[1:]``, as a console script
+calls it) and one line for ``python -m dsa --help``. The modules are imported only when their command runs,
+so listing the commands is instant. A console script ``dsa-<name>`` in pyproject.toml's ``[project.scripts]``
+points at the same ``module:function`` (tests/test_cli.py checks they agree).
 """
 
 from __future__ import annotations
