@@ -563,12 +563,12 @@ if not df.empty:
 # %%
 if P.run_fresh:
     out = runs_dir("05_efficiency") / f"bench-{DEV.type}.json"
-    argv = ["--seq-lens", *P.bench_seq_lens.split(","), "--top-k", *P.bench_top_k.split(","),
-            "--kv-heads", *P.bench_kv_heads.split(","), "--heads", str(P.bench_heads), "--head-dim",
-            str(P.bench_head_dim), "--indexer-heads", str(P.bench_indexer_heads), "--indexer-dim",
-            str(P.bench_indexer_dim), "--out", str(out)] + (["--cpu"] if DEV.type == "cpu" else [])
-    fresh = dsa_bench.main([a.strip() for a in argv])
-    fresh["_path"] = str(out)
+    bench_cfg = dsa_bench.KernelBenchConfig(
+        seq_lens=parse_list(P.bench_seq_lens), top_k=parse_list(P.bench_top_k), kv_heads=parse_list(P.bench_kv_heads),
+        heads=P.bench_heads, head_dim=P.bench_head_dim, indexer_heads=P.bench_indexer_heads,
+        indexer_dim=P.bench_indexer_dim, cpu=DEV.type == "cpu")
+    fresh = dsa_bench.bench(bench_cfg, out)
+    print(dsa_bench.table(fresh))
     fdf = B.bench_frame([fresh])
     print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['sparse_path']}")
     flong = B.long_times(fdf)

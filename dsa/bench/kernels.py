@@ -1,8 +1,8 @@
 """Benchmark: dense attention baselines vs the DSA path (indexer + top-k + sparse attention).
 
-    python -m dsa.bench.kernels                       # full sweep on CUDA (L = 1K..64K, k = 2048 and L/8)
-    python -m dsa.bench.kernels --quick               # tiny sizes; on CPU the reference paths only (smoke test)
-    python -m dsa.bench.kernels --seq-lens 4096 32768 --top-k 2048 --out data/bench/x.json
+    python -m dsa bench                       # full sweep on CUDA (L = 1K..64K, k = 2048 and L/8)
+    python -m dsa bench --quick               # tiny sizes; on CPU the reference paths only (smoke test)
+    python -m dsa bench --seq-lens 4096 32768 --top-k 2048 --out data/bench/x.json
 
 Every number of one run comes from the same process: triton.testing.do_bench (median) on CUDA, a
 perf_counter median on CPU. Columns (ms): SDPA flash causal, FlexAttention causal, the seeds' masked SDPA
@@ -18,13 +18,13 @@ indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d,
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from dsa.study.bench_tables import _num, sparse_flops
 from dsa import ops
+from dsa.checks import check_int
 from dsa.ops import expand_kv, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather
 from dsa.ops.dispatch import impl_on_device
@@ -235,7 +236,8 @@ def _speedups(row: dict) -> None:
     derive_ratios(row)
 
 
-def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
+def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
+    """The benchmark rows of ``args`` (every (L, k, H_kv) of :meth:`KernelBenchConfig.configurations`)."""
     cuda = torch.cuda.is_available() and not args.cpu
     dev = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -244,16 +246,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
     impl = impl_on_device("auto", dev)
     triton_path = impl == "triton"
     flex_fn, create_block_mask = _flex() if (cuda and args.flex) else (None, None)
-    configs = []
-    for l in args.seq_lens:
-        ks = []
-        for k in args.top_k:
-            kk = l // 8 if k == 0 else k
-            if 1 <= kk <= l and kk not in ks:
-                ks.append(kk)
-        for kk in ks:
-            for hkv in args.kv_heads:
-                configs.append((l, kk, hkv))
+    configs = args.configurations()
     rows: list = []
     import importlib
 
@@ -273,7 +266,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
             sparse_path=impl,
             timer="triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)",
         ),
-        config=dict(vars(args), device_kind="cuda" if cuda else "cpu"),
+        config=dict(asdict(args), device_kind="cuda" if cuda else "cpu"),
         rows=rows,
     )
     try:
@@ -430,57 +423,110 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=None)
-    p.add_argument("--top-k", type=int, nargs="+", default=[2048, 0], help="0 means k = L/8")
-    p.add_argument("--kv-heads", type=int, nargs="+", default=None, help="default: H (MHA) and 2 (GQA)")
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--indexer-heads", type=int, default=4)
-    p.add_argument("--indexer-dim", type=int, default=64)
-    p.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
-    p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is there")
-    p.add_argument("--no-flex", dest="flex", action="store_false")
-    p.add_argument("--flex-bwd", action="store_true", help="also FlexAttention fwd+bwd (one more compile per shape)")
-    p.add_argument("--flex-max-len", type=int, default=65536)
-    p.add_argument("--masked-max-len", type=int, default=8192)
-    p.add_argument("--gather-max-len", type=int, default=4096)
-    p.add_argument("--scores-max-len", type=int, default=65536)
-    p.add_argument("--selection-only", action="store_true",
-                   help="only the selection columns (torch.topk, radix select, indexer_topk_fast)")
-    p.add_argument("--tune-selection", action="store_true",
-                   help="CUDA: also time our top-k over sample sizes (row['radix_tuning']), its gather, "
-                        "select and fallback launches over their own settings (row['radix_stage_tuning']), the "
-                        "indexer score pass over its tiles (row['score_tile_tuning']) and indexer_topk_chunked "
-                        "over chunk sizes (row['chunk_tuning'])")
-    p.add_argument("--profile-selection", action="store_true",
-                   help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
-    p.add_argument("--out", type=str, default=None)
-    args = p.parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.cpu
-    if args.quick:
-        args.seq_lens = args.seq_lens or ([1024, 4096] if cuda else [256])
-        args.top_k = [64, 0] if not cuda else args.top_k
-        if not cuda:
-            args.heads, args.head_dim, args.indexer_dim = 4, 32, 32
-    args.seq_lens = args.seq_lens or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
-    args.kv_heads = args.kv_heads or sorted({args.heads, 2}, reverse=True)
-    out = args.out
-    if out is None:
-        tag = ("cuda-" + torch.cuda.get_device_name().replace(" ", "_")) if cuda else "cpu"
-        out = f"runs/bench/{tag}-{_dt.date.today().isoformat()}.json"  # recorded data is promoted by hand
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+def _is_cuda(cfg: "KernelBenchConfig") -> bool:
+    return torch.cuda.is_available() and not cfg.cpu
 
-    def dump(r):  # after every row: a run stopped half-way still leaves its numbers
-        Path(out).write_text(json.dumps(r, indent=1))
 
-    res = run(args, on_row=dump)
+@dataclass
+class KernelBenchConfig:
+    """What ``python -m dsa bench`` measures (each field is a flag); the sizes left at None are resolved at
+    construction from ``quick`` and the device, and every value is checked there."""
+
+    seq_lens: list[int] | None = field(default=None, metadata={
+        "help": "sequence lengths L (default 1K..64K; --quick: 1024 4096 on CUDA, 256 on CPU)", "metavar": "L"})
+    top_k: list[int] = field(default_factory=lambda: [2048, 0], metadata={
+        "help": "keys per query, k; 0 means k = L/8; a k above L skips that (L, k)",
+        "metavar": "K"})
+    kv_heads: list[int] | None = field(default=None, metadata={
+        "help": "K/V head counts, each a divisor of --heads (default: H (MHA) and 2 (GQA))", "metavar": "H_KV"})
+    heads: int = field(default=16, metadata={"help": "query heads H", "metavar": "H"})
+    head_dim: int = field(default=128, metadata={"help": "per-head size d", "metavar": "D"})
+    indexer_heads: int = field(default=4, metadata={"help": "indexer heads H_I", "metavar": "H_I"})
+    indexer_dim: int = field(default=64, metadata={"help": "indexer head size d_I", "metavar": "D_I"})
+    quick: bool = field(default=False, metadata={
+        "help": "tiny sizes (CPU smoke test; on CPU also H=4, d=32, d_I=32, k = 64 and L/8)"})
+    cpu: bool = field(default=False, metadata={"help": "run on CPU even when CUDA is there"})
+    flex: bool = field(default=True, metadata={"help": "time FlexAttention (CUDA; one compile per shape)"})
+    flex_bwd: bool = field(default=False, metadata={
+        "help": "also FlexAttention fwd+bwd (one more compile per shape)"})
+    flex_max_len: int = field(default=65536, metadata={"help": "longest L timed with FlexAttention",
+                                                       "metavar": "L"})
+    masked_max_len: int = field(default=8192, metadata={
+        "help": "longest L timed with the seeds' masked SDPA (an L x L mask)", "metavar": "L"})
+    gather_max_len: int = field(default=4096, metadata={"help": "longest L timed with the gather reference",
+                                                        "metavar": "L"})
+    scores_max_len: int = field(default=65536, metadata={
+        "help": "longest L of the top-k comparisons over precomputed (B, L, L) scores", "metavar": "L"})
+    selection_only: bool = field(default=False, metadata={
+        "help": "only the selection columns (torch.topk, radix select, indexer_topk_fast)"})
+    tune_selection: bool = field(default=False, metadata={
+        "help": "CUDA: also time our top-k over sample sizes (row['radix_tuning']), its gather, select and "
+                "fallback launches over their own settings (row['radix_stage_tuning']), the indexer score pass "
+                "over its tiles (row['score_tile_tuning']) and indexer_topk_chunked over chunk sizes "
+                "(row['chunk_tuning'])"})
+    profile_selection: bool = field(default=False, metadata={
+        "help": "CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])"})
+
+    def __post_init__(self) -> None:
+        cuda = _is_cuda(self)
+        if self.quick:
+            self.seq_lens = self.seq_lens or ([1024, 4096] if cuda else [256])
+            if not cuda:
+                self.top_k = [64, 0]
+                self.heads, self.head_dim, self.indexer_dim = 4, 32, 32
+        self.seq_lens = self.seq_lens or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+        self.kv_heads = self.kv_heads or sorted({self.heads, 2}, reverse=True)
+        for name in ("heads", "head_dim", "indexer_heads", "indexer_dim"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("flex_max_len", "masked_max_len", "gather_max_len", "scores_max_len"):
+            check_int(name, getattr(self, name), 0)
+        for name, low in (("seq_lens", 1), ("top_k", 0), ("kv_heads", 1)):
+            values = getattr(self, name)
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{name} must be a non-empty list of ints, got {values!r}")
+            for v in values:
+                check_int(name, v, low)
+        bad = [h for h in self.kv_heads if self.heads % h]
+        if bad:
+            raise ValueError(f"kv_heads must divide heads ({self.heads}), got {bad}")
+        if not self.configurations():
+            raise ValueError(f"no (L, k) pair with k <= L: seq_lens {self.seq_lens}, top_k {self.top_k}")
+
+    def configurations(self) -> list[tuple[int, int, int]]:
+        """(L, k, H_kv) of every row, k = 0 resolved to L/8; pairs with k > L are left out."""
+        out = []
+        for l in self.seq_lens:
+            ks = []
+            for k in self.top_k:
+                kk = l // 8 if k == 0 else k
+                if 1 <= kk <= l and kk not in ks:
+                    ks.append(kk)
+            out += [(l, kk, hkv) for kk in ks for hkv in self.kv_heads]
+        return out
+
+
+def default_out(cfg: KernelBenchConfig) -> Path:
+    """runs/bench/<device>-<date>.json (recorded data is promoted to data/ by hand)."""
+    tag = ("cuda-" + torch.cuda.get_device_name().replace(" ", "_")) if _is_cuda(cfg) else "cpu"
+    return Path(f"runs/bench/{tag}-{_dt.date.today().isoformat()}.json")
+
+
+def bench(cfg: KernelBenchConfig, out: str | Path | None = None) -> dict:
+    """Runs the benchmark and returns its result, written to ``out`` (default :func:`default_out`) after
+    every row, so a run stopped half-way still leaves its numbers; the result's ``_path`` says where."""
+    out = Path(out) if out else default_out(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def dump(r: dict) -> None:
+        out.write_text(json.dumps(r, indent=1))
+
+    res = run(cfg, on_row=dump)
     dump(res)
-    print(table(res))
-    print(f"wrote {out}")
+    res["_path"] = str(out)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    from dsa.bench.cli import bench_main  # noqa: PLC0415
+
+    sys.exit(bench_main(prog="python -m dsa.bench.kernels"))

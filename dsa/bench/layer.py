@@ -1,7 +1,7 @@
 """Layer benchmark: the model's own DSA layer against the same layer with dense attention, in one process.
 
-    python -m dsa.bench.layer                                  # CPU: a tiny MQA layer, the reference path
-    python -m dsa.bench.layer --seq-lens 8192 32768 65536 --top-k 2048 --heads 64 --kv-heads 1 \
+    python -m dsa bench-layer                                  # CPU: a tiny MQA layer, the reference path
+    python -m dsa bench-layer --seq-lens 8192 32768 65536 --top-k 2048 --heads 64 --kv-heads 1 \
         --head-dim 128 --indexers 4x64 64x128 --out runs/bench-layer.json
 
 Each configuration builds one :class:`dsa.layers.DSAAttention` and a :class:`dsa.layers.DenseAttention` with
@@ -19,7 +19,6 @@ triton.testing.do_bench median on CUDA, a perf_counter median on CPU. Results go
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,6 +32,7 @@ import torch
 from dsa import ops
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.ops.dispatch import impl_on_device
+from dsa.checks import check_int, resolve_device
 from dsa.provenance import provenance
 
 DENSE_BACKENDS = ("cudnn", "flash", "flex")
@@ -40,33 +40,43 @@ DENSE_BACKENDS = ("cudnn", "flash", "flex")
 
 @dataclass
 class LayerBenchConfig:
-    seq_lens: list[int] = field(default_factory=lambda: [256])
-    top_k: int = 64
-    d_model: int = 256
-    heads: int = 8
-    kv_heads: int = 1
-    head_dim: int = 32
-    indexers: list[str] = field(default_factory=lambda: ["4x16"])  # H_I x d_I
-    indexer_rope_dim: int = 0
-    device: str = "auto"
-    seed: int = 0
+    """What ``python -m dsa bench-layer`` measures (each field is a flag), checked at construction."""
+
+    seq_lens: list[int] = field(default_factory=lambda: [256], metadata={
+        "help": "sequence lengths L", "metavar": "L"})
+    top_k: int = field(default=64, metadata={"help": "keys kept per query, <= every L", "metavar": "K"})
+    d_model: int = field(default=256, metadata={"help": "hidden size of the layer"})
+    heads: int = field(default=8, metadata={"help": "query heads", "metavar": "H"})
+    kv_heads: int = field(default=1, metadata={"help": "K/V heads, a divisor of heads (1 = MQA)", "metavar": "H_KV"})
+    head_dim: int = field(default=32, metadata={"help": "per-head query/key/value size, even (RoPE)",
+                                                "metavar": "D"})
+    indexers: list[str] = field(default_factory=lambda: ["4x16"], metadata={
+        "help": "indexer sizes HEADSxDIM, e.g. 4x64 64x128", "metavar": "HxD"})
+    indexer_rope_dim: int = field(default=0, metadata={
+        "help": "RoPE dims of each indexer head, even and <= every indexer DIM"})
+    device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",
+                                                  "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs (>= 0)"})
 
     def __post_init__(self) -> None:
         for name in ("top_k", "d_model", "heads", "kv_heads", "head_dim"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not self.seq_lens or any(l < 1 for l in self.seq_lens):
-            raise ValueError(f"seq_lens must be positive ints, got {self.seq_lens}")
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        if not isinstance(self.seq_lens, list) or not self.seq_lens:
+            raise ValueError(f"seq_lens must be a non-empty list of ints, got {self.seq_lens!r}")
+        for l in self.seq_lens:
+            check_int("seq_lens", l, 1)
         if self.top_k > min(self.seq_lens):
             raise ValueError(f"top_k ({self.top_k}) must be <= every seq_len (smallest {min(self.seq_lens)})")
+        if not isinstance(self.indexers, list) or not self.indexers:
+            raise ValueError(f"indexers must be a non-empty list of HEADSxDIM, got {self.indexers!r}")
         for spec in self.indexers:
-            parse_indexer(spec)
+            hi, di = parse_indexer(spec)
+            SparseConfig(top_k=self.top_k, indexer_heads=hi, indexer_dim=di, indexer_rope_dim=self.indexer_rope_dim)
         AttentionConfig(d_model=self.d_model, n_heads=self.heads, n_kv_heads=self.kv_heads, head_dim=self.head_dim)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+        resolve_device(self.device)
 
 
 def parse_indexer(spec: str) -> tuple[int, int]:
@@ -270,35 +280,21 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.layer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = LayerBenchConfig()
-    p.add_argument("--seq-lens", type=int, nargs="+", default=d.seq_lens, help="sequence lengths L")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="keys kept per query")
-    p.add_argument("--d-model", type=int, default=d.d_model, help="hidden size of the layer")
-    p.add_argument("--heads", type=int, default=d.heads, help="query heads")
-    p.add_argument("--kv-heads", type=int, default=d.kv_heads, help="K/V heads (1 = MQA)")
-    p.add_argument("--head-dim", type=int, default=d.head_dim, help="per-head query/key/value size")
-    p.add_argument("--indexers", nargs="+", default=d.indexers, help="indexer sizes HEADSxDIM, e.g. 4x64 64x128")
-    p.add_argument("--indexer-rope-dim", type=int, default=d.indexer_rope_dim, help="RoPE dims of the indexer")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="where to run")
-    p.add_argument("--seed", type=int, default=d.seed, help="weights and inputs")
-    p.add_argument("--out", default=None, help="JSON path (default runs/bench-layer-<device>.json)")
-    a = vars(p.parse_args(argv))
-    out = a.pop("out")
-    try:
-        cfg = LayerBenchConfig(**a)
-    except ValueError as e:
-        p.error(str(e))
-    out = Path(out or f"runs/bench-layer-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+def default_out() -> Path:
+    return Path(f"runs/bench-layer-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+
+
+def bench(cfg: LayerBenchConfig, out: str | Path | None = None) -> dict:
+    """Runs the benchmark, writing its result to ``out`` (default :func:`default_out`) after every row."""
+    out = Path(out) if out else default_out()
     out.parent.mkdir(parents=True, exist_ok=True)
     res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
     out.write_text(json.dumps(res, indent=1))
-    print(table(res))
-    print(f"wrote {out}")
+    res["_path"] = str(out)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    from dsa.bench.cli import bench_layer_main  # noqa: PLC0415
+
+    sys.exit(bench_layer_main(prog="python -m dsa.bench.layer"))

@@ -1,7 +1,7 @@
 """Where a training step's time goes: dense vs DSA variants, timed in one process, with an op breakdown.
 
-    python -m dsa.bench.step_profile                          # CPU: a tiny model, seconds
-    python -m dsa.bench.step_profile --seq-len 32768 --top-k 2048 --batch-size 1 --d-model 1024 --n-layers 4 \
+    python -m dsa profile                          # CPU: a tiny model, seconds
+    python -m dsa profile --seq-len 32768 --top-k 2048 --batch-size 1 --d-model 1024 --n-layers 4 \
         --n-heads 64 --n-kv-heads 1 --head-dim 128 --variants dense dsa --out runs/step-mqa-32k.json
 
 A variant is ``dense`` or ``dsa[:<impl>]`` (impl auto | reference | triton, default auto: the model's own
@@ -14,11 +14,10 @@ match ATTENTION_OPS, :func:`attention_share`). Every variant is checked against 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,29 +25,51 @@ import torch.nn.functional as F
 from dsa.model.config import ModelConfig
 from dsa.model.lm import TransformerLM
 from dsa.ops.dispatch import IMPLS, impl_on_device, triton_installed
-from dsa.provenance import provenance, write_json_atomic
-from dsa.checks import resolve_device
+from dsa.provenance import provenance
+from dsa.checks import check_int, resolve_device
 
 
 @dataclass
 class StepProfileConfig:
-    seq_len: int = 128
-    top_k: int = 32
-    batch_size: int = 4
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 0  # 0 = n_heads (MHA); 1 = MQA
-    head_dim: int = 0  # 0 = d_model / n_heads
-    indexer_heads: int = 4
-    indexer_dim: int = 64
-    indexer_rope_dim: int = 32
-    vocab_size: int = 2048
-    steps: int = 10
-    warmup: int = 3
-    profile_steps: int = 2
-    device: str = "auto"
-    seed: int = 0
+    """The model and timing of ``python -m dsa profile`` (each field is a flag), checked at construction (the
+    model for both attentions, the device)."""
+
+    seq_len: int = field(default=128, metadata={"help": "sequence length L, tokens", "metavar": "L"})
+    top_k: int = field(default=32, metadata={"help": "keys per query of the DSA variants, 1..seq_len",
+                                             "metavar": "K"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step", "metavar": "B"})
+    d_model: int = field(default=64, metadata={"help": "hidden size"})
+    n_layers: int = field(default=2, metadata={"help": "transformer blocks"})
+    n_heads: int = field(default=4, metadata={"help": "query heads"})
+    n_kv_heads: int = field(default=0, metadata={"help": "K/V heads, a divisor of n_heads; 0 = n_heads (MHA), "
+                                                         "1 = MQA"})
+    head_dim: int = field(default=0, metadata={"help": "per-head size, even; 0 = d_model / n_heads"})
+    indexer_heads: int = field(default=4, metadata={"help": "lightning-indexer heads"})
+    indexer_dim: int = field(default=64, metadata={"help": "lightning-indexer head size"})
+    indexer_rope_dim: int = field(default=32, metadata={"help": "RoPE dims of each indexer head, even, "
+                                                                "<= indexer_dim"})
+    vocab_size: int = field(default=2048, metadata={"help": "vocabulary of the random tokens"})
+    steps: int = field(default=10, metadata={"help": "timed steps per variant (the median is reported)",
+                                             "metavar": "N"})
+    warmup: int = field(default=3, metadata={"help": "untimed steps first (allocation, kernel selection)",
+                                             "metavar": "N"})
+    profile_steps: int = field(default=2, metadata={"help": "steps under torch.profiler for the op breakdown",
+                                                    "metavar": "N"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu, cuda or cuda:N",
+                                                  "metavar": "DEVICE"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and tokens (>= 0)"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "profile_steps"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup", "seed", "n_kv_heads", "head_dim"):
+            check_int(name, getattr(self, name), 0)
+        if isinstance(self.top_k, int) and isinstance(self.seq_len, int) and not 1 <= self.top_k <= self.seq_len:
+            raise ValueError(f"top_k must be in [1, seq_len={self.seq_len}], got {self.top_k}")
+        for attention in ("dense", "dsa"):
+            _model_config(self, attention, "auto")  # positive sizes, heads, head sizes, RoPE dims
+        check_int("batch_size", self.batch_size, 1)
+        resolve_device(self.device)
 
 
 # Kernel-name fragments counted as attention in the share of a step: SDPA's kernels (cuDNN, flash, memory-
@@ -159,13 +180,19 @@ def profile_variant(cfg: StepProfileConfig, variant: str, device: torch.device, 
     }
 
 
-def run(cfg: StepProfileConfig, variants: list[str]) -> dict:
-    if cfg.top_k < 1 or cfg.top_k > cfg.seq_len:
-        raise ValueError(f"top_k must be in [1, seq_len={cfg.seq_len}], got {cfg.top_k}")
+def check_variants(cfg: StepProfileConfig, variants: list[str]) -> None:
+    """Every variant against the device and the model, before any time is spent."""
+    if not variants:
+        raise ValueError("variants must name at least one variant")
     device = resolve_device(cfg.device)
-    for v in variants:  # every variant checked before any time is spent
+    for v in variants:
         check_variant(v, device)
         _model_config(cfg, *parse_variant(v))
+
+
+def run(cfg: StepProfileConfig, variants: list[str]) -> dict:
+    check_variants(cfg, variants)
+    device = resolve_device(cfg.device)
     rows = [profile_variant(cfg, v, device) for v in variants]
     base = rows[0]["ms_per_step_median"]
     for r in rows:
@@ -184,32 +211,17 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.step_profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in asdict(StepProfileConfig()).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    p.add_argument("--variants", nargs="+", default=["dense", "dsa"],
-                   help="'dense' or 'dsa[:auto|reference|triton]'; ratios are to the first (default: dense dsa)")
-    p.add_argument("--ops", action="store_true", help="print each variant's top operators")
-    p.add_argument("--out", default=None, help="JSON path")
-    a = vars(p.parse_args(argv))
-    variants, out, ops = a.pop("variants"), a.pop("out"), a.pop("ops")
-    try:
-        res = run(StepProfileConfig(**a), variants)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
-    print(table(res))
-    if ops:
-        for r in res["variants"]:
-            print(f"\n{r['variant']} ({r['op_time_kind']}, ms per step)")
-            for o in r["top_ops"]:
-                print(f"  {o['self_ms_per_step']:8.2f}  x{o['calls_per_step']:<6.0f} {o['name'][:90]}")
-    if out:
-        print(f"wrote {write_json_atomic(out, res)}")
-    return res
+def ops_table(res: dict) -> str:
+    """Each variant's top operators (self time per step)."""
+    lines = []
+    for r in res["variants"]:
+        lines.append(f"\n{r['variant']} ({r['op_time_kind']}, ms per step)")
+        for o in r["top_ops"]:
+            lines.append(f"  {o['self_ms_per_step']:8.2f}  x{o['calls_per_step']:<6.0f} {o['name'][:90]}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    from dsa.bench.cli import profile_main  # noqa: PLC0415
+
+    sys.exit(profile_main(prog="python -m dsa.bench.step_profile"))

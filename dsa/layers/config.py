@@ -108,8 +108,9 @@ class SparseConfig:
                   k_min=self.k_min)
         if self.k_policy not in K_POLICIES:
             raise ValueError(f"k_policy must be one of {K_POLICIES}, got {self.k_policy!r}")
-        if not 0.0 < self.k_mass <= 1.0:
+        if isinstance(self.k_mass, bool) or not isinstance(self.k_mass, (int, float)) or not 0.0 < self.k_mass <= 1.0:
             raise ValueError(f"k_mass must be in (0, 1], got {self.k_mass}")
-        if not 0 <= self.indexer_rope_dim <= self.indexer_dim or self.indexer_rope_dim % 2:
+        if (isinstance(self.indexer_rope_dim, bool) or not isinstance(self.indexer_rope_dim, int)
+                or not 0 <= self.indexer_rope_dim <= self.indexer_dim or self.indexer_rope_dim % 2):
             raise ValueError(f"indexer_rope_dim must be even and in [0, indexer_dim={self.indexer_dim}], "
                              f"got {self.indexer_rope_dim}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from dsa.checks import check_number
 from dsa.layers.config import AttentionConfig, MLAConfig, SparseConfig
 from dsa.ops.dispatch import IMPLS
 
@@ -62,8 +63,11 @@ class ModelConfig:
         self.attention_config()  # the layer's own checks (heads, head sizes, RoPE)
         if self.mla is None and self.head_dim is None:
             self.head_dim = self.d_model // self.n_heads
-        if self.attention == "dsa":
-            self.sparse_config()
+        # the selection's values are checked for dense models too: a bad one must not pass unnoticed
+        # because the attention it belongs to is off
+        self.sparse_config()
+        check_number("rope_base", self.rope_base, low=0, low_open=True)
+        check_number("norm_eps", self.norm_eps, low=0, low_open=True)
 
     def attention_config(self) -> AttentionConfig:
         return AttentionConfig(

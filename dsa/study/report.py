@@ -1,7 +1,7 @@
 """Build the report: execute every ``notebooks/[0-9][0-9]_*.ipynb`` with papermill from a parameters file,
 keep the executed copies, convert them to HTML (plotly figures render offline), and write an index page.
 
-    python -m dsa.study.report [--params small|full|PATH.yaml] [--only NAME ...] [--out report/]
+    python -m dsa report [--params small|full|PATH.yaml] [--only NAME ...] [--out report/]
 
 Nothing is re-used: every notebook is executed again and its executed copy and HTML are overwritten. What
 a notebook read from recorded data (``dsa.records.load_records``) is listed per notebook, as are the static
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsa.cli import usage_errors
 from dsa.provenance import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -43,7 +44,7 @@ def find_notebooks(only: list[str] | None = None, root: Path = NOTEBOOKS_DIR) ->
         keep = [p for p in nbs if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
         missing = [o for o in only if not any(p.stem == o or p.stem.startswith(o) or p.name == o for p in nbs)]
         if missing:
-            raise SystemExit(f"--only: no notebook matches {missing}; found {[p.stem for p in nbs]}")
+            raise ValueError(f"--only: no notebook matches {missing}; found {[p.stem for p in nbs]}")
         nbs = keep
     return nbs
 
@@ -52,16 +53,19 @@ def params_path(params: str) -> Path:
     """'small' / 'full' -> notebooks/params/<name>.yaml; anything else is a path."""
     p = PARAMS_DIR / f"{params}.yaml" if params in ("small", "full") else Path(params)
     if not p.is_file():
-        raise SystemExit(f"parameters file {p} does not exist")
+        raise ValueError(f"--params: {params!r} is neither small, full nor a parameters file ({p} does not exist)")
     return p
 
 
 def load_params_file(path: Path) -> dict[str, dict]:
     import yaml  # noqa: PLC0415
 
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--params {path}: not valid YAML: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
-        raise SystemExit(f"{path}: expected a mapping of sections (common, <notebook stem>) to mappings")
+        raise ValueError(f"--params {path}: expected a mapping of sections (common, <notebook stem>) to mappings")
     return {k: dict(v or {}) for k, v in data.items()}
 
 
@@ -413,7 +417,7 @@ def run_report(
     sections = load_params_file(pfile)
     notebooks = find_notebooks(only)
     if not notebooks:
-        raise SystemExit(f"no notebook matches {NOTEBOOK_GLOB} under {NOTEBOOKS_DIR}")
+        raise ValueError(f"no notebook matches {NOTEBOOK_GLOB} under {NOTEBOOKS_DIR}")
     stems = {p.stem for p in find_notebooks()}
     for sec in sections:
         if sec != "common" and sec not in stems:
@@ -470,18 +474,42 @@ def run_report(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dsa.study.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="small", help="small (CPU), full (GPU) or a YAML path (default: small)")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="small", metavar="small|full|PATH.yaml",
+                    help="parameters: small (CPU), full (GPU) or a YAML file of sections (default: small)")
     ap.add_argument("--only", action="append", metavar="NAME",
                     help="run only this notebook (stem or prefix, e.g. 01); repeatable")
-    ap.add_argument("--out", default=str(REPO_ROOT / "report"), help="output folder (default: report/)")
-    ap.add_argument("--figures", default=None, help="folder for static figures (default: figures/ or $DSA_FIGURES_DIR)")
-    ap.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell before it fails (default: none)")
+    ap.add_argument("--out", default=str(REPO_ROOT / "report"), metavar="DIR",
+                    help="output folder (default: report/)")
+    ap.add_argument("--figures", default=None, metavar="DIR",
+                    help="folder for static figures (default: figures/ or $DSA_FIGURES_DIR)")
+    ap.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                    help="seconds per cell before it fails, >= 1 (default: none)")
+    return ap
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Every option before any notebook runs: the parameters file parses, each --only names a notebook,
+    the folders are not files. ValueError naming the option."""
+    load_params_file(params_path(a.params))
+    find_notebooks(a.only)
+    if a.cell_timeout is not None and a.cell_timeout < 1:
+        raise ValueError(f"--cell-timeout must be >= 1 second, got {a.cell_timeout}")
+    for flag, folder in (("--out", a.out), ("--figures", a.figures)):
+        if folder and Path(folder).is_file():
+            raise ValueError(f"{flag} must be a folder, got the file {folder!r}")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m dsa report``: every notebook executed and converted; exit status 1 if one failed."""
+    ap = build_parser(prog)
     a = ap.parse_args(argv)
+    with usage_errors(ap):
+        check_args(a)
     results = run_report(a.params, a.only, Path(a.out), Path(a.figures) if a.figures else None, a.cell_timeout)
     return 0 if all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m dsa.study.report"))

@@ -282,6 +282,28 @@ def _read_cache_entry(
 # ------------------------------------------------------------------------------------------ public API
 
 
+def check_source(name: str, tokenizer: str, vocab_size: int, arg: str = "name",
+                 file_exists: bool = True) -> tuple[Path | None, str]:
+    """Checks a corpus request without reading anything: (the local file of a 'file:<path>' name or None, the
+    tokenizer kind it resolves to). TypeError/ValueError/FileNotFoundError naming the argument (``arg``: what
+    the caller calls ``name``) otherwise. ``file_exists=False``: leave out whether a local file is there (a
+    config may name a file of the machine that will run it)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} must be a str, got {type(name).__name__}")
+    file_path: Path | None = None
+    if name.startswith("file:"):
+        file_path = Path(name[len("file:") :]).expanduser()
+        if file_exists and not file_path.is_file():
+            raise FileNotFoundError(f"{arg}: text file not found: {file_path}")
+    elif name not in CORPUS_NAMES:
+        raise ValueError(f"{arg} must be one of {CORPUS_NAMES} or 'file:<path>', got {name!r}")
+    kind = resolve_tokenizer_kind(tokenizer)  # ValueError naming `tokenizer`; may fall back to 'byte'
+    if kind == "bpe":
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_BPE_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be an int >= {MIN_BPE_VOCAB_SIZE} for bpe, got {vocab_size!r}")
+    return file_path, kind
+
+
 def load_corpus(
     name: str = "shakespeare",
     tokenizer: str = "bpe",
@@ -308,19 +330,7 @@ def load_corpus(
     ``from_cache`` (and ``meta['from_cache']``) say whether the cache was reused.
     """
     t0 = time.perf_counter()
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    file_path: Path | None = None
-    if name.startswith("file:"):
-        file_path = Path(name[len("file:") :]).expanduser()
-        if not file_path.is_file():
-            raise FileNotFoundError(f"name: text file not found: {file_path}")
-    elif name not in CORPUS_NAMES:
-        raise ValueError(f"name must be one of {CORPUS_NAMES} or 'file:<path>', got {name!r}")
-    kind = resolve_tokenizer_kind(tokenizer)  # ValueError naming `tokenizer`; may fall back to 'byte'
-    if kind == "bpe":
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_BPE_VOCAB_SIZE:
-            raise ValueError(f"vocab_size must be an int >= {MIN_BPE_VOCAB_SIZE} for bpe, got {vocab_size!r}")
+    file_path, kind = check_source(name, tokenizer, vocab_size)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 

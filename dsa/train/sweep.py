@@ -17,16 +17,16 @@
   ``--slurm key=value ...`` submits N such shards as a job array through submitit. Readers
   (``dsa.records``) read a results file and its shards as one.
 
-CLI: python -m dsa.train.sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
-     python -m dsa.train.sweep EXP1 EXP2 ... --size full --out-dir data/gpu --workers-per-device 8  (one pool)
-     python -m dsa.train.sweep EXP --size full --out data/gpu/EXP.jsonl --shard 0/4       (one of four shards)
-     python -m dsa.train.sweep EXP --size full --out data/gpu/EXP.jsonl --shards 4 \
+CLI (``dsa.train.cli``):
+     python -m dsa sweep EXPERIMENT --size small|full --out data/gpu/EXPERIMENT.jsonl [--devices all]
+     python -m dsa sweep EXP1 EXP2 ... --size full --out-dir data/gpu --workers-per-device 8  (one pool)
+     python -m dsa sweep EXP --size full --out data/gpu/EXP.jsonl --shard 0/4       (one of four shards)
+     python -m dsa sweep EXP --size full --out data/gpu/EXP.jsonl --shards 4 \
          --slurm slurm_partition=gpu timeout_min=600 gpus_per_node=1               (a Slurm job array)
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import fcntl
 import hashlib
@@ -564,117 +564,7 @@ def submit_shards(job: ShardJob, executor_params: Mapping[str, Any], folder: str
     return executor.map_array(job, list(range(job.count)))
 
 
-def _build_parser(experiments: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsa.train.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", nargs="+", choices=experiments,
-                   help="one or more experiments; several share one pool of workers, in the order given")
-    p.add_argument("--size", choices=("small", "full"), default="small")
-    p.add_argument("--out", default=None, help="results .jsonl of one experiment (default runs/<experiment>-<size>.jsonl)")
-    p.add_argument("--out-dir", default=None, help="folder for <experiment>.jsonl files (several experiments)")
-    p.add_argument("--devices", default=None, help="comma-separated devices, or 'all' for every CUDA device")
-    p.add_argument("--workers-per-device", type=int, default=1,
-                   help="training processes per device (small models leave a GPU mostly idle)")
-    p.add_argument("--steps", type=int, default=None, help="override the steps of every configuration")
-    p.add_argument("--limit", type=int, default=None, help="run only the first N configurations")
-    p.add_argument("--time-budget-s", type=float, default=None,
-                   help="start no new configuration after this many seconds; re-run to resume")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="run configurations recorded as failed (<results>.failed) again")
-    p.add_argument("--shard", default=None, metavar="i/N",
-                   help="run shard i of N (0-based) into <results>.shard-i-of-N.jsonl")
-    p.add_argument("--shards", type=int, default=None, metavar="N",
-                   help="with --slurm: submit N shards as one job array (default 1)")
-    p.add_argument("--slurm", nargs="+", default=None, metavar="KEY=VALUE",
-                   help="submit through submitit's AutoExecutor with these parameters (e.g. slurm_partition=gpu "
-                        "timeout_min=600 gpus_per_node=1; cluster=local runs the array locally)")
-    p.add_argument("--slurm-folder", default="runs/slurm/%j", help="submitit's folder for job logs and pickles")
-    p.add_argument("--wait", action="store_true", help="with --slurm: wait for the jobs and report them")
-    p.add_argument("--stale-after-s", type=float, default=claims.DEFAULT_STALE_AFTER_S,
-                   help="take over a claim whose owner's heartbeat is this old (an owner on another machine)")
-    return p
-
-
-def _sweeps_from_args(args: argparse.Namespace) -> list[tuple[list[TrainConfig], str]]:
-    from .experiments import get_experiment  # noqa: PLC0415
-
-    sweeps = []
-    for name in dict.fromkeys(args.experiment):
-        configs = get_experiment(name, args.size)
-        if args.steps:
-            configs = [with_steps(c, args.steps) for c in configs]
-        if args.limit:
-            configs = configs[: args.limit]
-        if args.out:
-            out = args.out
-        elif args.out_dir:
-            out = str(Path(args.out_dir) / f"{name}.jsonl")
-        else:
-            out = f"runs/{name}-{args.size}.jsonl"
-        sweeps.append((configs, out))
-    return sweeps
-
-
-def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.out and len(args.experiment) > 1:
-        p.error("--out names one results file: give several experiments --out-dir instead")
-    if args.out and args.out_dir:
-        p.error("give --out or --out-dir, not both")
-    if args.workers_per_device < 1:
-        p.error(f"--workers-per-device must be >= 1, got {args.workers_per_device}")
-    if args.shard and args.slurm:
-        p.error("--slurm submits every shard itself: give --shards N, not --shard")
-    if args.shards is not None and (not args.slurm or args.shards < 1):
-        p.error(f"--shards N needs --slurm and N >= 1, got {args.shards}")
-    if not args.stale_after_s > 0:
-        p.error(f"--stale-after-s must be > 0, got {args.stale_after_s}")
-
-
-def _submit(args: argparse.Namespace, sweeps: list[tuple[list[TrainConfig], str]]) -> int:
-    job = ShardJob([([asdict(c) for c in cfgs], str(res)) for cfgs, res in sweeps], args.shards or 1,
-                   args.devices, args.workers_per_device, args.time_budget_s, args.retry_failed, args.stale_after_s)
-    jobs = submit_shards(job, parse_executor_params(args.slurm), args.slurm_folder)
-    print(f"submitted {len(jobs)} shard(s): {', '.join(j.job_id for j in jobs)} (logs under {args.slurm_folder})")
-    if not args.wait:
-        return 0
-    bad = 0
-    for i, j in enumerate(jobs):
-        try:
-            print(f"shard {i}/{len(jobs)} ({j.job_id}): {j.result()}")
-        except Exception as e:  # noqa: BLE001 (each shard is reported; the exit status says one failed)
-            bad += 1
-            print(f"shard {i}/{len(jobs)} ({j.job_id}) failed: {e}", file=sys.stderr)
-    return 1 if bad else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .experiments import EXPERIMENTS  # noqa: PLC0415
-
-    p = _build_parser(sorted(EXPERIMENTS))
-    args = p.parse_args(argv)
-    _check_args(p, args)
-    try:
-        shard = parse_shard(args.shard) if args.shard else None
-        slurm = parse_executor_params(args.slurm) if args.slurm else None
-    except ValueError as e:
-        p.error(str(e))
-    sweeps = _sweeps_from_args(args)
-    if slurm is not None:
-        return _submit(args, sweeps)
-    devices = resolve_devices(args.devices, args.workers_per_device)
-    try:
-        results = run_sweeps(sweeps, devices, time_budget_s=args.time_budget_s, retry_failed=args.retry_failed,
-                             shard=shard, stale_after_s=args.stale_after_s)
-    except SweepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for recs in results:
-        for r in recs:
-            f = r["final"]
-            print(f"{r['name']:<40} val_loss={f['val_loss']:.4f} acc={f['val_acc']:.4f} "
-                  f"t/step={1e3 * (f.get('time_per_step_s') or 0):.1f}ms recall={f.get('recall', float('nan')):.3f}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from dsa.train.cli import sweep_main  # noqa: PLC0415
+
+    sys.exit(sweep_main(prog="python -m dsa.train.sweep"))

@@ -13,18 +13,16 @@ which the indexer receives no gradient at all (top-k is not differentiable) and 
 Fairness: the LM sees batch ``i`` at LM step ``i`` in every run with one ``data_seed``; the main weights
 start identical for one ``seed`` whatever the attention; the LR schedule runs over the LM steps only.
 
-Usage: python -m dsa.train.trainer --attention dense|dsa --seq-len 256 --top-k 128 --steps 1000 ...
+Command line (``dsa.train.cli``): python -m dsa train --attention dense|dsa --seq-len 256 --top-k 128 --steps 1000 ...
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import resource
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -32,73 +30,111 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dsa.train import distributed as ddp_util
+from dsa.layers.config import K_POLICIES
 from dsa.model.config import ATTENTION_KINDS, ModelConfig
 from dsa.model.lm import TransformerLM
-from dsa.ops.dispatch import check_impl, impl_on_device
-from dsa.checks import resolve_device
+from dsa.ops.dispatch import IMPLS, impl_on_device, interpret_mode, triton_installed
+from dsa.checks import check_int, check_number, check_out_file, resolve_device
+from dsa.text.corpus import CORPUS_NAMES, check_source
+from dsa.text.tokenizer import MIN_BPE_VOCAB_SIZE, TOKENIZER_KINDS
 from dsa.provenance import REPO_ROOT, provenance, write_json_atomic
 
 RECIPES = ("deepseek", "scratch")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _names_a_device(name: str) -> bool:
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
 class TrainConfig:
-    attention: str = "dense"
-    recipe: str = "deepseek"
-    seq_len: int = 128
-    top_k: int = 64
-    k_policy: str = "fixed"  # fixed | mass | entropy: per-query k (dsa.ops.adaptive), capped at top_k
-    k_mass: float = 0.9
-    batch_size: int = 8
-    steps: int = 100  # LM-training steps, identical for dense and DSA runs
-    dense_steps: int | None = None  # deepseek recipe: default steps // 4
-    warmup_steps: int | None = None  # deepseek recipe: default max(steps // 10, 1); extra, indexer-only
-    indexer_kl: bool | None = None  # default: True for deepseek, False for scratch
-    leak_future: bool = False
-    data: str = "shakespeare"
-    tokenizer: str = "bpe"
-    vocab_size: int = 2048
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    head_dim: int | None = None  # None = d_model / n_heads
-    indexer_heads: int = 4
-    indexer_dim: int = 32
-    indexer_rope_dim: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    lr_warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    indexer_lr: float = 1e-3
-    eval_every: int = 50
-    eval_batches: int = 4
-    seed: int = 0
-    data_seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    impl: str = "auto"  # every attention op: auto (Triton on CUDA, else the reference) | reference | triton
-    out: str | None = None  # run JSON path; default runs/<name>.json
-    name: str | None = None
-    progress: bool = True
+    """One training run. Each field is a flag of ``python -m dsa train`` (its metadata: help, choices);
+    every value is checked here, at construction, before any data loads."""
+
+    attention: str = field(default="dense", metadata={
+        "help": "attention of every layer: dense (causal SDPA) or dsa (indexer + top-k + sparse attention)",
+        "choices": ATTENTION_KINDS})
+    recipe: str = field(default="deepseek", metadata={
+        "help": "DSA training recipe: deepseek (dense -> indexer warm-up -> sparse) or scratch (sparse from "
+                "step 0, the seeds' setup)", "choices": RECIPES})
+    seq_len: int = field(default=128, metadata={"help": "sequence length L, tokens", "metavar": "L"})
+    top_k: int = field(default=64, metadata={
+        "help": "keys each query attends to under DSA, 1..seq_len (the cap of an adaptive k_policy)",
+        "metavar": "K"})
+    k_policy: str = field(default="fixed", metadata={
+        "help": "per-query k (dsa.ops.adaptive): fixed k, or the smallest k reaching k_mass of the indexer's "
+                "softmax (mass), or from its entropy (entropy); capped at top_k", "choices": K_POLICIES})
+    k_mass: float = field(default=0.9, metadata={
+        "help": "target indexer softmax mass of k_policy=mass, in (0, 1]", "metavar": "P"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per step (per rank under torchrun)",
+                                                 "metavar": "B"})
+    steps: int = field(default=100, metadata={"help": "LM-training steps, identical for dense and DSA runs",
+                                              "metavar": "N"})
+    dense_steps: int | None = field(default=None, metadata={
+        "help": "deepseek recipe: dense LM steps before sparse training, 0..steps (default steps // 4)",
+        "metavar": "N"})
+    warmup_steps: int | None = field(default=None, metadata={
+        "help": "deepseek recipe: extra indexer-only warm-up steps on the KL loss (default max(steps // 10, 1))",
+        "metavar": "N"})
+    indexer_kl: bool | None = field(default=None, metadata={
+        "help": "train the indexer by its KL loss during sparse training, DSA only (default: on for deepseek, "
+                "off for scratch)"})
+    leak_future: bool = field(default=False, metadata={
+        "help": "DSA only: let the selection pick future tokens (the seeds' bug, reproduced on purpose)"})
+    data: str = field(default="shakespeare", metadata={
+        "help": f"corpus: one of {', '.join(CORPUS_NAMES)}, or file:<path> (a UTF-8 text file)",
+        "metavar": "NAME"})
+    tokenizer: str = field(default="bpe", metadata={
+        "help": "byte-level BPE trained on the train split, or raw UTF-8 bytes", "choices": TOKENIZER_KINDS})
+    vocab_size: int = field(default=2048, metadata={
+        "help": f"BPE vocabulary size, >= {MIN_BPE_VOCAB_SIZE} (256 bytes + EOT + merges; ignored by the byte "
+                "tokenizer)", "metavar": "V"})
+    d_model: int = field(default=128, metadata={"help": "hidden size"})
+    n_layers: int = field(default=2, metadata={"help": "transformer blocks"})
+    n_heads: int = field(default=4, metadata={"help": "query heads; d_model must be a multiple unless head_dim "
+                                                      "is given"})
+    n_kv_heads: int | None = field(default=None, metadata={
+        "help": "K/V heads, a divisor of n_heads: fewer = GQA, 1 = MQA (default n_heads: MHA)"})
+    head_dim: int | None = field(default=None, metadata={
+        "help": "per-head query/key/value size, even (RoPE) (default d_model / n_heads)"})
+    indexer_heads: int = field(default=4, metadata={"help": "lightning-indexer heads"})
+    indexer_dim: int = field(default=32, metadata={"help": "lightning-indexer head size"})
+    indexer_rope_dim: int = field(default=16, metadata={
+        "help": "dims of each indexer head that carry RoPE, even and <= indexer_dim"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate of the main model (AdamW), > 0"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "cosine decay ends at this fraction of lr, in [0, 1]"})
+    lr_warmup_steps: int = field(default=20, metadata={"help": "linear LR warm-up, LM steps (>= 0)",
+                                                       "metavar": "N"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the matrices, >= 0"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip, > 0"})
+    indexer_lr: float = field(default=1e-3, metadata={"help": "learning rate of the indexer (AdamW), > 0"})
+    eval_every: int = field(default=50, metadata={
+        "help": "evaluate every N iterations (and at the end of each phase)", "metavar": "N"})
+    eval_batches: int = field(default=4, metadata={"help": "validation batches per evaluation", "metavar": "N"})
+    seed: int = field(default=0, metadata={"help": "weights seed (>= 0): same seed, same initial weights "
+                                                   "whatever the attention"})
+    data_seed: int = field(default=0, metadata={"help": "batch-order seed (>= 0): same seed, same batches"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (CUDA when available, else CPU), cpu, cuda or cuda:N", "metavar": "DEVICE"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto = bf16 autocast on CUDA, fp32 on CPU; bf16 needs CUDA", "choices": PRECISIONS})
+    impl: str = field(default="auto", metadata={
+        "help": "every attention op: auto (Triton on CUDA, else the reference), reference, or triton (CUDA, "
+                "or TRITON_INTERPRET=1)", "choices": IMPLS})
+    out: str | None = field(default=None, metadata={
+        "help": "run JSON path (default runs/<name>.json; '' writes none)", "metavar": "PATH"})
+    name: str | None = field(default=None, metadata={
+        "help": "run name (default from attention, recipe, L, k and seed)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k!r}")
-        if self.top_k > self.seq_len:
-            raise ValueError(f"top_k ({self.top_k}) must be <= seq_len ({self.seq_len})")
-        check_impl(self.impl)
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        self._check_values()
         is_ds = self.recipe == "deepseek" and self.attention == "dsa"
         if self.dense_steps is None:
             self.dense_steps = self.steps // 4 if is_ds else 0
@@ -106,14 +142,54 @@ class TrainConfig:
             self.warmup_steps = max(self.steps // 10, 1) if is_ds else 0
         if self.indexer_kl is None:
             self.indexer_kl = is_ds
+        check_int("dense_steps", self.dense_steps, 0)
+        check_int("warmup_steps", self.warmup_steps, 0)
         if not 0 <= self.dense_steps <= self.steps:
             raise ValueError(f"dense_steps must be in [0, steps={self.steps}], got {self.dense_steps}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.attention == "dense" and (self.dense_steps not in (0, self.steps) or self.warmup_steps):
             raise ValueError("dense_steps / warmup_steps only apply to attention='dsa'")
+        if self.attention == "dense" and self.indexer_kl:
+            raise ValueError("indexer_kl only applies to attention='dsa'")
         if self.warmup_steps and not self.indexer_kl:
             raise ValueError("warmup_steps > 0 trains the indexer by its KL loss: it needs indexer_kl")
+
+    def _check_values(self) -> None:
+        """Each value on its own, and the model it describes (heads, head sizes, RoPE dims, k, k policy)."""
+        for name in ("attention", "recipe", "k_policy", "tokenizer", "precision", "impl"):
+            choices = next(f for f in fields(self) if f.name == name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_batches", "vocab_size"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("lr_warmup_steps", "seed", "data_seed"):
+            check_int(name, getattr(self, name), 0)
+        check_int("top_k", self.top_k, 1)
+        if self.top_k > self.seq_len:
+            raise ValueError(f"top_k ({self.top_k}) must be <= seq_len ({self.seq_len})")
+        for name in ("lr", "indexer_lr", "grad_clip"):
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        check_number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_source(self.data, self.tokenizer, self.vocab_size, arg="data", file_exists=False)
+        check_out_file("out", self.out)
+        if not isinstance(self.device, str) or (self.device != "auto" and not _names_a_device(self.device)):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        self.model_config(self.vocab_size)
+
+    def check_runtime(self) -> None:
+        """Whether this machine can run the config: a local data file is there, the device, bf16 autocast
+        (CUDA only), Triton kernels. Called by :func:`train` and the CLI before any data loads; not at
+        construction, where a recorded config (device='cuda:0') must still rebuild on another machine."""
+        check_source(self.data, self.tokenizer, self.vocab_size, arg="data")  # FileNotFoundError naming data
+        device = resolve_device(self.device)
+        if self.precision == "bf16" and device.type != "cuda":
+            raise ValueError(f"precision='bf16' autocast needs CUDA; device {self.device!r} is {device.type}")
+        if self.impl == "triton" and self.attention == "dsa":
+            if not triton_installed():
+                raise ValueError("impl='triton' needs the triton package, which is not installed")
+            if device.type != "cuda" and not interpret_mode():
+                raise ValueError(f"impl='triton' needs a CUDA device (or TRITON_INTERPRET=1); device "
+                                 f"{self.device!r} is {device.type}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -205,6 +281,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     """Runs the configured training and returns the run record (also written as JSON to ``cfg.out``
     unless it is the empty string). ``data`` = (vocab_size, train_sampler, warm_sampler, val_batches, meta)
     overrides the corpus (used by tests and synthetic tasks)."""
+    cfg.check_runtime()
     info = ddp_util.init_from_env(cfg.device)
     device = resolve_device(cfg.device)
     if info.enabled and device.type == "cuda":
@@ -365,54 +442,7 @@ def train(cfg: TrainConfig, data=None) -> dict:
     return record
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dsa.train.trainer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        typ = f.type if isinstance(f.type, str) else f.type.__name__
-        if "bool" in typ:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif "int" in typ:
-            p.add_argument(flag, type=int, default=default)
-        elif "float" in typ:
-            p.add_argument(flag, type=float, default=default)
-        else:
-            p.add_argument(flag, type=str, default=default)
-    p.set_defaults(attention="dense")
-    p.add_argument("--print-json", action="store_true", help="print the final metrics as JSON")
-    return p
+if __name__ == "__main__":  # the command line lives in dsa.train.cli (python -m dsa train)
+    from dsa.train.cli import train_main  # noqa: PLC0415
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    print_json = args.pop("print_json")
-    try:
-        cfg = TrainConfig(**args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rec = train(cfg)
-    if not ddp_util.is_main_process():
-        ddp_util.barrier_and_close()
-        return 0
-    f = rec["final"]
-    line = (f"{rec['name']}: val_loss={f['val_loss']:.4f} val_acc={f['val_acc']:.4f} ppl={f['val_ppl']:.2f} "
-            f"time/step={f['time_per_step_s'] * 1e3:.1f} ms")
-    if "recall" in f:
-        line += f" recall={f['recall']:.3f}"
-    if "val_loss_causal_eval" in f:
-        line += f" val_loss(causal guard on at eval)={f['val_loss_causal_eval']:.4f}"
-    print(line)
-    print(f"wrote {rec['path']}" if "path" in rec else "no JSON written (--out '')")
-    if print_json:
-        import json  # noqa: PLC0415
-
-        print(json.dumps({k: v for k, v in f.items()}, default=str))
-    ddp_util.barrier_and_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(train_main(prog="python -m dsa.train.trainer"))

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from dsa.bench.layer import LayerBenchConfig, attention_pairs, main, parse_indexer, run
+from dsa.bench.cli import bench_layer_main as main
+from dsa.bench.layer import LayerBenchConfig, attention_pairs, parse_indexer, run
 
 
 def test_rows_time_the_layers_and_their_parts(tmp_path):

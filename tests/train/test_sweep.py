@@ -20,6 +20,7 @@ from dsa.train import claims
 from dsa.train.experiments import EXPERIMENTS, get_experiment
 from dsa.records import load_jsonl_records, read_jsonl, result_files, shard_path
 from dsa.study.runs import runs_table
+from dsa.train.cli import sweep_main
 from dsa.train.sweep import append_result, config_key, load_results, run_sweep, run_sweeps, with_steps
 from dsa.train.trainer import TrainConfig
 
@@ -171,10 +172,10 @@ def test_the_same_configuration_named_twice_for_one_file_runs_once(tmp_path, mon
 
 def test_cli_takes_several_experiments_with_an_out_dir_only(tmp_path):
     with pytest.raises(SystemExit):
-        sweep.main(["exp3_adaptive", "ablation_kl", "--out", str(tmp_path / "x.jsonl")])
+        sweep_main(["exp3_adaptive", "ablation_kl", "--out", str(tmp_path / "x.jsonl")])
     with pytest.raises(SystemExit):
-        sweep.main(["exp3_adaptive", "--out", "x.jsonl", "--out-dir", str(tmp_path)])
-    assert sweep.main(["ablation_kl", "exp3_adaptive", "--size", "small", "--limit", "1", "--steps", "2",
+        sweep_main(["exp3_adaptive", "--out", "x.jsonl", "--out-dir", str(tmp_path)])
+    assert sweep_main(["ablation_kl", "exp3_adaptive", "--size", "small", "--limit", "1", "--steps", "2",
                        "--out-dir", str(tmp_path)]) == 0
     assert len(load_results(tmp_path / "ablation_kl.jsonl")) == 1
     assert len(load_results(tmp_path / "exp3_adaptive.jsonl")) == 1
@@ -412,7 +413,7 @@ def test_cli_submits_the_shards_as_a_job_array(tmp_path, capsys):
     """`--shards 2 --slurm cluster=debug ... --wait` (submitit's in-process executor: the CLI path without
     a cluster) runs both shards into their own files."""
     out = tmp_path / "x.jsonl"
-    assert sweep.main(["ablation_kl", "--size", "small", "--steps", "1", "--limit", "2", "--out", str(out),
+    assert sweep_main(["ablation_kl", "--size", "small", "--steps", "1", "--limit", "2", "--out", str(out),
                        "--shards", "2", "--slurm", "cluster=debug", "timeout_min=10", "--wait",
                        "--slurm-folder", str(tmp_path / "logs")]) == 0
     assert capsys.readouterr().out.count(f"{{'{out}': 1}}") == 2, "each shard reports its record"
@@ -424,7 +425,7 @@ def test_cli_sharding_options_are_checked(tmp_path):
     for bad in (["--shard", "2/2"], ["--shard", "0/2", "--slurm", "cluster=local"], ["--shards", "2"],
                 ["--slurm", "=x"]):
         with pytest.raises(SystemExit):
-            sweep.main(["ablation_kl", "--out", str(tmp_path / "x.jsonl"), *bad])
+            sweep_main(["ablation_kl", "--out", str(tmp_path / "x.jsonl"), *bad])
     assert sweep.parse_executor_params(["slurm_partition=gpu", "timeout_min=60"]) == {
         "slurm_partition": "gpu", "timeout_min": 60}
 
