@@ -13,7 +13,7 @@ from .attention import DSAResult, dense_attention, dsa_attention, expand_kv, see
 from .dispatch import IMPLS, resolve_impl
 from .flops import attention_flops, indexer_flops
 from .indexer import indexer_scores, indexer_scores_at
-from .indexer_loss import dense_indexer_kl, indexer_recall, sparse_indexer_kl
+from .indexer_loss import dense_indexer_kl, indexer_recall, selection_score_mass, sparse_indexer_kl
 from .quantize import IndexerFP8, fp8_dot_supported, hadamard_transform, quantize_indexer
 from .topk import causal_lengths, indexer_topk, select_topk, selection_to_mask, topk_positions
 
@@ -41,6 +41,7 @@ __all__ = [
     "resolve_impl",
     "seed_masked_attention",
     "select_topk",
+    "selection_score_mass",
     "selection_to_mask",
     "sparse_attention",
     "sparse_indexer_kl",

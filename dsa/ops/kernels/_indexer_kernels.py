@@ -7,8 +7,8 @@ recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
      (the boundary, with their scores), compacted by a cumulative sum per row;
   3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
-FP8: q and k hold e4m3 values (``dsa.ops.quantize``): the head weights carry the query scales and a key's
-score column is multiplied by its scale KS[b, s] after the head sum.
+FP8: q and k hold e4m3 values (``dsa.ops.quantize``; F8OPS: in e4m3, else in bf16): the head weights carry
+the query scales and a key's score column is multiplied by its scale KS[b, s] after the head sum.
 Per key tile, one [BLOCK_M, d_I] @ [d_I, BLOCK_N] tl.dot per indexer head, ReLU and the head weight, summed
 over the HP heads; the heads go in blocks of HB (unrolled) under a runtime loop, so that only one block's q
 tiles take shared memory (HB == HP: one block, every head unrolled).
@@ -28,7 +28,7 @@ def idx_pass_kernel(
     L, KMAX, ROW0, ROW_END,
     HP: tl.constexpr, HB: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
-    INTERP: tl.constexpr, FP8: tl.constexpr,
+    INTERP: tl.constexpr, FP8: tl.constexpr, F8OPS: tl.constexpr,
 ):
     nblk = tl.cdiv(ROW_END - ROW0, BLOCK_M)
     mb = nblk - 1 - tl.program_id(0)  # longest rows first: better tail balance on the causal triangle
@@ -53,7 +53,7 @@ def idx_pass_kernel(
         s = s0 + tl.arange(0, BLOCK_N)
         kt = tl.load(KI + b * skb + s[:, None] * skl + dd[None, :], mask=(s < L)[:, None] & (dd < DI)[None, :],
                      other=0.0)
-        if INTERP and not FP8:  # the interpreter emulates fp8 tl.dot (triton 3.9), not every bf16 one
+        if INTERP and not F8OPS:  # the interpreter runs fp8 tl.dot exactly (triton 3.9); bf16 it rounds
             kt = kt.to(tl.float32)
         sc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         # Heads in blocks of HB: the pipeliner gives every unrolled head's q tile its own shared buffers, so
@@ -65,7 +65,7 @@ def idx_pass_kernel(
                 qj = tl.load(QI + b * sqb + rows[:, None] * sql + j * DI + dd[None, :],
                              mask=rmask[:, None] & (dd < DI)[None, :], other=0.0)
                 wj = tl.load(W + b * swb + rows * swl + j, mask=rmask, other=0.0).to(tl.float32)
-                if INTERP and not FP8:
+                if INTERP and not F8OPS:
                     qj = qj.to(tl.float32)
                 if IEEE:
                     logit = tl.dot(qj, tl.trans(kt), input_precision="ieee")

@@ -62,7 +62,8 @@ def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, bl
     di_pad = max(16, next_pow2(di))
     hb = _head_block(hp, block_m, di_pad, dtype.itemsize)
     return dict(HP=hp, HB=hb, DI=di, DI_PAD=di_pad, NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
-                IEEE=dtype == torch.float32, INTERP=interp, FP8=ks_scaled, num_warps=num_warps, num_stages=2)
+                IEEE=dtype == torch.float32, INTERP=interp, FP8=ks_scaled,
+                F8OPS=dtype.itemsize == 1, num_warps=num_warps, num_stages=2)
 
 
 def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,

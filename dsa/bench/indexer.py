@@ -1,0 +1,204 @@
+"""The indexer at DeepSeek-V3.2's size (64 heads x 128) in bf16 and FP8, and its top-k against one read.
+
+Measures, on one GPU, in one run (``python -m dsa.bench.indexer --out FILE``; ``scripts/gpu/gpu_indexer.sh``):
+- ``matmul``: the FP8 (e4m3, ``torch._scaled_mm``) and bf16 matrix-multiply rates of this card, the yardsticks;
+- ``score_pass``: the score kernel alone (``indexer_chunked.score_rows``) on the last ``chunk`` query rows of
+  each L, bf16 and FP8, in TFLOP/s (causal pairs x (2 H_I d_I + 2 H_I)) and as a share of the matmul rate of
+  its precision (target for FP8: >= 0.6);
+- ``topk``: the whole ``ops.indexer_topk`` (scores + selection, no L x L tensor) in bf16 and FP8 per L;
+- ``selection``: the radix top-k over those stored score rows against one read of them (a row max), with the
+  bytes model of :func:`dsa.ops.flops.topk_bytes` beside it;
+- ``recall``: the FP8 selection against the bf16 one on random and structured inputs
+  (:func:`dsa.ops.selection_score_mass`: share of the reference selection's indexer mass kept, and overlap).
+
+On CPU it runs the same code at toy sizes through the references (a smoke run; nothing there is a speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dsa import ops
+from dsa.ops.flops import indexer_flops, topk_bytes
+from dsa.ops.quantize import FP8_DTYPE, fp8_dot_supported
+from dsa.provenance import provenance, write_json_atomic
+
+
+def random_indexer_inputs(b: int, l: int, h: int, d: int, gen: torch.Generator, device: str = "cpu",
+                          dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, L, H, d), k (B, L, d) standard normal; w (B, L, H) normal times H^-1/2 d^-1/2, the layer's scale
+    (scores of order one: the indexer's softmax is neither flat nor one-hot)."""
+    q = torch.randn(b, l, h, d, generator=gen)
+    k = torch.randn(b, l, d, generator=gen)
+    w = torch.randn(b, l, h, generator=gen) * (h * d) ** -0.5
+    return q.to(device, dtype), k.to(device, dtype), w.to(device, dtype)
+
+
+def structured_indexer_inputs(b: int, l: int, h: int, d: int, gen: torch.Generator, device: str = "cpu",
+                              dtype: torch.dtype = torch.bfloat16, n_outliers: int = 4, outlier: float = 20.0,
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs shaped like trained activations: a few channels ``outlier`` x larger than the rest in q and k
+    (what one scale per token handles worst, and the Hadamard rotation is for), and each query head aimed at
+    one random past key (q = 2 k_s + noise): a few keys stand out per query. Shapes as
+    :func:`random_indexer_inputs`; w positive (the aimed heads count)."""
+    ch = torch.ones(d)
+    ch[torch.randperm(d, generator=gen)[:n_outliers]] = outlier
+    k = torch.randn(b, l, d, generator=gen) * ch
+    t = torch.arange(l)[None, :, None]
+    target = (torch.rand(b, l, h, generator=gen) * (t + 1)).long()  # a past position per (query, head)
+    aimed = k[torch.arange(b)[:, None, None], target]  # (B, L, H, d)
+    q = (2 * aimed + torch.randn(b, l, h, d, generator=gen) * ch) / ch.norm()
+    w = torch.rand(b, l, h, generator=gen) * (h * d) ** -0.5
+    return q.to(device, dtype), k.to(device, dtype), w.to(device, dtype)
+
+
+def _ms(fn, cuda: bool) -> float:
+    if cuda:
+        import triton.testing  # noqa: PLC0415
+
+        return float(triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median"))
+    import time  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def matmul_rates(device: str, n: int = 8192) -> dict:
+    """TFLOP/s of an n x n x n matmul in bf16 and in FP8 (``torch._scaled_mm``, e4m3 operands, fp32 scales,
+    bf16 out), measured here; FP8 None where the device has none."""
+    cuda = device == "cuda"
+    a = torch.randn(n, n, device=device).bfloat16()
+    bm = torch.randn(n, n, device=device).bfloat16()
+    flops = 2.0 * n**3
+    out = {"n": n, "bf16_tflops": flops / _ms(lambda: a @ bm, cuda) / 1e9, "fp8_tflops": None}
+    if cuda and fp8_dot_supported(device):
+        a8, b8 = a.to(FP8_DTYPE), bm.t().contiguous().to(FP8_DTYPE).t()  # _scaled_mm wants b column-major
+        one = torch.ones((), device=device)
+        ms = _ms(lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), cuda)
+        out["fp8_tflops"] = flops / ms / 1e9
+    return out
+
+
+def score_pass(q, k, w, precision: str, chunk: int) -> dict:
+    """The score kernel on the last ``chunk`` query rows (stored fp32), its time and TFLOP/s."""
+    from dsa.ops.kernels.indexer_chunked import score_rows, score_tile  # noqa: PLC0415
+    from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
+    from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
+    from dsa.ops.quantize import fp8_operands, quantize_indexer  # noqa: PLC0415
+
+    b, l, h, d = q.shape
+    bm = score_tile()[0]
+    t0 = max(0, (l - chunk) // bm * bm)
+    ks = None
+    if precision == "fp8":
+        z = quantize_indexer(q, k, w)
+        (q, k), w, ks = fp8_operands(z), z.w, z.k_scale
+    qp, wp = _pad_heads(q, w.float(), next_pow2(h))
+    kc = k.contiguous()
+    scores = torch.empty(b, l - t0, l, device=q.device, dtype=torch.float32)
+    ms = _ms(lambda: score_rows(qp, kc, wp, scores, t0, l, k_scale=ks), q.is_cuda)
+    flops = b * (indexer_flops(l, h, d) - indexer_flops(t0, h, d))
+    return {"rows": l - t0, "ms": ms, "tflops": flops / ms / 1e9, "operands": str(qp.dtype), "scores": scores}
+
+
+def selection_vs_read(scores: torch.Tensor, l: int, top_k: int) -> dict:
+    """Radix top-k over stored causal score rows (the last rows of an L x L triangle) vs one read of them."""
+    from dsa.ops.kernels.radix_topk import radix_topk  # noqa: PLC0415
+
+    rows = scores.shape[1]
+    lens = torch.arange(l - rows + 1, l + 1, device=scores.device, dtype=torch.int32)
+    s2 = scores[0]
+    cuda = scores.is_cuda
+    topk_ms = _ms(lambda: radix_topk(s2, top_k, lens, out_dtype=torch.int32), cuda)
+    read_ms = _ms(lambda: s2.amax(-1), cuda)
+    n_mean = float(lens.float().mean())
+    read_bytes = 4.0 * float(lens.sum())  # the valid triangle part; amax reads the whole rows (about the same)
+    from dsa.ops.flops import topk_bytes_per_row  # noqa: PLC0415
+
+    model = topk_bytes_per_row(int(n_mean), top_k)
+    return {"rows": rows, "topk_ms": topk_ms, "read_ms": read_ms, "topk_over_read": topk_ms / read_ms,
+            "read_gbps": 4.0 * s2.numel() / read_ms / 1e6, "valid_bytes": read_bytes,
+            "model_selection_over_read": model["selection_over_read"]}
+
+
+def recall(l: int, h: int, d: int, top_k: int, device: str, seed: int = 0) -> dict:
+    """The FP8 selection against the bf16 one, on random and structured inputs (one batch row each)."""
+    out = {}
+    for name, make in (("random", random_indexer_inputs), ("structured", structured_indexer_inputs)):
+        q, k, w = make(1, l, h, d, torch.Generator().manual_seed(seed), device)
+        ref = ops.indexer_topk(q, k, w, top_k)
+        fp8 = ops.indexer_topk(q, k, w, top_k, precision="fp8")
+        out[name] = ops.selection_score_mass(q.float(), k.float(), w.float(), fp8, ref)
+    return out
+
+
+def run(args) -> dict:
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    cuda = device == "cuda"
+    res = {"device_fp8": fp8_dot_supported(device), "heads": args.heads, "dim": args.dim, "top_k": args.top_k,
+           "matmul": matmul_rates(device, 8192 if cuda else 256), "score_pass": [], "topk": [], "selection": [],
+           "topk_bytes_model": [], "recall": None}
+    print(f"[indexer] device {device}, native fp8: {res['device_fp8']}, matmul {res['matmul']}", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    for l in args.seq_lens:
+        q, k, w = random_indexer_inputs(1, l, args.heads, args.dim, gen, device)
+        for precision in ("bf16", "fp8"):
+            if cuda:
+                sp = score_pass(q, k, w, precision, args.chunk)
+                scores = sp.pop("scores")
+                rate = res["matmul"][f"{precision}_tflops"]
+                sp.update(L=l, precision=precision, of_matmul=sp["tflops"] / rate if rate else None)
+                res["score_pass"].append(sp)
+                print(f"[indexer] score pass {sp}", flush=True)
+                if precision == "fp8":
+                    sel = selection_vs_read(scores, l, args.top_k)
+                    res["selection"].append({"L": l, **sel})
+                    print(f"[indexer] selection {res['selection'][-1]}", flush=True)
+                del scores
+            ms = _ms(lambda: ops.indexer_topk(q, k, w, args.top_k, precision=precision), cuda)
+            res["topk"].append({"L": l, "precision": precision, "ms": ms})
+            print(f"[indexer] indexer_topk L={l} {precision}: {ms:.2f} ms", flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
+        res["topk_bytes_model"].append({"L": l, **topk_bytes(l, args.top_k)})
+    res["recall"] = {"L": args.recall_len, **recall(args.recall_len, args.heads, args.dim,
+                                                    min(args.top_k, args.recall_len // 4), device)}
+    print(f"[indexer] recall {res['recall']}", flush=True)
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
+    ap.add_argument("--heads", type=int, default=64)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--top-k", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, default=4096, help="query rows of the timed score pass (the last ones)")
+    ap.add_argument("--recall-len", type=int, default=8192)
+    ap.add_argument("--cpu", action="store_true", help="run on CPU (references, toy sizes: a smoke run)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    for name in ("heads", "dim", "top_k", "chunk", "recall_len"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(l < args.top_k for l in args.seq_lens):
+        ap.error("every --seq-lens value must be >= --top-k")
+    if args.dim & (args.dim - 1):
+        ap.error("--dim must be a power of two (the Hadamard rotation)")
+    res = run(args)
+    if args.out:
+        dev = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+        prov = provenance(dev)
+        prov["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        write_json_atomic(args.out, {"provenance": prov, **res})
+        print(f"[indexer] wrote {args.out}")
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
