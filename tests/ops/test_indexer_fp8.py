@@ -183,3 +183,17 @@ def test_sparse_indexer_kl_kernels_at_64_by_128(gen):
         outs.append((loss.detach(), *(x.grad for x in leaves)))
     for ref, got in zip(*outs):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_bytes_model_counts_one_row_read_and_short_rows():
+    from dsa.ops.flops import topk_bytes, topk_bytes_per_row  # noqa: PLC0415
+
+    short = topk_bytes_per_row(100, 2048)
+    assert short["selection"] == 400 and short["row_read"] == 0
+    row = topk_bytes_per_row(32768, 2048)
+    assert row["row_read"] == row["one_read"] == 4 * 32768 and row["score_write"] == row["one_read"]
+    assert row["selection"] == pytest.approx(sum(row[k] for k in ("sample_read", "row_read", "cand_write",
+                                                                  "cand_read", "out_write")))
+    # longer rows: the candidates (about k) shrink against the row, the selection tends to one read
+    ratios = [topk_bytes(l, 2048)["selection_over_read"] for l in (16384, 65536, 131072)]
+    assert ratios == sorted(ratios, reverse=True) and 1.0 < ratios[-1] < 2.0 < ratios[0]
