@@ -8,6 +8,7 @@ Measures, on one GPU, in one run (``python -m dsa.bench.indexer --out FILE``; ``
 - ``topk``: the whole ``ops.indexer_topk`` (scores + selection, no L x L tensor) in bf16 and FP8 per L;
 - ``selection``: the radix top-k over those stored score rows against one read of them (a row max), with the
   bytes model of :func:`dsa.ops.flops.topk_bytes` beside it;
+- ``fp8_tiles``: the FP8 score pass at a few other tiles, at the longest L;
 - ``recall``: the FP8 selection against the bf16 one on random and structured inputs
   (:func:`dsa.ops.selection_score_mass`: share of the reference selection's indexer mass kept, and overlap).
 
@@ -84,15 +85,16 @@ def matmul_rates(device: str, n: int = 8192) -> dict:
     return out
 
 
-def score_pass(q, k, w, precision: str, chunk: int) -> dict:
-    """The score kernel on the last ``chunk`` query rows (stored fp32), its time and TFLOP/s."""
+def score_pass(q, k, w, precision: str, chunk: int, tile: tuple[int, int, int] | None = None) -> dict:
+    """The score kernel on the last ``chunk`` query rows (stored fp32), its time and TFLOP/s; tile: (query rows,
+    keys, warps) per program (default: the launch's own, ``indexer_chunked.SCORE_TILE``)."""
     from dsa.ops.kernels.indexer_chunked import score_rows, score_tile  # noqa: PLC0415
     from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
     from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
     from dsa.ops.quantize import fp8_operands, quantize_indexer  # noqa: PLC0415
 
     b, l, h, d = q.shape
-    bm = score_tile()[0]
+    bm = score_tile(tile)[0]
     t0 = max(0, (l - chunk) // bm * bm)
     ks = None
     if precision == "fp8":
@@ -101,9 +103,10 @@ def score_pass(q, k, w, precision: str, chunk: int) -> dict:
     qp, wp = _pad_heads(q, w.float(), next_pow2(h))
     kc = k.contiguous()
     scores = torch.empty(b, l - t0, l, device=q.device, dtype=torch.float32)
-    ms = _ms(lambda: score_rows(qp, kc, wp, scores, t0, l, k_scale=ks), q.is_cuda)
+    ms = _ms(lambda: score_rows(qp, kc, wp, scores, t0, l, tile=tile, k_scale=ks), q.is_cuda)
     flops = b * (indexer_flops(l, h, d) - indexer_flops(t0, h, d))
-    return {"rows": l - t0, "ms": ms, "tflops": flops / ms / 1e9, "operands": str(qp.dtype), "scores": scores}
+    return {"rows": l - t0, "ms": ms, "tflops": flops / ms / 1e9, "operands": str(qp.dtype),
+            "tile": list(score_tile(tile)), "scores": scores}
 
 
 def selection_vs_read(scores: torch.Tensor, l: int, top_k: int) -> dict:
@@ -137,6 +140,31 @@ def recall(l: int, h: int, d: int, top_k: int, device: str, seed: int = 0) -> di
     return out
 
 
+def tile_sweep(q, k, w, chunk: int, tiles: list[tuple[int, int, int]], fp8_rate: float | None) -> list[dict]:
+    """The FP8 score pass at other tiles (the default was tuned for bf16 at 4 x 64): TFLOP/s per tile, or the
+    error (a tile over the shared-memory limit raises OutOfResources)."""
+    rows = []
+    for tile in tiles:
+        try:
+            sp = score_pass(q, k, w, "fp8", chunk, tile)
+            del sp["scores"]
+            sp["of_matmul"] = sp["tflops"] / fp8_rate if fp8_rate else None
+        except Exception as exc:  # keep the sweep going, record why
+            sp = {"tile": list(tile), "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        rows.append(sp)
+        print(f"[indexer] fp8 tile {sp}", flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _parse_tile(text: str) -> tuple[int, int, int]:
+    try:
+        bm, bn, warps = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a tile is ROWSxKEYSxWARPS, e.g. 64x128x4, got {text!r}") from None
+    return bm, bn, warps
+
+
 def run(args) -> dict:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     cuda = device == "cuda"
@@ -166,6 +194,8 @@ def run(args) -> dict:
             if cuda:
                 torch.cuda.empty_cache()
         res["topk_bytes_model"].append({"L": l, **topk_bytes(l, args.top_k)})
+        if cuda and l == max(args.seq_lens) and args.tiles:
+            res["fp8_tiles"] = tile_sweep(q, k, w, args.chunk, args.tiles, res["matmul"]["fp8_tflops"])
     res["recall"] = {"L": args.recall_len, **recall(args.recall_len, args.heads, args.dim,
                                                     min(args.top_k, args.recall_len // 4), device)}
     print(f"[indexer] recall {res['recall']}", flush=True)
@@ -180,6 +210,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--top-k", type=int, default=2048)
     ap.add_argument("--chunk", type=int, default=4096, help="query rows of the timed score pass (the last ones)")
     ap.add_argument("--recall-len", type=int, default=8192)
+    ap.add_argument("--tiles", type=_parse_tile, nargs="*", default=[(64, 64, 4), (128, 128, 8)],
+                    help="extra tiles ROWSxKEYSxWARPS of the FP8 score pass, timed at the longest L (GPU only)")
     ap.add_argument("--cpu", action="store_true", help="run on CPU (references, toy sizes: a smoke run)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
