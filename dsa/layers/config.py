@@ -104,6 +104,7 @@ class SparseConfig:
     # the selection's scores: 'bf16' (the indexer's dtype) or 'fp8' (V3.2: Hadamard-rotated e4m3, per-token
     # scales; indexer_dim a power of two). Selection only: the KL loss scores the selected positions from the
     # indexer's own outputs, so its gradient reaches the indexer weights in their dtype (no straight-through).
+    # The FP8 Triton top-k takes one k: with an adaptive k_policy the FP8 selection runs the reference.
     indexer_precision: str = "bf16"
 
     def __post_init__(self) -> None:

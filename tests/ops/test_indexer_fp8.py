@@ -94,6 +94,15 @@ def test_precision_is_checked_by_name(gen):
         ops.indexer_topk(torch.randn(1, 4, 2, 24), torch.randn(1, 4, 24), w, 2, precision="fp8")
 
 
+def test_fp8_triton_takes_one_k_and_says_so(gen):
+    q, k, w = torch.randn(1, 8, 2, 16), torch.randn(1, 8, 16), torch.randn(1, 8, 2)
+    k_t = torch.full((8,), 3)
+    with pytest.raises(ValueError, match="FP8 Triton top-k takes one k"):
+        ops.indexer_topk(q, k, w, k_t, precision="fp8", impl="triton")
+    got = ops.indexer_topk(q, k, w, k_t, precision="fp8")  # auto: the reference takes a per-query k
+    assert torch.equal(got, ops.indexer_topk(q, k, w, 3, precision="fp8", impl="reference"))
+
+
 def _odd_inputs(gen, b, l, h, d):
     return (torch.randn(b, l, h, d, generator=gen).to(DEV), torch.randn(b, l, d, generator=gen).to(DEV),
             torch.randn(b, l, h, generator=gen).to(DEV))
