@@ -41,13 +41,18 @@ def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1]
     if d < 1 or d & (d - 1):
         raise ValueError(f"the Hadamard transform needs a power-of-two last dim, got {d}")
-    y = x.float().reshape(-1, d)
+    return _fwht(x.float().reshape(-1, d)).reshape(x.shape).to(x.dtype)
+
+
+def _fwht(y: torch.Tensor) -> torch.Tensor:
+    """(n, d) fp32 -> (n, d) fp32 rows times H_d / sqrt(d) (d a power of two, checked by the callers)."""
+    n, d = y.shape
     h = 1
     while h < d:
-        y = y.view(-1, d // (2 * h), 2, h)
+        y = y.view(n, d // (2 * h), 2, h)
         y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
         h *= 2
-    return (y.reshape(x.shape) * d**-0.5).to(x.dtype)
+    return y.reshape(n, d) * d**-0.5
 
 
 class IndexerFP8(NamedTuple):
@@ -62,11 +67,29 @@ class IndexerFP8(NamedTuple):
     k_scale: torch.Tensor
 
 
-def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (..., d) -> (e4m3 values (..., d), fp32 scale (...)) with x ~ values * scale, amax mapped to 448."""
-    xf = x.float()
-    scale = xf.abs().amax(-1).clamp(min=_AMAX_FLOOR) / FP8_MAX
-    return (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+# rows (of d_I values) rotated and quantized at once: bounds the fp32 temporaries of the butterfly (a few copies
+# of 2^24 floats, 64 MiB each) whatever the length; (128K tokens x 64 heads) queries take 32 steps at d_I = 128
+_ROWS_ELEMS = 2**24
+
+
+def _quantize_rows(x: torch.Tensor, rotate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., d) -> (e4m3 values (..., d), fp32 scale (...)): x (rotated first, in fp32, when ``rotate``)
+    ~ values * scale, each row's amax mapped to 448."""
+    d = x.shape[-1]
+    if rotate and (d < 1 or d & (d - 1)):
+        raise ValueError(f"the Hadamard rotation needs a power-of-two indexer dim, got {d}")
+    rows = x.reshape(-1, d)
+    vals = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
+    scale = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
+    step = max(1, _ROWS_ELEMS // d)
+    for r0 in range(0, rows.shape[0], step):
+        xf = rows[r0:r0 + step].float()
+        if rotate:
+            xf = _fwht(xf)
+        sc = xf.abs().amax(-1).clamp(min=_AMAX_FLOOR) / FP8_MAX
+        vals[r0:r0 + step] = (xf / sc[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        scale[r0:r0 + step] = sc
+    return vals.view(x.shape), scale.view(x.shape[:-1])
 
 
 @torch.no_grad()
@@ -81,10 +104,8 @@ def quantize_indexer(
     from .checks import check_indexer  # noqa: PLC0415 (checks import nothing from here)
 
     check_indexer(q_idx, k_idx, w, same_length=False)
-    if rotate:
-        q_idx, k_idx = hadamard_transform(q_idx), hadamard_transform(k_idx)
-    q8, q_scale = _quantize_rows(q_idx)
-    k8, k_scale = _quantize_rows(k_idx)
+    q8, q_scale = _quantize_rows(q_idx, rotate)  # rotated in fp32 and quantized once: no bf16 rounding between
+    k8, k_scale = _quantize_rows(k_idx, rotate)
     return IndexerFP8(q8, k8, w.float() * q_scale, k_scale)
 
 

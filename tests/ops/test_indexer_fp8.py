@@ -68,6 +68,18 @@ def test_quantize_maps_each_rows_amax_to_448_and_folds_the_query_scale_into_w(ge
     assert ((deq - kr).abs() <= kr.abs() * 2**-4 + z.k_scale[..., None] * 2**-9).all()
 
 
+def test_quantize_in_row_steps_equals_at_once_and_rotate_false_skips_the_rotation(gen, monkeypatch):
+    import dsa.ops.quantize as qz  # noqa: PLC0415
+
+    q, k, w = torch.randn(2, 13, 3, 32, generator=gen), torch.randn(2, 13, 32, generator=gen), torch.randn(2, 13, 3, generator=gen)
+    whole = quantize_indexer(q, k, w)
+    monkeypatch.setattr(qz, "_ROWS_ELEMS", 32 * 5)  # 5 rows a step: steps that do not divide the rows
+    for a, b in zip(quantize_indexer(q, k, w), whole):
+        assert torch.equal(a.float(), b.float())
+    plain = quantize_indexer(q, k, w, rotate=False)
+    torch.testing.assert_close(plain.k_scale, k.abs().amax(-1) / FP8_MAX)
+
+
 def test_zero_rows_quantize_to_zeros_not_nan():
     z = quantize_indexer(torch.zeros(1, 3, 2, 16), torch.zeros(1, 3, 16), torch.ones(1, 3, 2))
     assert torch.isfinite(z.k_scale).all() and (z.q.float() == 0).all() and torch.isfinite(z.w).all()
