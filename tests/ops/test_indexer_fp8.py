@@ -218,3 +218,37 @@ def test_topk_bytes_model_counts_one_row_read_and_short_rows():
     # longer rows: the candidates (about k) shrink against the row, the selection tends to one read
     ratios = [topk_bytes(l, 2048)["selection_over_read"] for l in (16384, 65536, 131072)]
     assert ratios == sorted(ratios, reverse=True) and 1.0 < ratios[-1] < 2.0 < ratios[0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_fused_topk_equals_the_chunked_one_without_storing_scores(gen, precision):
+    """The selection fused into the score pass (sampled bracket, candidate lists, radix top-k over them) gives
+    the chunked path's result exactly (positions and order), with fewer candidates than past positions."""
+    from dsa.ops.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+    from dsa.ops.kernels.indexer_fused import indexer_topk_fused  # noqa: PLC0415
+
+    q, kk, w = _odd_inputs(gen, 2, 150, 3, 16)
+    z = quantize_indexer(q, kk, w) if precision == "fp8" else None
+    args = (z.q, z.k, z.w) if z else (q, kk, w)
+    ks = z.k_scale if z else None
+    st = {}
+    got = indexer_topk_fused(*args, 12, k_scale=ks, sample=16, band=16, chunk=64, stats=st)
+    assert torch.equal(got, indexer_topk_chunked(*args, 12, k_scale=ks))
+    assert st["sampled_rows"] > 0 and st["candidates_per_past"] < 0.9, st
+
+
+def test_fused_topk_rows_whose_bracket_misses_or_overflows_are_selected_exactly(gen, monkeypatch):
+    """A bracket set too high (fewer than k candidates) or a list longer than its slots: those rows are re-scored
+    in full and selected exactly."""
+    import dsa.ops.kernels.indexer_fused as fz  # noqa: PLC0415
+
+    q, kk, w = _odd_inputs(gen, 1, 130, 2, 16)
+    want = ops.indexer_topk(q, kk, w, 10, impl="reference").sort(-1).values
+    monkeypatch.setattr(fz, "_margin", lambda r: -r)  # lo at the sample's 2nd best: too few candidates
+    st = {}
+    got = fz.indexer_topk_fused(q, kk, w, 10, sample=16, band=16, stats=st)
+    assert st["fallback_rows"] > 0 and torch.equal(got.sort(-1).values, want)
+    monkeypatch.undo()
+    monkeypatch.setattr(fz, "candidate_slots", lambda *a: 64)  # every row with more than 64 candidates overflows
+    got = fz.indexer_topk_fused(q, kk, w, 10, sample=16, band=16, stats=st)
+    assert st["fallback_rows"] > 0 and torch.equal(got.sort(-1).values, want)

@@ -5,7 +5,8 @@ recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   0: per-row max / min of the scores;
   1: per-row counts #(I[t, :] >= thr[t, j]) for NT thresholds per row;
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
-     (the boundary, with their scores), compacted by a cumulative sum per row;
+     (the boundary, with their scores), compacted by a cumulative sum per row, at row t - ROW0 of OUT, BND,
+     BNDV and CNT (a chunk of rows: buffers of the chunk's rows only);
   3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
 FP8: q and k hold e4m3 values (``dsa.ops.quantize``; F8OPS: in e4m3, else in bf16): the head weights carry
 the query scales and a key's score column is multiplied by its scale KS[b, s] after the head sum.
@@ -98,9 +99,10 @@ def idx_pass_kernel(
             ps = base_s[:, None] + tl.cumsum(si, 1) - 1
             pb = base_b[:, None] + tl.cumsum(bi, 1) - 1
             s2 = tl.broadcast_to(s[None, :], [BLOCK_M, BLOCK_N])
-            tl.store(OUT + b * sob + rows[:, None] * sol + ps, s2, mask=sure & (ps < KMAX))
-            tl.store(BND + b * sob + rows[:, None] * sol + pb, s2, mask=bnd & (pb < KMAX))
-            tl.store(BNDV + b * sob + rows[:, None] * sol + pb, sc, mask=bnd & (pb < KMAX))
+            orow = (rows - ROW0)[:, None] * sol
+            tl.store(OUT + b * sob + orow + ps, s2, mask=sure & (ps < KMAX))
+            tl.store(BND + b * sob + orow + pb, s2, mask=bnd & (pb < KMAX))
+            tl.store(BNDV + b * sob + orow + pb, sc, mask=bnd & (pb < KMAX))
             base_s += tl.sum(si, 1)
             base_b += tl.sum(bi, 1)
     if MODE == 0:
@@ -110,7 +112,8 @@ def idx_pass_kernel(
         tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], cnt, mask=rmask[:, None])
     if MODE == 2:
         out2 = tl.where(cols[None, :] == 0, base_s[:, None], base_b[:, None])
-        tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], out2, mask=rmask[:, None] & (cols[None, :] < 2))
+        tl.store(CNT + b * stb + (rows - ROW0)[:, None] * stl + cols[None, :], out2,
+                 mask=rmask[:, None] & (cols[None, :] < 2))
 
 
 def idx_at_fwd_kernel(
