@@ -5,7 +5,9 @@ Measures, on one GPU, in one run (``python -m dsa.bench.indexer --out FILE``; ``
 - ``score_pass``: the score kernel alone (``indexer_chunked.score_rows``) on the last ``chunk`` query rows of
   each L, bf16 and FP8, in TFLOP/s (causal pairs x (2 H_I d_I + 2 H_I)) and as a share of the matmul rate of
   its precision (target for FP8: >= 0.6);
-- ``topk``: the whole ``ops.indexer_topk`` (scores + selection, no L x L tensor) in bf16 and FP8 per L;
+- ``topk``: the whole ``ops.indexer_topk`` (scores + selection, no L x L tensor) in bf16 and FP8 per L, and
+  the two fixed-k selections alone, chunked (stored score rows) and fused (``indexer_fused``: no score
+  stored), with whether they agree;
 - ``selection``: the radix top-k over those stored score rows against one read of them (a row max), with the
   bytes model of :func:`dsa.ops.flops.topk_bytes` beside it;
 - ``fp8_tiles``: the FP8 score pass at a few other tiles, at the longest L;
@@ -140,6 +142,32 @@ def recall(l: int, h: int, d: int, top_k: int, device: str, seed: int = 0) -> di
     return out
 
 
+def fused_selection(q, k, w, top_k: int, precision: str) -> dict:
+    """The top-k fused into the score pass (``indexer_fused``) against the chunked one on the same inputs:
+    times (kernels only, the FP8 quantization done before), whether they select the same positions, the
+    fused path's fallback rows and candidates per past position."""
+    from dsa.ops.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+    from dsa.ops.kernels.indexer_fused import indexer_topk_fused  # noqa: PLC0415
+    from dsa.ops.quantize import fp8_operands  # noqa: PLC0415
+
+    ks = None
+    if precision == "fp8":
+        z = quantize_indexer(q, k, w)
+        (q, k), w, ks = fp8_operands(z), z.w, z.k_scale
+    try:
+        st = {}
+        fused = indexer_topk_fused(q, k, w, top_k, k_scale=ks, stats=st)
+        same = bool(torch.equal(fused, indexer_topk_chunked(q, k, w, top_k, k_scale=ks)))
+        del fused
+        out = {"fused_ms": _ms(lambda: indexer_topk_fused(q, k, w, top_k, k_scale=ks), True),
+               "chunked_ms": _ms(lambda: indexer_topk_chunked(q, k, w, top_k, k_scale=ks), True),
+               "fused_same_as_chunked": same, **{f"fused_{n}": v for n, v in st.items()}}
+    except Exception as exc:  # keep the run going, record why
+        out = {"fused_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    torch.cuda.empty_cache()
+    return out
+
+
 def tile_sweep(q, k, w, chunk: int, tiles: list[tuple[int, int, int]], fp8_rate: float | None) -> list[dict]:
     """The FP8 score pass at other tiles (the default was tuned for bf16 at 4 x 64): TFLOP/s per tile, or the
     error (a tile over the shared-memory limit raises OutOfResources)."""
@@ -192,10 +220,14 @@ def run(args) -> dict:
             res["topk"].append({"L": l, "precision": precision, "ms": ms})
             if precision == "fp8":  # included above: the rotation and quantization of q, k (no kernel of its own)
                 res["topk"][-1]["quantize_ms"] = _ms(lambda: quantize_indexer(q, k, w), cuda)
+            if cuda:
+                res["topk"][-1].update(fused_selection(q, k, w, args.top_k, precision))
+                print(f"[indexer] fused L={l} {precision}: {res['topk'][-1]}", flush=True)
             print(f"[indexer] indexer_topk L={l} {precision}: {ms:.2f} ms", flush=True)
             if cuda:
                 torch.cuda.empty_cache()
-        res["topk_bytes_model"].append({"L": l, **topk_bytes(l, args.top_k)})
+        res["topk_bytes_model"].append({"L": l, **topk_bytes(l, args.top_k),
+                                        "fused": topk_bytes(l, args.top_k, fused=True)})
         if cuda and l == max(args.seq_lens) and args.tiles:
             res["fp8_tiles"] = tile_sweep(q, k, w, args.chunk, args.tiles, res["matmul"]["fp8_tflops"])
     res["recall"] = {"L": args.recall_len, **recall(args.recall_len, args.heads, args.dim,

@@ -46,11 +46,33 @@ def topk_bytes_per_row(n: int, k: int, *, sample: int = 512, digit_rounds: int =
     return dict(parts, one_read=4.0 * n, selection=sel, selection_over_read=sel / (4.0 * n))
 
 
-def topk_bytes(seq_len: int, k: int, *, sample: int = 512, digit_rounds: int = 2) -> dict[str, float]:
-    """:func:`topk_bytes_per_row` summed over the rows of a causal L x L triangle (rows t = 0 .. L-1, evaluated
-    at 64 evenly spaced rows and scaled: the terms are smooth in n)."""
+def fused_topk_bytes_per_row(n: int, k: int, *, sample: int = 512, digit_rounds: int = 2) -> dict[str, float]:
+    """HBM bytes of the selection fused into the score pass (``dsa.ops.kernels.indexer_fused``) for one row of
+    n = t + 1 scores (a cost model): no score is stored; the pass appends the c candidates (about k plus the
+    bracket of a ``sample``-key sample) to a list, position and score (cand_write = 8 c), the radix top-k
+    selects in the c scores (:func:`topk_bytes_per_row` of c, its ``selection``), and the k positions are read
+    back from the list (4 k). Same keys as :func:`topk_bytes_per_row` (score_write 0; ``one_read`` = 4 n of
+    the row that is never stored)."""
+    if n <= k:
+        return topk_bytes_per_row(n, k, sample=sample, digit_rounds=digit_rounds) | {"score_write": 0.0}
+    r = k * sample / n
+    cand = min(n, k + (2 * (3 * r**0.5 + 3) + 2) / sample * n)
+    inner = topk_bytes_per_row(int(cand), k, sample=sample, digit_rounds=digit_rounds)
+    parts = dict(score_write=0.0, sample_read=inner["sample_read"], row_read=inner["row_read"],
+                 cand_write=8.0 * cand + inner["cand_write"], cand_read=inner["cand_read"] + 4.0 * k,
+                 out_write=inner["out_write"])
+    sel = sum(v for name, v in parts.items() if name != "score_write")
+    return dict(parts, one_read=4.0 * n, selection=sel, selection_over_read=sel / (4.0 * n))
+
+
+def topk_bytes(seq_len: int, k: int, *, sample: int = 512, digit_rounds: int = 2, fused: bool = False
+               ) -> dict[str, float]:
+    """:func:`topk_bytes_per_row` (``fused``: :func:`fused_topk_bytes_per_row`) summed over the rows of a
+    causal L x L triangle (rows t = 0 .. L-1, evaluated at 64 evenly spaced rows and scaled: the terms are
+    smooth in n)."""
     pts = [max(1, round((i + 0.5) * seq_len / 64)) for i in range(64)]
-    rows = [topk_bytes_per_row(n, k, sample=sample, digit_rounds=digit_rounds) for n in pts]
+    per_row = fused_topk_bytes_per_row if fused else topk_bytes_per_row
+    rows = [per_row(n, k, sample=sample, digit_rounds=digit_rounds) for n in pts]
     tot = {key: sum(r[key] for r in rows) * seq_len / len(pts) for key in rows[0] if key != "selection_over_read"}
     tot["selection_over_read"] = tot["selection"] / tot["one_read"]
     return tot

@@ -218,6 +218,19 @@ def test_topk_bytes_model_counts_one_row_read_and_short_rows():
     # longer rows: the candidates (about k) shrink against the row, the selection tends to one read
     ratios = [topk_bytes(l, 2048)["selection_over_read"] for l in (16384, 65536, 131072)]
     assert ratios == sorted(ratios, reverse=True) and 1.0 < ratios[-1] < 2.0 < ratios[0]
+    # fused: no score write, and the candidate lists cost less than a row from L = 32K on
+    fused = [topk_bytes(l, 2048, fused=True) for l in (32768, 65536, 131072)]
+    assert all(f["score_write"] == 0 for f in fused)
+    assert [f["selection_over_read"] < 2.0 for f in fused] == [True] * 3 and fused[-1]["selection_over_read"] < 1
+
+
+def test_the_op_runs_the_fused_selection_when_switched(gen, monkeypatch):
+    import dsa.ops.kernels.registered as reg  # noqa: PLC0415
+
+    q, kk, w = _odd_inputs(gen, 1, 90, 2, 16)
+    want = ops.indexer_topk(q, kk, w, 9, precision="fp8", impl="triton")
+    monkeypatch.setattr(reg, "SELECTION", "fused")
+    assert torch.equal(ops.indexer_topk(q, kk, w, 9, precision="fp8", impl="triton"), want)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp8"])

@@ -13,9 +13,12 @@ A row is exact when its list holds at least k candidates and fits its ``slots``;
 missed, about 1 in 300 rows) are re-scored in full by torch and selected exactly. Rows with t + 1 <= k, and
 rows too short to sample, take lo = -inf (every past position is a candidate).
 
-Bytes per row of n = t + 1 scores: the candidates, ~(k + bracket) x 8 written and a few times read, instead of
-the row written and read (4 n each): below one read of the row from about n = 24K (k = 2048), and no
-(chunk x L) score buffer.
+Bytes (the model ``dsa.ops.flops.topk_bytes(..., fused=True)``, k = 2048): the candidates, ~(k + bracket) x 8
+written and read by the radix top-k, instead of every score written and read: 1.86 / 1.05 / 0.60 reads of the
+score triangle at L = 32K / 64K / 128K, against 3.4 / 2.8 / 2.5 for the chunked path with its score write; at
+16K both ~3.3 (k is a quarter of the average row: the k candidates dominate). No (chunk x L) score buffer.
+The score pass's epilogue does more work per tile (two cumulative sums and scattered stores): whether that
+costs more than the bytes it saves is for the GPU to say (``dsa.bench.indexer``).
 """
 
 from __future__ import annotations
@@ -46,44 +49,56 @@ def candidate_slots(l: int, k: int, sample: int, band: int) -> int:
     return -(-int(max(max(k, 2 * sample) + band, 1.25 * expected)) // 64) * 64
 
 
-def _sample_scores(qp, kc, wp, k_scale, pos):
-    """Scores of the rows of qp (B, C, HP, d) at the key positions pos (S,) -> (B, C, S) fp32: fp8 operands
-    as bf16 (exact values), bf16 products on the GPU (an estimate: only the bracket uses them)."""
-    dt = torch.bfloat16 if qp.dtype.itemsize == 1 else qp.dtype
-    if qp.device.type == "cpu":
-        dt = torch.float32
-    if kc.dtype.itemsize == 1:  # torch indexes no float8 tensor: pick its bytes
-        kb = kc.view(torch.uint8)[:, pos].view(kc.dtype).to(dt)  # (B, S, d)
-    else:
-        kb = kc[:, pos].to(dt)
-    logits = torch.einsum("bchd,bsd->bchs", qp.to(dt), kb).float().relu_()
-    sc = torch.einsum("bchs,bch->bcs", logits, wp)
-    if k_scale is not None:
-        sc = sc * k_scale[:, pos][:, None, :]
-    return sc
+def _pick_keys(kc: torch.Tensor, pos: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """kc (B, L, d) at positions pos (...) -> (B, ..., d) in dt (torch indexes no float8 tensor: its bytes)."""
+    if kc.dtype.itemsize == 1:
+        return kc.view(torch.uint8)[:, pos].view(kc.dtype).to(dt)
+    return kc[:, pos].to(dt)
+
+
+# elements of the (B, bands, band rows, HP, sample) fp32 logits of one step of the bracket samples (512 MiB)
+_SAMPLE_ELEMS = 2**27
 
 
 def bracket_low(qp, kc, wp, k_scale, top_k: int, sample: int, band: int) -> torch.Tensor:
     """lo (B, L) fp32: the low end of each row's candidate bracket (see the module docstring); -inf for rows
-    that take every past position."""
-    b, l = qp.shape[:2]
+    that take every past position (t + 1 <= k, or before the first band whose prefix holds 2 x sample keys).
+    The sample scores are an estimate (bf16 products on the GPU, fp8 operands as their bf16 values): only the
+    bracket uses them, the selection is made on the score pass's own scores."""
+    b, l, hp, d = qp.shape
     dev = qp.device
     lo = torch.full((b, l), float("-inf"), device=dev, dtype=torch.float32)
-    first = max(top_k, 2 * sample)  # rows t with t + 1 > first are sampled, from band starts t0 >= first
-    i = torch.arange(sample, device=dev, dtype=torch.float64)
-    for t0 in range(first // band * band, l, band):
-        t1 = min(l, t0 + band)
-        n0 = t0 + 1 if t0 + 1 >= 2 * sample else None
-        if n0 is None:
-            continue
-        pos = ((i + 0.5) * n0 / sample).long().clamp(max=n0 - 1)
-        srt = _sample_scores(qp[:, t0:t1], kc, wp[:, t0:t1], k_scale, pos).sort(-1, descending=True).values
-        n = torch.arange(t0 + 1, t1 + 1, device=dev, dtype=torch.float32)
+    start = -(-(2 * sample - 1) // band) * band  # the first band start t0 with t0 + 1 >= 2 sample
+    if start >= l:
+        return lo
+    dt = torch.float32 if dev.type == "cpu" else (torch.bfloat16 if qp.dtype.itemsize == 1 else qp.dtype)
+    n_bands = -(-(l - start) // band)
+    pad = start + n_bands * band - l  # the last band's missing rows: zeros, dropped at the end
+    if qp.dtype.itemsize == 1:  # torch pads no float8 tensor: pad its bytes
+        qpad = torch.nn.functional.pad(qp.view(torch.uint8), (0, 0, 0, 0, 0, pad)).view(qp.dtype)
+    else:
+        qpad = torch.nn.functional.pad(qp, (0, 0, 0, 0, 0, pad))
+    wpad = torch.nn.functional.pad(wp, (0, 0, 0, pad))
+    i = torch.arange(sample, device=dev, dtype=torch.float64) + 0.5
+    step = max(1, _SAMPLE_ELEMS // (b * band * hp * sample))
+    for g0 in range(0, n_bands, step):
+        g1 = min(n_bands, g0 + step)
+        t0 = start + band * torch.arange(g0, g1, device=dev)  # (G,) band starts
+        pos = (i[None, :] * (t0 + 1)[:, None] / sample).long().clamp(max=(t0[:, None]))  # (G, S) in the prefix
+        rows = slice(start + band * g0, start + band * g1)
+        qg = qpad[:, rows].to(dt).view(b, g1 - g0, band, hp, d)
+        lg = torch.einsum("bgchd,bgsd->bgchs", qg, _pick_keys(kc, pos, dt)).float().relu_()
+        sc = torch.einsum("bgchs,bgch->bgcs", lg, wpad[:, rows].view(b, g1 - g0, band, hp))
+        if k_scale is not None:
+            sc = sc * k_scale[:, pos][:, :, None, :]
+        srt = sc.sort(-1, descending=True).values  # (B, G, band, S)
+        n = (torch.arange(start + band * g0, start + band * g1, device=dev) + 1).float().view(g1 - g0, band)
         r = top_k * sample / n
-        rank = (r + _margin(r)).long() + 1  # (C,)
-        val = srt.gather(-1, rank.clamp(max=sample - 1)[None, :, None].expand(b, -1, 1))[..., 0]
-        sampled = (n > top_k)[None, :] & (rank < sample)[None, :]
-        lo[:, t0:t1] = torch.where(sampled, val, float("-inf"))
+        rank = (r + _margin(r)).long() + 1
+        val = srt.gather(-1, rank.clamp(max=sample - 1)[None, ..., None].expand(b, -1, -1, 1))[..., 0]
+        val = torch.where((n > top_k) & (rank < sample), val, float("-inf")).view(b, -1)
+        t_end = min(l, start + band * g1)
+        lo[:, start + band * g0:t_end] = val[:, : t_end - start - band * g0]
     return lo
 
 
