@@ -58,13 +58,19 @@ TRITON_TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp8": "fp8e4nv"
 
 def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
     """idx_pass_kernel: modes 0-2 at indexer_topk_threshold's tile, mode 3 (the score pass of
-    indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps); heads padded to a power of two."""
+    indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps), mode 2 at the fused top-k's tile
+    (indexer_fused.FUSED_TILE; every one of ``tiles`` when several); heads padded to a power of two."""
     from dsa.ops.kernels._common import next_pow2
     from dsa.ops.kernels.indexer import _pass_meta
 
     hp = next_pow2(h)
     cases = []
-    configs = [(mode, FAST_TILE, 16) for mode in (0, 1, 2)] + [(3, tile, 4) for tile in tiles]
+    # mode 3 (the chunked top-k's score pass) at the score tile(s), mode 2 at the fused top-k's (indexer_fused)
+    from dsa.ops.kernels.indexer_fused import FUSED_TILE
+
+    fused_tiles = tiles if len(tiles) > 1 else (FUSED_TILE,)
+    configs = ([(mode, FAST_TILE, 16) for mode in (0, 1, 2)] + [(3, tile, 4) for tile in tiles]
+               + [(2, tile, 4) for tile in fused_tiles])
     for mode, (bm, bn, warps), nt in configs:
         meta = _pass_meta(mode, hp, di, _torch_dtype(dtype), bm, bn, nt, warps, interp=False,
                           ks_scaled=dtype == "fp8")

@@ -49,5 +49,5 @@ def test_indexer_kernels_fit_hopper_shared_memory(can_compile, sizes, dtypes):
     spills)."""
     res = _run(sizes, dtypes)
     assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
-    per_size = 4 if dtypes == "fp8" else 6  # fp8: the score pass only (the scores-at kernels stay bf16)
+    per_size = 5 if dtypes == "fp8" else 7  # fp8: the score pass only (the scores-at kernels stay bf16)
     assert res.stdout.count(" yes") >= per_size * len(sizes.split(","))  # every launch was compiled and measured

@@ -30,6 +30,10 @@ from .indexer import _pad_heads, _run_pass
 from .indexer_chunked import score_tile
 from .radix_topk import radix_topk
 
+# (query rows, keys, warps) per program of the fused score pass (mode 2): of the 8 tiles of dsa.bench.kernels,
+# the one that spills least at 64 x 128 in fp8 for sm_90a (124 bytes, against 2776 at the chunked path's
+# 64 x 128 / 4 warps: scripts/check_kernel_resources.py --all-tiles); not yet timed
+FUSED_TILE = (64, 64, 8)
 DEFAULT_SAMPLE = 512
 DEFAULT_BAND = 256
 # candidate buffer per launch: rows x slots x (position + score) bytes at most this (the chunk of rows)
@@ -147,7 +151,7 @@ def indexer_topk_fused(
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
     ks = None if k_scale is None else k_scale.float().contiguous()
-    block_m, block_n, warps = score_tile()
+    block_m, block_n, warps = score_tile(FUSED_TILE)
     band = -(-band // block_m) * block_m
     slots = candidate_slots(l, top_k, sample, band)
     lo = bracket_low(qp, kc, wp, ks, top_k, sample, band)
