@@ -90,9 +90,9 @@ def matmul_rates(device: str, n: int = 8192) -> dict:
 def score_pass(q, k, w, precision: str, chunk: int, tile: tuple[int, int, int] | None = None) -> dict:
     """The score kernel on the last ``chunk`` query rows (stored fp32), its time and TFLOP/s; tile: (query rows,
     keys, warps) per program (default: the launch's own, ``indexer_chunked.SCORE_TILE``)."""
-    from dsa.ops.kernels.indexer_chunked import score_rows, score_tile  # noqa: PLC0415
-    from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
     from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
+    from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
+    from dsa.ops.kernels.indexer_chunked import score_rows, score_tile  # noqa: PLC0415
     from dsa.ops.quantize import fp8_operands  # noqa: PLC0415
 
     b, l, h, d = q.shape
@@ -193,7 +193,9 @@ def _parse_tile(text: str) -> tuple[int, int, int]:
     return bm, bn, warps
 
 
-def run(args) -> dict:
+def run(args, on_update=None) -> dict:
+    """The measurements of the module docstring; ``on_update(res)`` after each L (a partial record survives a
+    time limit)."""
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     cuda = device == "cuda"
     res = {"device_fp8": fp8_dot_supported(device), "heads": args.heads, "dim": args.dim, "top_k": args.top_k,
@@ -228,6 +230,8 @@ def run(args) -> dict:
                 torch.cuda.empty_cache()
         res["topk_bytes_model"].append({"L": l, **topk_bytes(l, args.top_k),
                                         "fused": topk_bytes(l, args.top_k, fused=True)})
+        if on_update:
+            on_update(res)
         if cuda and l == max(args.seq_lens) and args.tiles:
             res["fp8_tiles"] = tile_sweep(q, k, w, args.chunk, args.tiles, res["matmul"]["fp8_tflops"])
     res["recall"] = {"L": args.recall_len, **recall(args.recall_len, args.heads, args.dim,
@@ -256,12 +260,17 @@ def main(argv=None) -> dict:
         ap.error("every --seq-lens value must be >= --top-k")
     if args.dim & (args.dim - 1):
         ap.error("--dim must be a power of two (the Hadamard rotation)")
-    res = run(args)
+    dev = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    prov = provenance(dev)
+    prov["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+    def save(res: dict, done: bool = False) -> None:
+        if args.out:
+            write_json_atomic(args.out, {"provenance": prov, "complete": done, **res})
+
+    res = run(args, on_update=save)
+    save(res, done=True)
     if args.out:
-        dev = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-        prov = provenance(dev)
-        prov["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        write_json_atomic(args.out, {"provenance": prov, **res})
         print(f"[indexer] wrote {args.out}")
     return res
 

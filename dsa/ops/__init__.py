@@ -19,8 +19,8 @@ from .topk import causal_lengths, indexer_topk, select_topk, selection_to_mask, 
 
 __all__ = [
     "IMPLS",
-    "IndexerFP8",
     "DSAResult",
+    "IndexerFP8",
     "KPolicy",
     "adaptive_k",
     "attention_flops",

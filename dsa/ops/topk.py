@@ -14,8 +14,8 @@ from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
 from .checks import check_finite, check_indexer, values_checked
 from .dispatch import resolve_impl
 from .indexer import indexer_scores_fp8_reference, indexer_scores_reference
-from .quantize import IndexerFP8, check_precision, fp8_operands, quantize_indexer
 from .memory import chunk_rows
+from .quantize import IndexerFP8, check_precision, fp8_operands, quantize_indexer
 
 
 def per_query_k(top_k: int | torch.Tensor, b: int, l: int, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,7 @@ def test_cpu_smoke_run_writes_a_record_with_provenance(tmp_path):
     for name in ("random", "structured"):
         assert 0.9 < res["recall"][name]["mass_ratio"] <= 1.0 + 1e-6
         assert res["recall"][name]["n_nontrivial"] == 64 - 8  # k = min(top_k, recall_len // 4) = 8
-    assert rec["topk_bytes_model"][0]["L"] == 64
+    assert rec["topk_bytes_model"][0]["L"] == 64 and rec["complete"] is True
 
 
 @pytest.mark.parametrize("argv,msg", [(["--dim", "24"], "power of two"), (["--seq-lens", "16"], "--top-k"),

@@ -17,6 +17,11 @@ from dsa.ops.quantize import FP8_DTYPE, FP8_MAX, hadamard_transform, quantize_in
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _cpu_inputs(gen, b, l, h, d):
+    q, k = torch.randn(b, l, h, d, generator=gen), torch.randn(b, l, d, generator=gen)
+    return q, k, torch.randn(b, l, h, generator=gen)
+
+
 def _sylvester(d: int) -> torch.Tensor:
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < d:
@@ -36,7 +41,7 @@ def test_rotation_leaves_bf16_scores_unchanged_up_to_rounding(gen):
     """q . k is invariant under one orthogonal map of both: fp32 scores agree to fp32 rounding, bf16 inputs
     rotated in bf16 to bf16 rounding (the rotated values are rounded once more)."""
     b, l, h, d = 2, 19, 5, 64
-    q, k, w = torch.randn(b, l, h, d, generator=gen), torch.randn(b, l, d, generator=gen), torch.randn(b, l, h, generator=gen)
+    q, k, w = _cpu_inputs(gen, b, l, h, d)
     s = indexer_scores_reference(q, k, w)
     fin = torch.isfinite(s)
     s_rot = indexer_scores_reference(hadamard_transform(q), hadamard_transform(k), w)
@@ -54,7 +59,7 @@ def test_hadamard_refuses_a_non_power_of_two_dim():
 
 def test_quantize_maps_each_rows_amax_to_448_and_folds_the_query_scale_into_w(gen):
     b, l, h, d = 2, 11, 3, 32
-    q, k, w = torch.randn(b, l, h, d, generator=gen), torch.randn(b, l, d, generator=gen), torch.randn(b, l, h, generator=gen)
+    q, k, w = _cpu_inputs(gen, b, l, h, d)
     z = quantize_indexer(q, k, w)
     assert z.q.dtype == z.k.dtype == FP8_DTYPE and z.w.dtype == z.k_scale.dtype == torch.float32
     assert z.q.shape == q.shape and z.k.shape == k.shape and z.w.shape == w.shape and z.k_scale.shape == (b, l)
@@ -71,7 +76,7 @@ def test_quantize_maps_each_rows_amax_to_448_and_folds_the_query_scale_into_w(ge
 def test_quantize_in_row_steps_equals_at_once_and_rotate_false_skips_the_rotation(gen, monkeypatch):
     import dsa.ops.quantize as qz  # noqa: PLC0415
 
-    q, k, w = torch.randn(2, 13, 3, 32, generator=gen), torch.randn(2, 13, 32, generator=gen), torch.randn(2, 13, 3, generator=gen)
+    q, k, w = _cpu_inputs(gen, 2, 13, 3, 32)
     whole = quantize_indexer(q, k, w)
     monkeypatch.setattr(qz, "_ROWS_ELEMS", 32 * 5)  # 5 rows a step: steps that do not divide the rows
     for a, b in zip(quantize_indexer(q, k, w), whole):
@@ -87,7 +92,7 @@ def test_zero_rows_quantize_to_zeros_not_nan():
 
 def test_fp8_reference_is_the_formula_on_the_e4m3_values(gen):
     b, l, h, d = 1, 9, 3, 16
-    q, k, w = torch.randn(b, l, h, d, generator=gen), torch.randn(b, l, d, generator=gen), torch.randn(b, l, h, generator=gen)
+    q, k, w = _cpu_inputs(gen, b, l, h, d)
     z = quantize_indexer(q, k, w)
     got = ops.indexer_scores(q, k, w, causal=False, precision="fp8", impl="reference")
     q8, k8 = z.q.double(), z.k.double()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import interpret_mode, next_pow2
+from ._common import next_pow2
 from .indexer import _pad_heads, _run_pass
 from .indexer_chunked import score_tile
 from .radix_topk import radix_topk
