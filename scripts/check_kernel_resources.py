@@ -9,13 +9,16 @@ bytes spilled to local memory (ptxas -v on the PTX that Triton produced, with Tr
 The constexprs come from the launch code (``_pass_meta`` / ``_at_meta``), the heads padded as the wrappers
 pad them. Exit status 1 when a launch would not fit.
 
-    python scripts/check_kernel_resources.py [--sizes 4x64,64x128] [--dtypes bf16,fp32] [--all-tiles]
+    python scripts/check_kernel_resources.py [--sizes 4x64,64x128] [--dtypes bf16,fp32,fp8] [--all-tiles]
     python scripts/check_kernel_resources.py --only attention [--attention 128x1x576x512] [--all-tiles]
     (the indexer kernels by default; --attention adds the attention layouts, --only picks one family)
 
 Attention sizes are H x H_kv x d_qk x d_v; each gives the forward, the backward with atomic dK/dV and with
 dQ only (the inverted index's first kernel), the inverted dK/dV kernel and the probabilities kernel, at the
 launch code's tiles (``dsa.ops.kernels.sparse_attention.attn_meta``), with --all-tiles also at ATTN_TILES.
+
+fp8: the score pass on e4m3 operands with per-key scales (the FP8 indexer, ``dsa.ops.quantize``); the
+scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype).
 """
 
 from __future__ import annotations
@@ -59,24 +62,37 @@ class Case:
 def _torch_dtype(name: str):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.float8_e4m3fn}
+    return dtypes[name]
+
+
+TRITON_TYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "fp8": "fp8e4nv"}
 
 
 def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
     """idx_pass_kernel: modes 0-2 at indexer_topk_threshold's tile, mode 3 (the score pass of
-    indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps); heads padded to a power of two."""
+    indexer_topk_chunked) at each of ``tiles`` (block_m, block_n, warps), mode 2 at the fused top-k's tile
+    (indexer_fused.FUSED_TILE; every one of ``tiles`` when several); heads padded to a power of two."""
     from dsa.ops.kernels._common import next_pow2
     from dsa.ops.kernels.indexer import _pass_meta
 
     hp = next_pow2(h)
     cases = []
-    configs = [(mode, FAST_TILE, 16) for mode in (0, 1, 2)] + [(3, tile, 4) for tile in tiles]
+    # mode 3 (the chunked top-k's score pass) at the score tile(s), mode 2 at the fused top-k's (indexer_fused)
+    from dsa.ops.kernels.indexer_fused import FUSED_TILE
+
+    fused_tiles = tiles if len(tiles) > 1 else (FUSED_TILE,)
+    configs = ([(mode, FAST_TILE, 16) for mode in (0, 1, 2)] + [(3, tile, 4) for tile in tiles]
+               + [(2, tile, 4) for tile in fused_tiles])
     for mode, (bm, bn, warps), nt in configs:
-        meta = _pass_meta(mode, hp, di, _torch_dtype(dtype), bm, bn, nt, warps, interp=False)
-        types = dict(QI=f"*{dtype}", KI=f"*{dtype}", W="*fp32", THR="*fp32", CNT="*i32", LO="*fp32", HI="*fp32",
-                     OUT="*fp32" if mode == 3 else "*i32", BND="*i32", BNDV="*fp32", RMAX="*fp32", RMIN="*fp32")
+        meta = _pass_meta(mode, hp, di, _torch_dtype(dtype), bm, bn, nt, warps, interp=False,
+                          ks_scaled=dtype == "fp8")
+        ty = TRITON_TYPES[dtype]
+        types = dict(QI=f"*{ty}", KI=f"*{ty}", W="*fp32", THR="*fp32", CNT="*i32", LO="*fp32", HI="*fp32",
+                     OUT="*fp32" if mode == 3 else "*i32", BND="*i32", BNDV="*fp32", RMAX="*fp32", RMIN="*fp32",
+                     KS="*fp32")
         ints = dict(sqb=L * hp * di, sql=hp * di, skb=L * di, skl=di, swb=L * hp, swl=hp, stb=L * nt, stl=nt,
-                    slb=L, sob=L * KSEL, sol=KSEL, L=L, KMAX=KSEL, ROW0=0, ROW_END=L)
+                    slb=L, sob=L * KSEL, sol=KSEL, sksb=L, L=L, KMAX=KSEL, ROW0=0, ROW_END=L)
         cases.append(Case(f"idx_pass mode {mode}", h, di, dtype, f"{bm}x{bn}/{warps}w", meta, types, ints))
     return cases
 
@@ -203,7 +219,7 @@ def measure(case: Case) -> dict:
 
 def all_cases(sizes, dtypes, tiles) -> list[Case]:
     return [c for dtype in dtypes for h, di in sizes
-            for c in pass_cases(h, di, dtype, tiles) + at_cases(h, di, dtype)]
+            for c in pass_cases(h, di, dtype, tiles) + (at_cases(h, di, dtype) if dtype != "fp8" else [])]
 
 
 def all_attn_cases(sizes, dtypes, tiles) -> list[Case]:
@@ -217,7 +233,7 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=_parse_sizes, default=SIZES, help="H_IxD_I,... (default: %(default)s)")
-    ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32 (default: %(default)s)")
+    ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32, fp8 (default: %(default)s)")
     ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench.kernels's 8 tiles too")
     ap.add_argument("--attention", type=_parse_sizes, default=None,
                     help=f"sparse-attention layouts H x H_kv x d_qk x d_v,... (with --only attention, default: "

@@ -227,7 +227,8 @@ class DSAAttention(nn.Module):
         if need_index:
             qi, ki, wi = self.indexer_outputs(x)
             aux.selection = ops.indexer_topk(qi, ki, wi, self._top_k(qi, ki, wi), impl=impl,
-                                             leak_future=self.sparse_cfg.leak_future)
+                                             leak_future=self.sparse_cfg.leak_future,
+                                             precision=self.sparse_cfg.indexer_precision)
         if sparse:
             res = ops.sparse_attention(t.q, t.k, t.v, aux.selection, scale=t.scale, impl=impl,
                                        return_lse=indexer_loss == "sparse")  # the KL target reuses it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ops.dispatch import check_impl
+from ..ops.quantize import PRECISIONS
 
 K_POLICIES = ("fixed", "mass", "entropy")
 MLA_DENSE_MODES = ("mha", "mqa")
@@ -100,12 +101,22 @@ class SparseConfig:
     k_mass: float = 0.9
     k_min: int = 1
     leak_future: bool = False  # the seeds' bug, reproduced on purpose: selection may pick future tokens
+    # the selection's scores: 'bf16' (the indexer's dtype) or 'fp8' (V3.2: Hadamard-rotated e4m3, per-token
+    # scales; indexer_dim a power of two). Selection only: the KL loss scores the selected positions from the
+    # indexer's own outputs, so its gradient reaches the indexer weights in their dtype (no straight-through).
+    # The FP8 Triton top-k takes one k: with an adaptive k_policy the FP8 selection runs the reference.
+    indexer_precision: str = "bf16"
 
     def __post_init__(self) -> None:
         if self.indexer_rope_dim is None and isinstance(self.indexer_dim, int):
             object.__setattr__(self, "indexer_rope_dim", self.indexer_dim // 4 * 2)
         _positive("dsa", top_k=self.top_k, indexer_heads=self.indexer_heads, indexer_dim=self.indexer_dim,
                   k_min=self.k_min)
+        if self.indexer_precision not in PRECISIONS:
+            raise ValueError(f"indexer_precision must be one of {PRECISIONS}, got {self.indexer_precision!r}")
+        if self.indexer_precision == "fp8" and self.indexer_dim & (self.indexer_dim - 1):
+            raise ValueError(f"indexer_precision 'fp8' needs a power-of-two indexer_dim (the Hadamard rotation), "
+                             f"got {self.indexer_dim}")
         if self.k_policy not in K_POLICIES:
             raise ValueError(f"k_policy must be one of {K_POLICIES}, got {self.k_policy!r}")
         if isinstance(self.k_mass, bool) or not isinstance(self.k_mass, (int, float)) or not 0.0 < self.k_mass <= 1.0:

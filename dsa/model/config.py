@@ -35,6 +35,7 @@ class ModelConfig:
     indexer_heads: int = 4
     indexer_dim: int = 32
     indexer_rope_dim: int = 16
+    indexer_precision: str = "bf16"  # the selection's scores: bf16 | fp8 (dsa.layers.SparseConfig)
     leak_future: bool = False  # the seeds' bug, reproduced on purpose: selection may pick future tokens
     impl: str = "auto"  # every op: auto (Triton on CUDA, the reference elsewhere) | reference | triton
     rope_base: float = 10000.0
@@ -80,7 +81,7 @@ class ModelConfig:
         return SparseConfig(
             top_k=self.top_k, indexer_heads=self.indexer_heads, indexer_dim=self.indexer_dim,
             indexer_rope_dim=self.indexer_rope_dim, k_policy=self.k_policy, k_mass=self.k_mass, k_min=self.k_min,
-            leak_future=self.leak_future,
+            leak_future=self.leak_future, indexer_precision=self.indexer_precision,
         )
 
     def to_dict(self) -> dict:

@@ -15,12 +15,14 @@ from .decode import decode_dense_attention, decode_indexer_scores, decode_indexe
 from .dispatch import IMPLS, resolve_impl
 from .flops import attention_flops, indexer_flops
 from .indexer import indexer_scores, indexer_scores_at
-from .indexer_loss import dense_indexer_kl, indexer_recall, sparse_indexer_kl
+from .indexer_loss import dense_indexer_kl, indexer_recall, selection_score_mass, sparse_indexer_kl
+from .quantize import IndexerFP8, fp8_dot_supported, hadamard_transform, quantize_indexer
 from .topk import causal_lengths, indexer_topk, select_topk, selection_to_mask, topk_positions
 
 __all__ = [
     "IMPLS",
     "DSAResult",
+    "IndexerFP8",
     "KPolicy",
     "adaptive_k",
     "attention_flops",
@@ -33,15 +35,19 @@ __all__ = [
     "dense_indexer_kl",
     "dsa_attention",
     "expand_kv",
+    "fp8_dot_supported",
+    "hadamard_transform",
     "indexer_flops",
     "indexer_recall",
     "indexer_scores",
     "indexer_scores_at",
     "indexer_topk",
     "k_from_scores",
+    "quantize_indexer",
     "resolve_impl",
     "seed_masked_attention",
     "select_topk",
+    "selection_score_mass",
     "selection_to_mask",
     "sparse_attention",
     "sparse_indexer_kl",

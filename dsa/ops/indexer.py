@@ -3,6 +3,9 @@
 - :func:`indexer_scores`: a block of query rows against every key (the L x L scores, for small L and plots).
 - :func:`indexer_scores_at`: the scores at selected positions only, differentiable (the KL loss's path).
 
+``precision="fp8"`` (:func:`indexer_scores`, and :func:`dsa.ops.indexer_topk`): DeepSeek-V3.2's FP8 indexer
+(Hadamard rotation, e4m3 with per-token scales: :mod:`dsa.ops.quantize`), selection only, no gradient.
+
 Each takes ``impl`` (see :mod:`dsa.ops.dispatch`); the ``*_reference`` functions are the specification.
 """
 
@@ -12,6 +15,7 @@ import torch
 
 from .checks import check_indexer, check_selection
 from .dispatch import resolve_impl
+from .quantize import IndexerFP8, check_precision, fp8_operands, quantize_indexer
 
 
 def indexer_scores_reference(
@@ -29,6 +33,14 @@ def indexer_scores_reference(
     return scores
 
 
+def indexer_scores_fp8_reference(z: IndexerFP8, *, causal: bool = True, q_start: int = 0) -> torch.Tensor:
+    """FP8 scores k_scale[s] * sum_j w'[t,j] ReLU(q8[t,j] . k8[s]) of :func:`dsa.ops.quantize.quantize_indexer`'s
+    output, in fp32 from the e4m3 values (their products are exact in fp32). Shapes and masking as
+    :func:`indexer_scores_reference` (z.q (B, Lq, H_I, d_I) ... -> (B, Lq, Lk) float32)."""
+    s = indexer_scores_reference(z.q.float(), z.k.float(), z.w, causal=causal, q_start=q_start)
+    return s * z.k_scale[:, None, :]  # a positive scale: -inf stays -inf
+
+
 def indexer_scores(
     q_idx: torch.Tensor,
     k_idx: torch.Tensor,
@@ -37,24 +49,34 @@ def indexer_scores(
     causal: bool = True,
     q_start: int = 0,
     impl: str = "auto",
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """Indexer scores of a block of queries against all keys, in float32.
 
     q_idx: (B, Lq, H_I, d_I) indexer queries for positions q_start .. q_start+Lq-1
     k_idx: (B, Lk, d_I) one indexer key per token;  w: (B, Lq, H_I) per-token head weights
     returns (B, Lq, Lk) float32; with ``causal`` the entries s > t are -inf (never selectable).
+    precision: 'bf16' (the inputs' dtype) or 'fp8' (Hadamard-rotated e4m3 with per-token scales, d_I a power
+    of two; no gradient).
     The Triton path (forward only) covers the whole causal square: Lq = Lk, q_start = 0, no gradient.
     """
     check_indexer(q_idx, k_idx, w, same_length=False)
+    fp8 = check_precision(precision) == "fp8"
     if isinstance(q_start, bool) or not isinstance(q_start, int) or q_start < 0:
         raise ValueError(f"q_start must be an int >= 0, got {q_start!r}")
     square = causal and q_start == 0 and q_idx.shape[1] == k_idx.shape[1]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q_idx, k_idx, w))
+    grad = not fp8 and torch.is_grad_enabled() and any(t.requires_grad for t in (q_idx, k_idx, w))
     why = None if square and not grad else "the kernel scores the causal square only, without gradient"
-    if resolve_impl(impl, q_idx, k_idx, w, op="indexer_scores", unsupported=why) == "reference":
+    path = resolve_impl(impl, q_idx, k_idx, w, op="indexer_scores", unsupported=why)
+    z = quantize_indexer(q_idx, k_idx, w) if fp8 else None
+    if path == "reference":
+        if fp8:
+            return indexer_scores_fp8_reference(z, causal=causal, q_start=q_start)
         return indexer_scores_reference(q_idx, k_idx, w, causal=causal, q_start=q_start)
     from dsa.ops.kernels.indexer_chunked import indexer_scores_triton  # noqa: PLC0415 (triton on demand)
 
+    if fp8:
+        return indexer_scores_triton(*fp8_operands(z), z.w, k_scale=z.k_scale)
     return indexer_scores_triton(q_idx, k_idx, w)
 
 

@@ -183,3 +183,40 @@ def indexer_recall(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, *, scale
         n_nt += int(nontrivial.sum())
         all_sum += float(mass.sum())
     return {"recall": mass_sum / n_nt if n_nt else 1.0, "recall_all": all_sum / (b * l), "n_nontrivial": n_nt}
+
+
+@torch.no_grad()
+def selection_score_mass(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, idx_ref: torch.Tensor
+) -> dict[str, float]:
+    """How much of a reference selection's indexer mass another selection keeps (the FP8 indexer's check).
+
+    The mass of a set S for query t: sum over s in S of softmax_s(I[t, s <= t]), I the reference (bf16 formula,
+    fp32) indexer scores: the indexer's own distribution, the one its KL loss trains. q_idx (B, L, H_I, d_I),
+    k_idx (B, L, d_I), w (B, L, H_I), idx and idx_ref (B, L, K) selections (-1 = unused).
+    Over the queries with more than K past tokens (the others keep everything): ``mass_ratio`` the mean of
+    mass(idx) / mass(idx_ref), ``mass_ratio_min`` its minimum, ``overlap`` the mean share of idx_ref's positions
+    that idx selects too; ``n_nontrivial`` the number of such queries (ratios 1.0 when there are none)."""
+    check_indexer(q_idx, k_idx, w)
+    b, l = q_idx.shape[:2]
+    check_selection(idx, b, l, l)
+    check_selection(idx_ref, b, l, l, name="idx_ref")
+    ratios, overlaps = [], []
+    chunk = chunk_rows(b * q_idx.shape[2] * l, l)
+    for c0 in range(0, l, chunk):
+        c1 = min(c0 + chunk, l)
+        p = indexer_scores_reference(q_idx[:, c0:c1], k_idx, w[:, c0:c1], q_start=c0).softmax(-1)  # (B, C, L)
+        ic, rc = idx[:, c0:c1].long(), idx_ref[:, c0:c1].long()
+        mass = (p.gather(-1, ic.clamp(min=0)) * (ic >= 0)).sum(-1)
+        mass_ref = (p.gather(-1, rc.clamp(min=0)) * (rc >= 0)).sum(-1)
+        in_ref = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, rc.clamp(min=0), rc >= 0)
+        both = (in_ref.gather(-1, ic.clamp(min=0)) & (ic >= 0)).sum(-1)
+        n_ref = (rc >= 0).sum(-1)
+        nontrivial = n_ref < torch.arange(c0 + 1, c1 + 1, device=p.device)[None, :]
+        ratios.append((mass / mass_ref.clamp(min=1e-30))[nontrivial])
+        overlaps.append((both / n_ref.clamp(min=1))[nontrivial])
+    r, o = torch.cat(ratios), torch.cat(overlaps)
+    if not r.numel():
+        return {"mass_ratio": 1.0, "mass_ratio_min": 1.0, "overlap": 1.0, "n_nontrivial": 0}
+    return {"mass_ratio": float(r.mean()), "mass_ratio_min": float(r.min()), "overlap": float(o.float().mean()),
+            "n_nontrivial": int(r.numel())}

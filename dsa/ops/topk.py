@@ -13,8 +13,9 @@ import torch
 from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
 from .checks import check_finite, check_indexer, exporting, values_checked
 from .dispatch import resolve_impl
-from .indexer import indexer_scores_reference
+from .indexer import indexer_scores_fp8_reference, indexer_scores_reference
 from .memory import chunk_rows
+from .quantize import IndexerFP8, check_precision, fp8_operands, quantize_indexer
 
 
 def per_query_k(top_k: int | torch.Tensor, b: int, l: int, device: torch.device) -> torch.Tensor:
@@ -162,7 +163,7 @@ def topk_positions(
 @torch.no_grad()
 def indexer_topk_reference(
     q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, top_k: int | torch.Tensor, *,
-    leak_future: bool = False, chunk: int | None = None,
+    leak_future: bool = False, chunk: int | None = None, precision: str = "bf16",
 ) -> torch.Tensor:
     """Indexer scores + top-k in query chunks. Shapes as :func:`indexer_topk`."""
     if exporting() and isinstance(top_k, int):
@@ -170,13 +171,18 @@ def indexer_topk_reference(
         sc = indexer_scores_reference(q_idx, k_idx, w, causal=not leak_future)
         return select_topk_reference(sc, top_k, leak_future=leak_future)
     b, l, h_i, _ = q_idx.shape
+    z = quantize_indexer(q_idx, k_idx, w) if precision == "fp8" else None
     k_t = per_query_k(top_k, b, l, q_idx.device)
     k_max = _k_max(top_k)
     chunk = chunk or chunk_rows(b * h_i * l, l)  # (B, rows, H_I, L) float32 logits per chunk: never L x L
     parts = []
     for c0 in range(0, l, chunk):
         c1 = min(c0 + chunk, l)
-        sc = indexer_scores_reference(q_idx[:, c0:c1], k_idx, w[:, c0:c1], causal=not leak_future, q_start=c0)
+        if z is None:
+            sc = indexer_scores_reference(q_idx[:, c0:c1], k_idx, w[:, c0:c1], causal=not leak_future, q_start=c0)
+        else:
+            zc = IndexerFP8(z.q[:, c0:c1], z.k, z.w[:, c0:c1], z.k_scale)
+            sc = indexer_scores_fp8_reference(zc, causal=not leak_future, q_start=c0)
         sel = select_topk_reference(sc, k_t[:, c0:c1], q_start=c0, leak_future=leak_future)
         parts.append(torch.nn.functional.pad(sel, (0, k_max - sel.shape[-1]), value=-1))
     return torch.cat(parts, 1)
@@ -191,6 +197,7 @@ def indexer_topk(
     *,
     leak_future: bool = False,
     impl: str = "auto",
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """The causal top-k of the indexer scores per query, never an L x L tensor.
 
@@ -200,14 +207,26 @@ def indexer_topk(
     stored chunks of scores (radix top-k, ``dsa.ops.kernels.indexer_chunked``); a per-query k by a threshold
     search on recomputed score tiles (``dsa.ops.kernels.indexer``). The seeds' ``leak_future`` runs only in the
     reference.
+    precision: 'bf16' (scores in the inputs' dtype) or 'fp8' (DeepSeek-V3.2's FP8 indexer: Hadamard rotation,
+    e4m3 with per-token scales, :mod:`dsa.ops.quantize`; d_I a power of two). FP8 on Triton takes one k for
+    every query; e4m3 products natively on sm_89+, the same values in bf16 on older GPUs
+    (:func:`dsa.ops.quantize.fp8_dot_supported`).
     """
     check_indexer(q_idx, k_idx, w)
     check_top_k(top_k, q_idx.shape[1])
+    fp8 = check_precision(precision) == "fp8"
     for name, t in (("q_idx", q_idx), ("k_idx", k_idx), ("w", w)):
         check_finite(name, t)
     why = "leak_future exists only in the reference" if leak_future else None
+    if fp8 and not isinstance(top_k, int):
+        why = why or "the FP8 Triton top-k takes one k for every query"
     if resolve_impl(impl, q_idx, k_idx, w, op="indexer_topk", unsupported=why) == "reference":
-        return indexer_topk_reference(q_idx, k_idx, w, top_k, leak_future=leak_future)
+        return indexer_topk_reference(q_idx, k_idx, w, top_k, leak_future=leak_future, precision=precision)
+    if fp8:
+        from dsa.ops.kernels.registered import indexer_topk_fp8_op  # noqa: PLC0415
+
+        z = quantize_indexer(q_idx, k_idx, w)
+        return indexer_topk_fp8_op(*fp8_operands(z), z.w, z.k_scale, top_k)
     if isinstance(top_k, int):
         from dsa.ops.kernels.registered import indexer_topk_op as kernel  # noqa: PLC0415
 

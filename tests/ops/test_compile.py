@@ -24,12 +24,14 @@ DEV = torch.device("cuda" if CUDA else "cpu")
 BACKEND = "inductor" if CUDA else "aot_eager"
 
 
-def test_dsa_layer_compiles_fullgraph_and_matches_eager(gen):
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_dsa_layer_compiles_fullgraph_and_matches_eager(gen, precision):
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     torch._dynamo.reset()
     layer = DSAAttention(AttentionConfig(d_model=32, n_heads=4, n_kv_heads=1, head_dim=16, max_seq_len=64,
                                          impl="triton"),
-                         SparseConfig(top_k=9, indexer_heads=2, indexer_dim=16, indexer_rope_dim=8)).to(DEV)
+                         SparseConfig(top_k=9, indexer_heads=2, indexer_dim=16, indexer_rope_dim=8,
+                                      indexer_precision=precision)).to(DEV)
     x = torch.randn(2, 37, 32, generator=gen).to(DEV)
 
     def step(layer, x):

@@ -41,14 +41,16 @@ def can_compile() -> None:
         pytest.skip(f"triton cannot compile for sm_90 here: {probe.stderr.strip().splitlines()[-1:]}")
 
 
-@pytest.mark.parametrize("sizes,dtypes", [("64x128,128x128,256x128,48x128", "bf16"), ("64x128", "fp32")])
+@pytest.mark.parametrize("sizes,dtypes", [("64x128,128x128,256x128,48x128", "bf16"), ("64x128", "fp32"),
+                                          ("64x128", "fp8")])
 def test_indexer_kernels_fit_hopper_shared_memory(can_compile, sizes, dtypes):
     """Every launch of the indexer kernels (score pass modes 0-3 at their default tiles, scores-at forward and
     backward) at these sizes: shared memory within the limit (the script's table also gives registers and
     spills)."""
     res = _run(sizes, dtypes)
     assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
-    assert res.stdout.count(" yes") >= 6 * len(sizes.split(","))  # every launch was compiled and measured
+    per_size = 5 if dtypes == "fp8" else 7  # fp8: the score pass only (the scores-at kernels stay bf16)
+    assert res.stdout.count(" yes") >= per_size * len(sizes.split(","))  # every launch was compiled and measured
 
 
 def test_sparse_attention_kernels_fit_hopper_at_the_mla_mqa_shape(can_compile):

@@ -5,8 +5,11 @@ recomputes the indexer scores I[t, s] tile by tile for s <= t and, by MODE:
   0: per-row max / min of the scores;
   1: per-row counts #(I[t, :] >= thr[t, j]) for NT thresholds per row;
   2: emits the positions with I >= hi[t] ("sure", ascending s) and those with lo[t] <= I < hi[t]
-     (the boundary, with their scores), compacted by a cumulative sum per row;
+     (the boundary, with their scores), compacted by a cumulative sum per row, at row t - ROW0 of OUT, BND,
+     BNDV and CNT (a chunk of rows: buffers of the chunk's rows only);
   3: stores the scores, I[t, s] at OUT[b, t - ROW0, s] (s <= t only), for a chunk of rows.
+FP8: q and k hold e4m3 values (``dsa.ops.quantize``; F8OPS: in e4m3, else in bf16): the head weights carry
+the query scales and a key's score column is multiplied by its scale KS[b, s] after the head sum.
 Per key tile, one [BLOCK_M, d_I] @ [d_I, BLOCK_N] tl.dot per indexer head, ReLU and the head weight, summed
 over the HP heads; the heads go in blocks of HB (unrolled) under a runtime loop, so that only one block's q
 tiles take shared memory (HB == HP: one block, every head unrolled).
@@ -21,12 +24,12 @@ import triton.language as tl
 
 
 def idx_pass_kernel(
-    QI, KI, W, THR, CNT, LO, HI, OUT, BND, BNDV, RMAX, RMIN,
-    sqb, sql, skb, skl, swb, swl, stb, stl, slb, sob, sol,
+    QI, KI, W, THR, CNT, LO, HI, OUT, BND, BNDV, RMAX, RMIN, KS,
+    sqb, sql, skb, skl, swb, swl, stb, stl, slb, sob, sol, sksb,
     L, KMAX, ROW0, ROW_END,
     HP: tl.constexpr, HB: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, NT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
-    INTERP: tl.constexpr,
+    INTERP: tl.constexpr, FP8: tl.constexpr, F8OPS: tl.constexpr,
 ):
     nblk = tl.cdiv(ROW_END - ROW0, BLOCK_M)
     mb = nblk - 1 - tl.program_id(0)  # longest rows first: better tail balance on the causal triangle
@@ -51,7 +54,7 @@ def idx_pass_kernel(
         s = s0 + tl.arange(0, BLOCK_N)
         kt = tl.load(KI + b * skb + s[:, None] * skl + dd[None, :], mask=(s < L)[:, None] & (dd < DI)[None, :],
                      other=0.0)
-        if INTERP:
+        if INTERP and not F8OPS:  # the interpreter runs fp8 tl.dot exactly (triton 3.9); bf16 it rounds
             kt = kt.to(tl.float32)
         sc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         # Heads in blocks of HB: the pipeliner gives every unrolled head's q tile its own shared buffers, so
@@ -63,13 +66,15 @@ def idx_pass_kernel(
                 qj = tl.load(QI + b * sqb + rows[:, None] * sql + j * DI + dd[None, :],
                              mask=rmask[:, None] & (dd < DI)[None, :], other=0.0)
                 wj = tl.load(W + b * swb + rows * swl + j, mask=rmask, other=0.0).to(tl.float32)
-                if INTERP:
+                if INTERP and not F8OPS:
                     qj = qj.to(tl.float32)
                 if IEEE:
                     logit = tl.dot(qj, tl.trans(kt), input_precision="ieee")
                 else:
                     logit = tl.dot(qj, tl.trans(kt))
                 sc += tl.maximum(logit, 0.0) * wj[:, None]
+        if FP8:  # the key's scale, after the head sum (positive: it commutes with the ReLU)
+            sc *= tl.load(KS + b * sksb + s, mask=s < L, other=1.0)[None, :]
         ok = (s[None, :] <= rows[:, None]) & rmask[:, None]
         if MODE == 3:
             tl.store(OUT + b * sob + (rows - ROW0)[:, None] * sol + s[None, :], sc, mask=ok)
@@ -94,9 +99,10 @@ def idx_pass_kernel(
             ps = base_s[:, None] + tl.cumsum(si, 1) - 1
             pb = base_b[:, None] + tl.cumsum(bi, 1) - 1
             s2 = tl.broadcast_to(s[None, :], [BLOCK_M, BLOCK_N])
-            tl.store(OUT + b * sob + rows[:, None] * sol + ps, s2, mask=sure & (ps < KMAX))
-            tl.store(BND + b * sob + rows[:, None] * sol + pb, s2, mask=bnd & (pb < KMAX))
-            tl.store(BNDV + b * sob + rows[:, None] * sol + pb, sc, mask=bnd & (pb < KMAX))
+            orow = (rows - ROW0)[:, None] * sol
+            tl.store(OUT + b * sob + orow + ps, s2, mask=sure & (ps < KMAX))
+            tl.store(BND + b * sob + orow + pb, s2, mask=bnd & (pb < KMAX))
+            tl.store(BNDV + b * sob + orow + pb, sc, mask=bnd & (pb < KMAX))
             base_s += tl.sum(si, 1)
             base_b += tl.sum(bi, 1)
     if MODE == 0:
@@ -106,7 +112,8 @@ def idx_pass_kernel(
         tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], cnt, mask=rmask[:, None])
     if MODE == 2:
         out2 = tl.where(cols[None, :] == 0, base_s[:, None], base_b[:, None])
-        tl.store(CNT + b * stb + rows[:, None] * stl + cols[None, :], out2, mask=rmask[:, None] & (cols[None, :] < 2))
+        tl.store(CNT + b * stb + (rows - ROW0)[:, None] * stl + cols[None, :], out2,
+                 mask=rmask[:, None] & (cols[None, :] < 2))
 
 
 def idx_at_fwd_kernel(

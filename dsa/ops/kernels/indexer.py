@@ -31,7 +31,11 @@ def _pad_heads(q_idx, w, hp):
     nothing to a score), contiguous. The score pass takes any head count; padding costs hp / H_I in work."""
     h = q_idx.shape[2]
     if hp != h:
-        q_idx = torch.nn.functional.pad(q_idx, (0, 0, 0, hp - h))
+        pad = (0, 0, 0, hp - h)
+        if q_idx.dtype.itemsize == 1:  # torch pads no float8 tensor: pad its bytes (0x00 is +0.0)
+            q_idx = torch.nn.functional.pad(q_idx.view(torch.uint8), pad).view(q_idx.dtype)
+        else:
+            q_idx = torch.nn.functional.pad(q_idx, pad)
         w = torch.nn.functional.pad(w, (0, hp - h))
     return q_idx.contiguous(), w.contiguous()
 
@@ -51,27 +55,32 @@ def _head_block(hp: int, block_m: int, di_pad: int, elem_bytes: int) -> int:
 
 
 def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, block_n: int, nt: int, num_warps: int,
-              interp: bool) -> dict:
+              interp: bool, ks_scaled: bool = False) -> dict:
     """The compile-time arguments (constexprs, warps, stages) of ``idx_pass_kernel`` for qp (B, L, hp, di) of
-    ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py)."""
+    ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py).
+    ks_scaled: FP8 scores, each key's column multiplied by its scale (the operands e4m3, or their bf16 copy)."""
     di_pad = max(16, next_pow2(di))
     hb = _head_block(hp, block_m, di_pad, dtype.itemsize)
     return dict(HP=hp, HB=hb, DI=di, DI_PAD=di_pad, NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
-                IEEE=dtype == torch.float32, INTERP=interp, num_warps=num_warps, num_stages=2)
+                IEEE=dtype == torch.float32, INTERP=interp, FP8=ks_scaled,
+                F8OPS=dtype.itemsize == 1, num_warps=num_warps, num_stages=2)
 
 
 def _run_pass(mode, qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, kmax, block_m, block_n, nt,
-              rows=None, num_warps=4):
+              rows=None, num_warps=4, k_scale=None):
+    """One launch of the score pass; k_scale (B, L) fp32: FP8 scores (see ``_indexer_kernels``)."""
     kern, _, _ = _kernels()
     b, l, hp, di = qp.shape
     row0, row_end = rows or (0, l)
     grid = (triton_cdiv(row_end - row0, block_m), b)
+    ks = k_scale if k_scale is not None else rmax  # not read without FP8
     kern[grid](
-        qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin,
+        qp, kc, wp, thr, cnt, lo, hi, out, bnd, bndv, rmax, rmin, ks,
         qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
-        cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1),
+        cnt.stride(0), cnt.stride(1), lo.stride(0), out.stride(0), out.stride(1), ks.stride(0),
         l, kmax, row0, row_end,
-        **_pass_meta(mode, hp, di, qp.dtype, block_m, block_n, nt, num_warps, interpret_mode()),
+        **_pass_meta(mode, hp, di, qp.dtype, block_m, block_n, nt, num_warps, interpret_mode(),
+                     ks_scaled=k_scale is not None),
     )
 
 

@@ -35,12 +35,14 @@ def indexer_topk_chunked(
     top_k: int,
     *,
     chunk: int | None = None,
+    k_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal indexer top-k, one k for every query: the set of :func:`dsa.ops.indexer_topk` (positions
     ascending, the first ones among tied scores). q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I);
     top_k int in [1, L]; chunk: query rows whose scores are stored at once (default: about 2 GiB of scores
-    over the batch; rounded up to the score tile). Returns (B, L, top_k) int32, -1 in unused slots.
-    Inputs are checked by the op."""
+    over the batch; rounded up to the score tile); k_scale (B, L) fp32: FP8 scores (q_idx, k_idx e4m3 values,
+    in e4m3 or bf16; w with the query scales folded in; ``dsa.ops.quantize``). Returns (B, L, top_k) int32, -1
+    in unused slots. Inputs are checked by the op."""
     b, l, h, _ = q_idx.shape
     dev = q_idx.device
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
@@ -52,7 +54,7 @@ def indexer_topk_chunked(
     idx = torch.empty(b, l, top_k, device=dev, dtype=torch.int32)
     for t0 in range(0, l, chunk):
         t1 = min(l, t0 + chunk)
-        score_rows(qp, kc, wp, scores, t0, t1)
+        score_rows(qp, kc, wp, scores, t0, t1, k_scale=k_scale)
         lens = torch.arange(t0 + 1, t1 + 1, device=dev, dtype=torch.int32)
         cols = max(t1, top_k)  # the columns past a row's length are never read
         for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
@@ -61,15 +63,17 @@ def indexer_topk_chunked(
 
 
 @torch.no_grad()
-def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
+                          k_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The causal L x L indexer scores by the score pass: q_idx (B, L, H_I, d_I), k_idx (B, L, d_I),
-    w (B, L, H_I) -> (B, L, L) float32, -inf for s > t. Forward only."""
+    w (B, L, H_I), k_scale (B, L) fp32 or None (FP8, as :func:`indexer_topk_chunked`) -> (B, L, L) float32,
+    -inf for s > t. Forward only."""
     b, l, h, _ = q_idx.shape
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))
     kc = k_idx.to(q_idx.dtype).contiguous()
     rows = -(-l // score_tile()[0]) * score_tile()[0]
     scores = torch.full((b, rows, l), float("-inf"), device=q_idx.device, dtype=torch.float32)
-    score_rows(qp, kc, wp, scores, 0, l)
+    score_rows(qp, kc, wp, scores, 0, l, k_scale=k_scale)
     return scores[:, :l]
 
 
@@ -80,14 +84,16 @@ def score_tile(tile: tuple[int, int, int] | None = None) -> tuple[int, int, int]
 
 
 def score_rows(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
-               tile: tuple[int, int, int] | None = None) -> None:
+               tile: tuple[int, int, int] | None = None, k_scale: torch.Tensor | None = None) -> None:
     """Writes the causal indexer scores of query rows t0 <= t < t1 into ``scores[:, t - t0, :t + 1]`` (the rest
     of each row is left as it was). qp (B, L, HP, d_I) with any HP (zero-padded heads allowed), kc (B, L,
     d_I), wp (B, L, HP) fp32 (zero weights on padded heads), scores (B, >= t1 - t0, L) fp32; t0 a multiple
-    of the tile's query rows. tile: (query rows, keys, warps) per program, default SCORE_TILE."""
+    of the tile's query rows. tile: (query rows, keys, warps) per program, default SCORE_TILE. k_scale (B, L)
+    fp32: FP8 scores (each key column times its scale)."""
     block_m, block_n, warps = score_tile(tile)
     dev = scores.device
     unused = torch.empty(1, 1, 1, device=dev, dtype=torch.float32)  # arguments the score mode does not touch
     unused_i = torch.empty(1, 1, 1, device=dev, dtype=torch.int32)
     _run_pass(3, qp, kc, wp, unused, unused_i, unused[0], unused[0], scores, unused_i, unused, unused[0],
-              unused[0], kmax=0, block_m=block_m, block_n=block_n, nt=4, rows=(t0, t1), num_warps=warps)
+              unused[0], kmax=0, block_m=block_m, block_n=block_n, nt=4, rows=(t0, t1), num_warps=warps,
+              k_scale=None if k_scale is None else k_scale.float().contiguous())

@@ -7,6 +7,7 @@ the differentiable ones, an autograd formula: no graph break, no tracing into la
 - ``dsa::sparse_attention`` (q, k, v, idx32, scale) -> (o, lse); backward ``dsa::sparse_attention_bwd``
 - ``dsa::sparse_attention_probs`` (q, k, idx32, lse, scale) -> p (no gradient)
 - ``dsa::indexer_topk`` (q_idx, k_idx, w, top_k) -> idx32 (no gradient)
+- ``dsa::indexer_topk_fp8`` (q8, k8, w, k_scale, top_k) -> idx32 (no gradient)
 - ``dsa::indexer_scores_at`` (q_idx, k_idx, w, idx32) -> scores; backward ``dsa::indexer_scores_at_bwd``
 """
 
@@ -75,17 +76,45 @@ def _(q, k, idx32, lse, scale):
     return q.new_empty(idx32.shape, dtype=torch.float32)
 
 
+# The fixed-k selection behind both top-k ops: 'chunked' (score rows stored in chunks, then the radix top-k:
+# measured, the default) or 'fused' (indexer_fused: candidates appended by the score pass, no score stored;
+# same result; fewer bytes by the model, dsa.ops.flops.topk_bytes; not yet timed on a GPU: see
+# dsa.bench.indexer's 'fused' rows before switching).
+SELECTION = "chunked"
+
+
+def _fixed_k_topk(q_idx: Tensor, k_idx: Tensor, w: Tensor, top_k: int, k_scale: Tensor | None) -> Tensor:
+    if SELECTION == "fused":
+        from .indexer_fused import indexer_topk_fused  # noqa: PLC0415
+
+        return indexer_topk_fused(q_idx, k_idx, w, top_k, k_scale=k_scale)
+    from .indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+
+    return indexer_topk_chunked(q_idx, k_idx, w, top_k, k_scale=k_scale)
+
+
 @torch.library.custom_op("dsa::indexer_topk", mutates_args=())
 def indexer_topk_op(q_idx: Tensor, k_idx: Tensor, w: Tensor, top_k: int) -> Tensor:
     """Causal indexer top-k, one k: (B, L, top_k) int32, -1 in unused slots."""
-    from .indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
-
-    return indexer_topk_chunked(q_idx, k_idx, w, top_k)
+    return _fixed_k_topk(q_idx, k_idx, w, top_k, None)
 
 
 @indexer_topk_op.register_fake
 def _(q_idx, k_idx, w, top_k):
     return q_idx.new_empty(q_idx.shape[0], q_idx.shape[1], top_k, dtype=torch.int32)
+
+
+@torch.library.custom_op("dsa::indexer_topk_fp8", mutates_args=())
+def indexer_topk_fp8_op(q8: Tensor, k8: Tensor, w: Tensor, k_scale: Tensor, top_k: int) -> Tensor:
+    """Causal indexer top-k on FP8 scores (``dsa.ops.quantize``): q8 (B, L, H_I, d_I), k8 (B, L, d_I) e4m3
+    values (in e4m3 or bf16), w (B, L, H_I) fp32 with the query scales, k_scale (B, L) fp32 -> (B, L, top_k)
+    int32, -1 in unused slots."""
+    return _fixed_k_topk(q8, k8, w, top_k, k_scale)
+
+
+@indexer_topk_fp8_op.register_fake
+def _(q8, k8, w, k_scale, top_k):
+    return q8.new_empty(q8.shape[0], q8.shape[1], top_k, dtype=torch.int32)
 
 
 @torch.library.custom_op("dsa::indexer_scores_at", mutates_args=())

@@ -1,0 +1,131 @@
+"""The indexer in FP8 (e4m3) as DeepSeek-V3.2 runs it: a Hadamard rotation of its queries and key, per-token
+scales, and the scores I[t,s] = k_scale[s] * sum_j w'[t,j] * ReLU(q8[t,j] . k8[s]) with w' = w * q_scale.
+
+- :func:`hadamard_transform`: the normalised fast Walsh-Hadamard transform over the last dim (orthogonal:
+  q . k is unchanged, up to rounding). It spreads a few large channels (outliers) over all of them, so that one
+  scale per token loses less of the small ones to e4m3's 3 mantissa bits.
+- :func:`quantize_indexer`: rotate, then one scale per key token and one per (query token, head), amax / 448
+  (the largest e4m3 value). The query scale folds into the head weight: ReLU is positively homogeneous and the
+  scales are positive, so w * q_scale * ReLU(q8 . k8) = w * ReLU((q8 * q_scale) . k8). The key scale stays
+  separate: it multiplies a whole column of scores after the head sum.
+- :func:`fp8_dot_supported`: whether a device multiplies e4m3 operands natively (sm_89+: Ada, Hopper). On
+  other GPUs the kernels take the same e4m3 values cast to bf16 (exact: e4m3 values are bf16 values), so the
+  scores are the same up to the accumulation order.
+
+Only the selection runs in FP8 (it carries no gradient); the indexer's KL loss scores its selected positions
+from the bf16 (or fp32) outputs, so its gradient reaches the indexer's weights as before.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+PRECISIONS = ("bf16", "fp8")
+# a floor under amax: an all-zero row (e.g. a padded head) keeps a finite scale and quantizes to zeros
+_AMAX_FLOOR = 1e-12
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
+    """x (..., d), d a power of two -> x @ H_d / sqrt(d) (Sylvester's H_d, symmetric; orthogonal after the
+    scaling), in x's dtype, computed in fp32 by log2(d) butterfly stages (no d x d matrix)."""
+    d = x.shape[-1]
+    if d < 1 or d & (d - 1):
+        raise ValueError(f"the Hadamard transform needs a power-of-two last dim, got {d}")
+    return _fwht(x.float().reshape(-1, d)).reshape(x.shape).to(x.dtype)
+
+
+def _fwht(y: torch.Tensor) -> torch.Tensor:
+    """(n, d) fp32 -> (n, d) fp32 rows times H_d / sqrt(d) (d a power of two, checked by the callers)."""
+    n, d = y.shape
+    h = 1
+    while h < d:
+        y = y.view(n, d // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    return y.reshape(n, d) * d**-0.5
+
+
+class IndexerFP8(NamedTuple):
+    """The indexer's inputs in e4m3 with their scales.
+
+    q: (B, L, H_I, d_I) float8_e4m3fn; k: (B, Lk, d_I) float8_e4m3fn;
+    w: (B, L, H_I) float32, the head weights times the query scales; k_scale: (B, Lk) float32."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    w: torch.Tensor
+    k_scale: torch.Tensor
+
+
+# rows (of d_I values) rotated and quantized at once: bounds the fp32 temporaries of the butterfly (a few copies
+# of 2^24 floats, 64 MiB each) whatever the length; (128K tokens x 64 heads) queries take 32 steps at d_I = 128
+_ROWS_ELEMS = 2**24
+
+
+def _quantize_rows(x: torch.Tensor, rotate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., d) -> (e4m3 values (..., d), fp32 scale (...)): x (rotated first, in fp32, when ``rotate``)
+    ~ values * scale, each row's amax mapped to 448."""
+    d = x.shape[-1]
+    if rotate and (d < 1 or d & (d - 1)):
+        raise ValueError(f"the Hadamard rotation needs a power-of-two indexer dim, got {d}")
+    rows = x.reshape(-1, d)
+    vals = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
+    scale = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
+    step = max(1, _ROWS_ELEMS // d)
+    for r0 in range(0, rows.shape[0], step):
+        xf = rows[r0:r0 + step].float()
+        if rotate:
+            xf = _fwht(xf)
+        sc = xf.abs().amax(-1).clamp(min=_AMAX_FLOOR) / FP8_MAX
+        vals[r0:r0 + step] = (xf / sc[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        scale[r0:r0 + step] = sc
+    return vals.view(x.shape), scale.view(x.shape[:-1])
+
+
+@torch.no_grad()
+def quantize_indexer(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True
+) -> IndexerFP8:
+    """The indexer's queries, key and head weights in FP8 with per-token scales (see the module docstring).
+
+    q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) float; rotate: apply the Hadamard rotation first
+    (d_I a power of two; DeepSeek's choice; False only to measure what it buys). No gradient.
+    Returns :class:`IndexerFP8`."""
+    from .checks import check_indexer  # noqa: PLC0415 (checks import nothing from here)
+
+    check_indexer(q_idx, k_idx, w, same_length=False)
+    q8, q_scale = _quantize_rows(q_idx, rotate)  # rotated in fp32 and quantized once: no bf16 rounding between
+    k8, k_scale = _quantize_rows(k_idx, rotate)
+    return IndexerFP8(q8, k8, w.float() * q_scale, k_scale)
+
+
+def fp8_dot_supported(device: torch.device | str) -> bool:
+    """True where the Triton kernels multiply e4m3 operands natively: a CUDA device of compute capability
+    >= 8.9 (Ada, Hopper, Blackwell). The interpreter on CPU runs fp8 tl.dot too (checked with triton 3.9), but
+    that is emulation; the dispatch (:func:`fp8_operands_dtype`) decides separately."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_operands_dtype(device: torch.device | str, interpret: bool) -> torch.dtype:
+    """The dtype the kernels read the e4m3 values in: e4m3 where the device (or Triton's CPU interpreter, which
+    emulates fp8 tl.dot) has it, bf16 elsewhere (the same values: exact)."""
+    return FP8_DTYPE if interpret or fp8_dot_supported(device) else torch.bfloat16
+
+
+def fp8_operands(z: IndexerFP8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, k) of ``z`` in the dtype the kernels read on z's device (:func:`fp8_operands_dtype`)."""
+    from .dispatch import interpret_mode  # noqa: PLC0415
+
+    dt = fp8_operands_dtype(z.q.device, interpret_mode())
+    return z.q.to(dt), z.k.to(dt)
