@@ -101,16 +101,20 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
     eval mode on ``map_location``. ``max_seq_len`` overrides the stored context length (the RoPE tables are
     recomputed, no weight depends on it), e.g. to inspect a model on longer sequences than it was trained on.
     ValueError naming ``path`` when the weights do not fit the stored config."""
-    ck = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location), max_seq_len=max_seq_len).to(map_location)
+
+
+def model_from_checkpoint(ck: dict, *, max_seq_len: int | None = None, arg: str = "path") -> TransformerLM:
+    """:func:`load_model` for a dict already read by :func:`load_checkpoint` (on the tensors' device)."""
     mc = dict(ck["model_config"])
     if max_seq_len is not None:
         mc["max_seq_len"] = max_seq_len
     try:
         model = TransformerLM(ModelConfig(**mc))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"path: {str(path)!r} has an unusable model_config: {e}") from e
-    load_weights(model, ck["state_dict"], arg="path", allow_new_indexer=False)
-    return model.to(map_location).eval()
+        raise ValueError(f"{arg}: the checkpoint has an unusable model_config: {e}") from e
+    load_weights(model, ck["state_dict"], arg=arg, allow_new_indexer=False)
+    return model.eval()
 
 
 def load_weights(model: TransformerLM, state_dict: dict[str, torch.Tensor], *, arg: str,

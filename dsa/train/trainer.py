@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import resource
 import sys
@@ -137,6 +138,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v):
                 raise ValueError(f"{name} must be a non-empty path or None, got {v!r}")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ValueError(f"init_from: no checkpoint file at {self.init_from!r}")
         if not isinstance(self.resume, bool):
             raise ValueError(f"resume must be a bool, got {self.resume!r}")
         if self.checkpoint_file() is None and (self.checkpoint_every or self.resume):
@@ -460,7 +463,8 @@ def _state(run: _Run, phase: str) -> dict:
                  "warm_seed": getattr(run.warm_s, "seed", None), "world_size": run.info.world},
         "rng": ckpt.rng_state(run.device),
         "history": run.history, "step_times": run.step_times, "phases": run.phases,
-        "init_from": run.init, "provenance": provenance(run.device),
+        # as JSON has it: plain types that torch.load(weights_only=True) reads (torch's version is a str subclass)
+        "init_from": run.init, "provenance": json.loads(json.dumps(provenance(run.device), default=str)),
     }
 
 
@@ -643,8 +647,6 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
     print(f"wrote {rec['path']}" if "path" in rec else "no JSON written (--out '')")
     if print_json:
-        import json  # noqa: PLC0415
-
         print(json.dumps({k: v for k, v in f.items()}, default=str))
     ddp_util.barrier_and_close()
     return 0
