@@ -152,10 +152,14 @@ class TrainConfig:
         when neither is set (``out=''``, as sweeps and tests run)."""
         if self.checkpoint_path:
             return Path(self.checkpoint_path)
+        out = self.json_path()
+        return None if out is None else out.with_name(out.stem + ".ckpt.pt")
+
+    def json_path(self) -> Path | None:
+        """The run JSON: ``out``, by default runs/<name>.json; None for ``out=''`` (no JSON)."""
         if self.out == "":
             return None
-        out = Path(self.out) if self.out else REPO_ROOT / "runs" / f"{self.run_name()}.json"
-        return out.with_name(out.stem + ".ckpt.pt")
+        return Path(self.out) if self.out else REPO_ROOT / "runs" / f"{self.run_name()}.json"
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -597,8 +601,8 @@ def train(cfg: TrainConfig, data=None) -> dict:
     if run.ckpt_path is not None:
         _checkpoint(run, _phase_at(run, run.it)[0])
     record = _record(run)
-    if cfg.out != "" and info.is_main:
-        out = Path(cfg.out) if cfg.out else REPO_ROOT / "runs" / f"{cfg.run_name()}.json"
+    out = cfg.json_path()
+    if out is not None and info.is_main:
         write_json_atomic(out, record)
         record["path"] = str(out)
     record["model"] = run.model
