@@ -10,9 +10,10 @@ no pickled classes)::
     optimizers             {"main": AdamW state, "indexer": AdamW state or None}
     progress               {"it", "lm_step", "phase", "lr"}: iterations done (LM + warm-up), LM steps done
                            (the LR schedule's position), the phase of the last iteration, its learning rate
-    data                   {"data_seed", "train_seed", "warm_seed", "world_size"}: batches are a pure function
-                           of (seed, index) (:mod:`dsa.text.batches`) and the index of the next batch follows
-                           from ``progress`` and the world size, so this is the whole data position
+    data                   {"data_seed", "train_seed", "warm_seed", "world_size", "next_train_batch",
+                           "next_warm_batch"}: batches are a pure function of (seed, index)
+                           (:mod:`dsa.text.batches`), so the samplers' seeds and the next index each reads
+                           (rank r reads index + r) are the whole data position
     rng                    torch CPU (and CUDA) generator states, Python's ``random``, numpy's global state
     history, step_times    the run record so far, so a resumed run reports the whole run
     provenance             :func:`dsa.provenance.provenance` when the file was written

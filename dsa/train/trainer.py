@@ -442,16 +442,19 @@ def _train_phases(run: _Run) -> None:
         p.requires_grad_(True)
 
 
-def _phase_at(run: _Run, it: int) -> tuple[str, int]:
-    """(phase of iteration ``it`` - 1, LM steps done after ``it`` iterations)."""
-    done, lm, phase = 0, 0, run.phases[0][0]
+def _phase_at(run: _Run, it: int) -> tuple[str, int, int]:
+    """(phase of iteration ``it`` - 1, LM steps and warm-up steps done after ``it`` iterations)."""
+    done, lm, warm, phase = 0, 0, 0, run.phases[0][0]
     for p, n in run.phases:
         k = min(max(it - done, 0), n)
-        lm += 0 if p == "warmup" else k
+        if p == "warmup":
+            warm += k
+        else:
+            lm += k
         if k:
             phase = p
         done += n
-    return phase, lm
+    return phase, lm, warm
 
 
 def _state(run: _Run, phase: str) -> dict:
@@ -463,13 +466,21 @@ def _state(run: _Run, phase: str) -> dict:
                        "indexer": run.idx_opt.state_dict() if run.idx_opt is not None else None},
         "progress": {"it": run.it, "lm_step": run.lm_step, "phase": phase,
                      "lr": lr_at(max(run.lm_step - 1, 0), cfg)},
-        "data": {"data_seed": cfg.data_seed, "train_seed": getattr(run.train_s, "seed", None),
-                 "warm_seed": getattr(run.warm_s, "seed", None), "world_size": run.info.world},
+        "data": _data_position(run),
         "rng": ckpt.rng_state(run.device),
         "history": run.history, "step_times": run.step_times, "phases": run.phases,
         # as JSON has it: plain types that torch.load(weights_only=True) reads (torch's version is a str subclass)
         "init_from": run.init, "provenance": json.loads(json.dumps(provenance(run.device), default=str)),
     }
+
+
+def _data_position(run: _Run) -> dict:
+    """The samplers' state: their seeds and the index of the next batch each reads (rank r adds r)."""
+    _, lm, warm = _phase_at(run, run.it)
+    world = run.info.world
+    return {"data_seed": run.cfg.data_seed, "train_seed": getattr(run.train_s, "seed", None),
+            "warm_seed": getattr(run.warm_s, "seed", None), "world_size": world,
+            "next_train_batch": lm * world, "next_warm_batch": warm * world}
 
 
 def _checkpoint(run: _Run, phase: str) -> None:
@@ -521,9 +532,10 @@ def _restore(run: _Run, ck: dict) -> None:
         run.idx_opt.load_state_dict(ck["optimizers"]["indexer"])
     prog = ck["progress"]
     run.it = prog["it"]
-    phase, run.lm_step = _phase_at(run, run.it)
-    if (phase, run.lm_step) != (prog["phase"], prog["lm_step"]):
-        raise ValueError(f"checkpoint_path: inconsistent progress {prog} for the phases {run.phases}")
+    phase, run.lm_step, _ = _phase_at(run, run.it)
+    if (phase, run.lm_step) != (prog["phase"], prog["lm_step"]) or _data_position(run) != data:
+        raise ValueError(f"checkpoint_path: inconsistent progress {prog} / data position {data} for the "
+                         f"phases {run.phases}")
     run.history = list(ck["history"])
     run.step_times = {p: list(ck["step_times"].get(p, [])) for p, _ in run.phases}
     run.init = ck.get("init_from")

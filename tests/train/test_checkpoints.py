@@ -141,7 +141,8 @@ def test_checkpoint_holds_the_training_state(tmp_path):
     ck = ckpt.load_checkpoint(path)
     assert ck["format"] == ckpt.FORMAT and set(ckpt.TRAINING_KEYS) <= set(ck)
     assert ck["progress"] == {"it": 15, "lm_step": 12, "phase": "sparse", "lr": trainer.lr_at(11, _cfg())}
-    assert ck["data"] == {"data_seed": 3, "train_seed": 3, "warm_seed": 3 + 7919, "world_size": 1}
+    assert ck["data"] == {"data_seed": 3, "train_seed": 3, "warm_seed": 3 + 7919, "world_size": 1,
+                          "next_train_batch": 12, "next_warm_batch": 3}
     assert ck["optimizers"]["indexer"] is not None and ck["optimizers"]["main"]["state"]
     assert ck["config"]["checkpoint_path"] == str(path) and "git_commit" in ck["provenance"]
     assert rec["checkpoint"] == str(path)
