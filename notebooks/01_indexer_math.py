@@ -51,7 +51,7 @@ _ns_before = snapshot_namespace(globals())
 # Parameters: annotated assignments only (the annotation declares the parameter and its type).
 seed: int = 0
 device: str = "cpu"  # "cpu", "cuda" or "auto"
-checkpoint: str = ""  # a DSA checkpoint (torch.save {'model_config', 'state_dict'}) instead of training one here
+checkpoint: str = ""  # a DSA checkpoint written by training (runs/<name>.ckpt.pt) instead of training one here
 train_steps: int = 100  # dense LM steps of the inspected model, trained here on Shakespeare (0: a random model)
 train_warmup: int = 30  # indexer-only KL warm-up steps after them (DeepSeek's recipe)
 train_seq_len: int = 128  # tokens per training sequence

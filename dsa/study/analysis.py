@@ -382,9 +382,10 @@ def make_inspect_model(
 ) -> tuple[torch.nn.Module, str]:
     """A DSA ``TransformerLM`` whose layers the notebooks inspect, and a label saying what it is.
 
-    checkpoint "" -> randomly initialised from ``seed`` with the given sizes; otherwise a file written by
-    ``torch.save({'model_config': ModelConfig.to_dict(), 'state_dict': model.state_dict(), ...})`` (the
-    sizes given here are then ignored: the checkpoint's own config wins).
+    checkpoint "" -> randomly initialised from ``seed`` with the given sizes; otherwise a DSA checkpoint as
+    training writes it (``runs/<name>.ckpt.pt``, read by :func:`dsa.train.checkpoints.load_model`; any dict
+    with ``model_config`` and ``state_dict`` loads too). The sizes given here are then ignored (the
+    checkpoint's own config wins) except ``max_seq_len``, which may extend the trained context (RoPE).
     init_gain: random model only: multiplies the attention and indexer projections (q, k and the indexer's
     q, k, head weights). The LM's own init (std 0.02) gives near-uniform attention, under which every
     selection of k keys keeps the same share of attention mass; a gain of ~8 makes patterns visible.
@@ -393,22 +394,15 @@ def make_inspect_model(
     from dsa.model.lm import TransformerLM  # noqa: PLC0415
 
     if checkpoint:
+        from dsa.train.checkpoints import load_checkpoint, model_from_checkpoint  # noqa: PLC0415
+
         path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ck, dict) or "model_config" not in ck or "state_dict" not in ck:
-            raise ValueError(f"checkpoint {checkpoint!r} must be a dict with 'model_config' and 'state_dict' keys")
-        mc = dict(ck["model_config"])
-        mc["attention"] = "dsa"  # a dense checkpoint has no indexer to inspect: refuse below
-        cfg = ModelConfig(**mc)
-        model = TransformerLM(cfg)
-        missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
-        if unexpected or any(".indexer." not in m for m in missing):
-            raise ValueError(f"checkpoint {checkpoint!r} does not fit a DSA model: missing={missing}, "
-                             f"unexpected={unexpected}")
-        if missing:
-            raise ValueError(f"checkpoint {checkpoint!r} has no indexer weights (a dense model?)")
+        ck = load_checkpoint(path, arg="checkpoint")
+        stored = ck["model_config"]
+        if stored.get("attention") != "dsa":
+            raise ValueError(f"checkpoint {checkpoint!r} is a {stored.get('attention')!r} model: it has no indexer "
+                             "to inspect (train with attention='dsa')")
+        model = model_from_checkpoint(ck, max_seq_len=max(max_seq_len, stored["max_seq_len"]), arg="checkpoint")
         label = f"checkpoint {path.name}"
     else:
         cfg = ModelConfig(

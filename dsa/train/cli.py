@@ -40,6 +40,7 @@ def train_config_from_args(p: argparse.ArgumentParser, argv: list[str] | None) -
     with cli.usage_errors(p):
         cfg = TrainConfig(**args)
         cfg.check_runtime()
+        trainer.read_checkpoints(cfg, quiet=True)  # a bad checkpoint file is a usage error too
     return cfg, print_json
 
 

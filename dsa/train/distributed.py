@@ -128,3 +128,9 @@ def barrier_and_close() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Waits for every rank (nothing to wait for in a single-process run)."""
+    if info.enabled:
+        dist.barrier()

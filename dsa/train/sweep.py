@@ -50,7 +50,10 @@ from dsa.records import drop_duplicate_keys, result_files, shard_path
 from dsa.train.trainer import TrainConfig, train
 
 # Fields that name or route a run without changing its result.
-_NOT_IN_KEY = ("out", "name", "progress", "device", "impl")  # impl: the same function, other rounding
+# impl: the same function, other rounding; checkpoint_every/checkpoint_path/resume: where and how often the
+# state is saved, and a resumed run ends where the uninterrupted one would. (init_from is not here: a run
+# started from other weights is another run, and enters the key when set.)
+_NOT_IN_KEY = ("out", "name", "progress", "device", "impl", "checkpoint_every", "checkpoint_path", "resume")
 
 # The TrainConfig fields (and their defaults) when the key scheme was fixed. They always enter the key, so
 # the keys of every recorded run stay valid; a field added to TrainConfig later enters it only when it is not

@@ -19,16 +19,20 @@ Command line (``dsa.train.cli``): python -m dsa train --attention dense|dsa --se
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dsa.train import checkpoints as ckpt
 from dsa.train import distributed as ddp_util
 from dsa.layers.config import K_POLICIES
 from dsa.model.config import ATTENTION_KINDS, ModelConfig
@@ -132,6 +136,17 @@ class TrainConfig:
     name: str | None = field(default=None, metadata={
         "help": "run name (default from attention, recipe, L, k and seed)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    checkpoint_every: int = field(default=0, metadata={
+        "help": "write a checkpoint every N iterations (LM and warm-up steps) and at the end; 0 = only at the "
+                "end (checkpoints need a path: checkpoint_path, or the run JSON's, see --out)"})
+    checkpoint_path: str | None = field(default=None, metadata={
+        "help": "checkpoint file (default: beside the run JSON, runs/<name>.ckpt.pt; none when --out '')"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from checkpoint_path if it exists (same result as an uninterrupted run); "
+                "start from step 0 with a message if it does not"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "initialise the model's weights from this checkpoint (fresh optimisers, step 0); a dense "
+                "checkpoint into a DSA run keeps the new indexer's seeded init"})
 
     def __post_init__(self) -> None:
         self._check_values()
@@ -152,6 +167,38 @@ class TrainConfig:
             raise ValueError("indexer_kl only applies to attention='dsa'")
         if self.warmup_steps and not self.indexer_kl:
             raise ValueError("warmup_steps > 0 trains the indexer by its KL loss: it needs indexer_kl")
+        self._check_checkpoint_fields()
+
+    def _check_checkpoint_fields(self) -> None:
+        v = self.checkpoint_every
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"checkpoint_every must be an int >= 0, got {v!r}")
+        for name in ("checkpoint_path", "init_from"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"{name} must be a non-empty path or None, got {v!r}")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ValueError(f"init_from: no checkpoint file at {self.init_from!r}")
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"resume must be a bool, got {self.resume!r}")
+        if self.checkpoint_file() is None and (self.checkpoint_every or self.resume):
+            what = "checkpoint_every" if self.checkpoint_every else "resume"
+            raise ValueError(f"{what} needs a checkpoint file: set checkpoint_path (out='' writes no run JSON "
+                             "to put one beside)")
+
+    def checkpoint_file(self) -> Path | None:
+        """Where checkpoints go: checkpoint_path, else beside the run JSON (``<out stem>.ckpt.pt``); None
+        when neither is set (``out=''``, as sweeps and tests run)."""
+        if self.checkpoint_path:
+            return Path(self.checkpoint_path)
+        out = self.json_path()
+        return None if out is None else out.with_name(out.stem + ".ckpt.pt")
+
+    def json_path(self) -> Path | None:
+        """The run JSON: ``out``, by default runs/<name>.json; None for ``out=''`` (no JSON)."""
+        if self.out == "":
+            return None
+        return Path(self.out) if self.out else REPO_ROOT / "runs" / f"{self.run_name()}.json"
 
     def _check_values(self) -> None:
         """Each value on its own, and the model it describes (heads, head sizes, RoPE dims, k, k policy)."""
@@ -277,30 +324,62 @@ def _peak_memory_mb(device: torch.device) -> dict:
     return {"peak_mem_mb": None, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def train(cfg: TrainConfig, data=None) -> dict:
-    """Runs the configured training and returns the run record (also written as JSON to ``cfg.out``
-    unless it is the empty string). ``data`` = (vocab_size, train_sampler, warm_sampler, val_batches, meta)
-    overrides the corpus (used by tests and synthetic tasks)."""
-    cfg.check_runtime()
-    info = ddp_util.init_from_env(cfg.device)
+@dataclass
+class _Run:
+    """What the steps of one run share (the former closures' variables): built by :func:`_setup`, advanced
+    by the steps, written by :func:`_save` and restored by :func:`_restore`."""
+
+    cfg: TrainConfig
+    info: ddp_util.DistInfo
+    device: torch.device
+    use_bf16: bool
+    model: TransformerLM
+    mcfg: ModelConfig
+    main_params: list[torch.nn.Parameter]
+    idx_params: list[torch.nn.Parameter]
+    main_opt: torch.optim.Optimizer
+    idx_opt: torch.optim.Optimizer | None
+    train_s: Any
+    warm_s: Any
+    val: list
+    meta: dict
+    phases: list[tuple[str, int]]
+    ckpt_path: Path | None
+    init: dict | None = None  # what init_from loaded
+    resumed: dict | None = None  # where a resumed run picked up
+    history: list[dict] = field(default_factory=list)
+    step_times: dict[str, list[float]] = field(default_factory=dict)
+    window: list[float] = field(default_factory=list)
+    it: int = 0  # iterations done, LM and warm-up
+    lm_step: int = 0  # LM steps done: the LR schedule's position and the index of the next LM batch
+    bar: Any = None
+    t_start: float = 0.0
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else contextlib.nullcontext()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def total_iters(self) -> int:
+        return sum(n for _, n in self.phases)
+
+
+def _device(cfg: TrainConfig, info: ddp_util.DistInfo) -> tuple[torch.device, bool]:
+    """The device of this rank and whether to autocast to bf16."""
     device = resolve_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    torch.manual_seed(cfg.seed)
-    if data is None:
-        corpus, train_s, warm_s, val = ddp_util.rank_zero_first(info, lambda: _load_data(cfg))
-        vocab, meta = corpus.vocab_size, corpus.meta
-    else:
-        vocab, train_s, warm_s, val, meta = data
-    mcfg = cfg.model_config(vocab)
-    model = TransformerLM(mcfg, seed=cfg.seed).to(device)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if use_bf16 and device.type != "cuda":
         raise ValueError("precision='bf16' autocast is only used on CUDA here")
+    return device, use_bf16
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
+def _optimisers(model: TransformerLM, cfg: TrainConfig):
+    """AdamW for the main weights (no decay on gains) and, for DSA, a separate one for the indexer."""
     main_params = model.main_parameters()
     decay = [p for p in main_params if p.ndim >= 2]
     no_decay = [p for p in main_params if p.ndim < 2]
@@ -310,135 +389,322 @@ def train(cfg: TrainConfig, data=None) -> dict:
     )
     idx_params = model.indexer_parameters()
     idx_opt = torch.optim.AdamW(idx_params, lr=cfg.indexer_lr, weight_decay=0.0) if idx_params else None
+    return main_params, idx_params, main_opt, idx_opt
+
+
+def _setup(cfg: TrainConfig, info: ddp_util.DistInfo, data, init_ck: dict | None) -> _Run:
+    """Device, data, model (seeded, or its weights from ``init_ck``), optimisers and autocast."""
+    device, use_bf16 = _device(cfg, info)
+    torch.manual_seed(cfg.seed)
+    if data is None:
+        corpus, train_s, warm_s, val = ddp_util.rank_zero_first(info, lambda: _load_data(cfg))
+        vocab, meta = corpus.vocab_size, corpus.meta
+    else:
+        vocab, train_s, warm_s, val, meta = data
+    mcfg = cfg.model_config(vocab)
+    model = TransformerLM(mcfg, seed=cfg.seed)
+    init = None
+    if init_ck is not None:
+        init = {"path": cfg.init_from, **ckpt.load_weights(model, init_ck["state_dict"], arg="init_from")}
+    model = model.to(device)
+    main_params, idx_params, main_opt, idx_opt = _optimisers(model, cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     phases = cfg.phases()
-    total_iters = sum(n for _, n in phases)
-    history: list[dict] = []
-    step_times: dict[str, list[float]] = {p: [] for p, _ in phases}
-    window: list[float] = []
-    lm_step = 0
-    it = 0
-    t_start = time.perf_counter()
-    bar = tqdm(total=total_iters, desc=cfg.run_name(), disable=not (cfg.progress and info.is_main), leave=False)
+    return _Run(cfg=cfg, info=info, device=device, use_bf16=use_bf16, model=model, mcfg=mcfg,
+                main_params=main_params, idx_params=idx_params, main_opt=main_opt, idx_opt=idx_opt,
+                train_s=train_s, warm_s=warm_s, val=val, meta=meta, phases=phases, ckpt_path=cfg.checkpoint_file(),
+                init=init, step_times={p: [] for p, _ in phases})
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    def do_eval(phase: str, train_loss: float | None) -> None:
-        sparse = phase == "sparse"
-        rec = cfg.attention == "dsa"
-        entry = {"iter": it, "lm_step": lm_step, "phase": phase, "train_loss": train_loss}
-        entry.update(evaluate(model, val, device, autocast, sparse=sparse, recall=rec))
-        if cfg.leak_future and sparse:
-            with _leak_off(model):
-                causal = evaluate(model, val, device, autocast, sparse=True, recall=False)
-            entry["val_loss_causal_eval"] = causal["val_loss"]
-            entry["val_acc_causal_eval"] = causal["val_acc"]
-        if window:
-            mean_t = sum(window) / len(window)
-            entry["time_per_step_s"] = mean_t
-            entry["tokens_per_s"] = info.world * cfg.batch_size * cfg.seq_len / mean_t
-            window.clear()
-        entry.update(_peak_memory_mb(device))
-        history.append(entry)
-        bar.set_postfix(phase=phase, val_loss=f"{entry['val_loss']:.3f}")
+def _warmup_step(run: _Run, x: torch.Tensor) -> float:
+    """One indexer-only step: KL(dense attention || indexer) with the main model frozen. x: (B, L) tokens."""
+    with run.autocast():
+        out = run.model(x, sparse=False, indexer_loss="dense")
+    loss = out.indexer_kl
+    run.idx_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    ddp_util.all_reduce_grads(run.idx_params, run.info)
+    torch.nn.utils.clip_grad_norm_(run.idx_params, run.cfg.grad_clip)
+    run.idx_opt.step()
+    return float(loss.detach())
 
-    do_eval(phases[0][0], None)
-    train_loss = None
-    for phase, n in phases:
-        warm = phase == "warmup"
-        for p in main_params:
-            p.requires_grad_(not warm)
-        fwd = model if warm else ddp_util.wrap(model, info, device)
-        for j in range(n):
-            # under torchrun each rank takes its own slice of the same deterministic batch stream
-            b_i = (j if warm else lm_step) * info.world + info.rank
-            x, y = (warm_s if warm else train_s).batch(b_i)
-            x, y = x.to(device), y.to(device)
-            sync()
-            t0 = time.perf_counter()
-            if warm:
-                with autocast():
-                    out = model(x, sparse=False, indexer_loss="dense")
-                loss = out.indexer_kl
-                idx_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                ddp_util.all_reduce_grads(idx_params, info)
-                torch.nn.utils.clip_grad_norm_(idx_params, cfg.grad_clip)
-                idx_opt.step()
-                train_loss = float(loss.detach())
-            else:
-                il = "sparse" if phase == "sparse" and cfg.indexer_kl else None
-                with autocast():
-                    out = fwd(x, sparse=phase == "sparse", indexer_loss=il)
-                lm = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-                total = lm + out.indexer_kl if il else lm
-                main_opt.zero_grad(set_to_none=True)
-                if idx_opt is not None:
-                    idx_opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(main_params, cfg.grad_clip)
-                for g in main_opt.param_groups:
-                    g["lr"] = lr_at(lm_step, cfg)
-                main_opt.step()
-                if il:
-                    torch.nn.utils.clip_grad_norm_(idx_params, cfg.grad_clip)
-                    idx_opt.step()
-                train_loss = float(lm.detach())
-                lm_step += 1
-            sync()
-            dt = time.perf_counter() - t0
-            window.append(dt)
-            step_times[phase].append(dt)
-            it += 1
-            bar.update(1)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"non-finite loss {train_loss} at iteration {it} ({phase})")
-            if it % cfg.eval_every == 0 or j == n - 1:
-                do_eval(phase, train_loss)
-        if fwd is not model:  # drop this phase's DDP wrapper (and its gradient hooks) before requires_grad changes
-            fwd = None
-            ddp_util.release_wrappers()
-    bar.close()
-    for p in main_params:
+
+def _lm_step(run: _Run, fwd: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, phase: str) -> float:
+    """One LM step, dense or sparse (then the indexer too, by its KL on the selected set when configured).
+    x, y: (B, L) tokens and next tokens. Returns the LM loss."""
+    cfg = run.cfg
+    il = "sparse" if phase == "sparse" and cfg.indexer_kl else None
+    with run.autocast():
+        out = fwd(x, sparse=phase == "sparse", indexer_loss=il)
+    lm = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+    total = lm + out.indexer_kl if il else lm
+    run.main_opt.zero_grad(set_to_none=True)
+    if run.idx_opt is not None:
+        run.idx_opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(run.main_params, cfg.grad_clip)
+    for g in run.main_opt.param_groups:
+        g["lr"] = lr_at(run.lm_step, cfg)
+    run.main_opt.step()
+    if il:
+        torch.nn.utils.clip_grad_norm_(run.idx_params, cfg.grad_clip)
+        run.idx_opt.step()
+    run.lm_step += 1
+    return float(lm.detach())
+
+
+def _log_eval(run: _Run, phase: str, train_loss: float | None) -> None:
+    """Evaluates (with the causal guard back on too, for a leaky sparse model) and appends a history entry."""
+    cfg, model = run.cfg, run.model
+    sparse = phase == "sparse"
+    entry = {"iter": run.it, "lm_step": run.lm_step, "phase": phase, "train_loss": train_loss}
+    entry.update(evaluate(model, run.val, run.device, run.autocast, sparse=sparse, recall=cfg.attention == "dsa"))
+    if cfg.leak_future and sparse:
+        with _leak_off(model):
+            causal = evaluate(model, run.val, run.device, run.autocast, sparse=True, recall=False)
+        entry["val_loss_causal_eval"] = causal["val_loss"]
+        entry["val_acc_causal_eval"] = causal["val_acc"]
+    if run.window:
+        mean_t = sum(run.window) / len(run.window)
+        entry["time_per_step_s"] = mean_t
+        entry["tokens_per_s"] = run.info.world * cfg.batch_size * cfg.seq_len / mean_t
+        run.window.clear()
+    entry.update(_peak_memory_mb(run.device))
+    run.history.append(entry)
+    run.bar.set_postfix(phase=phase, val_loss=f"{entry['val_loss']:.3f}")
+
+
+def _run_phase(run: _Run, phase: str, first: int, n: int) -> None:
+    """Iterations ``first .. n-1`` of one phase (``first`` > 0 when resuming inside it)."""
+    cfg, info = run.cfg, run.info
+    warm = phase == "warmup"
+    for p in run.main_params:
+        p.requires_grad_(not warm)
+    fwd = run.model if warm else ddp_util.wrap(run.model, info, run.device)
+    for j in range(first, n):
+        # under torchrun each rank takes its own slice of the same deterministic batch stream
+        b_i = (j if warm else run.lm_step) * info.world + info.rank
+        x, y = (run.warm_s if warm else run.train_s).batch(b_i)
+        x, y = x.to(run.device), y.to(run.device)
+        run.sync()
+        t0 = time.perf_counter()
+        train_loss = _warmup_step(run, x) if warm else _lm_step(run, fwd, x, y, phase)
+        run.sync()
+        dt = time.perf_counter() - t0
+        run.window.append(dt)
+        run.step_times[phase].append(dt)
+        run.it += 1
+        run.bar.update(1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"non-finite loss {train_loss} at iteration {run.it} ({phase})")
+        if run.it % cfg.eval_every == 0 or j == n - 1:
+            _log_eval(run, phase, train_loss)
+        if cfg.checkpoint_every and run.it % cfg.checkpoint_every == 0 and run.it < run.total_iters:
+            _checkpoint(run, phase)
+    if fwd is not run.model:  # drop this phase's DDP wrapper (and its gradient hooks) before requires_grad changes
+        fwd = None
+        ddp_util.release_wrappers()
+
+
+def _train_phases(run: _Run) -> None:
+    """Runs what is left of the phase plan (all of it unless resumed)."""
+    done = 0
+    for phase, n in run.phases:
+        first = min(max(run.it - done, 0), n)
+        done += n
+        if first < n:
+            _run_phase(run, phase, first, n)
+    for p in run.main_params:
         p.requires_grad_(True)
 
-    def steady(ts: list[float]) -> float | None:
-        ts = ts[min(5, len(ts) // 4):]  # drop start-up iterations (allocation, kernel selection)
-        return sum(ts) / len(ts) if ts else None
 
-    final = dict(history[-1])
-    final["time_per_step_s"] = steady([t for p in ("dense", "sparse") if p in step_times for t in step_times[p]])
-    final["time_per_step_by_phase_s"] = {p: steady(ts) for p, ts in step_times.items()}
+def _phase_at(run: _Run, it: int) -> tuple[str, int, int]:
+    """(phase of iteration ``it`` - 1, LM steps and warm-up steps done after ``it`` iterations)."""
+    done, lm, warm, phase = 0, 0, 0, run.phases[0][0]
+    for p, n in run.phases:
+        k = min(max(it - done, 0), n)
+        if p == "warmup":
+            warm += k
+        else:
+            lm += k
+        if k:
+            phase = p
+        done += n
+    return phase, lm, warm
+
+
+def _state(run: _Run, phase: str) -> dict:
+    """The checkpoint of this moment (format in :mod:`dsa.train.checkpoints`)."""
+    cfg = run.cfg
+    return {
+        "config": asdict(cfg), "model_config": run.mcfg.to_dict(), "state_dict": run.model.state_dict(),
+        "optimizers": {"main": run.main_opt.state_dict(),
+                       "indexer": run.idx_opt.state_dict() if run.idx_opt is not None else None},
+        "progress": {"it": run.it, "lm_step": run.lm_step, "phase": phase,
+                     "lr": lr_at(max(run.lm_step - 1, 0), cfg)},
+        "data": _data_position(run),
+        "rng": ckpt.rng_state(run.device),
+        "history": run.history, "step_times": run.step_times, "phases": run.phases,
+        # as JSON has it: plain types that torch.load(weights_only=True) reads (torch's version is a str subclass)
+        "init_from": run.init, "provenance": json.loads(json.dumps(provenance(run.device), default=str)),
+    }
+
+
+def _data_position(run: _Run) -> dict:
+    """The samplers' state: their seeds and the index of the next batch each reads (rank r adds r)."""
+    _, lm, warm = _phase_at(run, run.it)
+    world = run.info.world
+    return {"data_seed": run.cfg.data_seed, "train_seed": getattr(run.train_s, "seed", None),
+            "warm_seed": getattr(run.warm_s, "seed", None), "world_size": world,
+            "next_train_batch": lm * world, "next_warm_batch": warm * world}
+
+
+def _checkpoint(run: _Run, phase: str) -> None:
+    """Rank 0 writes the checkpoint; every rank waits for it (a rank past this point may rely on the file)."""
+    if run.info.is_main:
+        ckpt.save_checkpoint(run.ckpt_path, _state(run, phase))
+    ddp_util.barrier(run.info)
+
+
+# Fields a resumed run may change: they name, route or place the run, not what it computes.
+_RESUME_FREE = ("out", "name", "progress", "device", "impl", "checkpoint_every", "checkpoint_path", "resume",
+                "init_from")
+
+
+def read_checkpoints(cfg: TrainConfig, *, quiet: bool = False) -> tuple[dict | None, dict | None]:
+    """The checkpoints a run starts from, (resume, init_from), each checked against ``cfg`` before any data
+    loads (the CLI calls this to turn a bad file into a usage error). resume is None when ``resume`` is off or
+    the file does not exist yet (with a message unless ``quiet``); a resumable checkpoint wins over
+    ``init_from``, which is then not read."""
+    path = cfg.checkpoint_file()
+    resume_ck = None
+    if cfg.resume and not path.exists() and not quiet:
+        print(f"resume: no checkpoint at {path} yet, starting from step 0", file=sys.stderr)
+    elif cfg.resume:
+        resume_ck = ckpt.load_checkpoint(path, arg="checkpoint_path")
+        ckpt.check_training_state(resume_ck, path)
+        now, then = asdict(cfg), resume_ck["config"]
+        diff = sorted(k for k in set(now) | set(then) if k not in _RESUME_FREE and now.get(k) != then.get(k))
+        if diff:
+            raise ValueError(f"checkpoint_path: {str(path)!r} was written by another config (differs in "
+                             + ", ".join(f"{k}={then.get(k)!r} there, {now.get(k)!r} here" for k in diff[:5])
+                             + ")")
+    init_ck = None
+    if cfg.init_from and resume_ck is None:
+        init_ck = ckpt.load_checkpoint(cfg.init_from, arg="init_from")
+    return resume_ck, init_ck
+
+
+def _check_world(ck: dict, cfg: TrainConfig, info: ddp_util.DistInfo) -> None:
+    if ck["data"]["world_size"] != info.world:
+        raise ValueError(f"checkpoint_path: {str(cfg.checkpoint_file())!r} was written by "
+                         f"{ck['data']['world_size']} rank(s), this run has {info.world}: the global batches "
+                         "would differ from the interrupted run's")
+
+
+def _restore(run: _Run, ck: dict) -> None:
+    """Continues ``run`` from a checkpoint read by :func:`read_checkpoints`: weights, optimisers, position, record
+    so far and RNG states."""
+    data = ck["data"]
+    for name, sampler in (("train_seed", run.train_s), ("warm_seed", run.warm_s)):
+        if data[name] != getattr(sampler, "seed", None):
+            raise ValueError(f"checkpoint_path: the checkpoint's {name} {data[name]!r} is not this run's data "
+                             f"({getattr(sampler, 'seed', None)!r})")
+    ckpt.load_weights(run.model, ck["state_dict"], arg="checkpoint_path", allow_new_indexer=False)
+    run.main_opt.load_state_dict(ck["optimizers"]["main"])
+    if run.idx_opt is not None:
+        run.idx_opt.load_state_dict(ck["optimizers"]["indexer"])
+    prog = ck["progress"]
+    run.it = prog["it"]
+    phase, run.lm_step, _ = _phase_at(run, run.it)
+    if (phase, run.lm_step) != (prog["phase"], prog["lm_step"]) or _data_position(run) != data:
+        raise ValueError(f"checkpoint_path: inconsistent progress {prog} / data position {data} for the "
+                         f"phases {run.phases}")
+    run.history = list(ck["history"])
+    run.step_times = {p: list(ck["step_times"].get(p, [])) for p, _ in run.phases}
+    run.init = ck.get("init_from")
+    run.resumed = {"path": str(run.ckpt_path), "it": run.it, "lm_step": run.lm_step, "phase": phase}
+    ckpt.set_rng_state(ck["rng"], run.device)
+
+
+def _steady(ts: list[float]) -> float | None:
+    ts = ts[min(5, len(ts) // 4):]  # drop start-up iterations (allocation, kernel selection)
+    return sum(ts) / len(ts) if ts else None
+
+
+def _record(run: _Run) -> dict:
+    """The run record: config, history, final metrics with steady-state step times, provenance."""
+    cfg, info, model = run.cfg, run.info, run.model
+    final = dict(run.history[-1])
+    final["time_per_step_s"] = _steady([t for p in ("dense", "sparse") if p in run.step_times
+                                        for t in run.step_times[p]])
+    final["time_per_step_by_phase_s"] = {p: _steady(ts) for p, ts in run.step_times.items()}
     if final["time_per_step_s"]:
         final["tokens_per_s"] = info.world * cfg.batch_size * cfg.seq_len / final["time_per_step_s"]
     record = {
         "name": cfg.run_name(),
         "config": asdict(cfg),
-        "model_config": mcfg.to_dict(),
+        "model_config": run.mcfg.to_dict(),
         "seed": cfg.seed,
         "data_seed": cfg.data_seed,
         "params": model.parameter_counts(),
         # what "auto" resolved to on this device (it changes speed and memory, not results)
-        "runtime": {"impl": impl_on_device(mcfg.impl, device) if cfg.attention == "dsa" else None},
-        "phases": phases,
-        "data": meta,
-        "history": history,
+        "runtime": {"impl": impl_on_device(run.mcfg.impl, run.device) if cfg.attention == "dsa" else None},
+        "phases": run.phases,
+        "data": run.meta,
+        "history": run.history,
         "final": final,
-        "wall_time_s": time.perf_counter() - t_start,
-        "provenance": provenance(device),
+        "wall_time_s": time.perf_counter() - run.t_start,
+        "provenance": provenance(run.device),
         "distributed": {"world_size": info.world, "backend": info.backend,
                         "global_batch_size": info.world * cfg.batch_size,
                         "param_checksums_by_rank": ddp_util.param_checksums(model, info)},
     }
-    if cfg.out != "" and info.is_main:
-        out = Path(cfg.out) if cfg.out else REPO_ROOT / "runs" / f"{cfg.run_name()}.json"
+    if run.ckpt_path is not None:
+        record["checkpoint"] = str(run.ckpt_path)
+    if run.init is not None:
+        record["init_from"] = run.init
+    if run.resumed is not None:
+        record["resumed_from"] = run.resumed
+    return record
+
+
+def train(cfg: TrainConfig, data=None) -> dict:
+    """Runs the configured training and returns the run record (also written as JSON to ``cfg.out``
+    unless it is the empty string). ``data`` = (vocab_size, train_sampler, warm_sampler, val_batches, meta)
+    overrides the corpus (used by tests and synthetic tasks).
+
+    Checkpoints (:mod:`dsa.train.checkpoints`) go to ``cfg.checkpoint_file()`` every ``checkpoint_every``
+    iterations and at the end. ``resume`` continues from that file to the same result as an uninterrupted
+    run, or starts from step 0 (with a message) when it does not exist yet: a long job can be resubmitted
+    with ``--resume`` unchanged. ``init_from`` starts a new run (step 0, fresh optimisers) from a
+    checkpoint's weights: a dense checkpoint gives a DSA run its main weights and the indexer keeps its
+    init from ``seed`` (DeepSeek's continued training: dense, then indexer warm-up and sparse training).
+    A resumable checkpoint wins over ``init_from`` (it already holds the weights init_from gave)."""
+    cfg.check_runtime()
+    info = ddp_util.init_from_env(cfg.device)
+    resume_ck, init_ck = read_checkpoints(cfg, quiet=not info.is_main)
+    if resume_ck is not None:
+        _check_world(resume_ck, cfg, info)
+    run = _setup(cfg, info, data, init_ck)
+    if resume_ck is not None:
+        _restore(run, resume_ck)
+    run.t_start = time.perf_counter()
+    run.bar = tqdm(total=run.total_iters, initial=run.it, desc=cfg.run_name(),
+                   disable=not (cfg.progress and info.is_main), leave=False)
+    if resume_ck is None:
+        _log_eval(run, run.phases[0][0], None)
+    _train_phases(run)
+    run.bar.close()
+    if run.ckpt_path is not None:
+        _checkpoint(run, _phase_at(run, run.it)[0])
+    record = _record(run)
+    out = cfg.json_path()
+    if out is not None and info.is_main:
         write_json_atomic(out, record)
         record["path"] = str(out)
-    record["model"] = model
+    record["model"] = run.model
     return record
 
 

@@ -106,3 +106,56 @@ def test_rank_zero_first_runs_rank_zero_then_each_nodes_first_rank_then_the_rest
     at = {e: i for i, e in enumerate(events)}
     assert at["end 0"] < min(at[f"start {r}"] for r in (1, 2, 3)), "rank 0 first"
     assert at["end 2"] < min(at[f"start {r}"] for r in (1, 3)), "then the second node's local rank 0"
+
+
+_KILL_AT_5 = """
+import sys
+import dsa.train.trainer as T
+
+real = T._checkpoint
+
+
+def dying(run, phase):
+    real(run, phase)  # rank 0 writes, every rank waits for the file
+    if run.it == 5:
+        raise SystemExit(17)
+
+
+T._checkpoint = dying
+sys.exit(T.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+def test_torchrun_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    """Two gloo ranks; the run dies right after its checkpoint at iteration 5 (sparse phase: iterations 1-2
+    dense, 3 indexer warm-up, 4-9 sparse); --resume (rank 0 wrote the file, every rank loads it) ends
+    where an uninterrupted two-rank run ends."""
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i % 97} and {i % 13} more" for i in range(3000)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DSA_DATA_DIR": str(tmp_path / "cache")}
+    killer = tmp_path / "kill_at_5.py"
+    killer.write_text(_KILL_AT_5)
+    args = ["--attention", "dsa", "--device", "cpu", "--steps", "8", "--seq-len", "32", "--top-k", "8",
+            "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1", "--d-model", "32", "--n-layers", "1",
+            "--data", f"file:{text}", "--tokenizer", "byte", "--no-progress"]
+
+    def launch(target: list[str], out: str, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *target,
+               *args, "--out", str(tmp_path / out), *extra]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    r = launch(["-m", "dsa.train.trainer"], "whole.json", "--checkpoint-path", str(tmp_path / "whole.pt"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = ["--checkpoint-path", str(tmp_path / "cut.pt"), "--checkpoint-every", "5", "--resume"]
+    r = launch([str(killer)], "cut.json", *ck)
+    assert r.returncode != 0 and not (tmp_path / "cut.json").exists()
+    r = launch(["-m", "dsa.train.trainer"], "cut.json", *ck)
+    assert r.returncode == 0, r.stderr[-3000:]
+    whole, cut = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "cut"))
+    assert cut["resumed_from"]["it"] == 5 and cut["resumed_from"]["phase"] == "sparse"
+    timing = ("time_per_step_s", "tokens_per_s", "peak_mem_mb", "peak_rss_mb")
+    strip = [[{k: v for k, v in h.items() if k not in timing} for h in rec["history"]] for rec in (whole, cut)]
+    assert strip[0] == strip[1]
+    sums = cut["distributed"]["param_checksums_by_rank"]
+    assert sums == whole["distributed"]["param_checksums_by_rank"] and sums[0] == sums[1]
