@@ -163,7 +163,8 @@ def _lc(size: str, experiment: str, arm: str, task: str, seq_len: int, top_k: in
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     task_kw, task_design = _lc_task(task, seq_len, top_k)
-    base = {**_LC_BASE[size], "batch_size": max(1, _LC_TOKENS_PER_STEP[size] // seq_len)}
+    kw.setdefault("batch_size", max(1, _LC_TOKENS_PER_STEP[size] // seq_len))
+    base = dict(_LC_BASE[size])
     name = f"{experiment}-{task}-{arm}-L{seq_len}-k{top_k}-s{seed}" + (f"-r{replicate}" if replicate else "")
     cfg = TrainConfig(**{**base, **task_kw, **kw}, seq_len=seq_len, top_k=top_k, seed=seed, name=name)
     return with_design(cfg, {"experiment": experiment, "arm": arm, **task_design, "layout": "MQA",
@@ -191,7 +192,8 @@ LC_RECIPE_STEPS = {"small": (20, 10, 5), "full": (1000, 500, 100)}
 
 
 def recipe_arms(size: str, task: str, seq_len: int, top_k: int, seed: int, replicates: int = 1,
-                steps: tuple[int, int, int] | None = None, experiment: str = "lc_recipe") -> list[TrainConfig]:
+                steps: tuple[int, int, int] | None = None, experiment: str = "lc_recipe",
+                batch_size: int | None = None) -> list[TrainConfig]:
     """DeepSeek's recipe with its control, one seed: ``dense_base`` (dense, N0 steps, checkpointed), then from
     it (a) ``dense_continued`` (N steps) and (b) ``dsa_from_dense`` (indexer warm-up with the model frozen, then
     N sparse steps), and (c) ``dsa_scratch`` (sparse with the indexer KL from step 0, N0 + N steps). Every arm
@@ -199,6 +201,8 @@ def recipe_arms(size: str, task: str, seq_len: int, top_k: int, seed: int, repli
     re-runs of (a) and (b) (design 'replicate' 1, 2, ...) for the noise floor."""
     n0, n, w = steps or LC_RECIPE_STEPS[size]
     common = dict(size=size, experiment=experiment, task=task, seq_len=seq_len, top_k=top_k, seed=seed)
+    if batch_size is not None:
+        common["batch_size"] = batch_size
     base = _lc(arm="dense_base", attention="dense", steps=n0, design={"save_checkpoint": True}, **common)
     src = {"init_from_arm": base.run_name(), "data_offset": n0}
     out = [base]
@@ -221,6 +225,24 @@ def long_context_recipe(size: str) -> list[TrainConfig]:
     return out
 
 
+# The GPU pilot (scripts/gpu/gpu_long_context.sh, one H200, <= 8 minutes): L = 8K, k = 512 (1/16), MQA, the
+# recipe's arms on recall and text, 5 seeds, seed 0's continued arms re-run twice (noise floor); 32K tokens per
+# step (4 sequences of 8K) to fit the time.
+LC_PILOT_STEPS = {"small": (4, 2, 1), "full": (200, 100, 20)}
+LC_PILOT_BATCH = {"small": 2, "full": 4}
+
+
+def long_context_pilot(size: str) -> list[TrainConfig]:
+    """:func:`recipe_arms` at L = 8K, k = 512 (small: L = 128, k = 8) with the pilot's short schedule."""
+    l = 128 if size == "small" else 8192
+    out = []
+    for seed in _LC_SEEDS["full"] if size == "full" else _LC_SEEDS["small"]:
+        for task in ("recall", "text"):
+            out += recipe_arms(size, task, l, l // 16, seed, replicates=3 if seed == 0 else 1,
+                               steps=LC_PILOT_STEPS[size], experiment="lc_pilot", batch_size=LC_PILOT_BATCH[size])
+    return out
+
+
 EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "exp4_reproduce": exp4_reproduce,
     "exp4_long": exp4_long,
@@ -231,6 +253,7 @@ EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "ablation_kl": ablation_kl,
     "long_context_sparse": long_context_sparse,
     "long_context_recipe": long_context_recipe,
+    "long_context_pilot": long_context_pilot,
 }
 
 

@@ -233,29 +233,33 @@ def save_checkpoint(model, cfg: TrainConfig, path: Path) -> Path:
 
 
 def order_arms(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
-    """The configs with every run after the run it starts from (ValueError on a missing or circular source)."""
+    """The configs in their own order except that every run comes after the run it starts from (each step takes
+    the first pending run whose source is done; ValueError on a missing or circular source)."""
     names = {c.run_name() for c in configs}
     done: set[str] = set()
     out: list[TrainConfig] = []
     pending = list(configs)
     while pending:
-        ready = [c for c in pending if design_of(c).get("init_from_arm") in (None, *done)]
-        if not ready:
+        ready = next((c for c in pending if design_of(c).get("init_from_arm") in (None, *done)), None)
+        if ready is None:
             missing = sorted({design_of(c)["init_from_arm"] for c in pending} - names)
             raise ValueError(f"init_from_arm names runs that are not in the list: {missing}" if missing
                              else "init_from_arm forms a cycle")
-        for c in ready:
-            out.append(c)
-            done.add(c.run_name())
-        pending = [c for c in pending if c.run_name() not in done]
+        out.append(ready)
+        done.add(ready.run_name())
+        pending.remove(ready)
     return out
 
 
 def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Path, n_eval_batches: int = 4,
-             device: str | None = None, extra: dict | None = None) -> list[dict]:
+             device: str | None = None, extra: dict | None = None, skip_missing_init: bool = False) -> list[dict]:
     """Train and evaluate every config (sources before the arms that start from them), appending one JSON
     line per run to ``out``: the trainer's record (config, history, final, provenance ...) plus ``design``,
-    ``long_context`` (:func:`evaluate_run`) and ``extra`` (e.g. {"timing": {"workers_on_device": n}})."""
+    ``long_context`` (:func:`evaluate_run`) and ``extra`` (e.g. {"timing": {"workers_on_device": n}}).
+    skip_missing_init: an arm that needs ``TrainConfig.init_from`` where it does not exist is skipped with a
+    line on stderr instead of stopping the run (RuntimeError)."""
+    import sys  # noqa: PLC0415
+
     out, ckpt_dir = Path(out), Path(ckpt_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpts: dict[str, Path] = {}
@@ -265,7 +269,13 @@ def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Pa
         if device is not None:
             cfg = with_design(replace(cfg, device=device), design)
         if design.get("init_from_arm"):
-            cfg = with_init_from(cfg, ckpts[design["init_from_arm"]])
+            try:
+                cfg = with_init_from(cfg, ckpts[design["init_from_arm"]])
+            except RuntimeError as e:
+                if not skip_missing_init:
+                    raise
+                print(f"skipped {cfg.run_name()}: {e}", file=sys.stderr)
+                continue
         data = task_data(cfg, design)
         rec = train(cfg, data=data)
         model = rec.pop("model")
@@ -279,3 +289,59 @@ def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Pa
             f.write(json.dumps(rec, default=str) + "\n")
         records.append(rec)
     return records
+
+
+# ------------------------------------------------------------------------------------------ command line
+def build_parser():
+    import argparse  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="python -m dsa.train.long_context",
+                                description="Run a long-context experiment (dsa.train.experiments) to JSON lines.")
+    p.add_argument("--experiment", required=True, help="long_context_sparse | long_context_recipe | long_context_pilot")
+    p.add_argument("--size", default="small", help="small (CPU) | full (GPU)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds to run (default: all of the experiment's)")
+    p.add_argument("--tasks", default="", help="comma-separated tasks to run: recall, needle, text (default: all)")
+    p.add_argument("--out", required=True, help="JSON-lines file the records are appended to")
+    p.add_argument("--ckpt-dir", default="runs/long_context_ckpt", help="where dense checkpoints are written")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the configs' own)")
+    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--workers-on-device", type=int, default=1,
+                   help="training processes sharing this device (recorded: timings are not speeds when > 1)")
+    p.add_argument("--skip-missing-init", action="store_true",
+                   help="skip arms that need TrainConfig.init_from when this branch does not have it")
+    p.add_argument("--list", action="store_true", help="print the run names and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys  # noqa: PLC0415
+
+    from dsa.train.experiments import get_experiment  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfgs = get_experiment(args.experiment, args.size)
+        seeds = {int(s) for s in args.seeds.split(",") if s.strip()} if args.seeds.strip() else None
+        tasks = {t.strip() for t in args.tasks.split(",") if t.strip()} or None
+        bad = (tasks or set()) - {"recall", "needle", "text"}
+        if bad:
+            raise ValueError(f"--tasks must name recall, needle or text, got {sorted(bad)}")
+        if args.eval_batches < 1 or args.workers_on_device < 1:
+            raise ValueError("--eval-batches and --workers-on-device must be >= 1")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfgs = [c for c in cfgs if (seeds is None or c.seed in seeds) and (tasks is None or design_of(c)["task"] in tasks)]
+    if not cfgs:
+        print("error: no run matches --seeds / --tasks", file=sys.stderr)
+        return 2
+    if args.list:
+        print("\n".join(c.run_name() for c in order_arms(cfgs)))
+        return 0
+    run_arms(cfgs, args.out, args.ckpt_dir, n_eval_batches=args.eval_batches, device=args.device,
+             extra={"timing": {"workers_on_device": args.workers_on_device}}, skip_missing_init=args.skip_missing_init)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
