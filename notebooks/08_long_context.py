@@ -92,8 +92,6 @@ P = check_params(
 P
 
 # %%
-import glob
-import os
 import time
 
 import matplotlib.pyplot as plt
@@ -276,8 +274,7 @@ display(Markdown(f"Priced at {DENSE_MS:.0f} ms per dense step and {DSA_MS:.0f} m
 # ## 6 · Recorded GPU runs of this study
 
 # %%
-REC = [r for f in sorted(glob.glob(str(Path(dsa.__file__).resolve().parent.parent / "data" / P.recorded)))
-       for r in recorded_runs(os.path.relpath(f, Path(dsa.__file__).resolve().parent.parent / "data"))]
+REC = recorded_runs(P.recorded)  # this study's records carry no sweep key: re-runs are all kept
 if REC:
     task_sections(REC, "recorded GPU runs")
     verdict_sections(REC, "recorded GPU runs")

@@ -114,10 +114,12 @@ def run_metrics(tasks: pd.DataFrame, texts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*_ID, "metric", "value"])
 
 
-def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = None) -> pd.DataFrame:
-    """Every arm against ``baseline`` per (experiment, task, L, k-setting), paired by seed (replicate 0), TOST
-    with the metric's margin; the noise floor (SD of the difference of two identical re-runs, from the
-    replicates of the same experiment and task) beside each verdict."""
+def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = None,
+                 exclude: Sequence[str] = ("dense_base",)) -> pd.DataFrame:
+    """Every arm (but ``exclude``: the checkpoint the others start from, trained for fewer steps) against
+    ``baseline`` per (experiment, task, L, k-setting), paired by seed (replicate 0), TOST with the metric's
+    margin; the noise floor (SD of the difference of two identical re-runs, from the replicates of the same
+    experiment and task) beside each verdict."""
     margins = {**MARGINS, **(margins or {})}
     rows = []
     for (exp, task, metric, length), g in metrics.groupby(["experiment", "task", "metric", "seq_len"]):
@@ -127,7 +129,7 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
         base = g0[g0.arm == baseline]
         if base.empty:
             continue
-        for (arm, k), ga in g0[g0.arm != baseline].groupby(["arm", "top_k"]):
+        for (arm, k), ga in g0[(g0.arm != baseline) & ~g0.arm.isin(exclude)].groupby(["arm", "top_k"]):
             b = base.groupby("seed").value.mean()
             res = tost_paired(b, ga.groupby("seed").value.mean(), margins[metric])
             unit = "nats/token" if metric == "loss" else "accuracy"

@@ -7,6 +7,7 @@ Every experiment compares runs that differ only in what is under test: same seed
 from __future__ import annotations
 
 from collections.abc import Callable
+from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
 
 SIZES = ("small", "full")
@@ -158,8 +159,6 @@ def _lc_task(task: str, seq_len: int, top_k: int) -> tuple[dict, dict]:
 
 def _lc(size: str, experiment: str, arm: str, task: str, seq_len: int, top_k: int, seed: int,
         replicate: int = 0, design: dict | None = None, **kw) -> TrainConfig:
-    from dsa.train.long_context import with_design  # noqa: PLC0415  (a tier-mate that imports the trainer)
-
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     task_kw, task_design = _lc_task(task, seq_len, top_k)
