@@ -226,9 +226,11 @@ def evaluate_run(model, cfg: TrainConfig, design: dict, val, n_batches: int) -> 
 
 # ------------------------------------------------------------------------------------------ runner
 def save_checkpoint(model, cfg: TrainConfig, path: Path) -> Path:
-    """The trained weights and the config that made them (``{"model": state_dict, "config", "lm_steps"}``)."""
+    """The trained weights as a weights-only checkpoint: ``model_config`` and ``state_dict`` (the two entries
+    every reader of ``dsa.train.checkpoints`` needs, branch h-ckpt) plus the run's ``train_config`` and ``lm_steps``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "lm_steps": cfg.steps}, path)
+    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(),
+                "train_config": asdict(cfg), "lm_steps": cfg.steps}, path)
     return path
 
 

@@ -192,3 +192,18 @@ def test_recipe_arms_without_init_from_say_why(tmp_path):
         c.batch_size, c.eval_every = 2, 2
     with pytest.raises(RuntimeError, match="init_from"):
         run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt", n_eval_batches=1)
+
+
+def test_checkpoint_holds_what_checkpoint_readers_need(tmp_path):
+    from dsa.model.config import ModelConfig
+    from dsa.model.lm import TransformerLM
+    from dsa.train.long_context import save_checkpoint
+
+    m = TransformerLM(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16,
+                                  attention="dense", top_k=4), seed=0)
+    p = save_checkpoint(m, TrainConfig(out="", progress=False, steps=3), tmp_path / "c.pt")
+    ck = torch.load(p, weights_only=True)
+    assert ck["model_config"] == m.cfg.to_dict() and ck["lm_steps"] == 3
+    again = TransformerLM(ModelConfig(**ck["model_config"]), seed=1)
+    again.load_state_dict(ck["state_dict"])
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), m.state_dict().values()))
