@@ -63,7 +63,7 @@ fresh_steps: int = 8  # LM steps per fresh run (0: the experiment's own)
 fresh_recipe: bool = True  # also the recipe's arms (the continued arms need TrainConfig.init_from)
 recorded: str = "gpu/long_context/*.jsonl"  # glob under data/: the recorded GPU runs of this study
 margin_loss: float = 0.02  # equivalence margin on the loss, nats/token (stated before the runs)
-margin_acc: float = 0.01  # equivalence margin on exact-match accuracy (0.01 = 1 point)
+margin_acc: float = 0.01  # equivalence margin on exact-match accuracy (0.01 is 1 point)
 confidence: float = 0.95  # confidence level of every two-sided interval (TOST uses 1 - 2 alpha)
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
@@ -151,11 +151,10 @@ if P.run_fresh:
         pick += [c for c in get_experiment("long_context_recipe", P.fresh_size)
                  if c.seed in seeds and design_of(c)["task"] in tasks]
     for c in pick:
-        if P.fresh_steps:
-            c.steps = P.fresh_steps
-            c.eval_every = P.fresh_steps
-            if c.dense_steps:
-                c.dense_steps = min(c.dense_steps, P.fresh_steps)
+        if P.fresh_steps:  # the recipe's phases keep their shares of the shorter run
+            c.dense_steps = c.dense_steps * P.fresh_steps // c.steps
+            c.warmup_steps = min(c.warmup_steps, max(1, c.warmup_steps * P.fresh_steps // c.steps))
+            c.steps = c.eval_every = P.fresh_steps
     out = runs_dir("08_long_context") / "fresh.jsonl"
     out.unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -314,7 +313,7 @@ display(Markdown(
 # %%
 d5 = runs_table(ALL["exp5_sparsity"], "exp5", ratios=SPARSITY_RATIOS) if ALL["exp5_sparsity"] else pd.DataFrame()
 if len(d5):
-    display(Markdown("**exp5: the devices per L** (the README said 2x H200 for L = 64)"))
+    display(Markdown("**exp5: the devices per L** (L = 64 ran on two kinds of GPU)"))
     display(R.devices_by(d5))
     fam = R.exp5_family(d5)
     worst = fam.sort_values("p").iloc[0]
@@ -354,7 +353,7 @@ if len(dl):
     display(readable(eq[["seq_len", "arm", "n_pairs", "diff", "ci90_low", "ci90_high", "resolution", "verdict"]], 4))
     for _, r in eq.iterrows():
         display(Markdown(f"- L = {r.seq_len}, DSA {r.arm}: {r.verdict_text}"))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
     ypos = np.arange(len(eq))
     ax.errorbar(eq["diff"], ypos, xerr=[eq["diff"] - eq.ci90_low, eq.ci90_high - eq["diff"]], fmt="o", color="C0",
                 capsize=3, label="DSA - dense, 90% CI (TOST)")
@@ -364,7 +363,7 @@ if len(dl):
     ax.set_yticks(ypos, [f"L={r.seq_len}, {r.arm}" for _, r in eq.iterrows()])
     ax.set_xlabel("validation loss difference, DSA - dense (nats/token)")
     ax.set_title("exp4_long: equal only if the interval lies inside the green band")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)  # outside: it must not cover an interval
     fig.tight_layout()
     maybe_save(fig, "08_exp4_long_equivalence", "data/gpu/exp4_long.jsonl (H100, 3 seeds)")
     plt.show()
