@@ -134,6 +134,7 @@ INVALID = {
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": 0}, "top_k"),
         ({"recorded": "../x.json"}, "recorded"),  # not under data/
+    ],
     "08_long_context": [
         ({"fresh_seq_len": 100}, "fresh_seq_len"),  # not one of the small size's lengths
         ({"fresh_tasks": "recall,copy"}, "fresh_tasks"),
