@@ -102,9 +102,8 @@ from IPython.display import Markdown, display
 from dsa.records import fresh_run_label
 from dsa.study import long_context as LC
 from dsa.study import recheck as R
-from dsa.study.equivalence import MARGINS
 from dsa.study.figures import figure_saver, setup_plotting
-from dsa.study.runs import parse_list, recorded_runs, runs_dir, runs_table, ablation_table, share_records
+from dsa.study.runs import ablation_table, parse_list, recorded_runs, runs_dir, runs_table, share_records
 from dsa.study.scope import fresh_run_scope
 from dsa.study.tables import readable
 from dsa.train.experiments import SPARSITY_RATIOS, get_experiment

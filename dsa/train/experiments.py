@@ -7,6 +7,7 @@ Every experiment compares runs that differ only in what is under test: same seed
 from __future__ import annotations
 
 from collections.abc import Callable
+
 from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
 
