@@ -102,6 +102,7 @@ from IPython.display import Markdown, display
 from dsa.records import fresh_run_label
 from dsa.study import long_context as LC
 from dsa.study import recheck as R
+from dsa.study.equivalence import blocked_contrasts
 from dsa.study.figures import figure_saver, setup_plotting
 from dsa.study.runs import ablation_table, parse_list, recorded_runs, runs_dir, runs_table, share_records
 from dsa.study.scope import fresh_run_scope
@@ -324,6 +325,14 @@ if len(d5):
         f"{int(0.05 // worst.p)} or fewer tests)."))
     display(readable(fam.sort_values("p").head(5)[["seq_len", "variant", "mean_diff", "ci_low", "ci_high", "p", "p_adj",
                                                    "seeds_worse", "n_seeds", "family"]], 4))
+    blocked = []
+    for length, g in R._with_ratio_arm(d5).groupby("seq_len"):
+        b = blocked_contrasts(g[g.ratio_arm != "dense"], "ratio_arm", "val_loss", "k/L=0.25", margin=P.margin_loss)
+        blocked.append({"seq_len": length, "one-way ANOVA p (seed ignored)": b.p_factor_oneway.iloc[0],
+                        "seed-blocked ANOVA p (loss ~ ratio + seed)": b.p_factor_blocked.iloc[0]})
+    display(Markdown("**exp5: do the six ratios differ?** The same question by two analyses: the seed explains most "
+                     "of the spread, so blocking by it is the sharper test (neither finds a difference)."))
+    display(readable(pd.DataFrame(blocked)))
     out5 = R.outliers(R._with_ratio_arm(d5), "ratio_arm", top=2)
     display(Markdown("**exp5: the two runs furthest from what their arm and seed predict** (OLS loss ~ arm + seed per "
                      "L; z = standardised residual)"))
