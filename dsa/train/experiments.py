@@ -150,12 +150,12 @@ def needle_distances(seq_len: int, top_k: int) -> tuple[int, ...]:
 def _lc_task(task: str, seq_len: int, top_k: int) -> tuple[dict, dict]:
     """(TrainConfig fields, design factors) of a long-context task."""
     if task == "text":
-        return dict(data="shakespeare", vocab_size=2048), {"task": "text"}
+        return dict(vocab_size=2048), {"task": "text"}
     n_pairs = min(32, (seq_len - 2) // 4)
     design = {"task": task, "n_pairs": n_pairs, "n_queries": n_pairs}
     if task == "needle":
         design = {"task": task, "distances": list(needle_distances(seq_len, top_k))}
-    return dict(data=task, vocab_size=LC_TASK_VOCAB), design
+    return dict(vocab_size=LC_TASK_VOCAB), design  # TrainConfig.data (a corpus) is unused by a synthetic task
 
 
 def _lc(size: str, experiment: str, arm: str, task: str, seq_len: int, top_k: int, seed: int,
@@ -251,6 +251,10 @@ EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "ablation_indexer_heads": ablation_indexer_heads,
     "ablation_warmup": ablation_warmup,
     "ablation_kl": ablation_kl,
+}
+# Run by dsa.train.long_context (python -m dsa long-context), not by the sweep: their task and starting point
+# live in the design (synthetic data, init_from), which a sweep's configuration key does not see.
+LONG_CONTEXT_EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "long_context_sparse": long_context_sparse,
     "long_context_recipe": long_context_recipe,
     "long_context_pilot": long_context_pilot,
@@ -259,8 +263,9 @@ EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
 
 def get_experiment(name: str, size: str = "small") -> list[TrainConfig]:
     """The configurations of experiment ``name`` at ``size`` ('small' for CPU, 'full' for GPU)."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    known = {**EXPERIMENTS, **LONG_CONTEXT_EXPERIMENTS}
+    if name not in known:
+        raise ValueError(f"experiment must be one of {sorted(known)}, got {name!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    return EXPERIMENTS[name](size)
+    return known[name](size)

@@ -1,8 +1,9 @@
 """Long-context runs where selection matters: the task data, the evaluations that score far-token use, and a
 runner for the arms of ``dsa.train.experiments.long_context_*`` (which may start from a checkpoint).
 
-Tasks (``TrainConfig.data``): ``"recall"`` and ``"needle"`` (``dsa.text.synthetic``, the answers are the only
-scored targets) and any text corpus (``"shakespeare"``). What each evaluation measures:
+Tasks (``design["task"]``): ``"recall"`` and ``"needle"`` (``dsa.text.synthetic``, the answers are the only
+scored targets) and ``"text"`` (the corpus of ``TrainConfig.data``, which a synthetic task leaves unused: its
+record's ``data`` is the task's own description). What each evaluation measures:
 
 * synthetic tasks: per query, exact match of the argmax at the query position, the query's distance to its
   relevant token (the key for recall, the needle) bucketed relative to k, the indexer's hit rate on the known
@@ -56,6 +57,11 @@ def design_of(cfg: TrainConfig) -> dict:
     return dict(getattr(cfg, "design", None) or {})
 
 
+def task_of(cfg: TrainConfig) -> str:
+    """The run's task: design['task'] ('recall', 'needle' or 'text'); 'text' when the design names none."""
+    return design_of(cfg).get("task", "text")
+
+
 def with_init_from(cfg: TrainConfig, path: str | Path) -> TrainConfig:
     """``cfg`` starting from the checkpoint at ``path`` (fresh optimisers, step 0); RuntimeError without the field."""
     if "init_from" not in {f.name for f in fields(TrainConfig)}:
@@ -71,7 +77,7 @@ def synthetic_config(cfg: TrainConfig, design: dict) -> SyntheticConfig:
 
 def eval_task_batches(cfg: TrainConfig, design: dict, n_batches: int) -> list[SyntheticBatch]:
     """Evaluation batches of the config's synthetic task; the needle task cycles through design['distances']."""
-    task = cfg.data
+    task = task_of(cfg)
     dist = tuple(design["distances"]) if task == "needle" and design.get("distances") else None
     s = SyntheticSampler(task, synthetic_config(cfg, design), cfg.batch_size, cfg.data_seed + _EVAL_SEED_OFFSET,
                          distances=dist)
@@ -85,13 +91,14 @@ def task_data(cfg: TrainConfig, design: dict):
     the LM stream starts at design['data_offset'] (a run continued from a checkpoint of that many steps sees the
     batches that come next)."""
     offset = int(design.get("data_offset", 0))
-    if cfg.data in TASKS:
+    task = task_of(cfg)
+    if task in TASKS:
         scfg = synthetic_config(cfg, design)
-        dist = tuple(design["distances"]) if cfg.data == "needle" and design.get("distances") else None
-        train_s = SyntheticSampler(cfg.data, scfg, cfg.batch_size, cfg.data_seed, distances=dist)
-        warm_s = SyntheticSampler(cfg.data, scfg, cfg.batch_size, cfg.data_seed + 7919, distances=dist)
+        dist = tuple(design["distances"]) if task == "needle" and design.get("distances") else None
+        train_s = SyntheticSampler(task, scfg, cfg.batch_size, cfg.data_seed, distances=dist)
+        warm_s = SyntheticSampler(task, scfg, cfg.batch_size, cfg.data_seed + 7919, distances=dist)
         val = [(b.x, masked_targets(b)) for b in eval_task_batches(cfg, design, cfg.eval_batches)]
-        meta = {"name": cfg.data, "synthetic": asdict(scfg), "distances": list(dist) if dist else None}
+        meta = {"name": task, "synthetic": asdict(scfg), "distances": list(dist) if dist else None}
         return cfg.vocab_size, OffsetSampler(train_s, offset), warm_s, val, meta
     from dsa.train.trainer import _load_data  # noqa: PLC0415
 
@@ -211,10 +218,10 @@ def truncated_context_loss(model, batches: Iterable[tuple[torch.Tensor, torch.Te
 def evaluate_run(model, cfg: TrainConfig, design: dict, val, n_batches: int) -> dict:
     """The long-context evaluation of a trained model (synthetic task or text), as JSON-ready counts."""
     sparse = cfg.attention == "dsa"
-    if cfg.data in TASKS:
+    if task_of(cfg) in TASKS:
         batches = eval_task_batches(cfg, design, n_batches)
         res = {"kind": "task", "by_bucket": task_eval(model, batches, cfg.top_k, sparse, seed=cfg.data_seed)}
-        if cfg.data == "needle":
+        if task_of(cfg) == "needle":
             res["by_distance"] = {str(k): v for k, v in
                                   task_eval(model, batches, cfg.top_k, sparse, seed=cfg.data_seed, by="distance").items()}
         return res
@@ -294,19 +301,20 @@ def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Pa
 
 
 # ------------------------------------------------------------------------------------------ command line
-def build_parser():
+def build_parser(prog: str | None = None):
     import argparse  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(prog="python -m dsa.train.long_context",
+    p = argparse.ArgumentParser(prog=prog or "python -m dsa long-context",
                                 description="Run a long-context experiment (dsa.train.experiments) to JSON lines.")
-    p.add_argument("--experiment", required=True, help="long_context_sparse | long_context_recipe | long_context_pilot")
-    p.add_argument("--size", default="small", help="small (CPU) | full (GPU)")
+    p.add_argument("--experiment", required=True, choices=("long_context_sparse", "long_context_recipe", "long_context_pilot"),
+                   help="which long-context experiment (dsa.train.experiments.LONG_CONTEXT_EXPERIMENTS)")
+    p.add_argument("--size", default="small", choices=("small", "full"), help="small (CPU) | full (GPU)")
     p.add_argument("--seeds", default="", help="comma-separated seeds to run (default: all of the experiment's)")
     p.add_argument("--tasks", default="", help="comma-separated tasks to run: recall, needle, text (default: all)")
     p.add_argument("--out", required=True, help="JSON-lines file the records are appended to")
     p.add_argument("--ckpt-dir", default="runs/long_context_ckpt", help="where dense checkpoints are written")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default: the configs' own)")
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--eval-batches", type=int, default=4, help="evaluation batches per run (default %(default)s)")
     p.add_argument("--workers-on-device", type=int, default=1,
                    help="training processes sharing this device (recorded: timings are not speeds when > 1)")
     p.add_argument("--skip-missing-init", action="store_true",
@@ -315,28 +323,35 @@ def build_parser():
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sys  # noqa: PLC0415
-
+def _selected(args) -> list[TrainConfig]:
+    """The configs the arguments pick; ValueError naming the argument when they are wrong or pick nothing."""
     from dsa.train.experiments import get_experiment  # noqa: PLC0415
 
-    args = build_parser().parse_args(argv)
     try:
-        cfgs = get_experiment(args.experiment, args.size)
-        seeds = {int(s) for s in args.seeds.split(",") if s.strip()} if args.seeds.strip() else None
-        tasks = {t.strip() for t in args.tasks.split(",") if t.strip()} or None
-        bad = (tasks or set()) - {"recall", "needle", "text"}
-        if bad:
-            raise ValueError(f"--tasks must name recall, needle or text, got {sorted(bad)}")
-        if args.eval_batches < 1 or args.workers_on_device < 1:
-            raise ValueError("--eval-batches and --workers-on-device must be >= 1")
+        seeds = {int(s) for s in args.seeds.split(",") if s.strip()} or None
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    cfgs = [c for c in cfgs if (seeds is None or c.seed in seeds) and (tasks is None or design_of(c)["task"] in tasks)]
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
+    tasks = {t.strip() for t in args.tasks.split(",") if t.strip()} or None
+    bad = (tasks or set()) - {"recall", "needle", "text"}
+    if bad:
+        raise ValueError(f"--tasks must name recall, needle or text, got {sorted(bad)}")
+    if args.eval_batches < 1 or args.workers_on_device < 1:
+        raise ValueError("--eval-batches and --workers-on-device must be >= 1")
+    cfgs = [c for c in get_experiment(args.experiment, args.size)
+            if (seeds is None or c.seed in seeds) and (tasks is None or design_of(c)["task"] in tasks)]
     if not cfgs:
-        print("error: no run matches --seeds / --tasks", file=sys.stderr)
-        return 2
+        raise ValueError("no run matches --seeds / --tasks")
+    return cfgs
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python -m dsa long-context``: train and evaluate the chosen runs of a long-context experiment."""
+    from dsa import cli  # noqa: PLC0415
+
+    p = build_parser(prog)
+    args = cli.parse_args(p, argv)
+    with cli.usage_errors(p):
+        cfgs = _selected(args)
     if args.list:
         print("\n".join(c.run_name() for c in order_arms(cfgs)))
         return 0

@@ -29,7 +29,7 @@ python -c "from dsa.text.corpus import load_corpus; load_corpus('shakespeare', t
 pids=()
 for job in $JOBS; do
   s=${job%%:*}; t=${job#*:}; tag="seed-$s${t:+-$t}"
-  timeout --signal=TERM "$BUDGET_S" python -m dsa.train.long_context --experiment long_context_pilot --size full \
+  timeout --signal=TERM "$BUDGET_S" python -m dsa long-context --experiment long_context_pilot --size full \
     --seeds "$s" ${t:+--tasks "$t"} --out "$OUT/long_context_pilot.$tag.jsonl" --ckpt-dir "runs/long_context_ckpt/$tag" \
     --device cuda --workers-on-device "$n" --skip-missing-init > "$OUT/$tag.log" 2>&1 &
   pids+=($!)

@@ -207,3 +207,23 @@ def test_checkpoint_holds_what_checkpoint_readers_need(tmp_path):
     again = TransformerLM(ModelConfig(**ck["model_config"]), seed=1)
     again.load_state_dict(ck["state_dict"])
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), m.state_dict().values()))
+
+
+def test_long_context_experiments_are_not_sweep_experiments():
+    from dsa.train.experiments import EXPERIMENTS, LONG_CONTEXT_EXPERIMENTS
+
+    assert not set(EXPERIMENTS) & set(LONG_CONTEXT_EXPERIMENTS)
+    for name in LONG_CONTEXT_EXPERIMENTS:
+        for size in ("small", "full"):
+            cfgs = get_experiment(name, size)
+            names = [c.run_name() for c in cfgs]
+            assert len(set(names)) == len(names)
+            # deliberate re-runs (design replicate > 0) are the same configuration as their original
+            first = {c.run_name().rsplit("-r", 1)[0] if design_of(c)["replicate"] else c.run_name(): c for c in cfgs
+                     if not design_of(c)["replicate"]}
+            for c in cfgs:
+                if design_of(c)["replicate"]:
+                    twin = first[c.run_name().rsplit("-r", 1)[0]]
+                    def same(x):  # everything but the name and the replicate number
+                        return {**vars(x), "name": None, "design": {**design_of(x), "replicate": None}}
+                    assert same(c) == same(twin)
