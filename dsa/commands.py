@@ -25,6 +25,8 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("dsa.bench.cli:bench_main", "benchmark the attention kernels: dense baselines vs the DSA path"),
     "bench-layer": Command("dsa.bench.cli:bench_layer_main", "benchmark the model's DSA layer against its dense layer"),
     "profile": Command("dsa.bench.cli:profile_main", "profile a training step: dense vs DSA variants, op breakdown"),
+    "long-context": Command("dsa.train.long_context:main",
+                            "long-context runs: recall/needle/text tasks, DeepSeek's recipe arms, far-context checks"),
     "report": Command("dsa.study.report:main", "execute the notebooks and build the HTML report"),
 }
 

@@ -15,22 +15,33 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _git(*args: str) -> str | None:
+    try:
+        r = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
 def git_commit() -> dict:
-    """{'commit': sha or None, 'dirty': bool or None} of the repository holding this package.
+    """{'commit': full sha or None, 'dirty': bool or None} of the repository holding this package.
 
     DSA_GIT_COMMIT, when set, wins: a copy of the tree on a lent machine may carry a stale .git. DSA_GIT_DIRTY
-    ('0' or '1') then gives the dirty flag of the tree that was sent (scripts/gpu/gpu_env.sh sets both)."""
-    if os.environ.get("DSA_GIT_COMMIT"):
-        dirty = {"0": False, "1": True}.get(os.environ.get("DSA_GIT_DIRTY", ""))
-        return {"commit": os.environ["DSA_GIT_COMMIT"], "dirty": dirty}
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = os.environ.get("DSA_GIT_COMMIT"), None
-    return {"commit": sha or os.environ.get("DSA_GIT_COMMIT"), "dirty": dirty}
+    ('0' or '1') then gives the dirty flag of the tree that was sent (scripts/gpu/gpu_env.sh sets both); without
+    it the flag comes from git when the local checkout is at that commit (else None: unknown). A short hash is
+    expanded to the full one where the local git knows the commit."""
+    env = os.environ.get("DSA_GIT_COMMIT")
+    head = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    local_dirty = None if status is None else bool(status)
+    if not env:
+        return {"commit": head or None, "dirty": local_dirty if head else None}
+    full = _git("rev-parse", "--verify", "--quiet", f"{env}^{{commit}}") if len(env) < 40 else None
+    commit = full or env
+    dirty = {"0": False, "1": True}.get(os.environ.get("DSA_GIT_DIRTY", ""))
+    if dirty is None and head and head == commit:
+        dirty = local_dirty
+    return {"commit": commit, "dirty": dirty}
 
 
 def device_name(device: torch.device | str) -> str:

@@ -35,6 +35,14 @@ SCOPE: dict[str, tuple[str, str, str]] = {
         "indexer has little to adapt to, and CPU times are not GPU times",
         "the recorded H100 sweep `data/gpu/exp3_adaptive.jsonl` (1000 steps, 3 seeds)",
     ),
+    "08_long_context": (
+        "every code path of the long-context study: the tasks' streams, the exact-match and hit-rate counts, the "
+        "position-bucket losses, the far-context check, the equivalence verdicts with their resolution",
+        "anything about long context: the fresh run is L = 128 for a few steps (the models answer at chance), so "
+        "its verdicts say 'cannot conclude' and its far-context check says the task does not test selection",
+        "the recorded GPU runs under `data/gpu/long_context/` (section 6 says whether any exist) and, for the "
+        "recomputation of the earlier sweeps, the records under `data/gpu/`",
+    ),
     "06_ablations": (
         "**the indexer's KL loss at work**: the KL-trained indexer keeps more of the dense attention mass "
         "(recall) than the untrained one, which stays near the random-selection line (section 2 says whether this "

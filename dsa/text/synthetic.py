@@ -240,3 +240,86 @@ def selection_hit_rate(indices: torch.Tensor, query_pos: torch.Tensor, relevant_
     if n == 0:
         raise ValueError("relevant_pos holds no position (all -1): the hit rate is undefined")
     return int(hits.sum()) / n
+
+
+# ------------------------------------------------------------------ training and evaluation streams
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: targets outside loss_mask carry it
+TASKS = ("recall", "needle")
+
+
+def make_task_batch(task: str, cfg: SyntheticConfig, batch_size: int,
+                    generator: torch.Generator | None = None) -> SyntheticBatch:
+    """One batch of ``task`` ('recall' or 'needle'); see :func:`make_recall_batch` / :func:`make_needle_batch`."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return (make_recall_batch if task == "recall" else make_needle_batch)(cfg, batch_size, generator)
+
+
+def masked_targets(batch: SyntheticBatch) -> torch.Tensor:
+    """(B, L) int64: y where loss_mask, IGNORE_INDEX elsewhere, so a plain cross-entropy scores the answers only
+    (the noise between them is unpredictable by construction and would swamp the answers' few positions)."""
+    return batch.y.masked_fill(~batch.loss_mask, IGNORE_INDEX)
+
+
+class SyntheticSampler:
+    """Deterministic training batches of a synthetic task, the same interface as ``dsa.text.batches.BatchSampler``:
+    ``batch(step)`` -> (x (B, L), y (B, L) with IGNORE_INDEX outside the answers), a function of (seed, step) only,
+    so every arm of an experiment sees the same batch at the same step."""
+
+    def __init__(self, task: str, cfg: SyntheticConfig, batch_size: int, seed: int,
+                 distances: tuple[int, ...] | None = None) -> None:
+        """distances: needle task only: step i uses distances[i % len(distances)] (a model trained at one
+        distance learns that offset, not retrieval); None = cfg.needle_distance at every step."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        check_positive_int("batch_size", batch_size)
+        if distances is not None:
+            if task != "needle" or not distances:
+                raise ValueError(f"distances must be a non-empty tuple and only for task='needle', got {distances!r}")
+            for d in distances:  # SyntheticConfig checks each: 1 <= d < seq_len
+                SyntheticConfig(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, distance=d)
+        self.task, self.cfg, self.batch_size, self.seed = task, cfg, batch_size, seed
+        self.distances = tuple(distances) if distances is not None else None
+
+    def config_at(self, step: int) -> SyntheticConfig:
+        if self.distances is None:
+            return self.cfg
+        from dataclasses import replace  # noqa: PLC0415
+
+        return replace(self.cfg, distance=self.distances[step % len(self.distances)])
+
+    def full_batch(self, step: int) -> SyntheticBatch:
+        from dsa.text.batches import step_seed  # noqa: PLC0415
+
+        g = torch.Generator().manual_seed(step_seed(self.seed, step))
+        return make_task_batch(self.task, self.config_at(step), self.batch_size, g)
+
+    def batch(self, step: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.full_batch(step)
+        x, y = b.x, masked_targets(b)
+        return (x, y) if device is None else (x.to(device), y.to(device))
+
+
+class OffsetSampler:
+    """A sampler whose step i is ``inner``'s step ``offset + i``: a run continued from a checkpoint trained on
+    steps [0, offset) sees the batches that come next, as the from-scratch arm does at the same steps."""
+
+    def __init__(self, inner, offset: int) -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        self.inner, self.offset = inner, offset
+
+    def batch(self, step: int, device: torch.device | str | None = None):
+        return self.inner.batch(self.offset + step, device)
+
+
+def cut_relevant(batch: SyntheticBatch, cfg: SyntheticConfig, generator: torch.Generator | None = None) -> SyntheticBatch:
+    """The same batch with every relevant position (relevant_pos >= 0) overwritten by fresh noise: the far
+    information a query needs is gone, everything else (queries, answers as targets, positions) stays.
+    A model that still answers above chance on it does not need the far tokens."""
+    x = batch.x.clone()
+    b_idx = torch.arange(x.shape[0])[:, None, None].expand_as(batch.relevant_pos)
+    ok = batch.relevant_pos >= 0
+    rows, pos = b_idx[ok], batch.relevant_pos[ok]
+    x[rows, pos] = torch.randint(cfg.noise_lo, cfg.vocab_size, (int(ok.sum()),), generator=generator)
+    return SyntheticBatch(x, batch.y, batch.loss_mask, batch.query_pos, batch.relevant_pos)

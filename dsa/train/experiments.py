@@ -7,6 +7,8 @@ Every experiment compares runs that differ only in what is under test: same seed
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
 
 SIZES = ("small", "full")
@@ -122,6 +124,125 @@ def ablation_kl(size: str) -> list[TrainConfig]:
     return out
 
 
+# ------------------------------------------------------------------------- long context (issue 17)
+# The MQA layout (one K/V head shared by every query head: where DSA's selection can pay, see
+# ../shared/notes/where_dsa_pays.md), a small indexer (4 x 64 at full size), 64K tokens per step at full size.
+_LC_BASE = {
+    "small": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, indexer_heads=2, indexer_dim=16,
+                  indexer_rope_dim=8, batch_size=4, steps=30, eval_every=30, eval_batches=2, lr=3e-3,
+                  lr_warmup_steps=5, out="", progress=False),
+    "full": dict(d_model=256, n_layers=2, n_heads=8, n_kv_heads=1, indexer_heads=4, indexer_dim=64,
+                 indexer_rope_dim=32, batch_size=8, steps=2000, eval_every=250, eval_batches=4, lr=3e-3,
+                 lr_warmup_steps=100, out="", progress=False),
+}
+_LC_SEEDS = {"small": (0, 1), "full": (0, 1, 2, 3, 4)}  # >= 5 seeds per arm at full size (issue 17)
+_LC_TOKENS_PER_STEP = {"small": 512, "full": 65536}
+LC_TASK_VOCAB = 512  # synthetic tasks: 127 keys, 127 values (chance = 1/127), the rest noise
+LC_TASKS = ("recall", "needle", "text")
+
+
+def needle_distances(seq_len: int, top_k: int) -> tuple[int, ...]:
+    """Needle distances from k/4 to far beyond k: k/4, k/2, k, 2k, 4k, 16k and L/2, those below L."""
+    ds = {max(1, top_k // 4), max(1, top_k // 2), top_k, 2 * top_k, 4 * top_k, 16 * top_k, seq_len // 2}
+    return tuple(sorted(d for d in ds if 1 <= d < seq_len - 1))
+
+
+def _lc_task(task: str, seq_len: int, top_k: int) -> tuple[dict, dict]:
+    """(TrainConfig fields, design factors) of a long-context task."""
+    if task == "text":
+        return dict(vocab_size=2048), {"task": "text"}
+    n_pairs = min(32, (seq_len - 2) // 4)
+    design = {"task": task, "n_pairs": n_pairs, "n_queries": n_pairs}
+    if task == "needle":
+        design = {"task": task, "distances": list(needle_distances(seq_len, top_k))}
+    return dict(vocab_size=LC_TASK_VOCAB), design  # TrainConfig.data (a corpus) is unused by a synthetic task
+
+
+def _lc(size: str, experiment: str, arm: str, task: str, seq_len: int, top_k: int, seed: int,
+        replicate: int = 0, design: dict | None = None, **kw) -> TrainConfig:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    task_kw, task_design = _lc_task(task, seq_len, top_k)
+    kw.setdefault("batch_size", max(1, _LC_TOKENS_PER_STEP[size] // seq_len))
+    base = dict(_LC_BASE[size])
+    name = f"{experiment}-{task}-{arm}-L{seq_len}-k{top_k}-s{seed}" + (f"-r{replicate}" if replicate else "")
+    cfg = TrainConfig(**{**base, **task_kw, **kw}, seq_len=seq_len, top_k=top_k, seed=seed, name=name)
+    return with_design(cfg, {"experiment": experiment, "arm": arm, **task_design, "layout": "MQA",
+                             "seq_len": seq_len, "top_k": top_k, "k_over_L": top_k / seq_len,
+                             "replicate": replicate, **(design or {})})
+
+
+def long_context_sparse(size: str) -> list[TrainConfig]:
+    """Dense vs DSA (DeepSeek recipe inside one run) at long L, k from L/4 down to L/64, on the recall and
+    needle tasks and on text; MQA. Full: L = 8K, 16K, 32K, 64K, 5 seeds. Small: L = 128, 256, k = L/4, L/16."""
+    lens = (128, 256) if size == "small" else (8192, 16384, 32768, 65536)
+    divs = (4, 16) if size == "small" else (4, 16, 64)
+    out = []
+    for task in LC_TASKS:
+        for l in lens:
+            for seed in _LC_SEEDS[size]:
+                out.append(_lc(size, "lc_sparse", "dense", task, l, l // 16, seed, attention="dense"))
+                for dv in divs:
+                    out.append(_lc(size, "lc_sparse", "dsa", task, l, l // dv, seed, attention="dsa"))
+    return out
+
+
+# (dense checkpoint steps N0, continued steps N, indexer warm-up steps) per size
+LC_RECIPE_STEPS = {"small": (20, 10, 5), "full": (1000, 500, 100)}
+
+
+def recipe_arms(size: str, task: str, seq_len: int, top_k: int, seed: int, replicates: int = 1,
+                steps: tuple[int, int, int] | None = None, experiment: str = "lc_recipe",
+                batch_size: int | None = None) -> list[TrainConfig]:
+    """DeepSeek's recipe with its control, one seed: ``dense_base`` (dense, N0 steps, checkpointed), then from
+    it (a) ``dense_continued`` (N steps) and (b) ``dsa_from_dense`` (indexer warm-up with the model frozen, then
+    N sparse steps), and (c) ``dsa_scratch`` (sparse with the indexer KL from step 0, N0 + N steps). Every arm
+    reads the same batch stream: the continued arms start at batch N0. ``replicates`` > 1 adds identical
+    re-runs of (a) and (b) (design 'replicate' 1, 2, ...) for the noise floor."""
+    n0, n, w = steps or LC_RECIPE_STEPS[size]
+    common = dict(size=size, experiment=experiment, task=task, seq_len=seq_len, top_k=top_k, seed=seed)
+    if batch_size is not None:
+        common["batch_size"] = batch_size
+    base = _lc(arm="dense_base", attention="dense", steps=n0, design={"save_checkpoint": True}, **common)
+    src = {"init_from_arm": base.run_name(), "data_offset": n0}
+    out = [base]
+    for rep in range(replicates):
+        out.append(_lc(arm="dense_continued", attention="dense", steps=n, replicate=rep, design=src, **common))
+        out.append(_lc(arm="dsa_from_dense", attention="dsa", recipe="deepseek", dense_steps=0, warmup_steps=w,
+                       steps=n, replicate=rep, design=src, **common))
+    out.append(_lc(arm="dsa_scratch", attention="dsa", recipe="scratch", indexer_kl=True, steps=n0 + n, **common))
+    return out
+
+
+def long_context_recipe(size: str) -> list[TrainConfig]:
+    """:func:`recipe_arms` on the recall task and text, MQA, k = L/16; full: L = 8K, k = 512, 5 seeds, seed 0
+    re-run twice more for the noise floor; small: L = 128, k = 8, 2 seeds."""
+    l = 128 if size == "small" else 8192
+    out = []
+    for task in ("recall", "text"):
+        for seed in _LC_SEEDS[size]:
+            out += recipe_arms(size, task, l, l // 16, seed, replicates=3 if seed == 0 else 1)
+    return out
+
+
+# The GPU pilot (scripts/gpu/gpu_long_context.sh, one H200, <= 8 minutes): L = 8K, k = 512 (1/16), MQA, the
+# recipe's arms on recall and text, 5 seeds, seed 0's continued arms re-run twice (noise floor); 32K tokens per
+# step (4 sequences of 8K) to fit the time.
+LC_PILOT_STEPS = {"small": (4, 2, 1), "full": (200, 100, 20)}
+LC_PILOT_BATCH = {"small": 2, "full": 4}
+
+
+def long_context_pilot(size: str) -> list[TrainConfig]:
+    """:func:`recipe_arms` at L = 8K, k = 512 (small: L = 128, k = 8) with the pilot's short schedule."""
+    l = 128 if size == "small" else 8192
+    out = []
+    for seed in _LC_SEEDS["full"] if size == "full" else _LC_SEEDS["small"]:
+        for task in ("recall", "text"):
+            out += recipe_arms(size, task, l, l // 16, seed, replicates=3 if seed == 0 else 1,
+                               steps=LC_PILOT_STEPS[size], experiment="lc_pilot", batch_size=LC_PILOT_BATCH[size])
+    return out
+
+
 EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "exp4_reproduce": exp4_reproduce,
     "exp4_long": exp4_long,
@@ -131,12 +252,20 @@ EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
     "ablation_warmup": ablation_warmup,
     "ablation_kl": ablation_kl,
 }
+# Run by dsa.train.long_context (python -m dsa long-context), not by the sweep: their task and starting point
+# live in the design (synthetic data, init_from), which a sweep's configuration key does not see.
+LONG_CONTEXT_EXPERIMENTS: dict[str, Callable[[str], list[TrainConfig]]] = {
+    "long_context_sparse": long_context_sparse,
+    "long_context_recipe": long_context_recipe,
+    "long_context_pilot": long_context_pilot,
+}
 
 
 def get_experiment(name: str, size: str = "small") -> list[TrainConfig]:
     """The configurations of experiment ``name`` at ``size`` ('small' for CPU, 'full' for GPU)."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    known = {**EXPERIMENTS, **LONG_CONTEXT_EXPERIMENTS}
+    if name not in known:
+        raise ValueError(f"experiment must be one of {sorted(known)}, got {name!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    return EXPERIMENTS[name](size)
+    return known[name](size)

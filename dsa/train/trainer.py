@@ -298,9 +298,12 @@ def evaluate(model: TransformerLM, batches, device, autocast, sparse: bool, reca
         x, y = x.to(device), y.to(device)
         with autocast():
             out = model(x, sparse=sparse, recall=recall and i == 0)
+        # targets equal to -100 (F.cross_entropy's ignore_index: synthetic tasks score their answers only)
+        # count neither in the loss nor in the accuracy
         tot_loss += float(F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="sum"))
-        tot_correct += int((out.logits.argmax(-1) == y).sum())
-        tot_n += y.numel()
+        scored = y != -100
+        tot_correct += int(((out.logits.argmax(-1) == y) & scored).sum())
+        tot_n += int(scored.sum())
         if out.recall is not None:
             rec = out.recall
         if sparse and i == 0:
@@ -310,6 +313,8 @@ def evaluate(model: TransformerLM, batches, device, autocast, sparse: bool, reca
             if by_layer:
                 sel_k = {"mean_k": sum(by_layer) / len(by_layer), "mean_k_by_layer": by_layer}
     model.train()
+    if tot_n == 0:
+        raise ValueError("evaluation batches hold no scored target (every target is -100)")
     loss = tot_loss / tot_n
     res = {"val_loss": loss, "val_acc": tot_correct / tot_n, "val_ppl": math.exp(min(loss, 50.0))}
     if rec is not None:

@@ -135,6 +135,12 @@ INVALID = {
         ({"top_k": 0}, "top_k"),
         ({"recorded": "../x.json"}, "recorded"),  # not under data/
     ],
+    "08_long_context": [
+        ({"fresh_seq_len": 100}, "fresh_seq_len"),  # not one of the small size's lengths
+        ({"fresh_tasks": "recall,copy"}, "fresh_tasks"),
+        ({"margin_loss": 0.0}, "margin_loss"),  # a margin must be positive
+        ({"fresh_seeds": "9"}, "fresh_seeds"),
+    ],
 }
 
 

@@ -1,0 +1,72 @@
+"""dsa.study.long_context on hand-made records whose answers are known."""
+
+import pytest
+
+from dsa.study import long_context as LC
+from dsa.study.equivalence import binomial_ci
+from dsa.train.experiments import recipe_arms
+
+
+def _task_rec(arm, seed, correct, cut, n=200, hits=0, rep=0, task="recall"):
+    return {"design": {"experiment": "lc_recipe", "task": task, "arm": arm, "replicate": rep},
+            "config": {"seq_len": 8192, "top_k": 512, "seed": seed}, "provenance": {"device": "H200"},
+            "final": {"val_loss": 1.0},
+            "long_context": {"kind": "task", "by_bucket": {
+                "d >= 4k": {"n": n, "correct": correct, "correct_cut": cut, "hits": hits, "hit_pairs": 2 * n if hits else 0}}}}
+
+
+def _text_rec(arm, seed, loss, full, cut, rep=0):
+    return {"design": {"experiment": "lc_recipe", "task": "text", "arm": arm, "replicate": rep},
+            "config": {"seq_len": 8192, "top_k": 512, "seed": seed}, "provenance": {"device": "H200"},
+            "final": {"val_loss": loss},
+            "long_context": {"kind": "text", "by_position": {"t < k": {"loss_sum": 10.0, "n": 2},
+                                                             "t >= 4k": {"loss_sum": 6.0, "n": 3}},
+                             "truncated": {"full_loss": full, "cut_loss": cut}}}
+
+
+def test_task_table_accuracy_interval_and_hit_rate():
+    t = LC.task_table([_task_rec("dsa_from_dense", 0, 150, 2, hits=300)])
+    row = t.iloc[0]
+    assert row.accuracy == pytest.approx(0.75) and (row.acc_low, row.acc_high) == pytest.approx(binomial_ci(150, 200))
+    assert row.hit_rate == pytest.approx(0.75) and row.accuracy_cut == pytest.approx(0.01)
+
+
+def test_far_context_check_says_when_a_task_does_not_test_selection():
+    uses = LC.far_context_check(LC.task_table([_task_rec("dense_continued", s, 180, 3) for s in range(3)]),
+                                LC.text_table([]))
+    assert uses.iloc[0].verdict == "dense uses the far tokens"
+    blind = LC.far_context_check(LC.task_table([_task_rec("dense_continued", s, 4, 3) for s in range(3)]),
+                                 LC.text_table([]))
+    assert "does not test selection" in blind.iloc[0].verdict
+    texts = LC.text_table([_text_rec("dense", s, 4.0, 4.0 + 0.001 * s, 4.3 + 0.002 * s) for s in range(3)])
+    assert LC.far_context_check(LC.task_table([]), texts).iloc[0].verdict == "dense uses the tokens beyond k"
+    flat = LC.text_table([_text_rec("dense", s, 4.0, 4.0 + 0.01 * s, 4.0 + 0.01 * (2 - s)) for s in range(3)])
+    assert "no evidence" in LC.far_context_check(LC.task_table([]), flat).iloc[0].verdict
+
+
+def test_text_table_buckets():
+    t = LC.text_table([_text_rec("dense", 0, 4.0, 4.0, 4.2)]).set_index("bucket")
+    assert t.loc["t < k", "loss"] == pytest.approx(5.0) and t.loc["t >= 4k", "loss"] == pytest.approx(2.0)
+
+
+def test_arm_verdicts_with_noise_floor_and_exclusions():
+    recs = [_text_rec("dense_base", s, 4.5, 4, 4) for s in range(5)]
+    recs += [_text_rec("dense_continued", s, 4.0 + 0.1 * s, 4, 4) for s in range(5)]
+    recs += [_text_rec("dsa_from_dense", s, 4.0 + 0.1 * s + 0.001 * (s % 2), 4, 4) for s in range(5)]
+    recs += [_text_rec("dsa_scratch", s, 4.2 + 0.1 * s, 4, 4) for s in range(5)]
+    recs += [_text_rec("dense_continued", 0, 4.004, 4, 4, rep=1), _text_rec("dense_continued", 0, 3.998, 4, 4, rep=2)]
+    m = LC.run_metrics(LC.task_table(recs), LC.text_table(recs))
+    v = LC.arm_verdicts(m, "dense_continued").set_index("arm")
+    assert set(v.index) == {"dsa_from_dense", "dsa_scratch"}  # the checkpoint arm is not an arm under test
+    assert v.loc["dsa_from_dense", "verdict"] == "equivalent" and v.loc["dsa_scratch", "verdict"] == "different"
+    assert v.loc["dsa_from_dense", "noise_floor"] > 0 and "noise floor" in v.loc["dsa_from_dense", "verdict_text"]
+
+
+def test_design_and_not_recorded():
+    cfgs = recipe_arms("small", "recall", 128, 8, 0, 2) + recipe_arms("small", "recall", 128, 8, 1, 1)
+    d = LC.design_table(cfgs).set_index("arm")
+    assert d.loc["dense_continued", "runs"] == 3 and d.loc["dense_continued", "seeds"] == 2
+    assert d.loc["dsa_scratch", "k/L"] == "1/16"
+    rec = {"design": {"task": "recall", "arm": "dsa_scratch"}, "config": {"seq_len": 128, "top_k": 8, "seed": 0}}
+    miss = LC.not_recorded([rec], cfgs).set_index("arm")
+    assert miss.loc["dsa_scratch", "seeds missing"] == "1" and miss.loc["dense_base", "seeds missing"] == "0, 1"
