@@ -158,14 +158,8 @@ if P.run_fresh:
     out = runs_dir("08_long_context") / "fresh.jsonl"
     out.unlink(missing_ok=True)
     t0 = time.monotonic()
-    FRESH = run_arms(pick, out, runs_dir("08_long_context") / "ckpt", n_eval_batches=1, device=P.device,
-                     skip_missing_init=True)
-    names = {r["name"] for r in FRESH}
-    skipped = [c.run_name() for c in pick if c.run_name() not in names]
+    FRESH = run_arms(pick, out, runs_dir("08_long_context") / "ckpt", n_eval_batches=1, device=P.device)
     print(f"fresh runs: {len(FRESH)} in {time.monotonic() - t0:.0f} s — {FRESH_LABEL}")
-    if skipped:
-        display(Markdown(f"**Not run** ({len(skipped)}): the arms that start from the dense checkpoint need "
-                         "`TrainConfig.init_from`, which this branch does not have yet: " + ", ".join(skipped)))
 
 # %% [markdown]
 # ## 3 · The tasks: exact match, hit rate, and does dense use the far tokens?

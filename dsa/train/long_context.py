@@ -36,8 +36,6 @@ from dsa.train.trainer import TrainConfig, train
 
 DISTANCE_BUCKETS = ("d < k/4", "k/4 <= d < k", "k <= d < 4k", "d >= 4k")
 POSITION_BUCKETS = ("t < k", "k <= t < 4k", "t >= 4k")
-INIT_FROM_MISSING = ("TrainConfig has no 'init_from' field on this branch: the recipe arms that start from a "
-                     "checkpoint need it (branch h-ckpt adds it)")
 _EVAL_SEED_OFFSET = 104729  # evaluation batches come from their own stream, never a training step's batch
 
 
@@ -63,9 +61,7 @@ def task_of(cfg: TrainConfig) -> str:
 
 
 def with_init_from(cfg: TrainConfig, path: str | Path) -> TrainConfig:
-    """``cfg`` starting from the checkpoint at ``path`` (fresh optimisers, step 0); RuntimeError without the field."""
-    if "init_from" not in {f.name for f in fields(TrainConfig)}:
-        raise RuntimeError(INIT_FROM_MISSING)
+    """``cfg`` starting from the checkpoint at ``path`` (fresh optimisers, step 0)."""
     return with_design(replace(cfg, init_from=str(path)), design_of(cfg))
 
 
@@ -261,14 +257,12 @@ def order_arms(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
 
 
 def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Path, n_eval_batches: int = 4,
-             device: str | None = None, extra: dict | None = None, skip_missing_init: bool = False) -> list[dict]:
+             device: str | None = None, extra: dict | None = None) -> list[dict]:
     """Train and evaluate every config (sources before the arms that start from them), appending one JSON
     line per run to ``out``: the trainer's record (config, history, final, provenance ...) plus ``design``,
     ``long_context`` (:func:`evaluate_run`) and ``extra`` (e.g. {"timing": {"workers_on_device": n}}).
     skip_missing_init: an arm that needs ``TrainConfig.init_from`` where it does not exist is skipped with a
     line on stderr instead of stopping the run (RuntimeError)."""
-    import sys  # noqa: PLC0415
-
     out, ckpt_dir = Path(out), Path(ckpt_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpts: dict[str, Path] = {}
@@ -278,13 +272,7 @@ def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Pa
         if device is not None:
             cfg = with_design(replace(cfg, device=device), design)
         if design.get("init_from_arm"):
-            try:
-                cfg = with_init_from(cfg, ckpts[design["init_from_arm"]])
-            except RuntimeError as e:
-                if not skip_missing_init:
-                    raise
-                print(f"skipped {cfg.run_name()}: {e}", file=sys.stderr)
-                continue
+            cfg = with_init_from(cfg, ckpts[design["init_from_arm"]])
         data = task_data(cfg, design)
         rec = train(cfg, data=data)
         model = rec.pop("model")
@@ -317,8 +305,6 @@ def build_parser(prog: str | None = None):
     p.add_argument("--eval-batches", type=int, default=4, help="evaluation batches per run (default %(default)s)")
     p.add_argument("--workers-on-device", type=int, default=1,
                    help="training processes sharing this device (recorded: timings are not speeds when > 1)")
-    p.add_argument("--skip-missing-init", action="store_true",
-                   help="skip arms that need TrainConfig.init_from when this branch does not have it")
     p.add_argument("--list", action="store_true", help="print the run names and exit")
     return p
 
@@ -356,7 +342,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("\n".join(c.run_name() for c in order_arms(cfgs)))
         return 0
     run_arms(cfgs, args.out, args.ckpt_dir, n_eval_batches=args.eval_batches, device=args.device,
-             extra={"timing": {"workers_on_device": args.workers_on_device}}, skip_missing_init=args.skip_missing_init)
+             extra={"timing": {"workers_on_device": args.workers_on_device}})
     return 0
 
 

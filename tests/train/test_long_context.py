@@ -1,7 +1,6 @@
 """Long-context experiments: task streams, the evaluations' counts against a hand-built model, the arms'
 order and design factors, the recipe arms (which need TrainConfig.init_from)."""
 
-from dataclasses import fields
 
 import pytest
 import torch
@@ -13,9 +12,6 @@ from dsa.train.experiments import (get_experiment, long_context_recipe, long_con
 from dsa.train.long_context import (DISTANCE_BUCKETS, design_of, distance_bucket, order_arms, position_loss,
                                     run_arms, task_eval, truncated_context_loss, with_design)
 from dsa.train.trainer import TrainConfig
-
-HAS_INIT_FROM = "init_from" in {f.name for f in fields(TrainConfig)}
-
 
 def test_sampler_is_deterministic_and_masks_noise():
     cfg = SyntheticConfig(vocab_size=64, seq_len=40, n_pairs=4, n_queries=3)
@@ -174,7 +170,6 @@ def test_run_arms_trains_and_records(tmp_path):
         assert (sum(v["hit_pairs"] for v in counts.values()) > 0) == (r["config"]["attention"] == "dsa")
 
 
-@pytest.mark.skipif(not HAS_INIT_FROM, reason="needs TrainConfig.init_from (branch h-ckpt, not on main yet)")
 def test_recipe_arms_run_from_the_dense_checkpoint(tmp_path):
     cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(2, 2, 1))
     for c in cfgs:
@@ -182,16 +177,6 @@ def test_recipe_arms_run_from_the_dense_checkpoint(tmp_path):
     recs = run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt", n_eval_batches=1)
     assert [r["design"]["arm"] for r in recs][0] == "dense_base"
     assert (tmp_path / "ckpt" / f"{cfgs[0].run_name()}.pt").exists()
-
-
-def test_recipe_arms_without_init_from_say_why(tmp_path):
-    if HAS_INIT_FROM:
-        pytest.skip("TrainConfig.init_from exists: the arms run (test above)")
-    cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(2, 2, 1))
-    for c in cfgs:
-        c.batch_size, c.eval_every = 2, 2
-    with pytest.raises(RuntimeError, match="init_from"):
-        run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt", n_eval_batches=1)
 
 
 def test_checkpoint_holds_what_checkpoint_readers_need(tmp_path):
