@@ -31,7 +31,7 @@ for job in $JOBS; do
   s=${job%%:*}; t=${job#*:}; tag="seed-$s${t:+-$t}"
   timeout --signal=TERM "$BUDGET_S" python -m dsa long-context --experiment long_context_pilot --size full \
     --seeds "$s" ${t:+--tasks "$t"} --out "$OUT/long_context_pilot.$tag.jsonl" --ckpt-dir "runs/long_context_ckpt/$tag" \
-    --device cuda --workers-on-device "$n" --skip-missing-init > "$OUT/$tag.log" 2>&1 &
+    --device cuda --workers-on-device "$n" > "$OUT/$tag.log" 2>&1 &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
