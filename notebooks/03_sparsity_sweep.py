@@ -114,7 +114,7 @@ if P.run_fresh:
     fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device, progress=True,
                         reuse=P.reuse_runs, time_budget_s=P.fresh_time_budget_s or None,
                         seq_lens=parse_list(P.fresh_seq_lens), seeds=parse_list(P.fresh_seeds),
-                        ratios=parse_list(P.fresh_ratios, float), ratio_grid=SPARSITY_RATIOS,
+                        ratios=parse_list(P.fresh_ratios, float),
                         steps=P.fresh_steps or None)
 recorded = recorded_runs(P.recorded)
 sources = run_sources(fresh, recorded, device_type=DEV.type, size=P.fresh_size, fresh_provenance=FRESH_LABEL,
@@ -129,7 +129,7 @@ if not sources:
     raise RuntimeError("nothing to analyse: run_fresh is off and there is no recorded sweep")
 for label, recs, prov in sources:
     print(f"{label}: {len(recs)} runs — {prov}")
-df = pd.concat([runs_table(recs, label, ratios=SPARSITY_RATIOS) for label, recs, _ in sources], ignore_index=True)
+df = pd.concat([runs_table(recs, label) for label, recs, _ in sources], ignore_index=True)
 df["k/L"] = np.where(df.attention == "dense", "dense", df.ratio.map(lambda r: f"{r:g}"))
 # one cell per (source, L, k/L): how many runs (seeds) and which k; "not run" where the sweep has none
 cells = df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first"))

@@ -528,17 +528,16 @@ if not df.empty:
 # %%
 if P.run_fresh:
     out = runs_dir("05_efficiency") / f"bench-{DEV.type}.json"
-    argv = ["--seq-lens", *P.bench_seq_lens.split(","), "--top-k", *P.bench_top_k.split(","),
-            "--kv-heads", *P.bench_kv_heads.split(","), "--heads", str(P.bench_heads), "--head-dim",
-            str(P.bench_head_dim), "--indexer-heads", str(P.bench_indexer_heads), "--indexer-dim",
-            str(P.bench_indexer_dim), "--out", str(out)] + (["--cpu"] if DEV.type == "cpu" else [])
-    fresh = dsa_bench.main([a.strip() for a in argv])
+    fresh = dsa_bench.bench(
+        seq_lens=parse_list(P.bench_seq_lens), top_k=parse_list(P.bench_top_k), kv_heads=parse_list(P.bench_kv_heads),
+        heads=P.bench_heads, head_dim=P.bench_head_dim, indexer_heads=P.bench_indexer_heads,
+        indexer_dim=P.bench_indexer_dim, cpu=DEV.type == "cpu", out=str(out))
     fresh["_path"] = str(out)
     fdf = B.bench_frame([fresh])
-    print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['sparse_path']}")
+    print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['bench']['sparse_path']}")
     flong = B.long_times(fdf)
-    frule = "k=L/8" if "0" in P.bench_top_k.split(",") else f"k={P.bench_top_k.split(',')[0]}"
-    fsel = B.select_k(fdf, "L/8") if "0" in P.bench_top_k.split(",") else B.select_k(fdf, P.bench_top_k.split(",")[0])
+    fsel = B.select_k(fdf, "L/8" if 0 in parse_list(P.bench_top_k) else P.bench_top_k.split(",")[0])
+    frule = fsel.k_rule.iloc[0] if len(fsel) else ""
     ms_vs_len(B.long_times(fsel), f"Fresh ({FRESH_LABEL})", frule).show()
     display(fdf[["L", "k", "kind", "flash_fwd_ms", "masked_fwd_ms", "gather_fwd_ms", "sparse_fwd_ms", "dsa_fwd_ms",
                  "torch_topk_ms", "topk_fast_ms", "speedup_fwd", "speedup_fwdbwd"]].round(3))

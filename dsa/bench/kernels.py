@@ -14,34 +14,31 @@ attention; fwd+bwd = attention backward, the selection carries no gradient; the 
 projections and KL loss, is ``dsa.bench.layer``), plus
 indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*H*d*sum_t min(t+1, k)
 (the pairs a causal top-k attends to), fwd+bwd = 3.5 x fwd for both.
+
+The file holds raw timings only, with the project's one provenance schema (``dsa.provenance.provenance``, the
+timer and the sparse path under ``provenance['bench']``) and each row's k rule as designed (``k_rule``:
+'k=2048', 'k=L/8', or 'k=2048=L/8' where both give the same k); ratios (speed-ups) are derived when the
+file is read (``dsa.study.bench_tables``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from dsa.study.bench_tables import _num, sparse_flops
 from dsa import ops
+from dsa.ops.flops import attention_flops
+from dsa.provenance import provenance, write_json_atomic
 from dsa.ops import expand_kv, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather
 from dsa.ops.dispatch import impl_on_device
-
-
-def _git_commit() -> str | None:
-    from dsa.provenance import git_commit  # noqa: PLC0415 (reads DSA_GIT_COMMIT where git is absent)
-
-    return git_commit()["commit"]
 
 
 def _timer(fn: Callable[[], object], cuda: bool, grad_to_none=None) -> float:
@@ -229,10 +226,19 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
                            for c in sorted({min(base * m, l) for m in (1, 2, 4)})]
 
 
-def _speedups(row: dict) -> None:
-    from dsa.study.bench_tables import derive_ratios  # noqa: PLC0415
+L8 = 0  # a --top-k of 0 means k = L/8
 
-    derive_ratios(row)
+
+def k_rules(l: int, top_ks: list[int]) -> dict[int, str]:
+    """k -> its rule as designed, for the ``top_ks`` asked for at length ``l`` (0 meaning L/8): 'k=2048',
+    'k=L/8', and 'k=2048=L/8' where two rules give the same k (each k is timed once). A k outside [1, L] is
+    left out."""
+    out: dict[int, str] = {}
+    for k in top_ks:
+        kk, rule = (l // 8, "L/8") if k == L8 else (k, str(k))
+        if 1 <= kk <= l:
+            out[kk] = f"{out[kk]}={rule}" if kk in out else f"k={rule}"
+    return out
 
 
 def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -246,44 +252,22 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
     flex_fn, create_block_mask = _flex() if (cuda and args.flex) else (None, None)
     configs = []
     for l in args.seq_lens:
-        ks = []
-        for k in args.top_k:
-            kk = l // 8 if k == 0 else k
-            if 1 <= kk <= l and kk not in ks:
-                ks.append(kk)
-        for kk in ks:
+        for kk, rule in k_rules(l, list(args.top_k)).items():
             for hkv in args.kv_heads:
-                configs.append((l, kk, hkv))
+                configs.append((l, kk, rule, hkv))
     rows: list = []
-    import importlib
-
-    try:
-        triton_version = importlib.import_module("triton").__version__
-    except Exception:
-        triton_version = None
-    res = dict(
-        provenance=dict(
-            git_commit=_git_commit(),
-            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            torch=torch.__version__,
-            triton=triton_version,
-            python=platform.python_version(),
-            device=torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
-            cuda=torch.version.cuda if cuda else None,
-            sparse_path=impl,
-            timer="triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)",
-        ),
-        config=dict(vars(args), device_kind="cuda" if cuda else "cpu"),
-        rows=rows,
-    )
+    prov = provenance(dev)
+    prov["bench"] = {"sparse_path": impl,
+                     "timer": "triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)"}
+    res = dict(provenance=prov, config=dict(vars(args), device_kind="cuda" if cuda else "cpu"), rows=rows)
     try:
         from tqdm import tqdm
     except Exception:  # pragma: no cover
         def tqdm(x, **_):
             return x
-    for l, k, hkv in tqdm(configs, desc="dsa.bench.kernels", file=sys.stderr):
+    for l, k, rule, hkv in tqdm(configs, desc="dsa.bench.kernels", file=sys.stderr):
         torch.manual_seed(0)
-        row: dict = dict(L=l, k=k, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
+        row: dict = dict(L=l, k=k, k_rule=rule, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
         q = torch.randn(1, h, l, d, device=dev, dtype=dtype, requires_grad=True)
         kx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
         vx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
@@ -293,7 +277,7 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
         wi = (torch.randn(1, l, hi, device=dev) * (hi**-0.5 * di**-0.5)).to(dtype)
         leaves = [q, kx, vx]
         dense_f = 2.0 * l * l * h * d
-        sparse_f = sparse_flops(l, k, h, d)
+        sparse_f = attention_flops(l, h, d, keys_per_query=k)
 
         def rec(name, fn, flops=None, grad=False):
             ms, peak = _measure(fn, cuda, leaves if grad else None)
@@ -355,7 +339,6 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
                 row["torch_topk_why"] = "oom"
                 torch.cuda.empty_cache()
         if args.selection_only:
-            _speedups(row)
             rows.append(row)
             if on_row is not None:
                 on_row(res)
@@ -392,7 +375,6 @@ def run(args, on_row: Callable[[dict], None] | None = None) -> dict:
             gather = lambda: sparse_attention_gather(q, kx, vx, idx, scale=d**-0.5)[0]  # noqa: E731
             rec("gather_fwd", gather, sparse_f)
             rec("gather_fwdbwd", fb(gather), sparse_f, grad=True)
-        _speedups(row)
         rows.append(row)
         if on_row is not None:
             on_row(res)
@@ -407,19 +389,19 @@ COLS = [
     ("flash_fwd_ms", "flash", "{:.2f}"), ("flex_fwd_ms", "flex", "{:.2f}"), ("masked_fwd_ms", "masked", "{:.2f}"),
     ("gather_fwd_ms", "gather", "{:.2f}"), ("sparse_fwd_ms", "sparse", "{:.2f}"),
     ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
-    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"), ("radix_speedup", "x ours", "{:.1f}"),
+    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"),
     ("radix_only_ms", "radix", "{:.2f}"),
     ("topk_fast_ms", "topk", "{:.2f}"), ("topk_chunked_ms", "topk ch", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
-    ("speedup_fwd", "x fwd", "{:.2f}"),
     ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
     ("sparse_fwdbwd_ms", "sp f+b", "{:.2f}"), ("dsa_fwdbwd_ms", "dsa f+b", "{:.2f}"),
-    ("speedup_fwdbwd", "x f+b", "{:.2f}"), ("indexer_at_fwdbwd_ms", "idx@ f+b", "{:.2f}"),
+    ("indexer_at_fwdbwd_ms", "idx@ f+b", "{:.2f}"),
 ]
 
 
 def table(res: dict) -> str:
     head = [c[1] for c in COLS]
-    lines = [res["provenance"]["device"] + " | " + res["provenance"]["sparse_path"] + " | ms, median"]
+    """The raw timings of a result as a text table (speed-ups: ``dsa.study.bench_tables``)."""
+    lines = [res["provenance"]["device"] + " | " + res["provenance"]["bench"]["sparse_path"] + " | ms, median"]
     body = []
     for r in res["rows"]:
         body.append([fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in COLS])
@@ -430,8 +412,8 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dsa.bench.kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=None)
     p.add_argument("--top-k", type=int, nargs="+", default=[2048, 0], help="0 means k = L/8")
     p.add_argument("--kv-heads", type=int, nargs="+", default=None, help="default: H (MHA) and 2 (GQA)")
@@ -457,7 +439,11 @@ def main(argv=None) -> dict:
     p.add_argument("--profile-selection", action="store_true",
                    help="CUDA: also time each kernel launch of our top-k on its own (row['radix_stages_ms'])")
     p.add_argument("--out", type=str, default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the size defaults that depend on the device (--quick, seq_lens, kv_heads)."""
     cuda = torch.cuda.is_available() and not args.cpu
     if args.quick:
         args.seq_lens = args.seq_lens or ([1024, 4096] if cuda else [256])
@@ -466,19 +452,42 @@ def main(argv=None) -> dict:
             args.heads, args.head_dim, args.indexer_dim = 4, 32, 32
     args.seq_lens = args.seq_lens or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
     args.kv_heads = args.kv_heads or sorted({args.heads, 2}, reverse=True)
-    out = args.out
-    if out is None:
+    if args.out is None:
         tag = ("cuda-" + torch.cuda.get_device_name().replace(" ", "_")) if cuda else "cpu"
-        out = f"runs/bench/{tag}-{_dt.date.today().isoformat()}.json"  # recorded data is promoted by hand
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+        args.out = f"runs/bench/{tag}-{_dt.date.today().isoformat()}.json"  # recorded data is promoted by hand
+    return args
+
+
+def _run_to_file(args: argparse.Namespace) -> dict:
+    out = args.out
 
     def dump(r):  # after every row: a run stopped half-way still leaves its numbers
-        Path(out).write_text(json.dumps(r, indent=1))
+        write_json_atomic(out, r)
 
     res = run(args, on_row=dump)
     dump(res)
+    return res
+
+
+def bench(**options: object) -> dict:
+    """Run the benchmark from Python: ``options`` are the command line's, by their dest names (``seq_lens``,
+    ``top_k`` (0 meaning L/8), ``kv_heads``, ``heads``, ``head_dim``, ``indexer_heads``, ``indexer_dim``,
+    ``cpu``, ``out``, ...); the rest keep their defaults. Writes ``out`` as the CLI does and returns the
+    result dict. An unknown option is a TypeError naming it."""
+    args = build_parser().parse_args([])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"bench() got unknown option(s) {unknown}; known: {sorted(vars(args))}")
+    for name, value in options.items():
+        setattr(args, name, list(value) if isinstance(value, tuple) else value)
+    return _run_to_file(_resolve(args))
+
+
+def main(argv=None) -> dict:
+    args = _resolve(build_parser().parse_args(argv))
+    res = _run_to_file(args)
     print(table(res))
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return res
 
 

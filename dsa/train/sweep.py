@@ -50,7 +50,9 @@ from dsa.records import drop_duplicate_keys, result_files, shard_path
 from dsa.train.trainer import TrainConfig, train
 
 # Fields that name or route a run without changing its result.
-_NOT_IN_KEY = ("out", "name", "progress", "device", "impl")  # impl: the same function, other rounding
+# impl: the same function, other rounding; design: why a run was made (its experiment, arm, k/L ratio), not what
+# it trains (two experiments sharing a configuration share its record)
+_NOT_IN_KEY = ("out", "name", "progress", "device", "impl", "design")
 
 # The TrainConfig fields (and their defaults) when the key scheme was fixed. They always enter the key, so
 # the keys of every recorded run stay valid; a field added to TrainConfig later enters it only when it is not

@@ -24,8 +24,9 @@ import math
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,10 @@ class TrainConfig:
     out: str | None = None  # run JSON path; default runs/<name>.json
     name: str | None = None
     progress: bool = True
+    design: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the design factors of the run, recorded by the experiment that built it (dsa.train.experiments: "
+                "experiment, arm, designed k/L ratio and k rule, ablation and level); not part of the sweep key",
+        "cli": False})
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -97,6 +102,8 @@ class TrainConfig:
         if self.top_k > self.seq_len:
             raise ValueError(f"top_k ({self.top_k}) must be <= seq_len ({self.seq_len})")
         check_impl(self.impl)
+        if not isinstance(self.design, dict):
+            raise TypeError(f"design must be a dict of design factors, got {type(self.design).__name__}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         is_ds = self.recipe == "deepseek" and self.attention == "dsa"
@@ -369,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dsa.train.trainer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
+        if f.metadata.get("cli") is False:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         typ = f.type if isinstance(f.type, str) else f.type.__name__
