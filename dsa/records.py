@@ -25,7 +25,8 @@ from .provenance import REPO_ROOT, device_name, git_commit, provenance, write_js
 
 
 def data_dir() -> Path:
-    """``$DSA_DATA_DIR`` or ``<repo>/data``."""
+    """``$DSA_DATA_DIR`` or ``<repo>/data``: the root of the recorded results (the corpus cache is another
+    variable, ``$DSA_CACHE_DIR``: ``dsa.text.corpus``)."""
     return Path(os.environ.get("DSA_DATA_DIR", REPO_ROOT / "data"))
 
 
