@@ -5,14 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install report test browser-deps lab
+.PHONY: install report test browser-deps lab readme-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the local CPU build; any other torch requirement downloads gigabytes of CUDA packages
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# every extra (study, train, onnx, test): the notebooks, the report, the export and every test
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,3 +34,7 @@ test: $(STAMP) browser-deps
 # JupyterLab on the notebooks; as root (most containers) JupyterLab refuses to start without --allow-root
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+# the README's key figures (figures/readme/*.png) from the recorded data under data/
+readme-figures: $(STAMP)
+	$(PY) -m dsa.study.readme_figures

@@ -68,6 +68,7 @@ bench_indexer_dim: int = 32  # indexer head dimension of the fresh benchmark
 recorded: str = "bench/*.json"  # glob under data/: the recorded benchmark files (merged)
 step_profiles: str = "bench/step-profile/*/*.json"  # glob under data/: dsa.bench.step_profile files ("" to skip)
 layer_bench: str = "bench/layer/*.json"  # glob under data/: dsa.bench.layer files, the model's own layer ("" to skip)
+map_bench: str = "bench/map/*.json"  # glob under data/: dsa.bench.map files, the map of where DSA pays ("" to skip)
 plot_k: str = "2048"  # the k shown in the plots over L: an integer, or "L/8"
 flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than flash is flagged as an artefact
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
@@ -110,7 +111,9 @@ import torch
 from IPython.display import Markdown, display
 
 from dsa.bench import kernels as dsa_bench
+from dsa.bench import map as dsa_map
 from dsa.study import bench_tables as B
+from dsa.study import map_tables as MT
 from dsa.study.figures import save_static
 from dsa.study.tables import readable
 from dsa.records import describe_provenance, load_records, summarize_provenance
@@ -483,6 +486,38 @@ else:
                                 "attention_share", "peak_mib", "top_op"]].rename(
         columns={"x_first": "x dense", "ms_per_step": "ms/step", "attention_share": "attention share"}), 3,
         na={"attention share": "n/a (not recorded)", "peak_mib": "n/a (CPU)"}))
+
+# %% [markdown]
+# ### Where DSA pays: the map over layouts, indexers and L
+#
+# `python -m dsa.bench.map` (`scripts/gpu/gpu_map.sh` on one H200) times the model's own DSA layer against
+# its dense layer, prefill and training, for MHA 16 × 128, GQA 16/2, MQA 64 × 128 and DeepSeek-V3.2's MLA in
+# MQA mode (128 heads on one latent K/V, d_qk 576, d_v 512; its dense layer is MLA in MHA mode, 128 heads,
+# d_qk 192, d_v 128, DeepSeek's prefill), with the indexer at 4 × 64 and 64 × 128 (bf16; FP8 once merged).
+# Speed-up = the **best** dense kernel's ms (cuDNN, flash or FlexAttention, same run) / the DSA layer's ms:
+# **above 1, DSA is faster**. Dashed: the cost model (`dsa.study.map_tables`: FLOPs and bytes per (query,
+# key) pair at the H200's measured matrix rates and bandwidth, attention and indexer only), the speed-up
+# ideal kernels would give. The table names, per layout and indexer, the L from which DSA beats the best dense
+# kernel at every larger measured L.
+
+# %%
+map_records = load_records(P.map_bench) if P.map_bench else []
+map_label = summarize_provenance(r["provenance"] for r in map_records) if map_records else None
+if not map_records:  # no recorded map: a tiny CPU run, which shows the machinery and nothing about GPU speed
+    map_records = [dsa_map.run(dsa_map.MapConfig())]
+    map_label = f"TINY CPU RUN ({FRESH_LABEL}): reference paths, toy sizes; not a measurement of any GPU kernel"
+dmap = MT.map_frame(map_records)
+fig = px.line(MT.long_speedups(dmap), x="L", y="value", color="indexer", line_dash="source", facet_col="layout",
+              facet_row="pass", markers=True, log_x=True, log_y=True,
+              hover_data=["best_dense", "best_dense_ms", "dsa_ms"],
+              labels={"value": "best dense ms / DSA ms", "L": "sequence length L (tokens)"},
+              title="Where DSA pays: DSA layer speed-up over the best dense kernel (above 1 = DSA faster)<br>"
+                    f"<sup>{map_label}</sup>")
+fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+fig.add_hline(y=1.0, line_dash="dot")
+fig.update_layout(height=650, margin=dict(t=110))
+fig.show()
+display(readable(MT.crossover(dmap), 2))
 
 # %% [markdown]
 # ### A caveat on FlexAttention

@@ -1,6 +1,7 @@
-"""Shared memory, registers and spills of the lightning-indexer Triton kernels, compiled ahead of time for
-Hopper (sm_90a) on a machine without a GPU: does every launch fit an H100 / H200 at the indexer sizes,
-DeepSeek-V3.2's 64 heads x 128 dims included?
+"""Shared memory, registers and spills of the lightning-indexer and sparse-attention Triton kernels, compiled
+ahead of time for Hopper (sm_90a) on a machine without a GPU: does every launch fit an H100 / H200 at the
+indexer sizes, DeepSeek-V3.2's 64 heads x 128 dims included, and at the attention layouts, its MLA in MQA
+mode (128 query heads on one latent K/V, d_qk 576, d_v 512) included?
 
 One line per kernel x (H_I, d_I) x tile: the dynamic shared memory the launch would ask for (a block may
 have at most SHARED_LIMIT bytes: Triton raises OutOfResources above it), the registers per thread and the
@@ -9,6 +10,12 @@ The constexprs come from the launch code (``_pass_meta`` / ``_at_meta``), the he
 pad them. Exit status 1 when a launch would not fit.
 
     python scripts/check_kernel_resources.py [--sizes 4x64,64x128] [--dtypes bf16,fp32] [--all-tiles]
+    python scripts/check_kernel_resources.py --only attention [--attention 128x1x576x512] [--all-tiles]
+    (the indexer kernels by default; --attention adds the attention layouts, --only picks one family)
+
+Attention sizes are H x H_kv x d_qk x d_v; each gives the forward, the backward with atomic dK/dV and with
+dQ only (the inverted index's first kernel), the inverted dK/dV kernel and the probabilities kernel, at the
+launch code's tiles (``dsa.ops.kernels.sparse_attention.attn_meta``), with --all-tiles also at ATTN_TILES.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ ARCH = 90
 SIZES = ((1, 16), (3, 24), (4, 64), (8, 64), (4, 128), (5, 64), (48, 128), (64, 128), (128, 128), (256, 128))
 FAST_TILE = (64, 64, 4)  # indexer_topk_threshold's default block_m (compiled), block_n and warps
 BENCH_TILES = tuple((bm, bn, w) for bm in (64, 128) for bn in (64, 128) for w in (4, 8))  # dsa.bench.kernels's tuning set
+ATTN_SIZES = ((128, 1, 576, 512), (64, 1, 576, 512), (16, 1, 576, 512), (64, 1, 128, 128), (16, 2, 128, 128),
+              (16, 16, 128, 128))
+# (pass, block_h, block_k, warps, stages): the tiles timed by dsa.bench.mla's tuning sweep
+ATTN_TILES = tuple(("fwd", bh, bk, 8, st) for bh in (32, 64) for bk in (32, 64) for st in (2, 3)) + \
+    tuple(("bwd", bh, bk, 8, st) for bh in (32, 64) for bk in (16, 32) for st in (1, 2))
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
 
 
@@ -84,14 +96,62 @@ def at_cases(h: int, di: int, dtype: str) -> list[Case]:
             Case("idx_at_bwd", h, di, dtype, tile, meta, bwd, ints)]
 
 
+def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[Case]:
+    """The sparse-attention kernels at one layout: forward, backward (atomic dK/dV, and dQ only), the inverted
+    dK/dV kernel, the probabilities kernel, at the launch code's tiles; then each of ``tiles``."""
+    from dsa.ops.kernels._common import next_pow2
+    from dsa.ops.kernels.sparse_attention import attn_meta, split_dim
+
+    g, td = h // hkv, _torch_dtype(dtype)
+    # MLA's latent layout (d_v = the power-of-two part of d_qk, one K/V head): the layer passes v as a view
+    # of k, and the kernels reuse each K block as the V block
+    shared = dict(shared_kv=hkv == 1 and dv == split_dim(d)[0] < d)
+    ints = dict(sqb=L * h * d, sqh=L * d, sql=d, skb=L * hkv * d, skh=L * d, skl=d, svb=L * hkv * dv, svh=L * dv,
+                svl=dv, sib=L * KSEL, sil=KSEL, sob=L * h * dv, soh=L * dv, sol=dv, slb=L * h, slh=L,
+                sdob=L * h * dv, sdoh=L * dv, sdol=dv, sgqb=L * h * d, sgqh=L * d, sgql=d, sgkb=L * hkv * d,
+                sgkh=L * d, sgkl=d, sgvb=L * hkv * dv, sgvh=L * dv, sgvl=dv, spb=L * KSEL, spl=KSEL, HKV=hkv,
+                KSEL=KSEL, NHB=3, NKB=64, L=L)
+    ptr = f"*{dtype}"
+    fwd_t = dict(Q=ptr, K=ptr, V=ptr, IDX="*i32", O=ptr, LSE="*fp32", sm_scale="fp32")
+    bwd_t = dict(fwd_t, DO=ptr, DELTA="*fp32", GQ=ptr, GK="*fp32", GV="*fp32")
+    size = f"{h}/{hkv}x{d}/{dv}"
+
+    def case(kernel, meta, types):
+        tile = f"{meta.get('BLOCK_H', g)}h{meta.get('BLOCK_K', meta.get('BLOCK_T'))}k/{meta.get('num_warps', 4)}w" + \
+            (f"/{meta['num_stages']}s" if "num_stages" in meta else "")
+        return Case(kernel, size, 0, dtype, tile, meta, types, ints)
+
+    cases = [case("attn_fwd", attn_meta(g, d, dv, td, "fwd", **shared), fwd_t),
+             case("attn_bwd atomic", dict(attn_meta(g, d, dv, td, "bwd", **shared), DKV_ATOMIC=True), bwd_t),
+             case("attn_bwd dq", dict(attn_meta(g, d, dv, td, "bwd", **shared), DKV_ATOMIC=False), bwd_t)]
+    inv = dict(G=g, D=d, D_PAD=next_pow2(d), DV=dv, DV_PAD=next_pow2(dv),
+               BLOCK_T=max(1, min(32, 8192 // max(next_pow2(d), next_pow2(dv)))), num_warps=4)
+    cases.append(case("attn_dkv_inv", inv, dict(bwd_t, INV_T="*i32", INV_START="*i32", GK=ptr, GV=ptr)))
+    probs = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items()
+             if k not in ("DV", "DV_PAD", "num_warps", "V_FROM_K")}
+    probs.update(BLOCK_K=32, num_warps=4, num_stages=2)
+    cases.append(case("attn_probs", probs, dict(Q=ptr, K=ptr, IDX="*i32", LSE="*fp32", P="*fp32", sm_scale="fp32",
+                                                inv_h="fp32")))
+    for pass_, bh, bk, w, st in tiles:
+        meta = attn_meta(g, d, dv, td, pass_, block_h=bh, block_k=bk, num_warps=w, num_stages=st, **shared)
+        if pass_ == "bwd":
+            meta["DKV_ATOMIC"] = True
+        cases.append(case(f"attn_{pass_}" + (" atomic" if pass_ == "bwd" else ""), meta,
+                          fwd_t if pass_ == "fwd" else bwd_t))
+    return cases
+
+
 def _jitted(kernel: str):
     """A compiled-mode JITFunction (whatever TRITON_INTERPRET says: the interpreter's function cannot be
     compiled ahead of time)."""
     from triton.runtime.jit import JITFunction
 
     from dsa.ops.kernels import _indexer_kernels as m
+    from dsa.ops.kernels import _sparse_attn_kernels as a
 
-    fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel}
+    fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel,
+          "attn_fwd": a.sparse_attn_fwd_kernel, "attn_bwd": a.sparse_attn_bwd_kernel,
+          "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_probs": a.sparse_attn_probs_kernel}
     return JITFunction(fn[kernel.split()[0]])
 
 
@@ -109,7 +169,8 @@ def compile_case(case: Case):
             signature[name] = "constexpr"
         elif name in case.types:
             signature[name] = case.types[name]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+            if case.types[name].startswith("*"):
+                attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         else:
             signature[name] = "i32"
             if case.ints[name] % 16 == 0:  # as the launch specializes 16-divisible integers
@@ -145,6 +206,10 @@ def all_cases(sizes, dtypes, tiles) -> list[Case]:
             for c in pass_cases(h, di, dtype, tiles) + at_cases(h, di, dtype)]
 
 
+def all_attn_cases(sizes, dtypes, tiles) -> list[Case]:
+    return [c for dtype in dtypes for size in sizes for c in attn_cases(*size, dtype, tiles)]
+
+
 def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(tuple(int(v) for v in s.split("x")) for s in text.split(","))
 
@@ -154,16 +219,25 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=_parse_sizes, default=SIZES, help="H_IxD_I,... (default: %(default)s)")
     ap.add_argument("--dtypes", default="bf16,fp32", help="q/k dtypes: bf16, fp16, fp32 (default: %(default)s)")
     ap.add_argument("--all-tiles", action="store_true", help="the score pass at dsa.bench.kernels's 8 tiles too")
+    ap.add_argument("--attention", type=_parse_sizes, default=None,
+                    help=f"sparse-attention layouts H x H_kv x d_qk x d_v,... (with --only attention, default: "
+                         f"{','.join('x'.join(map(str, s)) for s in ATTN_SIZES)})")
+    ap.add_argument("--only", choices=("indexer", "attention"), default=None, help="one family of kernels")
     args = ap.parse_args(argv)
     from dsa.ops.kernels.indexer_chunked import SCORE_TILE
 
     tiles = BENCH_TILES if args.all_tiles else (SCORE_TILE,)
-    print(f"{'kernel':<16} {'dtype':<5} {'H_I x d_I':>10} {'tile':>11} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")
+    dtypes = args.dtypes.split(",")
+    cases = [] if args.only == "attention" else all_cases(args.sizes, dtypes, tiles)
+    if args.only == "attention" or (args.attention and args.only != "indexer"):
+        cases += all_attn_cases(args.attention or ATTN_SIZES, dtypes, ATTN_TILES if args.all_tiles else ())
+    print(f"{'kernel':<16} {'dtype':<5} {'size':>14} {'tile':>14} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")
     bad = 0
-    for case in all_cases(args.sizes, args.dtypes.split(","), tiles):
+    for case in cases:
         r = measure(case)
         bad += not r["fits"]
-        print(f"{case.kernel:<16} {case.dtype:<5} {f'{case.h}x{case.di}':>10} {case.tile:>11} {r['shared']:>9} "
+        size = case.h if isinstance(case.h, str) else f"{case.h}x{case.di}"
+        print(f"{case.kernel:<16} {case.dtype:<5} {size:>14} {case.tile:>14} {r['shared']:>9} "
               f"{r['regs']:>5} {r['spills']:>8}  {'yes' if r['fits'] else 'NO'}", flush=True)
     print(f"{bad} launch(es) over the {SHARED_LIMIT} B shared-memory limit of sm_{ARCH}" if bad else "all fit")
     return 1 if bad else 0

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dsa.layers.rope import apply_rope, apply_rope_at, rope_cos_sin
+
 from .. import ops
-from dsa.layers.rope import apply_rope, rope_cos_sin
+from .cache import LayerCache
 from .config import AttentionConfig, SparseConfig
 from .indexer import IndexerConfig, LightningIndexer
 from .norm import RMSNorm
@@ -73,35 +75,40 @@ class _Projections(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> QKV:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> QKV:
         """x: (B, L, D) -> QKV, all three in the queries' dtype (under autocast the RMSNorm of MLA's latent
-        comes back in float32 while the projections give bf16)."""
-        t = self._standard(x) if self.cfg.mla is None else self._mla(x)
+        comes back in float32 while the projections give bf16). positions: (B, L) absolute positions of the
+        tokens (decoding with a cache), default 0..L-1; with positions MLA always takes the absorbed form (its
+        cache holds the latent rows)."""
+        t = self._standard(x, positions) if self.cfg.mla is None else self._mla(x, positions)
         return QKV(t.q, t.k.to(t.q.dtype), t.v.to(t.q.dtype), t.scale)
 
-    def _standard(self, x: torch.Tensor) -> QKV:
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor | None, seq_dim: int) -> torch.Tensor:
+        if positions is None:
+            return apply_rope(x, self.cos[: x.shape[seq_dim]], self.sin[: x.shape[seq_dim]], seq_dim=seq_dim)
+        return apply_rope_at(x, self.cos, self.sin, positions, seq_dim=seq_dim)
+
+    def _standard(self, x: torch.Tensor, positions: torch.Tensor | None) -> QKV:
         c = self.cfg
         b, l, _ = x.shape
-        cos, sin = self.cos[:l], self.sin[:l]
-        q = apply_rope(self.wq(x).view(b, l, c.n_heads, c.qk_dim).transpose(1, 2), cos, sin, seq_dim=2)
-        k = apply_rope(self.wk(x).view(b, l, c.kv_heads, c.qk_dim).transpose(1, 2), cos, sin, seq_dim=2)
+        q = self._rope(self.wq(x).view(b, l, c.n_heads, c.qk_dim).transpose(1, 2), positions, 2)
+        k = self._rope(self.wk(x).view(b, l, c.kv_heads, c.qk_dim).transpose(1, 2), positions, 2)
         v = self.wv(x).view(b, l, c.kv_heads, c.v_dim).transpose(1, 2)
         return QKV(q, k, v, c.qk_dim**-0.5)
 
-    def _mla(self, x: torch.Tensor) -> QKV:
+    def _mla(self, x: torch.Tensor, positions: torch.Tensor | None) -> QKV:
         c, m = self.cfg, self.cfg.mla
         b, l, _ = x.shape
-        cos, sin = self.cos[:l], self.sin[:l]
         qx = self.q_norm(self.wq_a(x)) if m.q_rank else x
         q = self.wq(qx).view(b, l, c.n_heads, m.nope_dim + m.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split([m.nope_dim, m.rope_dim], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin, seq_dim=2)
+        q_rope = self._rope(q_rope, positions, 2)
         kv = self.wkv_a(x)
         latent = self.kv_norm(kv[..., : m.kv_rank])  # (B, L, kv_rank)
-        k_rope = apply_rope(kv[..., m.kv_rank:], cos, sin, seq_dim=1)  # (B, L, rope_dim): shared by every head
+        k_rope = self._rope(kv[..., m.kv_rank:], positions, 1)  # (B, L, rope_dim): shared by every head
         scale = (m.nope_dim + m.rope_dim) ** -0.5  # the MHA form's scale, kept by the absorbed form
         w_uk, _ = self._up_weights()
-        if self.mqa_mode:
+        if self.mqa_mode or positions is not None:
             q_lat = torch.einsum("bhln,hnr->bhlr", q_nope, w_uk)  # absorb W_uk into the queries
             k = torch.cat([latent, k_rope], dim=-1)[:, None]  # (B, 1, L, kv_rank + rope_dim)
             return QKV(torch.cat([q_lat, q_rope], dim=-1), k, k[..., : m.kv_rank], scale)
@@ -116,9 +123,10 @@ class _Projections(nn.Module):
         w = self.wkv_b.weight.view(self.cfg.n_heads, m.nope_dim + m.v_dim, m.kv_rank)
         return w[:, : m.nope_dim], w[:, m.nope_dim:]
 
-    def output(self, o: torch.Tensor) -> torch.Tensor:
-        """o: (B, H, L, d_v of the form that ran) -> (B, L, D)."""
-        if self.cfg.mla is not None and self.mqa_mode:
+    def output(self, o: torch.Tensor, absorbed: bool | None = None) -> torch.Tensor:
+        """o: (B, H, L, d_v of the form that ran) -> (B, L, D). absorbed: MLA ran in the MQA form (default:
+        the layer's mode; decoding always does)."""
+        if self.cfg.mla is not None and (self.mqa_mode if absorbed is None else absorbed):
             o = torch.einsum("bhlr,hvr->bhlv", o, self._up_weights()[1])  # latent -> per-head values
         b, h, l, dv = o.shape
         return self.wo(o.transpose(1, 2).reshape(b, l, h * dv))
@@ -132,12 +140,36 @@ class DenseAttention(nn.Module):
         self.cfg = cfg
         self.proj = _Projections(cfg, mqa_mode=cfg.mla is not None and cfg.mla.dense_mode == "mqa")
 
-    def forward(self, x: torch.Tensor, *, keep_tensors: bool = False) -> tuple[torch.Tensor, AttentionAux]:
-        """x: (B, L, D) -> ((B, L, D), AttentionAux)."""
+    def forward(
+        self, x: torch.Tensor, *, keep_tensors: bool = False, cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, AttentionAux]:
+        """x: (B, L, D) -> ((B, L, D), AttentionAux).
+
+        cache, positions: decode with a cache (:meth:`init_cache`): the L new tokens of sequence b sit at
+        positions[b] ((B, L) integer); their keys and values are written there and each attends to the cached
+        rows at or before its position.
+        """
         _check_hidden(x, self.cfg)
+        if cache is not None:
+            return self._decode(x, cache, positions)
         t = self.proj(x)
         aux = AttentionAux(tensors=_detached(t) if keep_tensors else {})
         return self.proj.output(ops.dense_attention(t.q, t.k, t.v, scale=t.scale)), aux
+
+
+    def _decode(self, x: torch.Tensor, cache: LayerCache, positions: torch.Tensor) -> tuple[torch.Tensor, AttentionAux]:
+        t = self.proj(x, positions)
+        cache.write(t.k, t.v, positions)
+        if _from_start(positions):  # a prompt into an empty cache: the full-sequence (prefill) kernels
+            return self.proj.output(ops.dense_attention(t.q, t.k, t.v, scale=t.scale), absorbed=True), AttentionAux()
+        kc, vc = _cached(cache, positions)
+        o = ops.decode_dense_attention(t.q, kc, vc, positions, scale=t.scale, impl=self.cfg.impl)
+        return self.proj.output(o, absorbed=True), AttentionAux()
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerCache:
+        """An empty cache of this layer's layout for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        return _empty_cache(self.cfg, batch_size, max_len, dtype, device)
 
 
 class DSAAttention(nn.Module):
@@ -168,9 +200,14 @@ class DSAAttention(nn.Module):
         indexer_loss: str | None = None,
         recall: bool = False,
         keep_tensors: bool = False,
+        cache: LayerCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AttentionAux]:
         """x: (B, L, D) -> ((B, L, D), AttentionAux).
 
+        cache, positions: decode with a cache (see :meth:`DenseAttention.forward`); the indexer keys are
+        cached too and each new token selects its top-k among the cached positions at or before its own
+        (aux.selection (B, L, min(top_k, cached rows))).
         sparse: False runs dense attention with the same weights (DeepSeek's dense stage);
         indexer_loss: None, 'dense' (KL against the full attention, the warm-up) or 'sparse' (KL on the
         selected set); recall: measure the dense attention mass on the selection (reference, slow).
@@ -178,6 +215,10 @@ class DSAAttention(nn.Module):
         _check_hidden(x, self.cfg)
         if indexer_loss not in INDEXER_LOSSES:
             raise ValueError(f"indexer_loss must be one of {INDEXER_LOSSES}, got {indexer_loss!r}")
+        if cache is not None:
+            if indexer_loss is not None or recall or keep_tensors:
+                raise ValueError("indexer_loss, recall and keep_tensors are training-time options: not with a cache")
+            return self._decode(x, cache, positions, sparse)
         impl = self.cfg.impl
         t = self.proj(x)
         aux = AttentionAux()
@@ -205,11 +246,51 @@ class DSAAttention(nn.Module):
             aux.tensors = {**_detached(t), "q_idx": qi.detach(), "k_idx": ki.detach(), "w": wi.detach()}
         return self.proj.output(o), aux
 
-    def indexer_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, L, D) -> q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I), from a detached x."""
+    def indexer_outputs(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I), from a detached x.
+        positions: (B, L) absolute positions (decoding), default 0..L-1."""
         l = x.shape[1]
-        rope = (self.cos_idx[:l], self.sin_idx[:l]) if self.cos_idx.numel() else (None, None)
-        return self.indexer(x.detach(), *rope)
+        if not self.cos_idx.numel():
+            return self.indexer(x.detach())
+        if positions is None:
+            return self.indexer(x.detach(), self.cos_idx[:l], self.sin_idx[:l])
+        return self.indexer(x.detach(), self.cos_idx, self.sin_idx, positions=positions)
+
+    def _decode(
+        self, x: torch.Tensor, cache: LayerCache, positions: torch.Tensor, sparse: bool
+    ) -> tuple[torch.Tensor, AttentionAux]:
+        if self.sparse_cfg.k_policy != "fixed" or self.sparse_cfg.leak_future:
+            raise ValueError("decoding with a cache takes k_policy='fixed' without leak_future, got "
+                             f"k_policy={self.sparse_cfg.k_policy!r}, leak_future={self.sparse_cfg.leak_future}")
+        impl = self.cfg.impl
+        t = self.proj(x, positions)
+        qi, ki, wi = self.indexer_outputs(x, positions)
+        cache.write(t.k, t.v, positions, ki)
+        aux = AttentionAux()
+        if _from_start(positions):  # a prompt into an empty cache: the full-sequence (prefill) ops
+            if sparse:
+                aux.selection = ops.indexer_topk(qi, ki, wi, min(self.sparse_cfg.top_k, x.shape[1]), impl=impl)
+                o = ops.sparse_attention(t.q, t.k, t.v, aux.selection, scale=t.scale, impl=impl)
+            else:
+                o = ops.dense_attention(t.q, t.k, t.v, scale=t.scale)
+            return self.proj.output(o, absorbed=True), aux
+        kc, vc = _cached(cache, positions)
+        if sparse:
+            used = kc.shape[2]
+            aux.selection = ops.decode_indexer_topk(qi, cache.k_idx[:, :used], wi, self.sparse_cfg.top_k, positions,
+                                                    impl=impl)
+            o = ops.decode_sparse_attention(t.q, kc, vc, aux.selection, scale=t.scale, impl=impl)
+        else:
+            o = ops.decode_dense_attention(t.q, kc, vc, positions, scale=t.scale, impl=impl)
+        return self.proj.output(o, absorbed=True), aux
+
+    def init_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerCache:
+        """An empty cache (keys, values, indexer keys) for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        c = _empty_cache(self.cfg, batch_size, max_len, dtype, device)
+        c.k_idx = torch.zeros(batch_size, max_len, self.indexer.cfg.head_dim, dtype=dtype, device=device)
+        return c
 
     def _top_k(self, qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor) -> int | torch.Tensor:
         """The fixed k (capped at L), or the adaptive policy's per-query k (B, L)."""
@@ -229,6 +310,29 @@ def _check_hidden(x: torch.Tensor, cfg: AttentionConfig) -> None:
         raise TypeError(f"hidden states must be floating point, got {x.dtype}")
     if not 1 <= x.shape[1] <= cfg.max_seq_len:
         raise ValueError(f"sequence length {x.shape[1]} must be in [1, max_seq_len={cfg.max_seq_len}]")
+
+
+def _empty_cache(cfg: AttentionConfig, b: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerCache:
+    """Zeros in the layout of :class:`LayerCache`: MLA keeps its latent rows (kv_rank + rope_dim) only."""
+    if cfg.mla is not None:
+        m = cfg.mla
+        return LayerCache(torch.zeros(b, 1, max_len, m.kv_rank + m.rope_dim, dtype=dtype, device=device), None,
+                          m.kv_rank)
+    k = torch.zeros(b, cfg.kv_heads, max_len, cfg.qk_dim, dtype=dtype, device=device)
+    v = torch.zeros(b, cfg.kv_heads, max_len, cfg.v_dim, dtype=dtype, device=device)
+    return LayerCache(k, v, cfg.v_dim)
+
+
+def _from_start(positions: torch.Tensor) -> bool:
+    """Every sequence starts at position 0: the new tokens are whole sequences (positions 0..T-1), which the
+    full-sequence ops compute with their prefill kernels (the same function as the decode ops)."""
+    return not bool(positions[:, 0].any())
+
+
+def _cached(cache: LayerCache, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached keys and values up to the last new position, (B, H_kv, S, d): rows past it are never read."""
+    used = int(positions.max()) + 1
+    return cache.k[:, :, :used], cache.values()[:, :, :used]
 
 
 def _detached(t: QKV) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dsa.layers.rope import apply_rope
+from dsa.layers.rope import apply_rope, apply_rope_at
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,13 @@ class LightningIndexer(nn.Module):
         self.wh = nn.Linear(cfg.d_model, cfg.n_heads, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None
+        self, x: torch.Tensor, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, L, D) -> q_idx (B, L, H_I, d_I), k_idx (B, L, d_I), w (B, L, H_I).
 
-        ``cos``/``sin``: (L, rope_dim) tables, needed when rope_dim > 0.
+        ``cos``/``sin``: (L, rope_dim) tables, needed when rope_dim > 0; with ``positions`` ((B, L) integer,
+        decoding with a cache) the whole tables, indexed at those positions.
         """
         b, l, _ = x.shape
         c = self.cfg
@@ -58,8 +60,12 @@ class LightningIndexer(nn.Module):
             if cos is None or sin is None:
                 raise ValueError("cos/sin tables are required when the indexer's rope_dim > 0")
             r = c.rope_dim
-            q = torch.cat([apply_rope(q[..., :r], cos, sin, seq_dim=1), q[..., r:]], dim=-1)
-            k = torch.cat([apply_rope(k[..., :r], cos, sin, seq_dim=1), k[..., r:]], dim=-1)
+            if positions is None:
+                q = torch.cat([apply_rope(q[..., :r], cos, sin, seq_dim=1), q[..., r:]], dim=-1)
+                k = torch.cat([apply_rope(k[..., :r], cos, sin, seq_dim=1), k[..., r:]], dim=-1)
+            else:
+                q = torch.cat([apply_rope_at(q[..., :r], cos, sin, positions, seq_dim=1), q[..., r:]], dim=-1)
+                k = torch.cat([apply_rope_at(k[..., :r], cos, sin, positions, seq_dim=1), k[..., r:]], dim=-1)
         # Scale as V3.2 does: H_I^-1/2 on the head weights and the softmax scale d_I^-1/2.
         w = self.wh(x) * (c.n_heads**-0.5 * c.head_dim**-0.5)
         return q, k, w

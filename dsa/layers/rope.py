@@ -31,3 +31,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_dim: i
     x1, x2 = xf[..., : r // 2], xf[..., r // 2 :]
     rotated = torch.cat([-x2, x1], dim=-1)
     return (xf * c + rotated * s).to(x.dtype)
+
+
+def apply_rope_at(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_dim: int
+) -> torch.Tensor:
+    """Rotate the last dim of ``x`` by per-sequence positions (decoding with a cache: each sequence of the batch
+    continues from its own length). ``x``: (B, ..., T, ..., r) with T at ``seq_dim``; ``cos``/``sin``: the
+    (max_len, r) tables; ``positions``: (B, T) integer. Returns a tensor of x's shape and dtype, the same values
+    :func:`apply_rope` gives at those positions."""
+    r = x.shape[-1]
+    shape = [1] * x.ndim
+    shape[0], shape[seq_dim], shape[-1] = positions.shape[0], positions.shape[1], r
+    c = cos[positions].reshape(shape)
+    s = sin[positions].reshape(shape)
+    xf = x.float()
+    x1, x2 = xf[..., : r // 2], xf[..., r // 2 :]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * c + rotated * s).to(x.dtype)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_positive_int
-from .checks import check_qkv, check_scale, check_selection
+from .checks import check_qkv, check_scale, check_selection, exporting
 from .dispatch import resolve_impl
 from .memory import chunk_rows
 from .topk import indexer_topk, selection_counts
@@ -123,7 +123,8 @@ def sparse_attention(
 
         o, lse = kernel(q, k, v, idx.to(torch.int32).contiguous(), scale)
         return (o, lse) if return_lse else o
-    if q.device.type == "cpu" and l <= MASKED_MAX_LEN_CPU:
+    # traced for export: one product over the whole square, not a chunk loop frozen at the example's length
+    if (q.device.type == "cpu" and l <= MASKED_MAX_LEN_CPU) or exporting():
         o = sparse_attention_masked(q, k, v, idx, scale=scale)
         return (o, _masked_lse(q, k, idx, scale)) if return_lse else o
     o, lse = sparse_attention_gather(q, k, v, idx, scale=scale)

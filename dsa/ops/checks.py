@@ -2,7 +2,7 @@
 
 Shape and dtype checks are free. Value checks (NaN scores, positions out of range) read the tensor on the
 host, a synchronisation: they run eagerly and are skipped under ``torch.compile``, where a host read would
-break the graph.
+break the graph, under CUDA graph capture, where it is an error, and while a model is traced for export.
 """
 
 from __future__ import annotations
@@ -14,9 +14,18 @@ from ..checks import FLOAT_DTYPES, check_same, check_tensor
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
+def exporting() -> bool:
+    """Whether the op is being traced into a graph for export (ONNX: TorchScript tracing or torch.export)."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def values_checked() -> bool:
-    """Whether value checks run now (eager mode), or not (inside torch.compile)."""
-    return not torch.compiler.is_compiling()
+    """Whether value checks run now (eager mode), or not: inside torch.compile or a model traced for export
+    (the host read would break the graph or be frozen into it as a constant) and during CUDA graph capture
+    (a host read is an error there)."""
+    if torch.compiler.is_compiling() or exporting():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

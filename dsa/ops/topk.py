@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import FLOAT_DTYPES, check_tensor, check_top_k
-from .checks import check_finite, check_indexer, values_checked
+from .checks import check_finite, check_indexer, exporting, values_checked
 from .dispatch import resolve_impl
 from .indexer import indexer_scores_reference
 from .memory import chunk_rows
@@ -48,9 +48,16 @@ def select_topk_reference(
         future = torch.arange(lk, device=scores.device)[None, :] > t[:, None]
         scores = scores.masked_fill(future, float("-inf"))
         available = (t + 1).clamp(max=lk)
-    # a stable sort: ties (ReLU's exact zeros, -inf) go to the first positions, as the Triton top-k breaks
-    # them, and a past -inf ranks before the masked future, which torch.topk's arbitrary order did not ensure
-    idx = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k_max]
+    if exporting():
+        # the ONNX exporters have no stable sort; ONNX's TopK ranks equal values by lower index (its spec),
+        # the stable sort's order, and onnxruntime follows it (tests/inference/test_export.py). The k_max
+        # -inf columns padded on rank after every real position and let one graph take rows shorter than k.
+        padded = torch.nn.functional.pad(scores, (0, k_max), value=float("-inf"))
+        idx = torch.topk(padded, k_max, dim=-1).indices
+    else:
+        # a stable sort: ties (ReLU's exact zeros, -inf) go to the first positions, as the Triton top-k breaks
+        # them, and a past -inf ranks before the masked future, which torch.topk's arbitrary order did not ensure
+        idx = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k_max]
     n_sel = torch.minimum(k_t, available[None, :])  # (B, Lq)
     unused = torch.arange(k_max, device=scores.device)[None, None, :] >= n_sel[..., None]
     return idx.masked_fill(unused, -1).to(torch.int32)
@@ -158,6 +165,10 @@ def indexer_topk_reference(
     leak_future: bool = False, chunk: int | None = None,
 ) -> torch.Tensor:
     """Indexer scores + top-k in query chunks. Shapes as :func:`indexer_topk`."""
+    if exporting() and isinstance(top_k, int):
+        # one block: a traced graph would freeze a chunk loop's bounds at the example's length
+        sc = indexer_scores_reference(q_idx, k_idx, w, causal=not leak_future)
+        return select_topk_reference(sc, top_k, leak_future=leak_future)
     b, l, h_i, _ = q_idx.shape
     k_t = per_query_k(top_k, b, l, q_idx.device)
     k_max = _k_max(top_k)

@@ -20,10 +20,11 @@ def figures_dir() -> Path:
     return Path(os.environ.get("DSA_FIGURES_DIR", REPO_ROOT / "figures"))
 
 
-def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 150) -> Path:
-    """Save a matplotlib figure as ``figures/<name>.png``; ``source`` (e.g. ``fresh_run_label()`` or a
-    record's ``describe_provenance``) is stamped in the bottom-left corner so the figure says where its
-    numbers come from. Returns the path."""
+def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 150,
+                out_dir: str | Path | None = None) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png`` (or ``<out_dir>/<name>.png``); ``source`` (e.g.
+    ``fresh_run_label()`` or a record's ``describe_provenance``) is stamped in the bottom-left corner so the
+    figure says where its numbers come from. Returns the path."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name must be a plain file stem, got {name!r}")
     if source:
@@ -33,7 +34,7 @@ def save_static(fig: Any, name: str, *, source: str | None = None, dpi: int = 15
         fig.canvas.draw()  # the bottom of what is drawn (tick and axis labels) sets where the stamp hangs
         bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
         fig.text(0.005, bottom - 0.02, text, fontsize=6, color="0.45", ha="left", va="top", gid="provenance")
-    path = figures_dir() / f"{name}.png"
+    path = (figures_dir() if out_dir is None else Path(out_dir)) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     print(f"[figures] saved {path}")

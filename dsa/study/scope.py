@@ -43,6 +43,13 @@ SCOPE: dict[str, tuple[str, str, str]] = {
         "the warm-up and head-count trends",
         "the recorded H100 sweeps `data/gpu/ablation_*.jsonl` (1000 steps, 3 seeds)",
     ),
+    "07_inference": (
+        "the cache API at work: cached decoding equals the full forward, DSA and dense generations from the same "
+        "weights, which cached positions each generated token selects; every code path of the decode benchmark",
+        "the quality of generated text (the model is tiny and trained for seconds), or any decode speed: CPU "
+        "times of tiny shapes are not the bandwidth-bound GPU decode DSA is built for",
+        "the recorded GPU decode benchmark `data/bench/decode/` (section 5 says whether it is there)",
+    ),
 }
 
 
@@ -53,14 +60,14 @@ def fresh_run_scope(notebook: str, *, run_fresh: bool = True, size: str = "small
     itself evidence)."""
     if notebook not in SCOPE:
         raise KeyError(f"no scope text for {notebook!r}; known: {sorted(SCOPE)}")
-    if not run_fresh and notebook != "01_indexer_math":
+    if not run_fresh and notebook not in ("01_indexer_math", "07_inference"):
         return ("> **No fresh run** (`run_fresh` is off): every figure and verdict below comes from recorded GPU "
                 "data, named with its device and commit where it is shown.")
     if size == "full" and device == "cuda":
         return ""
     can, cannot, evidence = SCOPE[notebook]
     what = f"a small run on {device}" + (f" ({size} size" + (f", {steps} steps" if steps else "") + ")"
-                                         if notebook != "01_indexer_math" else "")
+                                         if notebook not in ("01_indexer_math", "07_inference") else "")
     return (f"> **What the fresh run can and cannot show.** This page trains {what} while it runs, so that every "
             f"code path is exercised and the figures are reproducible on a laptop.\n>\n"
             f"> * It **can** show {can}.\n"

@@ -116,10 +116,73 @@ def test_sparse_attention_fwd_bwd(gen, dtype, h, hkv, d, dv):
 
 
 def test_sparse_attention_mla_head_dims(gen):
-    """DeepSeek's MLA heads at a tiny L: d_qk 576 (padded to 1024) and d_v 512, MQA, bf16 (K blocks of 16)."""
+    """DeepSeek's MLA heads at a tiny L: d_qk 576 (512 + 64) and d_v 512, MQA, bf16."""
     b, h, hkv, l, k = 1, 16, 1, 11, 21
     q, kk, v = _attention_inputs(gen, b, h, hkv, l, 576, 512, torch.bfloat16)
     _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), 576**-0.5, TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dkv", ["atomic", "inverted"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparse_attention_many_heads_on_one_kv_head(gen, dkv, dtype, monkeypatch):
+    """MLA-like MQA: more query heads on one K/V head than one program takes (two head blocks, the second
+    partly padded), a score dim with a tail (d_qk = 64 + an odd rest, split 64 + 16) and d_v != d_qk; both
+    dK/dV paths, every gradient."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)  # the public op's backward takes the module default
+    b, h, l, k = 1, 16 + _odd(gen, 3, 13), _odd(gen, 9, 19), _odd(gen, 5, 21)
+    d, dv = 64 + _odd(gen, 1, 15), _odd(gen, 9, 31)
+    monkeypatch.setattr(sa, "_MAX_BLOCK_H", 16)  # h in 19..29: two programs per query
+    q, kk, v = _attention_inputs(gen, b, h, 1, l, d, dv, dtype)
+    _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), d**-0.5, TOL[dtype])
+
+
+@pytest.mark.parametrize("dkv", ["atomic", "inverted"])
+def test_sparse_attention_latent_as_key_and_value(gen, dkv, monkeypatch):
+    """MLA's absorbed form as the layer passes it: v = k[..., :d_latent], a view (the kernels then read each
+    gathered K block as the V block); the gradient of the one latent tensor gathers both paths."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)
+    b, h, l, k = 1, _odd(gen, 3, 9), _odd(gen, 9, 19), _odd(gen, 5, 21)
+    d_lat, d = 32, 32 + _odd(gen, 1, 15)
+    q = torch.randn(b, h, l, d, generator=gen).to(DEV)
+    lat = torch.randn(b, 1, l, d, generator=gen).to(DEV)
+    idx = _selection(b, l, k, gen)
+    assert sa.v_from_k(lat, lat[..., :d_lat]) and not sa.v_from_k(lat, lat[..., :d_lat].clone())
+    go = torch.randn(b, h, l, d_lat, generator=gen).to(DEV)
+    outs = []
+    for impl in ("triton", "reference"):
+        qs, ls = q.clone().requires_grad_(), lat.clone().requires_grad_()
+        out = sparse_attention(qs, ls, ls[..., :d_lat], idx, scale=0.3, impl=impl)
+        out.backward(go)
+        outs.append((out, qs.grad, ls.grad))
+    for name, a, r in zip(("out", "dq", "dlatent"), *outs):
+        assert rel(a, r) < TOL[torch.float32], name
+
+
+def test_inverted_index_lists_each_keys_queries_in_order(gen):
+    """Every (query, key) pair of the selection once per slot, grouped by key, queries ascending; -1 slots dropped."""
+    from dsa.ops.kernels.sparse_attention import inverted_index  # noqa: PLC0415
+
+    b, l, k = 2, _odd(gen, 9, 21), _odd(gen, 3, 9)
+    idx = _selection(b, l, k, gen)
+    idx[0, -1, :2] = 0  # a key listed twice by one query
+    inv_t, start = inverted_index(idx, l)
+    assert start.shape == (b * l + 1,) and int(start[-1]) == int((idx >= 0).sum())
+    for bi in range(b):
+        for s in range(l):
+            got = inv_t[start[bi * l + s]:start[bi * l + s + 1]].tolist()
+            want = sorted(t for t in range(l) for j in range(k) if int(idx[bi, t, j]) == s)
+            assert got == want, (bi, s)
+
+
+def test_split_dim():
+    from dsa.ops.kernels.sparse_attention import split_dim  # noqa: PLC0415
+
+    assert split_dim(576) == (512, 64) and split_dim(128) == (128, 0) and split_dim(40) == (32, 16)
+    assert split_dim(8) == (16, 0) and split_dim(192) == (128, 64) and split_dim(17) == (16, 16)
 
 
 def test_sparse_attention_scale_and_noncontiguous(gen):

@@ -25,11 +25,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 # hand: identical PTX from 1 x 16 to 8 x 64 and 4 x 128)
 
 
-def _run(sizes: str, dtypes: str) -> subprocess.CompletedProcess:
+def _run(sizes: str, dtypes: str, *extra: str) -> subprocess.CompletedProcess:
     """The script in a fresh interpreter without TRITON_INTERPRET: a process whose triton already runs the
     interpreter (tests/ops/test_kernels.py) cannot compile for a GPU."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, str(SCRIPT), "--sizes", sizes, "--dtypes", dtypes], env=env,
+    return subprocess.run([sys.executable, str(SCRIPT), "--sizes", sizes, "--dtypes", dtypes, *extra], env=env,
                           capture_output=True, text=True, timeout=1200)
 
 
@@ -49,3 +49,13 @@ def test_indexer_kernels_fit_hopper_shared_memory(can_compile, sizes, dtypes):
     res = _run(sizes, dtypes)
     assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
     assert res.stdout.count(" yes") >= 6 * len(sizes.split(","))  # every launch was compiled and measured
+
+
+def test_sparse_attention_kernels_fit_hopper_at_the_mla_mqa_shape(can_compile):
+    """The sparse attention at DeepSeek-V3.2's MLA in MQA mode (128 query heads on one latent K/V, d_qk 576 =
+    512 + 64, d_v 512, bf16) and at MQA 64 x 128: forward, backward (atomic dK/dV and dQ only), the inverted
+    dK/dV kernel and the probabilities, at the launch code's tiles. Before the head blocks and the 512 + 64
+    split, 128 heads on one K/V head and d_qk padded to 1024 could not launch."""
+    res = _run("1x16", "bf16", "--only", "attention", "--attention", "128x1x576x512,64x1x128x128")
+    assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert res.stdout.count("attn_") == 10

@@ -129,6 +129,12 @@ INVALID = {
         ({"recorded_warmup": "/tmp/x.jsonl"}, "recorded_warmup"),  # not under data/
         ({"share_recorded": "yes"}, "share_recorded"),  # wrong type
     ],
+    "07_inference": [
+        ({"prompt_len": 250}, "prompt_len"),  # prompt + generation past max_seq_len
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": 0}, "top_k"),
+        ({"recorded": "../x.json"}, "recorded"),  # not under data/
+    ],
 }
 
 

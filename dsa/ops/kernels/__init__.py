@@ -6,6 +6,8 @@ inputs and choose between these kernels and the plain-PyTorch references, which 
 - :mod:`.indexer`: per-query-k indexer top-k by a threshold search; indexer scores at selected positions
   with their backward (the KL loss).
 - :mod:`.radix_topk`: top-k positions of each row of precomputed scores.
+- :mod:`.decode`: the decode step: split-K attention of new queries over selected (or all) cached rows, and
+  the indexer scores of new queries over the cached indexer keys (then the radix top-k).
 
 The Triton path runs on CUDA tensors, or on CPU when ``TRITON_INTERPRET=1`` is set before the first call.
 """

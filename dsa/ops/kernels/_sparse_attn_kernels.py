@@ -1,16 +1,25 @@
 """Triton kernels of the sparse attention (imported only when triton is importable).
 
-One program = one query position t and one KV head (its G query heads). The G query rows of the group form
-a [G_PAD, D_PAD] tile (G padded up to 16, the smallest M of tl.dot), so every gathered K/V block is used by
-a matrix product [G_PAD x D] @ [D x BLOCK_K] instead of G vector products. Padded rows load zeros and are
-never stored.
+One program = one query position t, one KV head and one block of BLOCK_H of its G query heads. The head
+rows form a [BLOCK_H, D] tile (BLOCK_H at least 16, the smallest M of tl.dot), so every gathered K/V block
+is used by a matrix product [BLOCK_H x D] @ [D x BLOCK_K] instead of BLOCK_H vector products. Groups larger
+than one block (DeepSeek's MLA in MQA mode: 128 query heads on one latent K/V) take NHB programs per query,
+adjacent in launch order so that the second gathers K/V rows the first has just brought into L2. Padded
+head rows load zeros and are never stored.
 
-Two head dims: D (q and k, the score dim) and DV (v and the output). They differ in DeepSeek's MLA
-(d_qk = 576 = 512 latent + 64 RoPE, d_v = 512); each is padded to its own power of two, at least 16 (the
-smallest K of tl.dot).
+Two head dims: D (q and k, the score dim) and DV (v and the output). The score dim is split as D = D1 + rest
+with D1 the largest power of two <= D and the rest padded to D2 (a power of two, at least 16): DeepSeek's
+MLA head 576 = 512 latent + 64 RoPE is computed as two exact products instead of one padded to 1024. DV is
+padded to a power of two (512 in MLA: exact). V_FROM_K: v is a view of k's first D1 = DV columns (MLA's
+latent, as the layer passes it): the gathered K block serves as the V block, half the gathered bytes.
 
-``sparse_attn_probs_kernel`` (no grad) turns the forward's lse back into the per-slot probabilities,
-averaged over the H heads: the indexer's sparse KL target in O(L * K) memory.
+``sparse_attn_bwd_kernel`` gives dQ (in registers) and, with DKV_ATOMIC, dK/dV by fp32 atomics into the
+gathered rows; ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program per key row over the
+queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
+(no grad) turns the forward's lse back into the per-slot probabilities, averaged over the H heads: the
+indexer's sparse KL target in O(L * K) memory.
+
+PREC: tl.dot's input precision ("ieee" for fp32 inputs, so that fp32 is exact; ignored for bf16/fp16).
 """
 
 import triton
@@ -25,29 +34,38 @@ def sparse_attn_fwd_kernel(
     sib, sil,
     sob, soh, sol,
     slb, slh,
-    HKV, KSEL,
-    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    DV: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
+    HKV, KSEL, NHB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, V_FROM_K: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
+    t = pid // NHB
+    hb = pid % NHB
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
-    g = tl.arange(0, G_PAD)
-    dd = tl.arange(0, D_PAD)  # the score dim (q, k)
-    ee = tl.arange(0, DV_PAD)  # the value dim (v, o)
+    g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     gm = g < G
-    dm = dd < D
-    em = ee < DV
     h = hk * G + g
-    q = tl.load(Q + b * sqb + h[:, None] * sqh + t * sql + dd[None, :], mask=gm[:, None] & dm[None, :], other=0.0)
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D  # all true unless d_qk < 16
+    d2 = D1 + tl.arange(0, D2)  # the tail of the score dim (MLA: the 64 RoPE dims)
+    m2 = d2 < D
+    ee = tl.arange(0, DV_PAD)
+    em = ee < DV
+    qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+    q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+    if HAS_TAIL:
+        q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+        if INTERP:
+            q2 = q2.to(tl.float32)
     if INTERP:  # the CPU interpreter's tl.dot mishandles bf16 (stored as uint16): compute in fp32 there
-        q = q.to(tl.float32)
+        q1 = q1.to(tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # work in base 2
-    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([G_PAD], tl.float32)
-    acc = tl.zeros([G_PAD, DV_PAD], tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, DV_PAD], tl.float32)
     kbase = K + b * skb + hk * skh
     vbase = V + b * svb + hk * svh
     ibase = IDX + b * sib + t * sil
@@ -56,13 +74,16 @@ def sparse_attn_fwd_kernel(
         ix = tl.load(ibase + kk, mask=kk < KSEL, other=-1)
         ok = ix >= 0
         ixs = tl.where(ok, ix, 0).to(tl.int64)
-        kb = tl.load(kbase + ixs[:, None] * skl + dd[None, :], mask=ok[:, None] & dm[None, :], other=0.0)
+        krow = kbase + ixs[:, None] * skl
+        k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
         if INTERP:
-            kb = kb.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kb))
+            k1 = k1.to(tl.float32)
+        s = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+        if HAS_TAIL:
+            k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+            if INTERP:
+                k2 = k2.to(tl.float32)
+            s += tl.dot(q2, tl.trans(k2), input_precision=PREC)
         s = s * qk_scale
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -70,13 +91,13 @@ def sparse_attn_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :], other=0.0)
-        if INTERP:
-            vb = vb.to(tl.float32)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, vb, input_precision="ieee")
+        if V_FROM_K:  # MLA: v is the latent, k's first D1 = DV columns: the K block already holds it
+            vb = k1
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
+            vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :], other=0.0)
+            if INTERP:
+                vb = vb.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PREC)
         m_i = m_new
     has = l_i > 0.0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -97,38 +118,47 @@ def sparse_attn_bwd_kernel(
     sgqb, sgqh, sgql,
     sgkb, sgkh, sgkl,
     sgvb, sgvh, sgvl,
-    HKV, KSEL,
-    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    DV: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
+    HKV, KSEL, NHB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, DKV_ATOMIC: tl.constexpr,
+    V_FROM_K: tl.constexpr,
 ):
-    """dQ for query t (group hk) in registers; dK/dV of the gathered rows by fp32 atomics (scatter).
-
-    GQ, GK, GV: the gradients of q, k, v (GK, GV fp32, zero-filled by the caller).
-    """
-    t = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
+    """dQ for query t (head block hb of group hk) in registers; with DKV_ATOMIC, dK/dV of the gathered rows by
+    fp32 atomics (scatter; GK, GV fp32, zero-filled by the caller), else dQ only."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = pid // NHB
+    hb = pid % NHB
     bh = tl.program_id(1).to(tl.int64)
     b = bh // HKV
     hk = bh % HKV
-    g = tl.arange(0, G_PAD)
-    dd = tl.arange(0, D_PAD)  # the score dim (q, k, dq, dk)
-    ee = tl.arange(0, DV_PAD)  # the value dim (v, do, dv)
+    g = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     gm = g < G
-    dm = dd < D
-    em = ee < DV
     h = hk * G + g
-    q = tl.load(Q + b * sqb + h[:, None] * sqh + t * sql + dd[None, :], mask=gm[:, None] & dm[None, :], other=0.0)
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D  # all true unless d_qk < 16
+    d2 = D1 + tl.arange(0, D2)
+    m2 = d2 < D
+    ee = tl.arange(0, DV_PAD)
+    em = ee < DV
+    qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+    q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+    if HAS_TAIL:
+        q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+        if INTERP:
+            q2 = q2.to(tl.float32)
     do = tl.load(DO + b * sdob + h[:, None] * sdoh + t * sdol + ee[None, :], mask=gm[:, None] & em[None, :],
                  other=0.0)
     if INTERP:
-        q = q.to(tl.float32)
+        q1 = q1.to(tl.float32)
         do = do.to(tl.float32)
     lse = tl.load(LSE + b * slb + h * slh + t, mask=gm, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # a query with no selection: P = 0
     delta = tl.load(DELTA + b * slb + h * slh + t, mask=gm, other=0.0)
     lse2 = lse * 1.4426950408889634
     qk_scale = sm_scale * 1.4426950408889634
-    dq = tl.zeros([G_PAD, D_PAD], tl.float32)
+    dq1 = tl.zeros([BLOCK_H, D1], tl.float32)
+    dq2 = tl.zeros([BLOCK_H, D2], tl.float32)
     kbase = K + b * skb + hk * skh
     vbase = V + b * svb + hk * svh
     dkbase = GK + b * sgkb + hk * sgkh
@@ -139,34 +169,98 @@ def sparse_attn_bwd_kernel(
         ix = tl.load(ibase + kk, mask=kk < KSEL, other=-1)
         ok = ix >= 0
         ixs = tl.where(ok, ix, 0).to(tl.int64)
-        km = ok[:, None] & dm[None, :]
         vm = ok[:, None] & em[None, :]
-        kb = tl.load(kbase + ixs[:, None] * skl + dd[None, :], mask=km, other=0.0)
-        vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=vm, other=0.0)
+        krow = kbase + ixs[:, None] * skl
+        k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
         if INTERP:
-            kb = kb.to(tl.float32)
-            vb = vb.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(kb), input_precision="ieee")
-            dp = tl.dot(do, tl.trans(vb), input_precision="ieee")
+            k1 = k1.to(tl.float32)
+        if V_FROM_K:
+            vb = k1
         else:
-            s = tl.dot(q, tl.trans(kb))
-            dp = tl.dot(do, tl.trans(vb))
+            vb = tl.load(vbase + ixs[:, None] * svl + ee[None, :], mask=vm, other=0.0)
+            if INTERP:
+                vb = vb.to(tl.float32)
+        s = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+        if HAS_TAIL:
+            k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+            if INTERP:
+                k2 = k2.to(tl.float32)
+            s += tl.dot(q2, tl.trans(k2), input_precision=PREC)
+        dp = tl.dot(do, tl.trans(vb), input_precision=PREC)
         p = tl.math.exp2(s * qk_scale - lse2[:, None])
         p = tl.where(ok[None, :], p, 0.0)
-        ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds, kb, input_precision="ieee")
-            dv_blk = tl.dot(tl.trans(p), do, input_precision="ieee")
-            dk_blk = tl.dot(tl.trans(ds), q, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(kb.dtype), kb)
-            dv_blk = tl.dot(tl.trans(p.to(do.dtype)), do)
-            dk_blk = tl.dot(tl.trans(ds.to(q.dtype)), q)
-        tl.atomic_add(dkbase + ixs[:, None] * sgkl + dd[None, :], dk_blk * sm_scale, mask=km, sem="relaxed")
-        tl.atomic_add(dvbase + ixs[:, None] * sgvl + ee[None, :], dv_blk, mask=vm, sem="relaxed")
-    tl.store(GQ + b * sgqb + h[:, None] * sgqh + t * sgql + dd[None, :], (dq * sm_scale).to(GQ.dtype.element_ty),
-             mask=gm[:, None] & dm[None, :])
+        ds = (p * (dp - delta[:, None])).to(k1.dtype)
+        dq1 += tl.dot(ds, k1, input_precision=PREC)
+        if HAS_TAIL:
+            dq2 += tl.dot(ds, k2, input_precision=PREC)
+        if DKV_ATOMIC:
+            dv_blk = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+            tl.atomic_add(dvbase + ixs[:, None] * sgvl + ee[None, :], dv_blk, mask=vm, sem="relaxed")
+            dk1 = tl.dot(tl.trans(ds), q1, input_precision=PREC)
+            dkrow = dkbase + ixs[:, None] * sgkl
+            tl.atomic_add(dkrow + d1[None, :], dk1 * sm_scale, mask=ok[:, None] & m1[None, :], sem="relaxed")
+            if HAS_TAIL:
+                dk2 = tl.dot(tl.trans(ds), q2, input_precision=PREC)
+                tl.atomic_add(dkrow + d2[None, :], dk2 * sm_scale, mask=ok[:, None] & m2[None, :], sem="relaxed")
+    gqrow = GQ + b * sgqb + h[:, None] * sgqh + t * sgql
+    tl.store(gqrow + d1[None, :], (dq1 * sm_scale).to(GQ.dtype.element_ty), mask=gm[:, None] & m1[None, :])
+    if HAS_TAIL:
+        tl.store(gqrow + d2[None, :], (dq2 * sm_scale).to(GQ.dtype.element_ty), mask=gm[:, None] & m2[None, :])
+
+
+def sparse_attn_dkv_inv_kernel(
+    Q, K, V, DO, LSE, DELTA, INV_T, INV_START, GK, GV, sm_scale,
+    sqb, sqh, sql,
+    skb, skh, skl,
+    svb, svh, svl,
+    sdob, sdoh, sdol,
+    slb, slh,
+    sgkb, sgkh, sgkl,
+    sgvb, sgvh, sgvl,
+    L, HKV,
+    G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """dK, dV of key row s of KV head hk without atomics: the sum over the queries that selected s (INV_T
+    [INV_START[b*L+s] : INV_START[b*L+s+1]], in a fixed order, so the result is deterministic) and over the
+    G heads of the group. Each (query, head) recomputes its probability from the forward's lse: vector work,
+    BLOCK_T queries at a time (a gathered [BLOCK_T, D] tile of q and [BLOCK_T, DV] of dO per head)."""
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HKV
+    hk = bh % HKV
+    dd = tl.arange(0, D_PAD)
+    dm = dd < D
+    ee = tl.arange(0, DV_PAD)
+    em = ee < DV
+    kr = tl.load(K + b * skb + hk * skh + s * skl + dd, mask=dm, other=0.0).to(tl.float32)
+    vr = tl.load(V + b * svb + hk * svh + s * svl + ee, mask=em, other=0.0).to(tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+    lo = tl.load(INV_START + b * L + s)
+    hi = tl.load(INV_START + b * L + s + 1)
+    dk = tl.zeros([D_PAD], tl.float32)
+    dv = tl.zeros([DV_PAD], tl.float32)
+    for e0 in range(lo, hi, BLOCK_T):
+        ee_t = e0 + tl.arange(0, BLOCK_T)
+        okt = ee_t < hi
+        tq = tl.load(INV_T + ee_t, mask=okt, other=0).to(tl.int64)
+        for gi in range(0, G):
+            h = hk * G + gi
+            qt = tl.load(Q + b * sqb + h * sqh + tq[:, None] * sql + dd[None, :], mask=okt[:, None] & dm[None, :],
+                         other=0.0).to(tl.float32)
+            dot_ = tl.load(DO + b * sdob + h * sdoh + tq[:, None] * sdol + ee[None, :],
+                           mask=okt[:, None] & em[None, :], other=0.0).to(tl.float32)
+            lse = tl.load(LSE + b * slb + h * slh + tq, mask=okt, other=float("inf"))
+            delta = tl.load(DELTA + b * slb + h * slh + tq, mask=okt, other=0.0)
+            sc = tl.sum(qt * kr[None, :], 1)
+            p = tl.math.exp2(sc * qk_scale - lse * 1.4426950408889634)
+            p = tl.where(okt, p, 0.0)
+            dp = tl.sum(dot_ * vr[None, :], 1)
+            ds = p * (dp - delta)
+            dv += tl.sum(p[:, None] * dot_, 0)
+            dk += tl.sum(ds[:, None] * qt, 0)
+    tl.store(GK + b * sgkb + hk * sgkh + s * sgkl + dd, (dk * sm_scale).to(GK.dtype.element_ty), mask=dm)
+    tl.store(GV + b * sgvb + hk * sgvh + s * sgvl + ee, dv.to(GV.dtype.element_ty), mask=em)
 
 
 def sparse_attn_probs_kernel(
@@ -176,42 +270,49 @@ def sparse_attn_probs_kernel(
     sib, sil,
     slb, slh,
     spb, spl,
-    HKV, KSEL, NKB,
-    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, INTERP: tl.constexpr,
+    HKV, KSEL, NKB, NHB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
 ):
     """P[b, t, j] = mean over the H heads of exp(scale * q . k[idx[b, t, j]] - lse), 0 at unused slots.
 
-    One program = one query t and one block of BLOCK_K of its selected slots; it loops over the KV heads
-    (each a [G_PAD, D_PAD] tile of its G query heads against the gathered key block), so the head sum stays
-    in registers and every output element is written once, without atomics.
+    One program = one query t and one block of BLOCK_K of its selected slots; it loops over the KV heads and
+    their head blocks (each a [BLOCK_H, D] tile against the gathered key block), so the head sum stays in
+    registers and every output element is written once, without atomics.
     """
     t = tl.program_id(0).to(tl.int64)  # int64 offsets, as in the forward kernel
     bj = tl.program_id(1).to(tl.int64)
     b = bj // NKB
     kk = (bj % NKB) * BLOCK_K + tl.arange(0, BLOCK_K)
-    g = tl.arange(0, G_PAD)
-    dd = tl.arange(0, D_PAD)
-    gm = g < G
-    dm = dd < D
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D  # all true unless d_qk < 16
+    d2 = D1 + tl.arange(0, D2)
+    m2 = d2 < D
     ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
     ok = ix >= 0
     ixs = tl.where(ok, ix, 0).to(tl.int64)
     qk_scale = sm_scale * 1.4426950408889634  # work in base 2
     total = tl.zeros([BLOCK_K], tl.float32)
-    for hk in range(0, HKV):
+    for hbk in range(0, HKV * NHB):
+        hk = hbk // NHB
+        g = (hbk % NHB) * BLOCK_H + tl.arange(0, BLOCK_H)
+        gm = g < G
         h = hk * G + g
-        q = tl.load(Q + b * sqb + h[:, None] * sqh + t * sql + dd[None, :], mask=gm[:, None] & dm[None, :],
-                    other=0.0)
-        kb = tl.load(K + b * skb + hk * skh + ixs[:, None] * skl + dd[None, :], mask=ok[:, None] & dm[None, :],
-                     other=0.0)
+        qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+        krow = K + b * skb + hk * skh + ixs[:, None] * skl
+        q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+        k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
         if INTERP:  # see the forward kernel: bf16 tl.dot in fp32 in the interpreter
-            q = q.to(tl.float32)
-            kb = kb.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kb))
+            q1 = q1.to(tl.float32)
+            k1 = k1.to(tl.float32)
+        s = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+        if HAS_TAIL:
+            q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+            k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+            if INTERP:
+                q2 = q2.to(tl.float32)
+                k2 = k2.to(tl.float32)
+            s += tl.dot(q2, tl.trans(k2), input_precision=PREC)
         # padded heads and queries with no selection (lse = -inf) get lse = +inf, hence P = 0
         lse = tl.load(LSE + b * slb + h * slh + t, mask=gm, other=float("inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634

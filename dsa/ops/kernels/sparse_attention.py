@@ -13,20 +13,37 @@ import torch
 
 from ._common import interpret_mode, jit, next_pow2
 
-# Bytes of one gathered K (+ V) block a program holds: 64 rows of d = 128 (bf16, K and V) in the forward,
-# half that in the backward (which also keeps dS, dP and the dK/dV blocks). Larger head dims take fewer rows
-# per block so that the MLA head (576 -> 1024 padded, plus 512) does not outgrow the GPU's shared memory.
+# Rows per gathered K (+ V) block: as many as fit a byte budget (64 rows of d = 128, bf16, K and V, in the
+# forward; half that in the backward, which also keeps dS, dP and the dK/dV blocks). The MLA head (576 + 512,
+# bf16) takes 32 rows forward and 16 backward.
 _FWD_BLOCK_BYTES = 64 * 256 * 2
 _BWD_BLOCK_BYTES = 32 * 256 * 2
-# The backward keeps dq, [G_PAD, D_PAD] fp32, in registers: at the MLA head dims ptxas (sm_90, bf16, 16
-# heads) spills ~1 KB per thread with 4 warps and 64 B with 8, so the largest heads take 8 warps.
-_BWD_WIDE_HEADS = 1024  # D_PAD + DV_PAD from which the backward runs 8 warps
+# Query heads per program: a group larger than this (MLA in MQA mode: 128 heads on one K/V) is split over
+# several programs per query. 64 rows keep the forward's [BLOCK_H, d_v] fp32 accumulator (512 wide in MLA)
+# and the backward's [BLOCK_H, d_qk] dQ in registers at 8 warps.
+_MAX_BLOCK_H = 64
+# The backward at the MLA head dims keeps dQ [BLOCK_H, 576] fp32 and the dK/dV blocks: 64 heads ask for 381 KB
+# of shared memory (sm_90a, bf16; scripts/check_kernel_resources.py), 32 heads in two stages for 137 KB.
+_MAX_BLOCK_H_BWD_WIDE = 32
+# The backward keeps dQ [BLOCK_H, d_qk] fp32 in registers: from this many score + value dims (padded) it runs
+# 8 warps, and the forward with its [BLOCK_H, d_v] accumulator too.
+_WIDE_HEADS = 1024
+# dK/dV by atomics (one fp32 atomic add per gathered element and head block) or by the inverted key -> queries
+# index (a program per key row, no atomics, deterministic). The inverted kernel re-reads q and dO of every
+# head of the group per (query, key) pair: measured on an H200 at k = 2048 (data/bench/mla/) it is slower in
+# every layout, 1.5x at MHA 16 (G = 1, 16K), 9x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
+# the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
+DKV_DEFAULT = "atomic"
+# The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
+# forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
+_WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
 
 
 def _kernels():
     from . import _sparse_attn_kernels as m
 
-    return jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel), jit(m.sparse_attn_probs_kernel)
+    return (jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel), jit(m.sparse_attn_probs_kernel),
+            jit(m.sparse_attn_dkv_inv_kernel))
 
 
 def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
@@ -38,6 +55,15 @@ def _pad(n: int) -> int:
     return max(16, next_pow2(n))
 
 
+def split_dim(d: int) -> tuple[int, int]:
+    """The score dim as two tl.dot widths (D1, D2): D1 the largest power of two <= d (at least 16), D2 the
+    rest padded to a power of two of at least 16, 0 when there is no rest. 576 -> (512, 64), 128 -> (128, 0),
+    40 -> (32, 16): no product is padded beyond the next 16-multiple of its own part."""
+    d1 = max(16, 1 << (int(d).bit_length() - 1))
+    rest = d - d1
+    return d1, (_pad(rest) if rest > 0 else 0)
+
+
 def _block_k(budget: int, row_bytes: int, largest: int) -> int:
     """Rows per gathered block: ``largest`` halved while a block outgrows ``budget`` bytes, at least 16."""
     block = largest
@@ -46,23 +72,55 @@ def _block_k(budget: int, row_bytes: int, largest: int) -> int:
     return block
 
 
-def _shared_constexprs(q: torch.Tensor, k: torch.Tensor) -> dict:
-    """The constexprs of every kernel here: group size G, score dim D (each with its padding), precision."""
-    g = q.shape[1] // k.shape[1]
-    d = q.shape[-1]
-    return dict(G=g, G_PAD=_pad(g), D=d, D_PAD=_pad(d), IEEE=q.dtype == torch.float32, INTERP=interpret_mode())
+def v_from_k(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether v is k's first D1 columns (MLA's latent as both key and value: ``v = k[..., :d_latent]``), so
+    that the kernels can use each gathered K block as the V block."""
+    d1 = split_dim(k.shape[-1])[0]
+    return v.shape[-1] == d1 < k.shape[-1] and v.data_ptr() == k.data_ptr() and v.stride() == k.stride() \
+        and v.dtype == k.dtype
 
 
-def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=4):
+def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_h=None, block_k=None,
+              num_warps=None, num_stages=None, interp: bool = False, shared_kv: bool = False) -> dict:
+    """The compile-time arguments of the forward (pass_ 'fwd') or backward ('bwd') kernel for a group of g
+    query heads per K/V head, score dim d, value dim dv: G, BLOCK_H (heads per program), D = D1 + D2,
+    DV_PAD, BLOCK_K, dot precision, num_warps [, num_stages]. The launch code and
+    scripts/check_kernel_resources.py both take the tile from here."""
+    d1, d2 = split_dim(d)
+    elem = torch.empty((), dtype=dtype).element_size()
+    wide = d1 + d2 + _pad(dv) >= _WIDE_HEADS
+    most = _MAX_BLOCK_H_BWD_WIDE if wide and pass_ == "bwd" else _MAX_BLOCK_H
+    block_h = block_h or min(_pad(g), most)
+    row_bytes = (d1 + d2 + _pad(dv)) * elem
+    if wide and elem < 4:
+        block_k = block_k or _WIDE_BLOCK_K[pass_]
+    elif pass_ == "fwd":
+        block_k = block_k or _block_k(_FWD_BLOCK_BYTES * (2 if wide else 1), row_bytes, 64 if elem < 4 else 32)
+    else:
+        block_k = block_k or _block_k(_BWD_BLOCK_BYTES, row_bytes, 32 if elem < 4 else 16)
+    meta = dict(G=g, BLOCK_H=block_h, D=d, D1=d1, D2=max(d2, 16), HAS_TAIL=d2 > 0, DV=dv, DV_PAD=_pad(dv),
+                BLOCK_K=block_k, PREC="ieee" if dtype == torch.float32 else "tf32", INTERP=interp,
+                V_FROM_K=shared_kv, num_warps=num_warps or (8 if wide else 4))
+    if num_stages is not None or wide:
+        meta["num_stages"] = num_stages or 2
+    return meta
+
+
+def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
+    meta = attn_meta(q.shape[1] // k.shape[1], q.shape[-1], v.shape[-1], q.dtype, pass_, interp=interpret_mode(),
+                     shared_kv=v_from_k(k, v), **tile)
+    return meta, -(-meta["G"] // meta["BLOCK_H"])
+
+
+def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=None, block_h=None, num_stages=None):
     """q (B, H, L, d_qk), k (B, H_kv, L, d_qk), v (B, H_kv, L, d_v) -> o (B, H, L, d_v), lse (B, H, L) fp32."""
-    fwd_kernel, _, _ = _kernels()
-    b, h, l, d = q.shape
+    fwd_kernel = _kernels()[0]
+    b, h, l, _ = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
     o = torch.empty(b, h, l, dv, device=q.device, dtype=q.dtype)
     lse = torch.empty(b, h, l, device=q.device, dtype=torch.float32)
-    row_bytes = (_pad(d) + _pad(dv)) * q.element_size()
-    block_k = block_k or _block_k(_FWD_BLOCK_BYTES, row_bytes, 64 if q.element_size() < 4 else 32)
-    fwd_kernel[(l, b * hkv)](
+    meta, nhb = _meta(q, k, v, "fwd", block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    fwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, o, lse, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -70,26 +128,73 @@ def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=4):
         idx32.stride(0), idx32.stride(1),
         o.stride(0), o.stride(1), o.stride(2),
         lse.stride(0), lse.stride(1),
-        hkv, idx32.shape[-1],
-        DV=dv, DV_PAD=_pad(dv), BLOCK_K=block_k, num_warps=num_warps, **_shared_constexprs(q, k),
+        hkv, idx32.shape[-1], nhb,
+        **meta,
     )
     return o, lse
 
 
-def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None):
-    """The gradients (dq, dk, dv) in the dtypes of (q, k, v); dk, dv accumulate in fp32 by atomics."""
-    _, bwd_kernel, _ = _kernels()
+def inverted_index(idx32: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selection inverted: for each key row, the queries that selected it, in query order.
+
+    idx32 (B, L, K) int32, -1 at unused slots -> (inv_t (N,) int32: query positions, grouped by (batch, key);
+    start (B * seq_len + 1,) int32: the queries of key s of batch b are inv_t[start[b*L+s] : start[b*L+s+1]]).
+    A key listed twice by one query appears twice (it weighs twice). Deterministic: a stable sort.
+    """
+    b, l, k = idx32.shape
+    flat = idx32.reshape(b, l * k).long()
+    row0 = torch.arange(b, device=idx32.device, dtype=torch.long)[:, None] * seq_len
+    key = torch.where(flat >= 0, flat + row0, b * seq_len).reshape(-1)  # unused slots sort to the end
+    sk, perm = torch.sort(key, stable=True)
+    inv_t = ((perm % (l * k)) // k).to(torch.int32)
+    bounds = torch.arange(b * seq_len + 1, device=idx32.device, dtype=torch.long)
+    start = torch.searchsorted(sk, bounds).to(torch.int32)
+    return inv_t, start
+
+
+def _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv, block_t=None):
+    """dK, dV by the inverted index (written once per row, no atomics) into gk, gv (k's and v's dtype)."""
+    dkv_kernel = _kernels()[3]
     b, h, l, d = q.shape
     hkv, dv = k.shape[1], v.shape[-1]
+    inv_t, start = inverted_index(idx32, l)
+    block_t = block_t or max(1, min(32, 8192 // max(_pad(d), _pad(dv))))
+    dkv_kernel[(l, b * hkv)](
+        q, k, v, do, lse, delta, inv_t, start, gk, gv, scale,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        lse.stride(0), lse.stride(1),
+        gk.stride(0), gk.stride(1), gk.stride(2),
+        gv.stride(0), gv.stride(1), gv.stride(2),
+        l, hkv,
+        G=h // hkv, D=d, D_PAD=next_pow2(d), DV=dv, DV_PAD=next_pow2(dv), BLOCK_T=block_t, num_warps=4,
+    )
+
+
+def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
+         num_stages=None):
+    """The gradients (dq, dk, dv) in the dtypes of (q, k, v). dkv: 'atomic' (dK/dV accumulate in fp32 by
+    atomics in the dQ kernel) or 'inverted' (a second kernel over the inverted index; deterministic);
+    default DKV_DEFAULT."""
+    bwd_kernel = _kernels()[1]
+    b, _, l, _ = q.shape
+    hkv = k.shape[1]
+    dkv = dkv or DKV_DEFAULT
+    if dkv not in ("atomic", "inverted"):
+        raise ValueError(f"dkv must be 'atomic' or 'inverted', got {dkv!r}")
+    atomic = dkv == "atomic"
     do = _lastdim_contig(do)
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
     gq = torch.empty_like(q)
-    gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
-    gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
-    row_bytes = (_pad(d) + _pad(dv)) * q.element_size()
-    block_k = block_k or _block_k(_BWD_BLOCK_BYTES, row_bytes, 32 if q.element_size() < 4 else 16)
-    num_warps = num_warps or (8 if _pad(d) + _pad(dv) >= _BWD_WIDE_HEADS else 4)
-    bwd_kernel[(l, b * hkv)](
+    if atomic:
+        gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+        gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+    else:
+        gk, gv = torch.empty_like(k), torch.empty_like(v)
+    meta, nhb = _meta(q, k, v, "bwd", block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    bwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, do, lse, delta, gq, gk, gv, scale,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -100,10 +205,13 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None):
         gq.stride(0), gq.stride(1), gq.stride(2),
         gk.stride(0), gk.stride(1), gk.stride(2),
         gv.stride(0), gv.stride(1), gv.stride(2),
-        hkv, idx32.shape[-1],
-        DV=dv, DV_PAD=_pad(dv), BLOCK_K=block_k, num_warps=num_warps, **_shared_constexprs(q, k),
+        hkv, idx32.shape[-1], nhb,
+        DKV_ATOMIC=atomic, **meta,
     )
-    return gq, gk.to(k.dtype), gv.to(v.dtype)
+    if atomic:
+        return gq, gk.to(k.dtype), gv.to(v.dtype)
+    _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv)
+    return gq, gk, gv
 
 
 def sparse_attention(
@@ -135,13 +243,15 @@ def sparse_attention_probs(
     - lse[b, h, t]), 0 at unused slots and for queries whose lse is -inf. Each row with a selected key sums
     to 1: the indexer's sparse KL target, in O(L * K) memory instead of a dense score product.
     """
-    _, _, probs_kernel = _kernels()
-    b, h, l, d = q.shape
+    probs_kernel = _kernels()[2]
+    b, h, l, _ = q.shape
     hkv, ksel = k.shape[1], idx32.shape[-1]
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
+    meta, nhb = _meta(q, k, k, "fwd")
+    meta = {n: meta[n] for n in ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "PREC", "INTERP")}  # no V
     # 32 rows, not 64: at d = 128 (bf16, 16 heads) 64 rows take all 255 registers, 32 take 128 (ptxas, sm_90)
-    block_k = block_k or _block_k(_FWD_BLOCK_BYTES, _pad(d) * q.element_size(), 32)
+    block_k = block_k or _block_k(_FWD_BLOCK_BYTES, (meta["D1"] + meta["D2"]) * q.element_size(), 32)
     nkb = -(-ksel // block_k)
     probs_kernel[(l, b * nkb)](
         q, k, idx32, lse, p, float(scale), 1.0 / h,
@@ -150,9 +260,9 @@ def sparse_attention_probs(
         idx32.stride(0), idx32.stride(1),
         lse.stride(0), lse.stride(1),
         p.stride(0), p.stride(1),
-        hkv, ksel, nkb,
+        hkv, ksel, nkb, nhb,
         # two stages, not three: the pipelined head loop at fp32 and d_qk 576 needs 262 KB of shared memory
         # with three (more than the 227 KB of an H100/H200), 131 KB with two
-        BLOCK_K=block_k, num_warps=4, num_stages=2, **_shared_constexprs(q, k),
+        BLOCK_K=block_k, num_warps=4, num_stages=2, **meta,
     )
     return p

@@ -1,0 +1,304 @@
+"""Sparse-attention kernel benchmark at DeepSeek-V3.2's MLA-MQA shape (and the study's other layouts).
+
+    python -m dsa.bench.mla                        # CPU: a tiny MLA-like layout, the reference path (smoke test)
+    python -m dsa.bench.mla --seq-lens 8192 32768 65536 --layouts mla128 --dkv atomic inverted \
+        --tiles fwd:64:32:8:1 bwd:64:16:8:1 --check --out data/bench/mla/h200-mla.json
+
+One JSON per run with :func:`dsa.provenance.provenance`. Per (layout, L): the forward alone and the backward
+alone (the op's backward through autograd minus nothing: ``bwd_ms`` = fwd+bwd - fwd of the same run), once per
+dK/dV strategy (``atomic``: fp32 atomics in the dQ kernel; ``inverted``: a key -> queries index, no atomics,
+deterministic) and per forward/backward tile asked for. Inputs: bf16 on CUDA, q (1, H, L, d_qk), one latent
+K/V (MLA: v is the first d_v columns of k, as DeepSeek's latent cache), a causal selection by the indexer
+top-k (4 x 64 random indexer: scattered rows, no locality to help). With --check, the output and every
+gradient at a small L against the fp32 gather reference (relative Frobenius error).
+
+FLOPs (causal pairs counted: P = sum_t min(t+1, k) (query, key) pairs, the same for every head):
+forward 2·H·(d_qk + d_v) per pair (S = QKᵀ and O = PV); backward 2·H·(3·d_qk + 2·d_v) per pair (S recomputed,
+dP = dO Vᵀ, dV = Pᵀ dO, dK = dSᵀ Q, dQ = dS K). Timer: triton.testing.do_bench median on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dsa.bench.layer import _measure, attention_pairs
+from dsa.provenance import provenance
+
+# name -> (H, H_kv, d_qk, d_v)
+LAYOUTS = {
+    "mla128": (128, 1, 576, 512),  # DeepSeek-V3.2: MLA in MQA mode, 128 heads on one latent K/V
+    "mla64": (64, 1, 576, 512),
+    "mla16": (16, 1, 576, 512),
+    "mqa64": (64, 1, 128, 128),
+    "gqa16/2": (16, 2, 128, 128),
+    "mha16": (16, 16, 128, 128),
+    "tiny": (20, 1, 72, 40),  # the CPU smoke layout: two head blocks of 16, a score dim with a tail
+}
+DKV_MODES = ("atomic", "inverted")
+
+
+def fwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:
+    """Forward FLOPs per causal (query, key) pair: S = QKᵀ (2·H·d_qk) and O = PV (2·H·d_v)."""
+    return 2 * h * (d_qk + d_v)
+
+
+def bwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:
+    """Backward FLOPs per pair: S recomputed and dK, dQ (3 products over d_qk), dP and dV (2 over d_v)."""
+    return 2 * h * (3 * d_qk + 2 * d_v)
+
+
+def parse_tile(spec: str) -> dict:
+    """'fwd:64:32:8:1' -> {'pass': 'fwd', 'block_h': 64, 'block_k': 32, 'num_warps': 8, 'num_stages': 1}
+    (a 0 keeps the launch code's default for that knob)."""
+    parts = spec.split(":")
+    if len(parts) != 5 or parts[0] not in ("fwd", "bwd") or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"a tile is 'fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES' (0 = default), got {spec!r}")
+    keys = ("block_h", "block_k", "num_warps", "num_stages")
+    return {"pass": parts[0], **{k: int(v) or None for k, v in zip(keys, parts[1:])}}
+
+
+@dataclass
+class MLABenchConfig:
+    seq_lens: list[int] = field(default_factory=lambda: [96])
+    layouts: list[str] = field(default_factory=lambda: ["tiny"])
+    top_k: int = 32
+    dkv: list[str] = field(default_factory=lambda: list(DKV_MODES))
+    tiles: list[str] = field(default_factory=list)
+    inverted_max_len: int = 8192  # the inverted dK/dV re-reads q and dO of all G heads per pair: small L only
+    check: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.seq_lens or any(isinstance(l, bool) or l < 1 for l in self.seq_lens):
+            raise ValueError(f"seq_lens must be positive ints, got {self.seq_lens}")
+        if isinstance(self.top_k, bool) or self.top_k < 1 or self.top_k > min(self.seq_lens):
+            raise ValueError(f"top_k must be in 1..min(seq_lens), got {self.top_k}")
+        for name in self.layouts:
+            if name not in LAYOUTS:
+                raise ValueError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+        for mode in self.dkv:
+            if mode not in DKV_MODES:
+                raise ValueError(f"dkv must be among {DKV_MODES}, got {mode!r}")
+        for spec in self.tiles:
+            parse_tile(spec)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but CUDA is not available here")
+
+
+def causal_selection(l: int, k: int, dev: torch.device, seed: int) -> torch.Tensor:
+    """(1, L, k) int32 causal top-k of a random 4 x 64 indexer (-1 where t + 1 < k)."""
+    from dsa import ops  # noqa: PLC0415
+
+    g = torch.Generator(device=dev).manual_seed(seed)
+    qi = torch.randn(1, l, 4, 64, device=dev, generator=g)
+    ki = torch.randn(1, l, 64, device=dev, generator=g)
+    w = torch.randn(1, l, 4, device=dev, generator=g)
+    return ops.indexer_topk(qi, ki, w, k).to(torch.int32).contiguous()
+
+
+def mla_inputs(layout: str, l: int, dev: torch.device, dtype: torch.dtype, seed: int):
+    """q (1, H, L, d_qk), k (1, H_kv, L, d_qk), v (1, H_kv, L, d_v): for one K/V head with d_v < d_qk, v is
+    a view of k's first d_v columns (the latent), as in DeepSeek's MLA."""
+    h, hkv, d, dv = LAYOUTS[layout]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randn(1, h, l, d, device=dev, dtype=dtype, generator=g)
+    k = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, generator=g)
+    v = k[..., :dv] if dv < d else torch.randn(1, hkv, l, dv, device=dev, dtype=dtype, generator=g)
+    return q, k, v
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30)) if torch.isfinite(a).all() else float("inf")
+
+
+def check_against_reference(layout: str, dev: torch.device, dkv: str, seed: int, l: int = 1101, k: int = 500) -> dict:
+    """Relative errors of o, dq, dk, dv (the public op on the kernels, bf16 on CUDA, inputs as
+    :func:`mla_inputs` builds them: MLA's v a view of k, dk then the latent's whole gradient) against the
+    fp32 gather reference; dK/dV by ``dkv``."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+    from dsa.ops import sparse_attention  # noqa: PLC0415
+    from dsa.ops.attention import sparse_attention_gather  # noqa: PLC0415
+
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    d, dv = LAYOUTS[layout][2:]
+    q, kk, v = mla_inputs(layout, l, dev, dtype, seed)
+    idx = causal_selection(l, k, dev, seed)
+    go = torch.randn(q.shape[:3] + (dv,), device=dev, generator=torch.Generator(device=dev).manual_seed(seed))
+    shared = v.data_ptr() == kk.data_ptr()
+    grads = {}
+    for name, cast in (("kernel", lambda x: x), ("reference", lambda x: x.float())):
+        qs, ks = cast(q).clone().requires_grad_(), cast(kk).clone().requires_grad_()
+        vs = ks[..., :dv] if shared else cast(v).clone().requires_grad_()
+        if name == "kernel":
+            default, sa.DKV_DEFAULT = sa.DKV_DEFAULT, dkv
+            try:
+                o = sparse_attention(qs, ks, vs, idx, scale=d**-0.5, impl="triton")
+                o.backward(go.to(dtype))
+            finally:
+                sa.DKV_DEFAULT = default
+        else:
+            o = sparse_attention_gather(qs, ks, vs, idx, scale=d**-0.5, chunk=64)[0]
+            o.backward(go.float())
+        grads[name] = (o, qs.grad, ks.grad, None if shared else vs.grad)
+    errs = {n: _rel(a, r) for n, a, r in zip(("o", "dq", "dk", "dv"), grads["kernel"], grads["reference"])
+            if a is not None}
+    return {"layout": layout, "dkv": dkv, "L": l, "k": k, "v_view_of_k": shared, "rel_err": errs}
+
+
+def _kernel_fns(q, k, v, idx, scale, tile_f: dict, tile_b: dict, dkv: str) -> tuple[Callable, Callable]:
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    o, lse = sa._fwd(q, k, v, idx, scale, **tile_f)
+    do = torch.randn_like(o)
+
+    def fwd():
+        sa._fwd(q, k, v, idx, scale, **tile_f)
+
+    def bwd():
+        sa._bwd(q, k, v, idx, o, lse, do, scale, dkv=dkv, **tile_b)
+
+    return fwd, bwd
+
+
+def _reference_fns(q, k, v, idx, scale) -> tuple[Callable, Callable]:
+    from dsa.ops.attention import sparse_attention_gather  # noqa: PLC0415
+
+    qg, kg, vg = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    do = torch.randn(q.shape[:3] + v.shape[-1:], dtype=q.dtype)
+
+    def fwd():
+        with torch.no_grad():
+            sparse_attention_gather(q, k, v, idx, scale=scale)
+
+    def bwd():  # forward included on CPU: the reference keeps no saved state between calls
+        sparse_attention_gather(qg, kg, vg, idx, scale=scale)[0].backward(do)
+
+    return fwd, bwd
+
+
+def bench_one(cfg: MLABenchConfig, layout: str, l: int, dev: torch.device, tile_f: dict, tile_b: dict,
+              dkv: str, tensors) -> dict:
+    """One (layout, L, dK/dV mode, tile) row: fwd and bwd ms, TFLOP/s on the causal pairs."""
+    cuda = dev.type == "cuda"
+    h, hkv, d, dv = LAYOUTS[layout]
+    q, k, v, idx = tensors
+    pairs = attention_pairs(l, cfg.top_k)
+    row = {"layout": layout, "H": h, "H_kv": hkv, "d_qk": d, "d_v": dv, "L": l, "k": cfg.top_k, "pairs": pairs,
+           "dkv": dkv if cuda else "reference", "tile_fwd": tile_f, "tile_bwd": tile_b,
+           "impl": "triton" if cuda else "reference", "dtype": str(q.dtype).replace("torch.", "")}
+    fwd, bwd = _kernel_fns(q, k, v, idx, d**-0.5, tile_f, tile_b, dkv) if cuda else \
+        _reference_fns(q, k, v, idx, d**-0.5)
+    for name, fn, per_pair in (("fwd", fwd, fwd_flops_per_pair(h, d, dv)), ("bwd", bwd, bwd_flops_per_pair(h, d, dv))):
+        ms, why = _measure(fn, cuda)
+        row[f"{name}_ms"] = ms
+        if why:
+            row[f"{name}_why"] = why
+        if ms:
+            row[f"{name}_tflops"] = pairs * per_pair / ms / 1e9
+    return row
+
+
+def _tile_pairs(cfg: MLABenchConfig) -> list[tuple[dict, dict]]:
+    """(forward tile, backward tile) pairs: the defaults, then each asked-for tile with the other default."""
+    out = [({}, {})]
+    for spec in cfg.tiles:
+        t = parse_tile(spec)
+        knobs = {k: v for k, v in t.items() if k != "pass" and v is not None}
+        out.append((knobs, {}) if t["pass"] == "fwd" else ({}, knobs))
+    return out
+
+
+def run(cfg: MLABenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
+    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                       else "cpu")
+    cuda = dev.type == "cuda"
+    res = {"config": asdict(cfg), "rows": [], "checks": [], "provenance": provenance(dev)}
+    if cfg.check and cuda:
+        for layout in cfg.layouts:
+            for dkv in cfg.dkv:
+                res["checks"].append(check_against_reference(layout, dev, dkv, cfg.seed))
+                print("check", json.dumps(res["checks"][-1]), file=sys.stderr, flush=True)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    for layout in cfg.layouts:
+        for l in cfg.seq_lens:
+            try:
+                q, k, v = mla_inputs(layout, l, dev, dtype, cfg.seed)
+                tensors = (q, k, v, causal_selection(l, cfg.top_k, dev, cfg.seed))
+            except torch.cuda.OutOfMemoryError:
+                res["rows"].append({"layout": layout, "L": l, "k": cfg.top_k, "fwd_ms": None, "fwd_why": "oom"})
+                torch.cuda.empty_cache()
+                continue
+            for tile_f, tile_b in _tile_pairs(cfg):
+                for dkv in cfg.dkv if cuda else ("atomic",):
+                    if dkv == "inverted" and l > cfg.inverted_max_len:
+                        continue
+                    if dkv == "inverted" and (tile_f or tile_b):
+                        continue  # tiles are timed with the default strategy only
+                    row = bench_one(cfg, layout, l, dev, tile_f, tile_b, dkv, tensors)
+                    res["rows"].append(row)
+                    print(_line(row), file=sys.stderr, flush=True)
+                    if on_row:
+                        on_row(res)
+            del tensors, q, k, v
+            if cuda:
+                torch.cuda.empty_cache()
+    return res
+
+
+def _fmt(x, f="{:.2f}") -> str:
+    return "-" if x is None else f.format(x)
+
+
+def _line(r: dict) -> str:
+    tile = ",".join(f"{k}={v}" for k, v in {**r.get("tile_fwd", {}), **r.get("tile_bwd", {})}.items()) or "default"
+    return (f"{r['layout']:<8} L={r['L']:<6} {r['dkv']:<9} {tile:<40} fwd {_fmt(r.get('fwd_ms'))} ms "
+            f"({_fmt(r.get('fwd_tflops'), '{:.0f}')} TF/s)  bwd {_fmt(r.get('bwd_ms'))} ms "
+            f"({_fmt(r.get('bwd_tflops'), '{:.0f}')} TF/s) {r.get('fwd_why', '')}{r.get('bwd_why', '')}")
+
+
+def table(res: dict) -> str:
+    return "\n".join(_line(r) for r in res["rows"] if "dkv" in r)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m dsa.bench.mla", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = MLABenchConfig()
+    p.add_argument("--seq-lens", type=int, nargs="+", default=d.seq_lens, help="sequence lengths L")
+    p.add_argument("--layouts", nargs="+", default=d.layouts, help=f"among {', '.join(LAYOUTS)}")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="keys kept per query")
+    p.add_argument("--dkv", nargs="+", default=d.dkv, help="dK/dV strategies: atomic, inverted")
+    p.add_argument("--tiles", nargs="*", default=d.tiles, help="extra tiles fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES")
+    p.add_argument("--inverted-max-len", type=int, default=d.inverted_max_len, help="largest L for 'inverted'")
+    p.add_argument("--check", action="store_true", help="errors against the fp32 reference at a small L (CUDA)")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="JSON path (default runs/bench-mla-<device>.json)")
+    a = vars(p.parse_args(argv))
+    out = a.pop("out")
+    try:
+        cfg = MLABenchConfig(**a)
+    except ValueError as e:
+        p.error(str(e))
+    out = Path(out or f"runs/bench-mla-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
+    out.write_text(json.dumps(res, indent=1))
+    print(table(res))
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

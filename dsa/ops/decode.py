@@ -1,0 +1,202 @@
+"""Decode ops: new queries (a prompt, or one token per sequence) against a cache of keys that starts at
+position 0, each query at its own absolute position.
+
+The full-sequence ops (:func:`dsa.ops.sparse_attention`, :func:`dsa.ops.indexer_topk`) take queries and keys
+of one length, both from position 0. Here the T new queries of sequence b sit at positions
+``q_pos[b, j]`` (the cache length before the call plus j) and see the cached keys s <= q_pos[b, j]:
+
+- :func:`decode_indexer_topk`: indexer scores of the new queries over the cached indexer keys, then the top-k
+  among the positions s <= q_pos (all of them when k >= q_pos + 1), the same set as the causal
+  :func:`dsa.ops.indexer_topk` picks for that position in a full forward.
+- :func:`decode_sparse_attention`: attention of the new queries over their selected cached rows only.
+- :func:`decode_dense_attention`: the dense baseline, attention over every cached row s <= q_pos.
+
+Layouts: q (B, H, T, d_qk); caches k (B, H_kv, S, d_qk), v (B, H_kv, S, d_v) (MLA: one latent head, v a
+view of k's first kv_rank dims); indexer q_idx (B, T, H_I, d_I), cached keys k_idx (B, S, d_I),
+w (B, T, H_I); q_pos (B, T) integer, every entry in [0, S). Triton: a split-K kernel for both attentions
+(the selected rows, or every row, split over programs and merged by their log-sum-exp) and an indexer
+scoring kernel followed by the radix top-k (``dsa.ops.kernels.decode``); inference only, no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..checks import FLOAT_DTYPES, check_tensor
+from .attention import expand_kv, sparse_attention_gather
+from .checks import INDEX_DTYPES, check_finite, check_scale, check_selection, values_checked
+from .dispatch import resolve_impl
+
+
+def check_decode_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q (B, H, T, d_qk), k (B, H_kv, S, d_qk), v (B, H_kv, S, d_v)."""
+    check_tensor("q", q, 4, FLOAT_DTYPES)
+    check_tensor("k_cache", k, 4, FLOAT_DTYPES)
+    check_tensor("v_cache", v, 4, FLOAT_DTYPES)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k_cache shape {tuple(k.shape)} does not fit q shape {tuple(q.shape)} as (B, H_kv, S, d_qk)")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v_cache shape {tuple(v.shape)} does not fit k_cache shape {tuple(k.shape)} as (B, H_kv, S, d_v)")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"the query heads ({q.shape[1]}) must be a multiple of the cached K/V heads ({k.shape[1]})")
+
+
+def check_positions(q_pos: torch.Tensor, b: int, t: int, s: int) -> None:
+    """q_pos (B, T) integer, in [0, S): a query must see at least its own cached row."""
+    check_tensor("q_pos", q_pos, 2, INDEX_DTYPES)
+    if tuple(q_pos.shape) != (b, t):
+        raise ValueError(f"q_pos must have shape (B, T)=({b}, {t}), got {tuple(q_pos.shape)}")
+    if values_checked() and q_pos.numel() and (int(q_pos.min()) < 0 or int(q_pos.max()) >= s):
+        raise ValueError(f"q_pos must hold positions in [0, S={s}) (the cache holds S rows, own row included)")
+
+
+def visible(q_pos: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, T, S) bool: cached row s is visible to the query at q_pos (s <= q_pos)."""
+    return torch.arange(s, device=q_pos.device)[None, None, :] <= q_pos[..., None]
+
+
+# ------------------------------------------------------------------------------------------------ indexer
+
+
+def decode_indexer_scores_reference(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor
+) -> torch.Tensor:
+    """sum_j w[b,t,j] ReLU(q_idx[b,t,j] . k_idx[b,s]), -inf where s > q_pos[b,t]. Shapes as
+    :func:`decode_indexer_topk` -> (B, T, S) float32."""
+    logits = torch.einsum("bqhd,bkd->bqhk", q_idx.float(), k_idx.float()).relu_()
+    scores = torch.einsum("bqhk,bqh->bqk", logits, w.float())
+    return scores.masked_fill(~visible(q_pos, k_idx.shape[1]), float("-inf"))
+
+
+def decode_topk_reference(scores: torch.Tensor, top_k: int, q_pos: torch.Tensor) -> torch.Tensor:
+    """scores (B, T, S) (-inf past q_pos) -> (B, T, min(top_k, S)) int32 positions by descending score, ties to
+    the first positions (a stable sort, as :func:`dsa.ops.topk.select_topk_reference`), -1 past q_pos + 1."""
+    k = min(top_k, scores.shape[-1])
+    idx = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices[..., :k]
+    n_sel = (q_pos.long() + 1).clamp(max=k)
+    unused = torch.arange(k, device=scores.device)[None, None, :] >= n_sel[..., None]
+    return idx.masked_fill(unused, -1).to(torch.int32)
+
+
+def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor) -> None:
+    check_tensor("q_idx", q_idx, 4, FLOAT_DTYPES)
+    check_tensor("k_idx_cache", k_idx, 3, FLOAT_DTYPES)
+    check_tensor("w", w, 3, FLOAT_DTYPES)
+    b, t, h_i, d_i = q_idx.shape
+    if k_idx.shape[0] != b or k_idx.shape[2] != d_i:
+        raise ValueError(f"k_idx_cache shape {tuple(k_idx.shape)} does not fit q_idx {tuple(q_idx.shape)} as (B, S, d_I)")
+    if tuple(w.shape) != (b, t, h_i):
+        raise ValueError(f"w must have shape (B, T, H_I)=({b}, {t}, {h_i}), got {tuple(w.shape)}")
+    check_positions(q_pos, b, t, k_idx.shape[1])
+    for name, x in (("q_idx", q_idx), ("k_idx_cache", k_idx), ("w", w)):
+        check_finite(name, x)
+
+
+@torch.no_grad()
+def decode_indexer_topk(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    w: torch.Tensor,
+    top_k: int,
+    q_pos: torch.Tensor,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Each new query's top-k cached positions by the indexer, among s <= q_pos.
+
+    q_idx (B, T, H_I, d_I); k_idx (B, S, d_I) the cached indexer keys; w (B, T, H_I); top_k int >= 1;
+    q_pos (B, T) the queries' positions in [0, S). returns (B, T, min(top_k, S)) int32 positions, -1 in unused
+    slots (query t keeps min(top_k, q_pos + 1)): the set :func:`dsa.ops.indexer_topk` selects for that position
+    in a full forward. Reference: by descending score; Triton: by ascending position (the radix top-k).
+    The indexer keys are read in their stored dtype (bf16 here; an FP8 cache plugs in at this op).
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    _check_indexer_cache(q_idx, k_idx, w, q_pos)
+    if resolve_impl(impl, q_idx, k_idx, w, q_pos, op="decode_indexer_topk") == "reference":
+        return decode_topk_reference(decode_indexer_scores_reference(q_idx, k_idx, w, q_pos), top_k, q_pos)
+    from dsa.ops.kernels.decode import decode_indexer_topk_triton  # noqa: PLC0415
+
+    return decode_indexer_topk_triton(q_idx, k_idx, w, min(top_k, k_idx.shape[1]), q_pos)
+
+
+@torch.no_grad()
+def decode_indexer_scores(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor, *, impl: str = "auto"
+) -> torch.Tensor:
+    """The scores :func:`decode_indexer_topk` ranks: (B, T, S) float32, -inf where s > q_pos. Shapes as there."""
+    _check_indexer_cache(q_idx, k_idx, w, q_pos)
+    if resolve_impl(impl, q_idx, k_idx, w, q_pos, op="decode_indexer_scores") == "reference":
+        return decode_indexer_scores_reference(q_idx, k_idx, w, q_pos)
+    from dsa.ops.kernels.decode import decode_indexer_scores_triton  # noqa: PLC0415
+
+    return decode_indexer_scores_triton(q_idx, k_idx, w, q_pos)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+
+def decode_dense_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """SDPA of each new query over the cached rows s <= q_pos. Shapes as :func:`decode_dense_attention`."""
+    h = q.shape[1]
+    mask = visible(q_pos, k.shape[2])[:, None]  # (B, 1, T, S)
+    return F.scaled_dot_product_attention(q, expand_kv(k, h), expand_kv(v, h), attn_mask=mask, scale=scale)
+
+
+@torch.no_grad()
+def decode_dense_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    q_pos: torch.Tensor,
+    *,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Dense attention of the new queries over every cached row s <= q_pos (the baseline DSA is measured against).
+
+    q (B, H, T, d_qk); k_cache (B, H_kv, S, d_qk); v_cache (B, H_kv, S, d_v); q_pos (B, T) in [0, S).
+    scale: default d_qk^-1/2. returns (B, H, T, d_v) in q's dtype. Reference: SDPA with a mask (PyTorch picks
+    the backend); Triton: the split-K flash-decoding kernel over every row.
+    """
+    check_decode_qkv(q, k_cache, v_cache)
+    check_scale(scale)
+    check_positions(q_pos, q.shape[0], q.shape[2], k_cache.shape[2])
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if resolve_impl(impl, q, k_cache, v_cache, q_pos, op="decode_dense_attention") == "reference":
+        return decode_dense_attention_reference(q, k_cache, v_cache, q_pos, scale)
+    from dsa.ops.kernels.decode import decode_attention_triton  # noqa: PLC0415
+
+    return decode_attention_triton(q, k_cache, v_cache, None, q_pos, scale)
+
+
+@torch.no_grad()
+def decode_sparse_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Attention of the new queries over their selected cached rows only (shared by every head).
+
+    q (B, H, T, d_qk); k_cache (B, H_kv, S, d_qk); v_cache (B, H_kv, S, d_v); idx (B, T, K) int32/int64
+    positions in [0, S), -1 = unused (a position listed twice weighs twice). returns (B, H, T, d_v) in q's
+    dtype; a query with no selection gets zeros. Triton: the split-K kernel reading only the K selected rows.
+    """
+    check_decode_qkv(q, k_cache, v_cache)
+    check_scale(scale)
+    check_selection(idx, q.shape[0], q.shape[2], k_cache.shape[2])
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if resolve_impl(impl, q, k_cache, v_cache, idx, op="decode_sparse_attention") == "reference":
+        return sparse_attention_gather(q, k_cache, v_cache, idx, scale=scale)[0]
+    from dsa.ops.kernels.decode import decode_attention_triton  # noqa: PLC0415
+
+    return decode_attention_triton(q, k_cache, v_cache, idx.to(torch.int32), None, scale)

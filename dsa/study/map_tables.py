@@ -1,0 +1,125 @@
+"""The map of where DSA pays: ratios, the cost model and the crossover L from ``dsa.bench.map`` records.
+
+Records hold raw milliseconds only (``dense_<backend>_<pass>_ms``, ``dsa_<pass>_ms``); everything here is
+derived: the best dense backend per (layout, L, pass), speed-up = best dense ms / DSA ms (above 1: DSA is
+faster), the cost model's speed-up beside it, and per layout and indexer the smallest measured L from which
+DSA beats the best dense kernel.
+
+Cost model (attention and indexer only; the projections are the same work in both layers and left out):
+time = max(FLOPs / matrix rate, bytes / bandwidth) per part, each part at the ceiling given by
+:class:`Ceilings` (by default the H200's measured bf16 and FP8 matrix rates and its bandwidth). Dense:
+L(L+1)/2 pairs at :func:`dsa.ops.flops.attention_pair_flops` of the dense form (MLA: MHA mode). DSA: the
+sparse attention over sum_t min(t+1, k) pairs (FLOPs and the gathered bytes of
+:func:`dsa.ops.flops.sparse_pair_bytes`), the indexer over all L(L+1)/2 pairs (FP8 at the FP8 rate), the
+top-k as one write and one read of the fp32 score triangle; training adds the KL loss's indexer backward at
+the selected pairs (2x its forward) and the attention backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from dsa.ops.flops import attention_pair_flops, indexer_pair_flops, sparse_pair_bytes
+
+PASSES = ("fwd", "fwdbwd")
+PASS_LABELS = {"fwd": "prefill (forward)", "fwdbwd": "training (forward + backward)"}
+BACKEND_LABELS = {"cudnn": "cuDNN SDPA", "flash": "flash SDPA", "flex": "FlexAttention", "math": "SDPA math (CPU)"}
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """Rates the cost model divides by: bf16 and FP8 matrix FLOP/s and device-memory bytes/s (H200,
+    measured: ../shared/notes/where_dsa_pays.md; bandwidth: the datasheet's 4.8 TB/s at 85%)."""
+
+    bf16_flops: float = 758e12
+    fp8_flops: float = 1323e12
+    bytes_per_s: float = 4.1e12
+
+
+def _pairs(l: float, k: float | None) -> float:
+    return l * (l + 1) / 2 if k is None else min(k, l) * (min(k, l) + 1) / 2 + max(l - k, 0) * k
+
+
+def model_ms(row: dict, pass_: str, ceil: Ceilings = Ceilings()) -> tuple[float, float]:
+    """(dense ms, DSA ms) of the cost model for one map row (its layout, L, k, indexer) and pass."""
+    l, k, bwd = float(row["L"]), float(row["k"]), pass_ == "fwdbwd"
+    dense_f = attention_pair_flops(row["H"], row["dense_d_qk"], row["dense_d_v"])
+    if bwd:
+        dense_f += attention_pair_flops(row["H"], row["dense_d_qk"], row["dense_d_v"], backward=True)
+    dense = _pairs(l, None) * dense_f / ceil.bf16_flops
+    sp = _pairs(l, k)
+    att_f = attention_pair_flops(row["H"], row["d_qk"], row["d_v"]) + \
+        (attention_pair_flops(row["H"], row["d_qk"], row["d_v"], backward=True) if bwd else 0)
+    att = max(sp * att_f / ceil.bf16_flops, sp * sparse_pair_bytes(row["H_kv"], row["d_qk"], row["d_v"], bwd) /
+              ceil.bytes_per_s)
+    rate = ceil.fp8_flops if row.get("indexer_precision") == "fp8" else ceil.bf16_flops
+    idx_f = indexer_pair_flops(row["H_I"], row["d_I"])
+    indexer = _pairs(l, None) * idx_f / rate + (sp * 2 * idx_f / ceil.bf16_flops if bwd else 0.0)
+    topk = 2 * 4 * _pairs(l, None) / ceil.bytes_per_s
+    return dense * 1e3, (att + indexer + topk) * 1e3
+
+
+def map_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """One row per (file, layout, L, indexer, pass): dense ms per backend, the best dense backend and its ms,
+    DSA ms, the measured speed-up over the best dense and over cuDNN, and the cost model's speed-up."""
+    rows = []
+    for res in results:
+        dev = res.get("provenance", {}).get("device", "?")
+        for r in res["rows"]:
+            indexer = f"{r['H_I']}x{r['d_I']} {r.get('indexer_precision', 'bf16')}"
+            for pass_ in PASSES:
+                dense = {b: r.get(f"dense_{b}_{pass_}_ms") for b in BACKEND_LABELS if f"dense_{b}_{pass_}_ms" in r}
+                ok = {b: v for b, v in dense.items() if v}
+                best = min(ok, key=ok.get) if ok else None
+                dsa = r.get(f"dsa_{pass_}_ms")
+                m_dense, m_dsa = model_ms(r, pass_)
+                rows.append({
+                    "device": dev, "layout": r["layout"], "L": r["L"], "k": r["k"], "indexer": indexer,
+                    "pass": pass_, **{f"{b}_ms": v for b, v in dense.items()},
+                    "best_dense": BACKEND_LABELS[best] if best else None, "best_dense_ms": ok.get(best),
+                    "dsa_ms": dsa, "dsa_why": r.get(f"dsa_{pass_}_why"),
+                    "speedup": ok[best] / dsa if best and dsa else np.nan,
+                    "speedup_cudnn": ok["cudnn"] / dsa if ok.get("cudnn") and dsa else np.nan,
+                    "model_speedup": m_dense / m_dsa, "model_dense_ms": m_dense, "model_dsa_ms": m_dsa,
+                })
+    return pd.DataFrame(rows)
+
+
+def crossover(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (device, layout, indexer, pass): the smallest measured L from which DSA beats the best dense kernel
+    at every larger measured L, and the cost model's smallest such L among the same lengths. A text cell
+    says so when it never does (or nothing was measured)."""
+    out = []
+    for (dev, layout, indexer, pass_), d in df.groupby(["device", "layout", "indexer", "pass"], sort=True):
+        d = d.sort_values("L")
+        out.append({"device": dev, "layout": layout, "indexer": indexer, "pass": PASS_LABELS[pass_],
+                    "DSA faster from L": _first_winning(d.L, d.speedup),
+                    "model: faster from L": _first_winning(d.L, d.model_speedup),
+                    "largest L measured": int(d.L[d.speedup.notna()].max()) if d.speedup.notna().any() else "none",
+                    "speed-up there": d.speedup[d.speedup.notna()].iloc[-1] if d.speedup.notna().any() else "n/a"})
+    return pd.DataFrame(out)
+
+
+def _first_winning(ls: pd.Series, speedups: pd.Series) -> int | str:
+    valid = speedups.notna().to_numpy()
+    if not valid.any():
+        return "not measured"
+    ls, sp = ls.to_numpy()[valid], speedups.to_numpy()[valid]
+    wins = sp > 1.0
+    if not wins[-1]:
+        return f"not up to {int(ls[-1])}"
+    first = len(wins) - int(np.argmin(wins[::-1])) if not wins.all() else 0
+    return int(ls[first])
+
+
+def long_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Measured and modelled speed-ups in one long frame for plotting (source: 'measured' / 'cost model')."""
+    meas = df.assign(source="measured", value=df.speedup)
+    model = df.assign(source="cost model", value=df.model_speedup)
+    out = pd.concat([meas, model], ignore_index=True)
+    out["pass"] = out["pass"].map(PASS_LABELS)
+    return out.dropna(subset=["value"])

@@ -1,0 +1,134 @@
+"""The README's key figures, redrawn from the recorded GPU data under ``data/`` (no GPU, no training):
+
+- ``leak``: the seeds' exp4 (``data/gpu/exp4_reproduce.jsonl``): final validation loss per arm and L, the
+  leaky model once as trained and once with the causal guard switched on at evaluation;
+- ``loss_curves``: causal DSA against dense at L = 512 … 4096 (``data/gpu/exp4_long.jsonl``): validation loss
+  over the LM steps, mean over seeds;
+- ``layer_speed``: the model's own DSA layer against the dense layer (cuDNN) over L, prefill and training pass
+  (``data/bench/layer/h200-mqa-64x128-k2048.json``).
+
+``python -m dsa.study.readme_figures [--out-dir DIR]`` (``make readme-figures``) writes them as
+``figures/readme/<name>.png`` through :func:`dsa.study.figures.save_static`, which checks each one
+(``dsa.study.figcheck``) and stamps where its numbers come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed (CI, the report)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from dsa.provenance import REPO_ROOT  # noqa: E402
+from dsa.records import load_records, summarize_provenance  # noqa: E402
+from dsa.study import verdicts as V  # noqa: E402
+from dsa.study.bench_tables import LAYER_BASELINES, layer_bench_frame  # noqa: E402
+from dsa.study.figures import save_static  # noqa: E402
+from dsa.study.runs import curves_table, recorded_runs, runs_table  # noqa: E402
+
+README_DIR = REPO_ROOT / "figures" / "readme"
+EXP4 = "gpu/exp4_reproduce.jsonl"
+EXP4_LONG = "gpu/exp4_long.jsonl"
+LAYER_BENCH = "bench/layer/h200-mqa-64x128-k2048.json"
+GUARD_ON = V.LEAKY + ", causal guard on at eval"
+COLORS = {"dense": "#444444", V.LEAKY: "#d62728", GUARD_ON: "#ff9896", "DSA scratch": "#1f77b4",
+          "DSA deepseek": "#2ca02c"}
+
+
+def _source(path: str, records: list[dict]) -> str:
+    return f"data/{path}: " + summarize_provenance(r.get("provenance") or {} for r in records)
+
+
+def leak_figure() -> tuple[Any, str]:
+    """exp4: bars of the final validation loss (mean over seeds, 95% bootstrap CI) per L and arm."""
+    recs = recorded_runs(EXP4)
+    df = runs_table(recs, "exp4")
+    leaky = df[df.variant == V.LEAKY].assign(variant=GUARD_ON, val_loss=lambda d: d.val_loss_causal_eval)
+    bars = pd.concat([df, leaky], ignore_index=True)
+    order = [v for v in [*V.VARIANT_ORDER, GUARD_ON] if v in set(bars.variant)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.barplot(bars, x="seq_len", y="val_loss", hue="variant", hue_order=order, palette=[COLORS[o] for o in order],
+                errorbar=("ci", 95), ax=ax)
+    ax.set(xlabel="sequence length L (tokens)", ylabel="final validation loss (nats/token)",
+           title="The seeds' \"300% better\" is a future-token leak (lower is better)")
+    ax.legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig, _source(EXP4, recs)
+
+
+def loss_curves_figure() -> tuple[Any, str]:
+    """exp4_long: validation loss against LM steps, one panel per L, dense and DSA at k = L/2 and L/8."""
+    recs = recorded_runs(EXP4_LONG)
+    c = curves_table(recs, "exp4_long")
+    c = c[c.phase != "warmup"].copy()  # the indexer warm-up trains no LM step
+    c["arm"] = c.apply(lambda r: "dense" if r.attention == "dense" else f"DSA k = L/{round(1 / r.ratio)}", axis=1)
+    mean = c.groupby(["seq_len", "arm", "lm_step"], as_index=False).val_loss.mean()
+    lens = sorted(mean.seq_len.unique())
+    fig, axes = plt.subplots(1, len(lens), figsize=(3.0 * len(lens), 3.4), sharey=True)
+    palette = {"dense": "#444444", "DSA k = L/2": "#2ca02c", "DSA k = L/8": "#1f77b4"}
+    for ax, l in zip(axes, lens):
+        sns.lineplot(mean[mean.seq_len == l], x="lm_step", y="val_loss", hue="arm", palette=palette, ax=ax,
+                     legend=ax is axes[-1])
+        ax.set(title=f"L = {l}", xlabel="LM step", ylabel="validation loss (nats/token)")
+    axes[-1].legend(title=None, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Causal DSA (DeepSeek's recipe) trains like dense, also keeping 1/8 of the tokens "
+                 "(mean of 3 seeds; lower is better)", fontsize=10)
+    fig.tight_layout()
+    return fig, _source(EXP4_LONG, recs)
+
+
+def layer_speed_figure() -> tuple[Any, str]:
+    """The layer benchmark: dense layer ms / DSA layer ms against L (above 1: DSA faster), cuDNN baseline."""
+    recs = load_records(LAYER_BENCH)
+    df = layer_bench_frame(recs)
+    df = df[(df.baseline == LAYER_BASELINES["cudnn"]) & df.speedup.notna()].copy()
+    df["L (K tokens)"] = df.L / 1024
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(df, x="L (K tokens)", y="speedup", hue="indexer", style="pass", markers=True, dashes=True, ax=ax)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(df["L (K tokens)"].unique())
+    ax.set_xticks(ticks, [f"{t:g}K" for t in ticks])
+    ax.axhline(1.0, color="0.5", lw=1, ls=":")
+    layout, k = df.layout.iloc[0], int(df.k.iloc[0])
+    ax.set(xlabel="sequence length L (tokens)", ylabel="speed-up: dense ms / DSA ms (x)",
+           title=f"DSA layer vs the dense layer (cuDNN), {layout}, k = {k}\n(above 1: DSA faster)")
+    ax.legend(title="indexer (heads x dim) / pass", fontsize=8, title_fontsize=8, loc="upper left")
+    return fig, _source(LAYER_BENCH, recs)
+
+
+FIGURES: dict[str, Callable[[], tuple[Any, str]]] = {
+    "leak": leak_figure, "loss_curves": loss_curves_figure, "layer_speed": layer_speed_figure}
+
+
+def write_readme_figures(out_dir: str | Path = README_DIR, dpi: int = 110) -> dict[str, Path]:
+    """Draw every README figure from the recorded data and save it (checked) to ``out_dir``/<name>.png.
+    Returns {name: path}; raises FileNotFoundError when a recorded file is missing."""
+    paths = {}
+    for name, draw in FIGURES.items():
+        fig, source = draw()
+        paths[name] = save_static(fig, name, source=source, dpi=dpi, out_dir=out_dir)
+        plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dsa.study.readme_figures",
+                                description="Redraw the README's key figures from the recorded data under data/.")
+    p.add_argument("--out-dir", default=str(README_DIR), help=f"where to write the PNGs (default {README_DIR})")
+    p.add_argument("--dpi", type=int, default=110, help="resolution (default 110: each PNG well under 150 KB)")
+    args = p.parse_args(argv)
+    if args.dpi < 30:
+        p.error(f"--dpi must be >= 30, got {args.dpi}")
+    write_readme_figures(args.out_dir, args.dpi)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""dsa.bench.decode on CPU at tiny sizes: every step timed per row, bytes and ratios derived from the times,
+whole requests, the JSON with provenance, bad input named (CLI: error and exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dsa.bench.decode import LAYOUTS, DecodeBenchConfig, decode_bytes, main, run
+
+
+def test_rows_time_every_step_and_derive_the_ratios():
+    res = run(DecodeBenchConfig(contexts=[40, 23], batches=[2], top_k=8, request_contexts=[17], gen_tokens=3),
+              log=lambda s: None)
+    rows = [r for r in res["rows"] if r["kind"] == "decode"]
+    assert [(r["layout"], r["context"]) for r in rows] == [("mqa", 23), ("mqa", 40), ("mla", 23), ("mla", 40)]
+    for r in rows:
+        for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_sparse"):
+            assert r[f"{name}_ms"] > 0, name
+            assert r[f"{name}_tokens_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
+            assert r[f"{name}_gbps"] == pytest.approx(r[f"{name}_bytes"] / r[f"{name}_ms"] / 1e6)
+        assert r["speedup_dense"] == pytest.approx(r["dense_ms"] / r["dsa_ms"])
+        assert r["impl"] == "reference"
+    req = [r for r in res["rows"] if r["kind"] == "request"]
+    assert len(req) == 2
+    for r in req:
+        assert r["request_dsa_ms"] == pytest.approx(r["prefill_dsa_ms"] + r["decode_dsa_ms"])
+        assert r["speedup_request"] == pytest.approx(r["request_dense_ms"] / r["request_dsa_ms"])
+    assert res["provenance"]["device"].startswith("cpu") and res["hbm_gbps"] is None
+
+
+def test_caches_over_the_limit_are_skipped_and_said_so():
+    res = run(DecodeBenchConfig(layouts=["mqa"], contexts=[20, 5000], batches=[1], top_k=4, request_contexts=[],
+                                max_cache_gib=1e-4), log=lambda s: None)
+    by_s = {r["context"]: r for r in res["rows"]}
+    assert by_s[5000]["skipped"].startswith("caches over") and "dsa_ms" not in by_s[5000]
+    assert by_s[20]["dsa_ms"] > 0
+
+
+def test_bytes_model():
+    mla = LAYOUTS["mla"]
+    b = decode_bytes(mla, 131072, 1, 2048, 128)
+    assert b["dense"] == 131072 * 576 * 2  # ~151 MB, the issue's figure
+    assert b["dsa"] == 131072 * (128 * 2 + 8) + 2048 * 576 * 2
+    assert b["dense"] / b["dsa"] > 4
+    assert decode_bytes(mla, 1000, 3, 2048, 128)["dsa_sparse"] == 3 * 1000 * 576 * 2  # k capped at S
+
+
+def test_cli_writes_json_with_provenance(tmp_path, capsys):
+    out = tmp_path / "d.json"
+    main(["--layouts", "mqa", "--contexts", "30", "--batches", "1", "--top-k", "6", "--gen-tokens", "2",
+          "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert "git_commit" in res["provenance"] and res["config"]["top_k"] == 6
+    assert any(r["kind"] == "request" for r in res["rows"])
+    assert str(out) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [(["--layouts", "gqa"], "layouts"), (["--top-k", "500"], "top_k"),
+                                       (["--indexer", "4by16"], "HEADSxDIM"), (["--batches", "0"], "batches")])
+def test_bad_arguments_exit_2_naming_them(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""Notebook 07's helpers: the cache check, the selection matrix and stepper, the decode benchmark tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsa.bench.decode import DecodeBenchConfig, run
+from dsa.inference import generate
+from dsa.model import ModelConfig, TransformerLM
+from dsa.study import inference as I
+
+
+def _model():
+    return TransformerLM(ModelConfig(vocab_size=50, d_model=32, n_heads=2, max_seq_len=64, attention="dsa", top_k=4,
+                                     indexer_dim=16, indexer_rope_dim=8, impl="reference"), seed=2).eval()
+
+
+def test_cache_check_and_selection_matrix():
+    m = _model()
+    c = I.cache_check(m, torch.randint(0, 50, (2, 13)), 5)
+    assert c["max_abs_diff"] < 1e-4 and c["selections_equal"] is True
+    with pytest.raises(ValueError, match="prompt_len"):
+        I.cache_check(m, torch.randint(0, 50, (2, 13)), 13)
+    gen = generate(m, [[1, 2, 3], [4, 5, 6, 7, 8, 9]], 5, temperature=0, record_selection=True)
+    mat = I.selection_matrix(gen, 0, 1)
+    assert mat.shape == (5, 3 + 5)
+    for step, row in enumerate(mat):  # the token fed at step i sits at position 2 + i: min(k, its context) picks
+        pos = 2 + step
+        assert row.sum() == min(4, pos + 1) and row[pos + 1:].sum() == 0
+    st = I.SelectionStepper(gen, 1, [4, 5, 6, 7, 8, 9] + gen.tokens[1], lambda ids: str(ids[0]))
+    v = st.view(4)
+    assert v["pos"] == 9 and v["z"].shape == (2, 11) and v["k"] == 4
+
+
+def test_decode_tables_from_a_cpu_run():
+    res = run(DecodeBenchConfig(layouts=["mla"], contexts=[20, 33], batches=[1], top_k=6, request_contexts=[12],
+                                gen_tokens=2), log=lambda s: None)
+    frame = I.decode_frame([res])
+    assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_sparse"}
+    assert len(frame) == 2 * 5 and not frame.ms.isna().any()
+    sp = I.speedup_table([res])
+    assert list(sp.context) == [20, 33] and sp["DSA % of HBM"].isna().all()  # no bandwidth on a CPU
+    req = I.request_table([res])
+    assert len(req) == 1 and req.speedup_request.iloc[0] > 0
+    fig = I.decode_cost_figure(frame, "t")
+    assert len(fig.axes) == 2

@@ -1,0 +1,58 @@
+"""dsa.study.map_tables: ratios against the best dense backend, the crossover L and the cost model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from dsa.study.map_tables import crossover, long_speedups, map_frame, model_ms
+
+MLA = dict(layout="mla128", H=128, H_kv=1, d_qk=576, d_v=512, dense_H_kv=128, dense_d_qk=192, dense_d_v=128,
+           k=2048, H_I=64, d_I=128, indexer_precision="bf16")
+
+
+def _rec(rows):
+    return {"provenance": {"device": "GPU X"}, "rows": rows}
+
+
+def _row(l, cudnn, flash, dsa, **extra):
+    return dict(MLA, L=l, dense_cudnn_fwd_ms=cudnn, dense_flash_fwd_ms=flash, dense_flex_fwd_ms=None,
+                dense_cudnn_fwdbwd_ms=None, dsa_fwd_ms=dsa, dsa_fwdbwd_ms=None, **extra)
+
+
+def test_speedup_is_over_the_best_dense_backend():
+    df = map_frame([_rec([_row(4096, 3.0, 2.0, 4.0)])])
+    fwd = df[df["pass"] == "fwd"].iloc[0]
+    assert fwd.best_dense == "flash SDPA" and fwd.speedup == pytest.approx(0.5)
+    assert fwd.speedup_cudnn == pytest.approx(0.75)
+    assert np.isnan(df[df["pass"] == "fwdbwd"].iloc[0].speedup)  # nothing measured: no ratio
+
+
+def test_crossover_is_the_first_l_winning_at_every_larger_l():
+    rows = [_row(2048, 1, 1, 2), _row(4096, 4, 4, 3), _row(8192, 8, 8, 9), _row(16384, 30, 30, 10),
+            _row(32768, 100, 100, 20)]
+    cx = crossover(map_frame([_rec(rows)]))
+    fwd = cx[cx["pass"].str.startswith("prefill")].iloc[0]
+    assert fwd["DSA faster from L"] == 16384  # 4096 wins but 8192 loses again
+    assert fwd["largest L measured"] == 32768 and fwd["speed-up there"] == pytest.approx(5.0)
+    assert cx[cx["pass"].str.startswith("training")].iloc[0]["DSA faster from L"] == "not measured"
+    losing = crossover(map_frame([_rec([_row(2048, 1, 1, 2), _row(4096, 1, 1, 2)])]))
+    assert losing.iloc[0]["DSA faster from L"] == "not up to 4096"
+
+
+def test_cost_model_grows_with_l_and_pays_more_with_fp8():
+    sp = [np.divide(*model_ms(dict(MLA, L=l), "fwd")) for l in (2048, 8192, 32768, 131072)]
+    assert all(a < b for a, b in itertools.pairwise(sp))
+    assert sp[0] < 1 < sp[-1]  # at L = k the absorbed form costs 3.4x MHA mode per pair; at 128K DSA wins
+    fp8 = np.divide(*model_ms(dict(MLA, L=131072, indexer_precision="fp8"), "fwd"))
+    assert fp8 > sp[-1]
+    # MHA 16 x 128 gathers its own K/V rows per head: bandwidth-bound, never pays in the model
+    mha = dict(MLA, H=16, H_kv=16, d_qk=128, d_v=128, dense_d_qk=128, dense_d_v=128, H_I=4, d_I=64)
+    assert np.divide(*model_ms(dict(mha, L=131072), "fwdbwd")) < 1
+
+
+def test_long_frame_has_measured_and_model_rows():
+    long = long_speedups(map_frame([_rec([_row(4096, 3.0, 2.0, 4.0)])]))
+    assert set(long.source) == {"measured", "cost model"} and long["value"].notna().all()
