@@ -9,13 +9,43 @@
 Every public name is re-exported here: ``from dsa.study import verdicts as V; V.exp4_verdicts(df)``.
 """
 
-from .ablations import (ABLATION_CLAIMS, ABLATION_VERDICTS, NOT_ENOUGH, ablation_contrasts, ablation_verdicts,
-                        indexer_heads_verdict, kl_ablation_verdict, trend_verdict, warmup_verdict)
-from .common import (CAUSAL, DENSE, EQUIV_TOL, GROUP, LEAKY, SUMMARY_METRICS, VARIANT_ORDER, Verdict,
-                     format_mean_ci, format_summary, metric_bounds, summary_table)
+from .ablations import (
+                        ABLATION_CLAIMS,
+                        ABLATION_VERDICTS,
+                        NOT_ENOUGH,
+                        ablation_contrasts,
+                        ablation_verdicts,
+                        indexer_heads_verdict,
+                        kl_ablation_verdict,
+                        trend_verdict,
+                        warmup_verdict,
+)
+from .common import (
+                        CAUSAL,
+                        DENSE,
+                        EQUIV_TOL,
+                        GROUP,
+                        LEAKY,
+                        SUMMARY_METRICS,
+                        VARIANT_ORDER,
+                        Verdict,
+                        format_mean_ci,
+                        format_summary,
+                        metric_bounds,
+                        summary_table,
+)
 from .exp3 import EXP3_CLAIMS, exp3_verdicts
-from .exp4 import (CLAIMED_SPEEDUP, CLAIMS, accuracy_verdict, exp4_verdicts, leak_table, loss_verdict,
-                   parity_verdict, seeds_percent_better, speed_verdict)
+from .exp4 import (
+                        CLAIMED_SPEEDUP,
+                        CLAIMS,
+                        accuracy_verdict,
+                        exp4_verdicts,
+                        leak_table,
+                        loss_verdict,
+                        parity_verdict,
+                        seeds_percent_better,
+                        speed_verdict,
+)
 from .exp5 import exp5_verdict
 
 __all__ = [

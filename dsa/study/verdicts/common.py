@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from dsa.study.stats import CONFIDENCE, compare_variants, group_summary
-
 from dsa.train.design import DEEPSEEK, DENSE, LEAKY, SCRATCH
 
 CAUSAL = (DEEPSEEK, SCRATCH)

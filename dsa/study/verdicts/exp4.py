@@ -26,8 +26,7 @@ import pandas as pd
 
 from dsa.study.stats import CONFIDENCE, compare_variants
 
-from .common import (CAUSAL, DENSE, EQUIV_TOL, GROUP, LEAKY, NOISY, Verdict, _ci_text, _mean, _shared_gpu,
-                     _time_cmp)
+from .common import CAUSAL, DENSE, EQUIV_TOL, GROUP, LEAKY, NOISY, Verdict, _ci_text, _mean, _shared_gpu, _time_cmp
 
 CLAIMED_SPEEDUP = (1.4, 1.7)
 CLAIMS = {

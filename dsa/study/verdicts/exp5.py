@@ -11,6 +11,7 @@ from dsa.study.stats import CONFIDENCE, compare_variants
 
 from .common import DENSE
 
+
 def exp5_verdict(df: pd.DataFrame, alpha: float = 0.05, confidence: float = CONFIDENCE) -> dict:
     """The seeds' exp5 hypothesis ("the optimal sparsity ratio k/L decreases as L grows") on a sweep over
     ratio x L x seeds (``df``: a runs_table with ``ratio``; dense runs have ratio 1.0 and serve as the
