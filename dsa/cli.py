@@ -50,11 +50,12 @@ def _help(f: dataclasses.Field, default: Any) -> str:
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One flag per field of the dataclass ``cls`` (``seq_len`` -> ``--seq-len``), typed from its hint:
     bools as ``--x/--no-x``, lists as ``nargs='+'``; help, choices and metavar from the field metadata
-    (a field without help is a ValueError: every flag is documented)."""
+    (a field without help is a ValueError: every flag is documented). A field with ``metadata["cli"] = False``
+    is not a flag (set by code, e.g. ``TrainConfig.design``: an experiment's design factors).
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields")
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or f.metadata.get("cli") is False:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         typ, is_list = _base_type(hints[f.name])

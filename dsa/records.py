@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .provenance import REPO_ROOT, device_name, git_commit, provenance, write_json_atomic
 
 
 def data_dir() -> Path:
-    """``$DSA_DATA_DIR`` or ``<repo>/data``."""
+    """``$DSA_DATA_DIR`` or ``<repo>/data``: the root of the recorded results (the corpus cache is another
+    variable, ``$DSA_CACHE_DIR``: ``dsa.text.corpus``)."""
     return Path(os.environ.get("DSA_DATA_DIR", REPO_ROOT / "data"))
 
 
@@ -45,7 +46,8 @@ def save_record(name: str, data: dict, config: dict | None = None, device: Any =
     return write_json_atomic(data_dir() / f"{name}.json", {"provenance": prov, **data})
 
 
-def load_records(pattern: str, *, root: str | Path | None = None, required: bool = False) -> list[dict]:
+def load_records(pattern: str, *, root: str | Path | None = None, required: bool = False,
+                 upgrade: Callable[[dict], dict] | None = None) -> list[dict]:
     """Records matching the glob ``pattern`` under ``root`` (default ``data/``; training runs written by
     ``dsa.train.trainer`` live under ``runs/``: pass ``root=REPO_ROOT / "runs"``), sorted by path, each with ``_path``
     added.
@@ -53,6 +55,8 @@ def load_records(pattern: str, *, root: str | Path | None = None, required: bool
     Every record must carry a ``provenance`` dict with at least git_commit, device and date; a file without
     one is an error (a number of unknown origin must not reach a figure). Prints each file read.
     required: raise FileNotFoundError when nothing matches (default: return []).
+    upgrade: applied to each record before its provenance is checked (a reader of an older schema, e.g.
+    ``dsa.study.legacy.bench_record``).
     """
     root = Path(root) if root is not None else data_dir()
     paths = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix == ".json")
@@ -61,6 +65,8 @@ def load_records(pattern: str, *, root: str | Path | None = None, required: bool
     out = []
     for p in paths:
         rec = json.loads(p.read_text())
+        if upgrade is not None:
+            rec = upgrade(rec)
         prov = rec.get("provenance") if isinstance(rec, dict) else None
         _check_provenance(prov, str(p))
         rec["_path"] = str(p)
@@ -82,13 +88,10 @@ def _rel(p: Path) -> str:
 
 
 def describe_provenance(prov: dict) -> str:
-    """'recorded on NVIDIA H100 80GB HBM3, commit 1a2b3c4, 2026-11-22, torch 2.11.0'.
-
-    (``dsa.bench.kernels`` writes the torch version as ``torch``; it is read from there when ``torch_version`` is
-    absent.)"""
+    """'recorded on NVIDIA H100 80GB HBM3, commit 1a2b3c4, 2026-11-22, torch 2.11.0'."""
     commit = str(prov.get("git_commit", "unknown"))[:7] + ("+dirty" if prov.get("git_dirty") else "")
     date = str(prov.get("date", "?"))[:10]
-    torch_v = prov.get("torch_version", prov.get("torch", "?"))
+    torch_v = prov.get("torch_version", "?")
     return f"recorded on {prov.get('device', '?')}, commit {commit}, {date}, torch {torch_v}"
 
 

@@ -42,8 +42,8 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.study.notebook_params import between, one_of, satisfies, snapshot_namespace
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -82,9 +82,10 @@ cost_max_len: int = 131072  # tokens
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "01_indexer_math",
     rules={
         "device": one_of("cpu", "cuda", "auto"),
         "seq_len": between(8, None),
@@ -109,7 +110,7 @@ P = check_params(
         "cost_max_len": between(1024, None),
     },
 )
-P
+P, DEV, FRESH_LABEL = nb.params, nb.device, nb.fresh_label
 
 # %%
 import matplotlib.pyplot as plt
@@ -121,18 +122,13 @@ import torch
 from IPython.display import Markdown, display
 
 from dsa.study import analysis as A
-from dsa.study.figures import IndexerExplorer, save_static, setup_plotting
+from dsa.study.figures import IndexerExplorer, save_static
 from dsa.layers import IndexerConfig, LightningIndexer
 from dsa.ops import indexer_scores, indexer_topk, select_topk, selection_to_mask
 from dsa.study.probes import causality_probe
-from dsa.records import fresh_run_label
-from dsa.study.scope import fresh_run_scope
 
-setup_plotting()
-DEV = resolve_device(P.device)
-SOURCE = fresh_run_label(DEV)
+SOURCE = FRESH_LABEL
 print("Every number and figure in this notebook is a", SOURCE, "(no recorded data is read).")
-display(Markdown(fresh_run_scope("01_indexer_math", device=DEV.type)))
 
 
 def maybe_save(fig, name):

@@ -51,9 +51,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.notebook_params import satisfies, snapshot_namespace
 from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -74,16 +74,17 @@ confidence: float = 0.95  # confidence level of every interval
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "02_sparse_vs_dense",
     rules=fresh_run_rules("exp4_reproduce", filters={
         "fresh_seq_lens": satisfies(
             lambda v, p: valid_list(v, int, experiment_levels("exp4_reproduce", p["fresh_size"])["seq_lens"]),
             "must be a comma-separated subset of exp4's sequence lengths 64,128,256 (or empty for all)"),
     }),
 )
-P
+P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 
 # %%
 import matplotlib.pyplot as plt
@@ -94,21 +95,11 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from dsa.study import verdicts as V
-from dsa.study.figures import figure_saver, setup_plotting
 from dsa.study.tables import readable
-from dsa.records import fresh_run_label
 from dsa.records import summarize_provenance
-from dsa.study.scope import fresh_run_scope, leak_check
+from dsa.study.scope import leak_check
 from dsa.study.runs import (coverage, curves_table, fresh_source_label, fresh_sweep, parse_list, recorded_runs,
                       recorded_source_label, runs_table)
-
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
-maybe_save = figure_saver(P.save_figures)
-display(Markdown(fresh_run_scope("02_sparse_vs_dense", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
-                                 steps=P.fresh_steps)))
 
 
 def short_device(records):

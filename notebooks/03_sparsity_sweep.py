@@ -40,10 +40,10 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
 from dsa.train.experiments import SPARSITY_RATIOS
-from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.notebook_params import satisfies, snapshot_namespace
 from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -64,9 +64,10 @@ confidence: float = 0.95  # confidence level of every interval
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "03_sparsity_sweep",
     rules=fresh_run_rules("exp5_sparsity", filters={
         "fresh_seq_lens": satisfies(
             lambda v, p: valid_list(v, int, experiment_levels("exp5_sparsity", p["fresh_size"])["seq_lens"]),
@@ -79,7 +80,7 @@ P = check_params(
         "alpha": satisfies(lambda v, p: 0 < v < 0.5, "must be in (0, 0.5)"),
     }),
 )
-P
+P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 
 # %%
 import matplotlib.pyplot as plt
@@ -91,19 +92,10 @@ from IPython.display import Markdown, display
 
 from dsa.study import stats as S
 from dsa.study import verdicts as V
-from dsa.study.figures import figure_saver, heatmap_pair_figure, setup_plotting
+from dsa.study.figures import heatmap_pair_figure
 from dsa.study.tables import readable
-from dsa.records import fresh_run_label
-from dsa.study.scope import fresh_run_scope
 from dsa.study.runs import coverage, fresh_sweep, parse_list, recorded_runs, run_sources, runs_table
 
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
-maybe_save = figure_saver(P.save_figures)
-display(Markdown(fresh_run_scope("03_sparsity_sweep", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
-                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs: a fresh sweep, and the recorded GPU sweep if there is one
@@ -114,7 +106,7 @@ if P.run_fresh:
     fresh = fresh_sweep("exp5_sparsity", P.fresh_size, notebook="03_sparsity_sweep", device=P.device, progress=True,
                         reuse=P.reuse_runs, time_budget_s=P.fresh_time_budget_s or None,
                         seq_lens=parse_list(P.fresh_seq_lens), seeds=parse_list(P.fresh_seeds),
-                        ratios=parse_list(P.fresh_ratios, float), ratio_grid=SPARSITY_RATIOS,
+                        ratios=parse_list(P.fresh_ratios, float),
                         steps=P.fresh_steps or None)
 recorded = recorded_runs(P.recorded)
 sources = run_sources(fresh, recorded, device_type=DEV.type, size=P.fresh_size, fresh_provenance=FRESH_LABEL,
@@ -129,7 +121,7 @@ if not sources:
     raise RuntimeError("nothing to analyse: run_fresh is off and there is no recorded sweep")
 for label, recs, prov in sources:
     print(f"{label}: {len(recs)} runs — {prov}")
-df = pd.concat([runs_table(recs, label, ratios=SPARSITY_RATIOS) for label, recs, _ in sources], ignore_index=True)
+df = pd.concat([runs_table(recs, label) for label, recs, _ in sources], ignore_index=True)
 df["k/L"] = np.where(df.attention == "dense", "dense", df.ratio.map(lambda r: f"{r:g}"))
 # one cell per (source, L, k/L): how many runs (seeds) and which k; "not run" where the sweep has none
 cells = df.groupby(["source", "seq_len", "k/L"], sort=False).agg(runs=("seed", "size"), k=("top_k", "first"))

@@ -43,9 +43,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import between, check_params, satisfies, snapshot_namespace
+from dsa.study.notebook_params import between, satisfies, snapshot_namespace
 from dsa.study.runs import experiment_levels, fresh_run_rules, valid_list
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -64,9 +64,10 @@ confidence: float = 0.95  # confidence level of every interval
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "04_adaptive_k",
     rules=fresh_run_rules("exp3_adaptive", time_budget=False, extra={
         "analysis_batches": between(1, None),
         "k_min": satisfies(
@@ -76,7 +77,7 @@ P = check_params(
                                  "must be a non-empty comma-separated list of numbers in (0, 1]"),
     }),
 )
-P
+P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 
 # %%
 import matplotlib.pyplot as plt
@@ -90,20 +91,11 @@ from IPython.display import Markdown, display
 from dsa.study import verdicts as V
 from dsa.study.analysis import chosen_k_counts, config_mean_k, fixed_mean_k, k_policy_override
 from dsa.train.experiments import get_experiment
-from dsa.study.figures import adaptive_tradeoff_figure, figure_saver, setup_plotting
+from dsa.study.figures import adaptive_tradeoff_figure
 from dsa.study.tables import readable
-from dsa.records import fresh_run_label
-from dsa.study.scope import fresh_run_scope
 from dsa.study.runs import (arm_label, coverage, parse_list, recorded_runs, run_sources, runs_table, select_configs,
                       train_keeping_models, validation_batches)
 
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
-maybe_save = figure_saver(P.save_figures)
-display(Markdown(fresh_run_scope("04_adaptive_k", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
-                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs

@@ -48,9 +48,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.study.notebook_params import between, one_of, satisfies, snapshot_namespace
 from dsa.study.runs import parse_list, valid_list
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -74,9 +74,10 @@ flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than 
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "05_efficiency",
     rules={
         "device": one_of("cpu", "cuda", "auto"),
         "bench_seq_lens": satisfies(lambda v, p: bool(parse_list(v) if valid_list(v, int, minimum=16) else None),
@@ -98,7 +99,7 @@ P = check_params(
         "flex_artifact_factor": satisfies(lambda v, p: v > 1, "must be > 1"),
     },
 )
-P
+P, DEV, FRESH_LABEL = nb.params, nb.device, nb.fresh_label
 
 # %%
 import matplotlib.pyplot as plt
@@ -113,15 +114,11 @@ from dsa.bench import kernels as dsa_bench
 from dsa.bench import map as dsa_map
 from dsa.study import bench_tables as B
 from dsa.study import map_tables as MT
-from dsa.study.figures import save_static, setup_plotting
+from dsa.study.figures import save_static
 from dsa.study.tables import readable
-from dsa.records import describe_provenance, fresh_run_label, load_records, summarize_provenance
+from dsa.records import describe_provenance, load_records, summarize_provenance
 from dsa.study.runs import runs_dir
 
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
 METHOD_COLORS = {label: c for label, c in zip(
     [*B.METHODS.values(), *B.TOPK_METHODS.values()],
     ["#444444", "#8c564b", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd", "#e377c2", "#17becf",
@@ -570,10 +567,10 @@ if P.run_fresh:
     fresh = dsa_bench.bench(bench_cfg, out)
     print(dsa_bench.table(fresh))
     fdf = B.bench_frame([fresh])
-    print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['sparse_path']}")
+    print(f"{len(fdf)} configurations: {FRESH_LABEL}; sparse path: {fresh['provenance']['bench']['sparse_path']}")
     flong = B.long_times(fdf)
-    frule = "k=L/8" if "0" in P.bench_top_k.split(",") else f"k={P.bench_top_k.split(',')[0]}"
-    fsel = B.select_k(fdf, "L/8") if "0" in P.bench_top_k.split(",") else B.select_k(fdf, P.bench_top_k.split(",")[0])
+    fsel = B.select_k(fdf, "L/8" if 0 in parse_list(P.bench_top_k) else P.bench_top_k.split(",")[0])
+    frule = fsel.k_rule.iloc[0] if len(fsel) else ""
     ms_vs_len(B.long_times(fsel), f"Fresh ({FRESH_LABEL})", frule).show()
     display(fdf[["L", "k", "kind", "flash_fwd_ms", "masked_fwd_ms", "gather_fwd_ms", "sparse_fwd_ms", "dsa_fwd_ms",
                  "torch_topk_ms", "topk_fast_ms", "speedup_fwd", "speedup_fwdbwd"]].round(3))

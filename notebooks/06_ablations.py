@@ -66,14 +66,14 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import check_params, satisfies, snapshot_namespace
+from dsa.study.notebook_params import satisfies, snapshot_namespace
 from dsa.study.runs import ABLATIONS, fresh_run_rules, parse_list
 
 
 def _relative_glob(v, p):
     return not v.startswith(("/", "~")) and ".." not in v.replace("\\", "/").split("/")
 
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -95,9 +95,10 @@ confidence: float = 0.95  # confidence level of every interval
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "06_ablations",
     rules=fresh_run_rules("ablation_kl", filters={
         "fresh_ablations": satisfies(lambda v, p: set(parse_list(v, str) or []) <= set(ABLATIONS),
                                      f"must be a comma-separated subset of {','.join(ABLATIONS)} (or empty for all)"),
@@ -107,7 +108,7 @@ P = check_params(
         "recorded_heads": satisfies(_relative_glob, "must be a glob relative to data/ (no leading / or ..), or empty"),
     }),
 )
-P
+P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 
 # %%
 import textwrap
@@ -123,21 +124,13 @@ from plotly.subplots import make_subplots
 
 from dsa.study import verdicts as V
 from dsa.study.analysis import random_recall
-from dsa.study.figures import clipped_errors, figure_saver, setup_plotting
+from dsa.study.figures import clipped_errors
 from dsa.study.tables import readable
-from dsa.records import fresh_run_label
-from dsa.study.scope import fresh_run_scope, kl_recall_check
+from dsa.study.scope import kl_recall_check
 from dsa.study.runs import ablation_coverage, ablation_table, fresh_sweep, recorded_runs, run_sources, share_records
 
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
 RECORDED_GLOB = {"kl": P.recorded_kl, "warmup": P.recorded_warmup, "heads": P.recorded_heads}
 FRESH_ABLATIONS = parse_list(P.fresh_ablations, str) or list(ABLATIONS)
-maybe_save = figure_saver(P.save_figures)
-display(Markdown(fresh_run_scope("06_ablations", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
-                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The runs: fresh sweeps, and the recorded GPU sweeps as far as they go

@@ -14,13 +14,16 @@ attention; fwd+bwd = attention backward, the selection carries no gradient; the 
 projections and KL loss, is ``dsa.bench.layer``), plus
 indexer_scores_at fwd+bwd (the KL-loss path). FLOPs: dense causal fwd 2*L^2*H*d, sparse fwd 4*H*d*sum_t min(t+1, k)
 (the pairs a causal top-k attends to), fwd+bwd = 3.5 x fwd for both.
+
+The file holds raw timings only, with the project's one provenance schema (``dsa.provenance.provenance``, the
+timer and the sparse path under ``provenance['bench']``) and each row's k rule as designed (``k_rule``:
+'k=2048', 'k=L/8', or 'k=2048=L/8' where both give the same k); ratios (speed-ups) are derived when the
+file is read (``dsa.study.bench_tables``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import platform
 import statistics
 import sys
 import time
@@ -31,18 +34,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dsa.study.bench_tables import _num, sparse_flops
 from dsa import ops
 from dsa.checks import check_int
+from dsa.ops.flops import attention_flops
+from dsa.provenance import provenance, write_json_atomic
 from dsa.ops import expand_kv, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather
 from dsa.ops.dispatch import impl_on_device
-
-
-def _git_commit() -> str | None:
-    from dsa.provenance import git_commit  # noqa: PLC0415 (reads DSA_GIT_COMMIT where git is absent)
-
-    return git_commit()["commit"]
 
 
 def _timer(fn: Callable[[], object], cuda: bool, grad_to_none=None) -> float:
@@ -230,10 +228,19 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
                            for c in sorted({min(base * m, l) for m in (1, 2, 4)})]
 
 
-def _speedups(row: dict) -> None:
-    from dsa.study.bench_tables import derive_ratios  # noqa: PLC0415
+L8 = 0  # a --top-k of 0 means k = L/8
 
-    derive_ratios(row)
+
+def k_rules(l: int, top_ks: list[int]) -> dict[int, str]:
+    """k -> its rule as designed, for the ``top_ks`` asked for at length ``l`` (0 meaning L/8): 'k=2048',
+    'k=L/8', and 'k=2048=L/8' where two rules give the same k (each k is timed once). A k outside [1, L] is
+    left out."""
+    out: dict[int, str] = {}
+    for k in top_ks:
+        kk, rule = (l // 8, "L/8") if k == L8 else (k, str(k))
+        if 1 <= kk <= l:
+            out[kk] = f"{out[kk]}={rule}" if kk in out else f"k={rule}"
+    return out
 
 
 def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -248,35 +255,18 @@ def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -
     flex_fn, create_block_mask = _flex() if (cuda and args.flex) else (None, None)
     configs = args.configurations()
     rows: list = []
-    import importlib
-
-    try:
-        triton_version = importlib.import_module("triton").__version__
-    except Exception:
-        triton_version = None
-    res = dict(
-        provenance=dict(
-            git_commit=_git_commit(),
-            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            torch=torch.__version__,
-            triton=triton_version,
-            python=platform.python_version(),
-            device=torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
-            cuda=torch.version.cuda if cuda else None,
-            sparse_path=impl,
-            timer="triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)",
-        ),
-        config=dict(asdict(args), device_kind="cuda" if cuda else "cpu"),
-        rows=rows,
-    )
+    prov = provenance(dev)
+    prov["bench"] = {"sparse_path": impl,
+                     "timer": "triton.testing.do_bench median" if cuda else "perf_counter median of 3 (CPU)"}
+    res = dict(provenance=prov, config=dict(asdict(args), device_kind="cuda" if cuda else "cpu"), rows=rows)
     try:
         from tqdm import tqdm
     except Exception:  # pragma: no cover
         def tqdm(x, **_):
             return x
-    for l, k, hkv in tqdm(configs, desc="dsa.bench.kernels", file=sys.stderr):
+    for l, k, rule, hkv in tqdm(configs, desc="dsa.bench.kernels", file=sys.stderr):
         torch.manual_seed(0)
-        row: dict = dict(L=l, k=k, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
+        row: dict = dict(L=l, k=k, k_rule=rule, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
         q = torch.randn(1, h, l, d, device=dev, dtype=dtype, requires_grad=True)
         kx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
         vx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
@@ -286,7 +276,7 @@ def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -
         wi = (torch.randn(1, l, hi, device=dev) * (hi**-0.5 * di**-0.5)).to(dtype)
         leaves = [q, kx, vx]
         dense_f = 2.0 * l * l * h * d
-        sparse_f = sparse_flops(l, k, h, d)
+        sparse_f = attention_flops(l, h, d, keys_per_query=k)
 
         def rec(name, fn, flops=None, grad=False):
             ms, peak = _measure(fn, cuda, leaves if grad else None)
@@ -348,7 +338,6 @@ def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -
                 row["torch_topk_why"] = "oom"
                 torch.cuda.empty_cache()
         if args.selection_only:
-            _speedups(row)
             rows.append(row)
             if on_row is not None:
                 on_row(res)
@@ -385,7 +374,6 @@ def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -
             gather = lambda: sparse_attention_gather(q, kx, vx, idx, scale=d**-0.5)[0]  # noqa: E731
             rec("gather_fwd", gather, sparse_f)
             rec("gather_fwdbwd", fb(gather), sparse_f, grad=True)
-        _speedups(row)
         rows.append(row)
         if on_row is not None:
             on_row(res)
@@ -400,19 +388,19 @@ COLS = [
     ("flash_fwd_ms", "flash", "{:.2f}"), ("flex_fwd_ms", "flex", "{:.2f}"), ("masked_fwd_ms", "masked", "{:.2f}"),
     ("gather_fwd_ms", "gather", "{:.2f}"), ("sparse_fwd_ms", "sparse", "{:.2f}"),
     ("sparse_fwd_tflops", "sp TF/s", "{:.0f}"), ("flash_fwd_tflops", "fl TF/s", "{:.0f}"),
-    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"), ("radix_speedup", "x ours", "{:.1f}"),
+    ("torch_topk_ms", "t.topk", "{:.2f}"), ("radix_topk_ms", "ours", "{:.2f}"),
     ("radix_only_ms", "radix", "{:.2f}"),
     ("topk_fast_ms", "topk", "{:.2f}"), ("topk_chunked_ms", "topk ch", "{:.2f}"), ("dsa_fwd_ms", "dsa", "{:.2f}"),
-    ("speedup_fwd", "x fwd", "{:.2f}"),
     ("flash_fwdbwd_ms", "flash f+b", "{:.2f}"), ("masked_fwdbwd_ms", "mask f+b", "{:.2f}"),
     ("sparse_fwdbwd_ms", "sp f+b", "{:.2f}"), ("dsa_fwdbwd_ms", "dsa f+b", "{:.2f}"),
-    ("speedup_fwdbwd", "x f+b", "{:.2f}"), ("indexer_at_fwdbwd_ms", "idx@ f+b", "{:.2f}"),
+    ("indexer_at_fwdbwd_ms", "idx@ f+b", "{:.2f}"),
 ]
 
 
 def table(res: dict) -> str:
     head = [c[1] for c in COLS]
-    lines = [res["provenance"]["device"] + " | " + res["provenance"]["sparse_path"] + " | ms, median"]
+    """The raw timings of a result as a text table (speed-ups: ``dsa.study.bench_tables``)."""
+    lines = [res["provenance"]["device"] + " | " + res["provenance"]["bench"]["sparse_path"] + " | ms, median"]
     body = []
     for r in res["rows"]:
         body.append([fmt.format(r[key]) if r.get(key) is not None else "-" for key, _, fmt in COLS])
@@ -492,17 +480,11 @@ class KernelBenchConfig:
         if not self.configurations():
             raise ValueError(f"no (L, k) pair with k <= L: seq_lens {self.seq_lens}, top_k {self.top_k}")
 
-    def configurations(self) -> list[tuple[int, int, int]]:
-        """(L, k, H_kv) of every row, k = 0 resolved to L/8; pairs with k > L are left out."""
-        out = []
-        for l in self.seq_lens:
-            ks = []
-            for k in self.top_k:
-                kk = l // 8 if k == 0 else k
-                if 1 <= kk <= l and kk not in ks:
-                    ks.append(kk)
-            out += [(l, kk, hkv) for kk in ks for hkv in self.kv_heads]
-        return out
+    def configurations(self) -> list[tuple[int, int, str, int]]:
+        """(L, k, k rule as designed, H_kv) of every row (:func:`k_rules`: k = 0 means L/8; a k outside
+        [1, L] is left out)."""
+        return [(l, kk, rule, hkv) for l in self.seq_lens for kk, rule in k_rules(l, list(self.top_k)).items()
+                for hkv in self.kv_heads]
 
 
 def default_out(cfg: KernelBenchConfig) -> Path:

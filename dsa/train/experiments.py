@@ -2,11 +2,20 @@
 
 Every experiment compares runs that differ only in what is under test: same seeds, same data order
 (data_seed = 0 for all), same architecture except the attention.
+
+Each configuration records its design factors as it is created, in ``TrainConfig.design`` (``dsa.train.design``
+says which; kept out of the sweep key: the key says what was trained, the design says why), so the tables read
+them back instead of decoding them from k and L. Records written before the field existed get theirs from
+``dsa.study.legacy`` when they are read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from dsa.train.design import SPARSITY_RATIOS, arm_label, k_rule_text
 
 from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
@@ -28,22 +37,37 @@ _BASE = {
 _SEEDS = {"small": (0, 1), "full": (0, 1, 2)}
 
 
-def _base(size: str, **kw) -> TrainConfig:
+def _base(size: str, experiment: str, ratio: float | None = None, **kw: Any) -> TrainConfig:
+    """A run of ``experiment`` at ``size``: the size's shared settings, ``kw``, and the design factors (the
+    arm, and for DSA the designed k/L ``ratio`` that sets k = max(1, round(ratio * L)) unless kw gives top_k)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    return TrainConfig(**{**_BASE[size], **kw})
+    if ratio is not None and "top_k" not in kw:
+        kw["top_k"] = max(1, round(ratio * kw["seq_len"]))
+    cfg = TrainConfig(**{**_BASE[size], **kw})
+    design: dict[str, Any] = {"experiment": experiment,
+                              "arm": arm_label(cfg.attention, cfg.recipe, cfg.leak_future, cfg.k_policy)}
+    if cfg.attention == "dsa" and ratio is not None:
+        design.update(ratio=float(ratio), k_rule=k_rule_text(ratio))
+    return replace(cfg, design=design)
+
+
+def _ablation(cfg: TrainConfig, ablation: str, level: int) -> TrainConfig:
+    return replace(cfg, design={**cfg.design, "ablation": ablation, "level": int(level)})
 
 
 def _variants_exp4(size: str, seq_lens: tuple[int, ...], leaky: bool) -> list[TrainConfig]:
     out = []
+    exp = "exp4_reproduce" if leaky else "exp4_long"
     for l in seq_lens:
         k = l // 2  # the seeds' exp4: 50% of the tokens
         for seed in _SEEDS[size]:
-            out.append(_base(size, attention="dense", seq_len=l, top_k=k, seed=seed))
+            out.append(_base(size, exp, attention="dense", seq_len=l, top_k=k, seed=seed))
             if leaky:
-                out.append(_base(size, attention="dsa", recipe="scratch", leak_future=True, seq_len=l, top_k=k, seed=seed))
-                out.append(_base(size, attention="dsa", recipe="scratch", seq_len=l, top_k=k, seed=seed))
-            out.append(_base(size, attention="dsa", recipe="deepseek", seq_len=l, top_k=k, seed=seed))
+                out.append(_base(size, exp, 0.5, attention="dsa", recipe="scratch", leak_future=True, seq_len=l,
+                                 top_k=k, seed=seed))
+                out.append(_base(size, exp, 0.5, attention="dsa", recipe="scratch", seq_len=l, top_k=k, seed=seed))
+            out.append(_base(size, exp, 0.5, attention="dsa", recipe="deepseek", seq_len=l, top_k=k, seed=seed))
     return out
 
 
@@ -61,13 +85,10 @@ def exp4_long(size: str) -> list[TrainConfig]:
         for seed in _SEEDS[size][:2] if size == "small" else _SEEDS[size]:
             kw = dict(seq_len=l, seed=seed, steps=20 if size == "small" else 1000,
                       batch_size=2 if size == "small" else max(1, 16 * 256 // l))
-            out.append(_base(size, attention="dense", top_k=l // 8, **kw))
-            out.append(_base(size, attention="dsa", top_k=l // 2, **kw))
-            out.append(_base(size, attention="dsa", top_k=l // 8, **kw))
+            out.append(_base(size, "exp4_long", attention="dense", top_k=l // 8, **kw))
+            out.append(_base(size, "exp4_long", 0.5, attention="dsa", top_k=l // 2, **kw))
+            out.append(_base(size, "exp4_long", 0.125, attention="dsa", top_k=l // 8, **kw))
     return out
-
-
-SPARSITY_RATIOS = (0.25, 0.33, 0.5, 0.67, 0.75, 0.9)
 
 
 def exp5_sparsity(size: str) -> list[TrainConfig]:
@@ -79,9 +100,10 @@ def exp5_sparsity(size: str) -> list[TrainConfig]:
         kw = dict(seq_len=l, steps=30 if size == "small" else 500,
                   batch_size=_BASE[size]["batch_size"] if size == "small" else max(4, 16 * 256 // l))
         for seed in seeds:
-            out.append(_base(size, attention="dense", top_k=l // 2, seed=seed, **kw))
+            out.append(_base(size, "exp5_sparsity", attention="dense", top_k=l // 2, seed=seed, **kw))
             for r in SPARSITY_RATIOS:
-                out.append(_base(size, attention="dsa", top_k=max(1, round(r * l)), seed=seed, **kw))
+                out.append(_base(size, "exp5_sparsity", r, attention="dsa", top_k=max(1, round(r * l)), seed=seed,
+                                 **kw))
     return out
 
 
@@ -91,26 +113,30 @@ def exp3_adaptive(size: str) -> list[TrainConfig]:
     out = []
     for seed in _SEEDS[size]:
         kw = dict(seq_len=l, seed=seed)
-        out.append(_base(size, attention="dense", top_k=l // 2, **kw))
+        out.append(_base(size, "exp3_adaptive", attention="dense", top_k=l // 2, **kw))
         for r in (0.25, 0.5, 0.75):
-            out.append(_base(size, attention="dsa", top_k=int(r * l), **kw))
-        for mass in (0.8, 0.95):
-            out.append(_base(size, attention="dsa", top_k=int(0.75 * l), k_policy="mass", k_mass=mass, **kw))
-        out.append(_base(size, attention="dsa", top_k=int(0.75 * l), k_policy="entropy", **kw))
+            out.append(_base(size, "exp3_adaptive", r, attention="dsa", top_k=int(r * l), **kw))
+        for mass in (0.8, 0.95):  # an adaptive rule's ratio is its cap
+            out.append(_base(size, "exp3_adaptive", 0.75, attention="dsa", top_k=int(0.75 * l), k_policy="mass",
+                             k_mass=mass, **kw))
+        out.append(_base(size, "exp3_adaptive", 0.75, attention="dsa", top_k=int(0.75 * l), k_policy="entropy",
+                         **kw))
     return out
 
 
 def ablation_indexer_heads(size: str) -> list[TrainConfig]:
     l = 128 if size == "small" else 512
     heads = (1, 2, 4) if size == "small" else (1, 2, 4, 8, 16)
-    return [_base(size, attention="dsa", seq_len=l, top_k=l // 4, indexer_heads=h, seed=s)
+    return [_ablation(_base(size, "ablation_indexer_heads", 0.25, attention="dsa", seq_len=l, top_k=l // 4,
+                            indexer_heads=h, seed=s), "heads", h)
             for h in heads for s in _SEEDS[size]]
 
 
 def ablation_warmup(size: str) -> list[TrainConfig]:
     l = 128 if size == "small" else 512
     lengths = (0, 5, 10) if size == "small" else (0, 100, 200, 500)
-    return [_base(size, attention="dsa", seq_len=l, top_k=l // 4, warmup_steps=w, seed=s)
+    return [_ablation(_base(size, "ablation_warmup", 0.25, attention="dsa", seq_len=l, top_k=l // 4, warmup_steps=w,
+                            seed=s), "warmup", w)
             for w in lengths for s in _SEEDS[size]]
 
 
@@ -119,8 +145,10 @@ def ablation_kl(size: str) -> list[TrainConfig]:
     l = 128 if size == "small" else 512
     out = []
     for s in _SEEDS[size]:
-        out.append(_base(size, attention="dsa", seq_len=l, top_k=l // 4, seed=s))
-        out.append(_base(size, attention="dsa", seq_len=l, top_k=l // 4, seed=s, warmup_steps=0, indexer_kl=False))
+        out.append(_ablation(_base(size, "ablation_kl", 0.25, attention="dsa", seq_len=l, top_k=l // 4, seed=s),
+                             "kl", 1))
+        out.append(_ablation(_base(size, "ablation_kl", 0.25, attention="dsa", seq_len=l, top_k=l // 4, seed=s,
+                                   warmup_steps=0, indexer_kl=False), "kl", 0))
     return out
 
 

@@ -52,8 +52,10 @@ from dsa.train.trainer import TrainConfig, train
 # Fields that name or route a run without changing its result.
 # impl: the same function, other rounding; checkpoint_every/checkpoint_path/resume: where and how often the
 # state is saved, and a resumed run ends where the uninterrupted one would. (init_from is not here: a run
-# started from other weights is another run, and enters the key when set.)
-_NOT_IN_KEY = ("out", "name", "progress", "device", "impl", "checkpoint_every", "checkpoint_path", "resume")
+# started from other weights is another run, and enters the key when set.) design: why a run was made (its
+# experiment, arm, k/L ratio), not what it trains (two experiments sharing a configuration share its record)
+_NOT_IN_KEY = ("out", "name", "progress", "device", "impl", "checkpoint_every", "checkpoint_path", "resume",
+               "design")
 
 # The TrainConfig fields (and their defaults) when the key scheme was fixed. They always enter the key, so
 # the keys of every recorded run stay valid; a field added to TrainConfig later enters it only when it is not

@@ -148,8 +148,15 @@ class TrainConfig:
         "help": "initialise the model's weights from this checkpoint (fresh optimisers, step 0); a dense "
                 "checkpoint into a DSA run keeps the new indexer's seeded init"})
 
+    design: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "the design factors of the run, recorded by the experiment that built it (dsa.train.experiments: "
+                "experiment, arm, designed k/L ratio and k rule, ablation and level); not part of the sweep key",
+        "cli": False})
+
     def __post_init__(self) -> None:
         self._check_values()
+        if not isinstance(self.design, dict):
+            raise TypeError(f"design must be a dict of design factors, got {type(self.design).__name__}")
         is_ds = self.recipe == "deepseek" and self.attention == "dsa"
         if self.dense_steps is None:
             self.dense_steps = self.steps // 4 if is_ds else 0

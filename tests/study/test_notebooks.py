@@ -207,3 +207,21 @@ def test_report_parameters_filter_common_to_declared_names():
     assert "not_declared_anywhere" not in params
     if "device" in declared:
         assert params["device"] == "cpu"
+
+
+def test_setup_notebook_checks_then_sets_up(capsys):
+    """The one setup call: parameters checked first (an unknown one stops it), then the device, the fresh-run
+    label and the figure saver the notebook reads."""
+    from dsa.study.setup import NotebookSetup, setup_notebook
+
+    ns: dict = {}
+    exec("from dsa.study.setup import snapshot_namespace\n_before = snapshot_namespace(globals())", ns)
+    before = ns["_before"]
+    ns["__annotations__"] = {"device": str, "save_figures": bool, "top_k": int}
+    ns.update(device="cpu", save_figures=False, top_k=4)
+    nb = setup_notebook(ns, before, "05_efficiency", {"top_k": between(1, 8)})
+    assert isinstance(nb, NotebookSetup) and nb.device.type == "cpu" and vars(nb.params)["top_k"] == 4
+    assert nb.fresh_label.startswith("fresh run on cpu")
+    ns["typo"] = 1
+    with pytest.raises(NotebookParameterError, match="typo"):
+        setup_notebook(ns, before, "05_efficiency")

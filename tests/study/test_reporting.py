@@ -18,6 +18,7 @@ from dsa.study import runs as R
 from dsa.study import verdicts as V
 from dsa.study.analysis import chosen_k, chosen_k_counts, fixed_mean_k, k_policy_override
 from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
+from dsa.study.legacy import bench_k_rule, bench_record
 
 PROV = {"git_commit": "abcdef1234567", "git_dirty": False, "device": "NVIDIA H100 80GB HBM3",
         "date": "2026-11-23T10:00:00+00:00", "torch_version": "2.11.0"}
@@ -87,8 +88,8 @@ def test_jsonl_records_need_provenance_and_skip_a_torn_last_line(tmp_path, capsy
 
 def test_provenance_texts():
     assert "torch 2.11.0" in describe_provenance({**PROV})
-    bench_style = {k: v for k, v in PROV.items() if k != "torch_version"} | {"torch": "2.9.1"}
-    assert "torch 2.9.1" in describe_provenance(bench_style)
+    old_bench = {"provenance": {k: v for k, v in PROV.items() if k != "torch_version"} | {"torch": "2.9.1"}}
+    assert "torch 2.9.1" in describe_provenance(bench_record(old_bench)["provenance"])  # the one legacy reader
     other = {**PROV, "git_commit": "1111111aaaa", "git_dirty": True}
     s = summarize_provenance([PROV, PROV, other])
     assert "commit abcdef1" in s and "(2 runs)" in s and "commit 1111111+dirty" in s and "(1 run)" in s
@@ -176,18 +177,17 @@ def test_figure_saver_saves_only_when_enabled(tmp_path, monkeypatch):
 
 
 def test_select_configs_filters_and_steps():
-    from dsa.train.experiments import SPARSITY_RATIOS, get_experiment
+    from dsa.train.experiments import get_experiment
 
     cs = get_experiment("exp5_sparsity", "small")
-    sel = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25, 0.9], ratio_grid=SPARSITY_RATIOS, steps=12)
+    sel = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25, 0.9], steps=12)
     assert {c.seq_len for c in sel} == {64} and {c.seed for c in sel} == {1}
     assert sorted(c.attention for c in sel) == ["dense", "dsa", "dsa"]
     assert sorted(c.top_k for c in sel if c.attention == "dsa") == [16, 58]
     assert all(c.steps == 12 for c in sel)
-    no_dense = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25], ratio_grid=SPARSITY_RATIOS,
-                                keep_dense=False)
+    no_dense = R.select_configs(cs, seq_lens=[64], seeds=[1], ratios=[0.25], keep_dense=False)
     assert [c.attention for c in no_dense] == ["dsa"]
-    lv = R.experiment_levels("exp5_sparsity", "small", SPARSITY_RATIOS)
+    lv = R.experiment_levels("exp5_sparsity", "small")
     assert lv["seq_lens"] == [64, 128] and lv["seeds"] == [0, 1, 2] and 0.33 in lv["ratios"]
 
 
@@ -314,7 +314,7 @@ def test_bench_frame_merges_files_latest_wins():
     assert r.flash_fwd_ms == pytest.approx(2.0) and r.superseded == 1 and r.date.startswith("2026-11-23")
     assert set(df.kind) == {"MHA (H_kv=16)", "GQA (H=16, H_kv=2)"}
     assert set(df[df.L == 32768].k_rule) == {"k=2048", "k=L/8"}
-    assert B.k_rule(16384, 2048) == "k=2048=L/8"
+    assert bench_k_rule(16384, 2048) == "k=2048=L/8"
     assert len(B.select_k(df, "L/8")) == 6 and set(B.select_k(df, "2048").k) == {2048}
     lt = B.long_times(df)
     assert {"forward", "forward + backward", "selection (no grad)"} <= set(lt["pass"])
@@ -352,7 +352,7 @@ def test_selection_text_reads_the_kernel_path_and_the_agreement():
                     "radix_sampled_share": 0.99}
             for l in (8192, 65536)]
     df = pd.DataFrame(rows)
-    df["k_rule"] = [B.k_rule(r["L"], r["k"]) for r in rows]
+    df["k_rule"] = [bench_k_rule(r["L"], r["k"]) for r in rows]
     text = B.selection_text(df)
     assert "k=2048: 10.0x at L = 8192..65536" in text
     assert "radix select alone (no sample): k=2048: 1.7x" in text
@@ -547,9 +547,7 @@ def exp5_records(effect: float, lens=(64, 256), ratios=(0.25, 0.5, 0.9), seeds=(
 
 
 def test_exp5_verdict_supported_and_not():
-    from dsa.train.experiments import SPARSITY_RATIOS
-
-    df = R.runs_table(exp5_records(effect=1.0), "x", ratios=SPARSITY_RATIOS)
+    df = R.runs_table(exp5_records(effect=1.0), "x")
     v = V.exp5_verdict(df)
     assert v["verdict"] == "supported", v["summary"]
     assert list(v["optimal"].best_ratio) == [0.9, 0.25]
@@ -560,12 +558,12 @@ def test_exp5_verdict_supported_and_not():
     # the best ratio is 0.05 below dense at every L: significantly better, paired by seed
     assert vs[(vs.seq_len == 64) & (vs.variant == "k/L=0.9")].significant.item()
 
-    flat = R.runs_table(exp5_records(effect=0.0), "x", ratios=SPARSITY_RATIOS)
+    flat = R.runs_table(exp5_records(effect=0.0), "x")
     v = V.exp5_verdict(flat)
     assert v["verdict"] == "not supported" and "noise" in v["summary"]
     assert "every ratio is within noise" in v["per_len"][0]
 
-    rising = R.runs_table(exp5_records(effect=1.0, lens=(256, 64)), "x", ratios=SPARSITY_RATIOS)
+    rising = R.runs_table(exp5_records(effect=1.0, lens=(256, 64)), "x")
     # lens given in that order: 0.9 best at L=256, 0.25 at L=64 -> the best ratio rises with L
     v = V.exp5_verdict(rising)
     assert v["verdict"] == "not supported" and "does not decrease" in v["summary"]

@@ -30,7 +30,7 @@ from dsa.text.synthetic import (
 )
 from dsa.text.tokenizer import EOT, BPETokenizer, ByteTokenizer, resolve_tokenizer_kind
 
-# The real corpus uses the default cache (``$DSA_DATA_DIR`` or <repo>/data/cache): the first test run downloads
+# The real corpus uses the default cache (``$DSA_CACHE_DIR`` or <repo>/data/cache): the first test run downloads
 # and tokenizes it (seconds), later runs read it. The build-then-reuse path is tested on a small local file.
 DOWNLOADS = default_cache_dir() / "downloads"
 

@@ -49,7 +49,7 @@ def test_torchrun_two_nodes_of_two_ranks_over_loopback(tmp_path):
     text.write_text(" ".join(f"word{i % 97} and {i % 13} more" for i in range(4000)))
     out = tmp_path / "ddp.json"
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DSA_DATA_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DSA_CACHE_DIR": str(tmp_path / "cache")}
     procs = []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",

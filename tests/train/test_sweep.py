@@ -99,7 +99,7 @@ def test_a_failing_configuration_is_recorded_the_sweep_goes_on_and_retry_runs_it
 
 def _text_corpus(tmp_path, monkeypatch):
     """A small local text corpus with its own cache folder (nothing written under the repository)."""
-    monkeypatch.setenv("DSA_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DSA_CACHE_DIR", str(tmp_path / "cache"))
     text = tmp_path / "text.txt"
     text.write_text(" ".join(f"word{i % 97} and {i % 13} more" for i in range(4000)))
     return text
