@@ -51,7 +51,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequen
     """One flag per field of the dataclass ``cls`` (``seq_len`` -> ``--seq-len``), typed from its hint:
     bools as ``--x/--no-x``, lists as ``nargs='+'``; help, choices and metavar from the field metadata
     (a field without help is a ValueError: every flag is documented). A field with ``metadata["cli"] = False``
-    is not a flag (set by code, e.g. ``TrainConfig.design``: an experiment's design factors).
+    is not a flag (set by code, e.g. ``TrainConfig.design``: an experiment's design factors)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields")
     for f in dataclasses.fields(cls):
