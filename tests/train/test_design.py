@@ -10,7 +10,8 @@ import pytest
 from dsa.train.design import ARMS, LEAKY, SPARSITY_RATIOS, arm_label, k_rule_text
 from dsa.train.experiments import EXPERIMENTS, SIZES, get_experiment
 from dsa.train.sweep import config_key
-from dsa.train.trainer import TrainConfig, build_parser
+from dsa.train.cli import build_train_parser
+from dsa.train.trainer import TrainConfig
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -43,7 +44,7 @@ def test_design_is_not_part_of_the_key_and_is_checked():
     assert config_key(c) == config_key(replace(c, design={})) == config_key(replace(c, design={"arm": "other"}))
     with pytest.raises(TypeError, match="design"):
         TrainConfig(design="L/8")
-    assert "--design" not in build_parser().format_help()
+    assert "--design" not in build_train_parser().format_help()
 
 
 def test_k_rule_text():
