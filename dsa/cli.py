@@ -6,7 +6,9 @@
 - :func:`parse_args`: ``--config FILE`` (YAML or JSON, keys = field or flag names) under the command-line
   flags, unknown keys an error naming the key;
 - :func:`usage_errors`: a ValueError/TypeError/FileNotFoundError raised while the values are checked becomes
-  ``error: ...`` on stderr and exit status 2 (argparse's ``parser.error``), never a traceback.
+  ``error: ...`` on stderr and exit status 2 (argparse's ``parser.error``), never a traceback;
+- :func:`config_command_parser` and :func:`checked_config`: the whole parser of a command whose flags are one
+  config dataclass's fields plus ``--out``, and its checked config (the benchmarks).
 """
 
 from __future__ import annotations
@@ -169,3 +171,28 @@ def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
         yield
     except (ValueError, TypeError, FileNotFoundError) as e:
         parser.error(str(e))
+
+
+def config_command_parser(config_cls: type, prog: str | None, description: str | None,
+                          out_help: str) -> argparse.ArgumentParser:
+    """``--config FILE``, one flag per field of ``config_cls`` and ``--out PATH`` (help ``out_help``)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_option(p)
+    add_dataclass_flags(p, config_cls)
+    p.add_argument("--out", default=None, metavar="PATH", help=out_help)
+    return p
+
+
+def checked_config(p: argparse.ArgumentParser, config_cls: type, argv: Sequence[str] | None) -> tuple[Any, dict]:
+    """(the config built from the parsed flags, checked by its ``__post_init__``; the other options, ``--out``
+    checked to name no folder); a bad value exits with status 2 before any work."""
+    from dsa.checks import check_out_file  # noqa: PLC0415
+
+    args = vars(parse_args(p, argv))
+    args.pop("config", None)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    rest = {k: v for k, v in args.items() if k not in names}
+    with usage_errors(p):
+        check_out_file("--out", rest.get("out"))
+        return config_cls(**{k: v for k, v in args.items() if k in names}), rest

@@ -25,9 +25,15 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("dsa.bench.cli:bench_main", "benchmark the attention kernels: dense baselines vs the DSA path"),
     "bench-layer": Command("dsa.bench.cli:bench_layer_main", "benchmark the model's DSA layer against its dense layer"),
     "profile": Command("dsa.bench.cli:profile_main", "profile a training step: dense vs DSA variants, op breakdown"),
+    "map": Command("dsa.bench.map:main", "the map of where DSA pays: its layer vs dense per layout, indexer and L"),
+    "bench-mla": Command("dsa.bench.mla:main", "the sparse attention kernel at the MLA-MQA shape: tiles, dK/dV"),
+    "decode-bench": Command("dsa.bench.decode:main", "one decode step, DSA vs dense, per cache layout, context, batch"),
+    "indexer-bench": Command("dsa.bench.indexer:main", "the indexer at DeepSeek's size, bf16 vs FP8, and its top-k"),
     "long-context": Command("dsa.train.long_context:main",
                             "long-context runs: recall/needle/text tasks, DeepSeek's recipe arms, far-context checks"),
+    "export": Command("dsa.inference.export:main", "export a checkpoint to ONNX and check it on onnxruntime"),
     "report": Command("dsa.study.report:main", "execute the notebooks and build the HTML report"),
+    "readme-figures": Command("dsa.study.readme_figures:main", "redraw the README's key figures from data/"),
 }
 
 

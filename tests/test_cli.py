@@ -26,9 +26,15 @@ class WorkStarted(Exception):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every function that loads data or starts work raises WorkStarted (carrying its arguments)."""
+    import dsa.bench.decode
+    import dsa.bench.indexer
     import dsa.bench.kernels
     import dsa.bench.layer
+    import dsa.bench.map
+    import dsa.bench.mla
     import dsa.bench.step_profile
+    import dsa.inference.export
+    import dsa.study.readme_figures
     import dsa.study.report
     import dsa.text.corpus
     import dsa.train.sweep
@@ -41,6 +47,9 @@ def no_work(monkeypatch):
                           (dsa.train.sweep, ("run_sweeps", "submit_shards")),
                           (dsa.bench.kernels, ("bench", "run")), (dsa.bench.layer, ("bench", "run")),
                           (dsa.bench.step_profile, ("run", "profile_variant")),
+                          (dsa.bench.map, ("run",)), (dsa.bench.mla, ("run",)), (dsa.bench.decode, ("run",)),
+                          (dsa.bench.indexer, ("run",)), (dsa.inference.export, ("_load_model", "export_onnx")),
+                          (dsa.study.readme_figures, ("write_readme_figures",)),
                           (dsa.study.report, ("run_report",))):
         for name in names:
             monkeypatch.setattr(module, name, stop)
@@ -73,14 +82,20 @@ def test_every_flag_of_every_command_has_help(name, monkeypatch):
             assert all(str(c) in text for c in a.choices), f"{name} {a.dest}: choices not shown"
 
 
-def test_train_flags_come_from_the_config_fields(monkeypatch):
+@pytest.mark.parametrize("name,config", [("train", "dsa.train.trainer:TrainConfig"),
+                                         ("map", "dsa.bench.map:MapConfig"),
+                                         ("bench-mla", "dsa.bench.mla:MLABenchConfig")])
+def test_flags_come_from_the_config_fields(name, config, monkeypatch):
+    import importlib
     from dataclasses import fields
 
-    from dsa.train.trainer import TrainConfig
-
-    p = _parser_of("train", monkeypatch)
+    module, cls = config.split(":")
+    p = _parser_of(name, monkeypatch)
     by_dest = {a.dest: a for a in p._actions}
-    for f in fields(TrainConfig):
+    for f in fields(getattr(importlib.import_module(module), cls)):
+        if f.metadata.get("cli") is False:  # set by code, not a flag
+            assert f.name not in by_dest
+            continue
         assert by_dest[f.name].help.startswith(f.metadata["help"])
         assert by_dest[f.name].choices == f.metadata.get("choices")
 
@@ -162,12 +177,44 @@ _OTHER_BAD = [
     ("profile", ["--batch-size", "0"], "batch_size"), ("profile", ["--head-dim", "7"], "head_dim"),
     ("profile", ["--variants", "sparse"], "variant"), ("profile", ["--variants", "dsa:cuda"], "variant"),
     ("profile", ["--variants", "dense", "dsa:triton"], "triton"), ("profile", ["--device", "tpu9"], "device"),
+    ("map", ["--layouts", "mqa65"], "--layouts"), ("map", ["--seq-lens", "0"], "seq_lens"),
+    ("map", ["--top-k", "0"], "top_k"), ("map", ["--seq-lens", "16", "--top-k", "32"], "top_k"),
+    ("map", ["--d-model", "0"], "d_model"), ("map", ["--reps", "0"], "reps"), ("map", ["--budget-s", "-1"], "budget_s"),
+    ("map", ["--budget-s", "nan"], "budget_s"), ("map", ["--indexers", "4by64"], "HEADSxDIM"),
+    ("map", ["--indexers", "4x64:fp4"], "bf16 or fp8"), ("map", ["--device", "tpu"], "--device"),
+    ("map", ["--seed", "-1"], "seed"), ("map", ["--out", "."], "--out"),
+    ("bench-mla", ["--layouts", "mla7"], "--layouts"), ("bench-mla", ["--dkv", "sorted"], "--dkv"),
+    ("bench-mla", ["--tiles", "fwd:64:32"], "fwd|bwd"), ("bench-mla", ["--top-k", "0"], "top_k"),
+    ("bench-mla", ["--seq-lens", "0"], "seq_lens"), ("bench-mla", ["--inverted-max-len", "0"], "inverted_max_len"),
+    ("bench-mla", ["--seed", "-1"], "seed"), ("bench-mla", ["--device", "tpu"], "--device"),
+    ("bench-mla", ["--out", "."], "--out"),
+    ("decode-bench", ["--layouts", "gqa"], "--layouts"), ("decode-bench", ["--contexts", "0"], "contexts"),
+    ("decode-bench", ["--batches", "0"], "batches"), ("decode-bench", ["--top-k", "0"], "top_k"),
+    ("decode-bench", ["--contexts", "64", "--top-k", "500"], "top_k"),
+    ("decode-bench", ["--indexer", "4by16"], "HEADSxDIM"),
+    ("decode-bench", ["--request-contexts", "0"], "request_contexts"),
+    ("decode-bench", ["--request-batch", "0"], "request_batch"), ("decode-bench", ["--gen-tokens", "0"], "gen_tokens"),
+    ("decode-bench", ["--max-cache-gib", "0"], "max_cache_gib"), ("decode-bench", ["--seed", "-1"], "seed"),
+    ("decode-bench", ["--device", "tpu"], "--device"), ("decode-bench", ["--out", "."], "--out"),
+    ("indexer-bench", ["--heads", "0"], "--heads"), ("indexer-bench", ["--dim", "24"], "--dim"),
+    ("indexer-bench", ["--top-k", "0"], "--top-k"), ("indexer-bench", ["--chunk", "0"], "--chunk"),
+    ("indexer-bench", ["--recall-len", "2"], "--recall-len"), ("indexer-bench", ["--seq-lens", "16"], "--seq-lens"),
+    ("indexer-bench", ["--tiles", "64x64"], "--tiles"), ("indexer-bench", ["--out", "."], "--out"),
+    ("export", [], "--checkpoint"), ("export", ["--checkpoint", "nope.pt", "--output", "x.onnx"], "--checkpoint"),
+    ("export", ["--checkpoint", "pyproject.toml", "--output", "x.onnx", "--seq-len", "0"], "--seq-len"),
+    ("export", ["--checkpoint", "pyproject.toml", "--output", "x.onnx", "--batch-size", "0"], "--batch-size"),
+    ("export", ["--checkpoint", "pyproject.toml", "--output", "x.onnx", "--opset", "0"], "--opset"),
+    ("export", ["--checkpoint", "pyproject.toml", "--output", "x.onnx", "--exporter", "jit"], "--exporter"),
+    ("export", ["--checkpoint", "pyproject.toml", "--output", "."], "--output"),
+    ("readme-figures", ["--dpi", "10"], "--dpi"), ("readme-figures", ["--dpi", "x"], "--dpi"),
+    ("readme-figures", ["--out-dir", "pyproject.toml"], "--out-dir"),
     ("report", ["--params", "nope"], "--params"), ("report", ["--only", "99"], "--only"),
     ("report", ["--cell-timeout", "0"], "--cell-timeout"), ("report", ["--out", "pyproject.toml"], "--out"),
 ]
 _CASES = ([("train", argv, named) for argv, named in _TRAIN_BAD]
           + ([] if CUDA else [("train", argv, named) for argv, named in _CPU_ONLY]
-             + [(c, ["--device", "cuda"], "cuda") for c in ("bench-layer", "profile")])
+             + [(c, ["--device", "cuda"], "cuda") for c in ("bench-layer", "profile", "map", "bench-mla",
+                                                            "decode-bench")])
           + _OTHER_BAD)
 
 
@@ -242,6 +289,12 @@ def test_a_missing_config_file_exits_2(tmp_path, no_work, capsys):
      lambda a: (a[0].seq_lens, a[0].top_k, a[0].indexers) == ([32], 4, ["2x8"])),
     ("profile", {"seq_len": 64, "top_k": 16, "variants": ["dsa"]}, ["--top-k", "8"],
      lambda a: (a[0].seq_len, a[0].top_k, a[1]) == (64, 8, ["dsa"])),
+    ("map", {"layouts": ["tiny-mqa"], "seq_lens": [32], "top_k": 8}, ["--top-k", "4"],
+     lambda a: (a[0].layouts, a[0].seq_lens, a[0].top_k) == (["tiny-mqa"], [32], 4)),
+    ("bench-mla", {"seq_lens": [48], "dkv": ["atomic"], "check": True}, ["--no-check"],
+     lambda a: (a[0].seq_lens, a[0].dkv, a[0].check) == ([48], ["atomic"], False)),
+    ("decode-bench", {"contexts": [64], "top_k": 8, "no_graphs": True, "device": "cpu"}, ["--top-k", "4"],
+     lambda a: (a[0].contexts, a[0].top_k, a[0].cuda_graphs) == ([64], 4, False)),
 ])
 def test_config_file_of_each_command(name, values, argv, check, tmp_path, no_work):
     path = tmp_path / "c.json"
@@ -280,7 +333,10 @@ def test_console_scripts_are_the_registry_and_run(capsys):
     ["-m", "dsa", "train", "--n-layers", "0"], ["-m", "dsa.train", "--lr", "nan"],
     ["-m", "dsa.train.sweep", "nope"], ["-m", "dsa.bench.kernels", "--heads", "0"],
     ["-m", "dsa.bench.layer", "--top-k", "0"], ["-m", "dsa.bench.step_profile", "--steps", "0"],
-    ["-m", "dsa.study.report", "--only", "99"],
+    ["-m", "dsa.study.report", "--only", "99"], ["-m", "dsa", "map", "--top-k", "0"],
+    ["-m", "dsa.bench.mla", "--seed", "-1"], ["-m", "dsa.bench.decode", "--batches", "0"],
+    ["-m", "dsa.bench.indexer", "--heads", "0"], ["-m", "dsa.inference.export", "--output", "x.onnx"],
+    ["-m", "dsa.study.readme_figures", "--dpi", "1"],
 ], ids=lambda a: " ".join(a[1:3]))
 def test_module_entry_points_exit_2_without_a_traceback(argv):
     proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -6,33 +6,19 @@ is checked before any tensor is made (``error: ...``, exit status 2)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from typing import Any
 
 from dsa import cli
 from dsa.bench import kernels, layer, step_profile
-from dsa.checks import check_out_file
 from dsa.provenance import write_json_atomic
 
 
 def _parser(module: Any, config_cls: type, prog: str | None, out_help: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=module.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_config_option(p)
-    cli.add_dataclass_flags(p, config_cls)
-    p.add_argument("--out", default=None, metavar="PATH", help=out_help)
-    return p
+    return cli.config_command_parser(config_cls, prog, module.__doc__, out_help)
 
 
 def _config(p: argparse.ArgumentParser, config_cls: type, argv: list[str] | None) -> tuple[Any, dict]:
-    """(the checked config, the other options); exits with status 2 on a bad value."""
-    args = vars(cli.parse_args(p, argv))
-    args.pop("config")
-    names = {f.name for f in fields(config_cls)}
-    rest = {k: v for k, v in args.items() if k not in names}
-    with cli.usage_errors(p):
-        check_out_file("--out", rest["out"])
-        return config_cls(**{k: v for k, v in args.items() if k in names}), rest
+    return cli.checked_config(p, config_cls, argv)
 
 
 def bench_main(argv: list[str] | None = None, prog: str | None = None) -> int:

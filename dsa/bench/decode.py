@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dsa import ops
+from dsa import cli, ops
+from dsa.checks import check_out_file
 from dsa.ops.dispatch import impl_on_device
 from dsa.provenance import provenance
 
@@ -118,6 +119,10 @@ class DecodeBenchConfig:
             raise ValueError("device 'cuda' asked for, but CUDA is not available here")
         if not self.max_cache_gib > 0:
             raise ValueError(f"max_cache_gib must be > 0, got {self.max_cache_gib}")
+        if self.top_k > min(self.contexts):
+            raise ValueError(f"top_k ({self.top_k}) must be <= every context (smallest {min(self.contexts)})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
 
 
 def parse_indexer(spec: str) -> tuple[int, int]:
@@ -470,53 +475,75 @@ def default_out(dev_type: str) -> Path:
     return DEFAULT_OUT_DIR / f"decode-{dev_type}-{stamp}.json"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.decode", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str | None = "python -m dsa.bench.decode") -> argparse.ArgumentParser:
+    """The flags of ``python -m dsa decode-bench``: a default of None is the device's (the help says both)."""
     d = DecodeBenchConfig()
-    cuda = torch.cuda.is_available()
-    p.add_argument("--layouts", nargs="+", default=d.layouts, help="mqa and/or mla")
-    p.add_argument("--contexts", type=int, nargs="+", default=None,
-                   help="cached tokens S (default: 4K..128K on CUDA, 64 160 on CPU)")
-    p.add_argument("--batches", type=int, nargs="+", default=None, help="sequences per step (default 1 16 64 on CUDA)")
-    p.add_argument("--top-k", type=int, default=None, help="rows kept per token (default 2048 on CUDA, 16 on CPU)")
-    p.add_argument("--indexer", default=None, help="indexer HEADSxDIM (default 64x128 on CUDA, 4x16 on CPU)")
-    p.add_argument("--request-contexts", type=int, nargs="*", default=None, help="prompt lengths of whole requests")
-    p.add_argument("--request-batch", type=int, default=d.request_batch)
-    p.add_argument("--gen-tokens", type=int, default=None, help="tokens generated per request (default 256 on CUDA)")
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_config_option(p)
+    p.add_argument("--layouts", nargs="+", default=d.layouts, choices=tuple(LAYOUTS),
+                   help="cache layouts to time (default: %(default)s)")
+    p.add_argument("--contexts", type=int, nargs="+", default=None, metavar="S",
+                   help="cached tokens S (default: 4096 .. 131072 on CUDA, 64 160 on CPU)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, metavar="B",
+                   help="sequences per step (default: 1 16 64 on CUDA, 1 2 on CPU)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="rows kept per token, <= every context (default: 2048 on CUDA, 16 on CPU)")
+    p.add_argument("--indexer", default=None, metavar="HxD",
+                   help="indexer HEADSxDIM (default: 64x128 on CUDA, 4x16 on CPU)")
+    p.add_argument("--request-contexts", type=int, nargs="*", default=None, metavar="S",
+                   help="prompt lengths of whole requests, none for no requests (default: 4096 16384 65536 on "
+                        "CUDA, 64 on CPU)")
+    p.add_argument("--request-batch", type=int, default=d.request_batch, metavar="B",
+                   help="sequences per whole request (default: %(default)s)")
+    p.add_argument("--gen-tokens", type=int, default=None, metavar="N",
+                   help="tokens generated per request (default: 256 on CUDA, 4 on CPU)")
     p.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
                    help="the tiny CPU layouts (default: on CPU only)")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"),
+                   help="where to run (cuda must be available; default: %(default)s)")
     p.add_argument("--no-graphs", action="store_true", help="time eager launches instead of CUDA graph replays")
     p.add_argument("--no-flush", action="store_true", help="keep L2 warm between steps")
-    p.add_argument("--max-cache-gib", type=float, default=d.max_cache_gib)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help=f"JSON path (default {DEFAULT_OUT_DIR}/decode-<device>-<time>.json)")
-    a = p.parse_args(argv)
-    big = cuda and a.device != "cpu"
-    try:
-        cfg = DecodeBenchConfig(
-            layouts=a.layouts,
-            contexts=a.contexts or ([4096, 8192, 16384, 32768, 65536, 131072] if big else d.contexts),
-            batches=a.batches or ([1, 16, 64] if big else d.batches),
-            top_k=a.top_k or (2048 if big else d.top_k), indexer=a.indexer or ("64x128" if big else d.indexer),
-            request_contexts=a.request_contexts if a.request_contexts is not None else
-            ([4096, 16384, 65536] if big else d.request_contexts),
-            request_batch=a.request_batch, gen_tokens=a.gen_tokens or (256 if big else d.gen_tokens),
-            tiny=(not big) if a.tiny is None else a.tiny, device=a.device, cuda_graphs=not a.no_graphs,
-            flush_l2=not a.no_flush, max_cache_gib=a.max_cache_gib, seed=a.seed)
-        if cfg.top_k > min(cfg.contexts):
-            raise ValueError(f"top_k ({cfg.top_k}) must be <= every context (smallest {min(cfg.contexts)})")
-    except ValueError as e:
-        p.error(str(e))
+    p.add_argument("--max-cache-gib", type=float, default=d.max_cache_gib, metavar="GIB",
+                   help="skip a (layout, batch) whose caches would pass this size (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the caches and inputs (default: %(default)s)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help=f"JSON path (default {DEFAULT_OUT_DIR}/decode-<device>-<time>.json)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> DecodeBenchConfig:
+    """The config of the parsed flags, the device's defaults filled in (ValueError on a bad value)."""
+    d = DecodeBenchConfig()
+    big = torch.cuda.is_available() and a.device != "cpu"
+    return DecodeBenchConfig(
+        layouts=a.layouts,
+        contexts=a.contexts or ([4096, 8192, 16384, 32768, 65536, 131072] if big else d.contexts),
+        batches=a.batches or ([1, 16, 64] if big else d.batches),
+        top_k=(2048 if big else d.top_k) if a.top_k is None else a.top_k,
+        indexer=a.indexer or ("64x128" if big else d.indexer),
+        request_contexts=a.request_contexts if a.request_contexts is not None else
+        ([4096, 16384, 65536] if big else d.request_contexts),
+        request_batch=a.request_batch, gen_tokens=(256 if big else d.gen_tokens) if a.gen_tokens is None else
+        a.gen_tokens, tiny=(not big) if a.tiny is None else a.tiny, device=a.device, cuda_graphs=not a.no_graphs,
+        flush_l2=not a.no_flush, max_cache_gib=a.max_cache_gib, seed=a.seed)
+
+
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.decode") -> int:
+    """``python -m dsa decode-bench``: one decode step per layout, context and batch, DSA against dense."""
+    p = build_parser(prog)
+    a = cli.parse_args(p, argv)
+    with cli.usage_errors(p):
+        check_out_file("--out", a.out)
+        cfg = config_from_args(a)
+    big = torch.cuda.is_available() and cfg.device != "cpu"
     out = Path(a.out) if a.out else default_out("cuda" if big else "cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)),
               log=lambda s: print(s, file=sys.stderr, flush=True))
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from dsa import ops
+from dsa import cli, ops
+from dsa.checks import check_out_file
 from dsa.ops.flops import indexer_flops, topk_bytes
 from dsa.ops.quantize import FP8_DTYPE, fp8_dot_supported, quantize_indexer
 from dsa.provenance import provenance, write_json_atomic
@@ -240,26 +241,47 @@ def run(args, on_update=None) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seq-lens", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
-    ap.add_argument("--heads", type=int, default=64)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--top-k", type=int, default=2048)
-    ap.add_argument("--chunk", type=int, default=4096, help="query rows of the timed score pass (the last ones)")
-    ap.add_argument("--recall-len", type=int, default=8192)
-    ap.add_argument("--tiles", type=_parse_tile, nargs="*", default=[(64, 64, 4), (128, 128, 8)],
-                    help="extra tiles ROWSxKEYSxWARPS of the FP8 score pass, timed at the longest L (GPU only)")
+def build_parser(prog: str | None = "python -m dsa.bench.indexer") -> argparse.ArgumentParser:
+    """The flags of ``python -m dsa indexer-bench``."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[16384, 32768, 65536, 131072], metavar="L",
+                    help="sequence lengths L, each >= --top-k (default: %(default)s)")
+    ap.add_argument("--heads", type=int, default=64, metavar="H_I", help="indexer heads (default: %(default)s)")
+    ap.add_argument("--dim", type=int, default=128, metavar="D_I",
+                    help="indexer head size, a power of two: the Hadamard rotation (default: %(default)s)")
+    ap.add_argument("--top-k", type=int, default=2048, metavar="K", help="keys selected per query (default: "
+                    "%(default)s)")
+    ap.add_argument("--chunk", type=int, default=4096, metavar="ROWS",
+                    help="query rows of the timed score pass, the last ones (default: %(default)s)")
+    ap.add_argument("--recall-len", type=int, default=8192, metavar="L",
+                    help="sequence length of the FP8-vs-bf16 recall check, >= 4 (default: %(default)s)")
+    ap.add_argument("--tiles", type=_parse_tile, nargs="*", default=[(64, 64, 4), (128, 128, 8)], metavar="TILE",
+                    help="extra tiles ROWSxKEYSxWARPS of the FP8 score pass, timed at the longest L (GPU only; "
+                         "default: 64x64x4 128x128x8)")
     ap.add_argument("--cpu", action="store_true", help="run on CPU (references, toy sizes: a smoke run)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
-    for name in ("heads", "dim", "top_k", "chunk", "recall_len"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    ap.add_argument("--out", type=Path, default=None, metavar="PATH",
+                    help="JSON path, rewritten after every L (default: none written)")
+    return ap
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """ValueError naming the first bad flag."""
+    for name, low in (("heads", 1), ("dim", 1), ("top_k", 1), ("chunk", 1), ("recall_len", 4)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if any(l < args.top_k for l in args.seq_lens):
-        ap.error("every --seq-lens value must be >= --top-k")
+        raise ValueError("every --seq-lens value must be >= --top-k")
     if args.dim & (args.dim - 1):
-        ap.error("--dim must be a power of two (the Hadamard rotation)")
+        raise ValueError("--dim must be a power of two (the Hadamard rotation)")
+    check_out_file("--out", args.out)
+
+
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.indexer") -> int:
+    """``python -m dsa indexer-bench``: the measurements of the module docstring, one JSON with provenance."""
+    ap = build_parser(prog)
+    args = ap.parse_args(argv)
+    with cli.usage_errors(ap):
+        check_args(args)
     dev = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     prov = provenance(dev)
     prov["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -272,8 +294,8 @@ def main(argv=None) -> dict:
     save(res, done=True)
     if args.out:
         print(f"[indexer] wrote {args.out}")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

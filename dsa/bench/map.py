@@ -22,7 +22,6 @@ on CPU.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
@@ -34,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from dsa import cli
 from dsa.bench.layer import _dense_fns, _dsa_fns, parse_indexer
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.layers.config import MLAConfig
@@ -82,15 +82,22 @@ def layout_shape(name: str) -> dict:
 
 @dataclass
 class MapConfig:
-    layouts: list[str] = field(default_factory=lambda: ["tiny-mqa", "tiny-mla"])
-    seq_lens: list[int] = field(default_factory=lambda: [64, 128])
-    indexers: list[str] = field(default_factory=lambda: ["2x16"])
-    top_k: int = 32
-    d_model: int = 64
-    reps: int = 10
-    budget_s: float = 0.0  # per run; 0 = no limit
-    device: str = "auto"
-    seed: int = 0
+    """What ``python -m dsa map`` measures (each field is a flag), checked at construction."""
+
+    layouts: list[str] = field(default_factory=lambda: ["tiny-mqa", "tiny-mla"], metadata={
+        "help": "attention layouts to time (tiny-*: the CPU smoke layouts)", "choices": tuple(LAYOUTS)})
+    seq_lens: list[int] = field(default_factory=lambda: [64, 128], metadata={
+        "help": "sequence lengths L", "metavar": "L"})
+    indexers: list[str] = field(default_factory=lambda: ["2x16"], metadata={
+        "help": "indexer sizes HEADSxDIM[:bf16|fp8], e.g. 4x64 64x128:fp8", "metavar": "HxD[:PREC]"})
+    top_k: int = field(default=32, metadata={"help": "keys kept per query, <= every L", "metavar": "K"})
+    d_model: int = field(default=64, metadata={"help": "hidden size of the layers"})
+    reps: int = field(default=10, metadata={"help": "timed calls per measurement (at most)"})
+    budget_s: float = field(default=0.0, metadata={
+        "help": "seconds for the whole run, larger L skipped once spent (0: no limit)", "metavar": "SECONDS"})
+    device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",
+                                                  "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs (>= 0)"})
 
     def __post_init__(self) -> None:
         for name in self.layouts:
@@ -104,8 +111,10 @@ class MapConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.top_k > min(self.seq_lens):
             raise ValueError(f"top_k ({self.top_k}) must be <= every seq_len (smallest {min(self.seq_lens)})")
-        if self.budget_s < 0:
-            raise ValueError(f"budget_s must be >= 0, got {self.budget_s}")
+        if not self.budget_s >= 0 or self.budget_s == float("inf"):  # NaN fails the comparison
+            raise ValueError(f"budget_s must be a finite number >= 0, got {self.budget_s}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
         for spec in self.indexers:
             if parse_indexer_spec(spec)[2] == "fp8" and not fp8_available():
                 raise ValueError(f"indexer {spec!r}: the FP8 indexer is not in this tree (SparseConfig has no "
@@ -267,33 +276,18 @@ def _line(r: dict) -> str:
             + " ".join(f"{k} {_fmt(v)}" for k, v in dense.items()) + (f" | {'; '.join(why)}" if why else ""))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.map", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = MapConfig()
-    p.add_argument("--layouts", nargs="+", default=d.layouts, help=f"among {', '.join(LAYOUTS)}")
-    p.add_argument("--seq-lens", type=int, nargs="+", default=d.seq_lens, help="sequence lengths L")
-    p.add_argument("--indexers", nargs="+", default=d.indexers, help="HxD[:bf16|fp8], e.g. 4x64 64x128:fp8")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="keys kept per query")
-    p.add_argument("--d-model", type=int, default=d.d_model, help="hidden size of the layers")
-    p.add_argument("--reps", type=int, default=d.reps, help="timed calls per measurement (at most)")
-    p.add_argument("--budget-s", type=float, default=d.budget_s, help="seconds for the whole run (0: no limit)")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="JSON path (default runs/bench-map-<device>.json)")
-    a = vars(p.parse_args(argv))
-    out = a.pop("out")
-    try:
-        cfg = MapConfig(**a)
-    except ValueError as e:
-        p.error(str(e))
-    out = Path(out or f"runs/bench-map-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.map") -> int:
+    """``python -m dsa map``: time the layouts' dense and DSA layers, one JSON of raw timings."""
+    p = cli.config_command_parser(MapConfig, prog, __doc__, "JSON path (default runs/bench-map-<device>.json), "
+                                  "rewritten after every row")
+    cfg, rest = cli.checked_config(p, MapConfig, argv)
+    out = Path(rest["out"] or f"runs/bench-map-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out} ({len(res['rows'])} rows)")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

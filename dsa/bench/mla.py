@@ -19,7 +19,6 @@ dP = dO Vᵀ, dV = Pᵀ dO, dK = dSᵀ Q, dQ = dS K). Timer: triton.testing.do_b
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from dsa import cli
 from dsa.bench.layer import _measure, attention_pairs
 from dsa.provenance import provenance
 
@@ -66,15 +66,26 @@ def parse_tile(spec: str) -> dict:
 
 @dataclass
 class MLABenchConfig:
-    seq_lens: list[int] = field(default_factory=lambda: [96])
-    layouts: list[str] = field(default_factory=lambda: ["tiny"])
-    top_k: int = 32
-    dkv: list[str] = field(default_factory=lambda: list(DKV_MODES))
-    tiles: list[str] = field(default_factory=list)
-    inverted_max_len: int = 8192  # the inverted dK/dV re-reads q and dO of all G heads per pair: small L only
-    check: bool = False
-    device: str = "auto"
-    seed: int = 0
+    """What ``python -m dsa bench-mla`` measures (each field is a flag), checked at construction."""
+
+    seq_lens: list[int] = field(default_factory=lambda: [96], metadata={
+        "help": "sequence lengths L", "metavar": "L"})
+    layouts: list[str] = field(default_factory=lambda: ["tiny"], metadata={
+        "help": "attention layouts to time (tiny: the CPU smoke layout)", "choices": tuple(LAYOUTS)})
+    top_k: int = field(default=32, metadata={"help": "keys kept per query, <= every L", "metavar": "K"})
+    dkv: list[str] = field(default_factory=lambda: list(DKV_MODES), metadata={
+        "help": "dK/dV strategies to time", "choices": DKV_MODES})
+    tiles: list[str] = field(default_factory=list, metadata={
+        "help": "extra tiles fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES (0 = the default of that knob)",
+        "metavar": "TILE"})
+    # the inverted dK/dV re-reads q and dO of all G heads per pair: small L only
+    inverted_max_len: int = field(default=8192, metadata={"help": "largest L timed with dkv 'inverted'",
+                                                          "metavar": "L"})
+    check: bool = field(default=False, metadata={
+        "help": "errors of the output and every gradient against the fp32 reference at a small L"})
+    device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",
+                                                  "choices": ("auto", "cpu", "cuda")})
+    seed: int = field(default=0, metadata={"help": "seed of the inputs (>= 0)"})
 
     def __post_init__(self) -> None:
         if not self.seq_lens or any(isinstance(l, bool) or l < 1 for l in self.seq_lens):
@@ -89,6 +100,10 @@ class MLABenchConfig:
                 raise ValueError(f"dkv must be among {DKV_MODES}, got {mode!r}")
         for spec in self.tiles:
             parse_tile(spec)
+        for name, low in (("inverted_max_len", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -271,34 +286,19 @@ def table(res: dict) -> str:
     return "\n".join(_line(r) for r in res["rows"] if "dkv" in r)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.mla", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = MLABenchConfig()
-    p.add_argument("--seq-lens", type=int, nargs="+", default=d.seq_lens, help="sequence lengths L")
-    p.add_argument("--layouts", nargs="+", default=d.layouts, help=f"among {', '.join(LAYOUTS)}")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="keys kept per query")
-    p.add_argument("--dkv", nargs="+", default=d.dkv, help="dK/dV strategies: atomic, inverted")
-    p.add_argument("--tiles", nargs="*", default=d.tiles, help="extra tiles fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES")
-    p.add_argument("--inverted-max-len", type=int, default=d.inverted_max_len, help="largest L for 'inverted'")
-    p.add_argument("--check", action="store_true", help="errors against the fp32 reference at a small L (CUDA)")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="JSON path (default runs/bench-mla-<device>.json)")
-    a = vars(p.parse_args(argv))
-    out = a.pop("out")
-    try:
-        cfg = MLABenchConfig(**a)
-    except ValueError as e:
-        p.error(str(e))
-    out = Path(out or f"runs/bench-mla-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.mla") -> int:
+    """``python -m dsa bench-mla``: time the sparse attention op per layout, L, dK/dV strategy and tile."""
+    p = cli.config_command_parser(MLABenchConfig, prog, __doc__, "JSON path (default runs/bench-mla-<device>"
+                                  ".json), rewritten after every row")
+    cfg, rest = cli.checked_config(p, MLABenchConfig, argv)
+    out = Path(rest["out"] or f"runs/bench-mla-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
     out.write_text(json.dumps(res, indent=1))
     print(table(res))
     print(f"wrote {out}")
-    return res
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsa.checks import check_out_file
+from dsa.cli import usage_errors
 from dsa.model import TransformerLM
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -170,21 +172,22 @@ def logits_difference(model: TransformerLM, path: str | Path, tokens: torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = "python -m dsa.inference.export") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m dsa.inference.export",
+        prog=prog,
         description="Export a trained checkpoint (dense or DSA) to ONNX through the reference ops and, with "
                     "--check, compare its logits with PyTorch's on onnxruntime (CPU).")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by training (dsa.train.checkpoints)")
-    p.add_argument("--output", required=True, help="where to write the .onnx file")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a checkpoint written by training (dsa.train.checkpoints)")
+    p.add_argument("--output", required=True, metavar="PATH", help="where to write the .onnx file")
+    p.add_argument("--seq-len", type=int, default=None, metavar="L",
                    help="length of the example traced (default: 128, the context if shorter, at least top_k)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of the example traced (default 1)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="batch of the example traced (default 1)")
     p.add_argument("--static", action="store_true",
                    help="fix the batch and sequence axes to the example's (default: both dynamic)")
     p.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                    help="torch.onnx.export(dynamo=False) (default, seconds) or the torch.export-based one (minutes)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default 18)")
     p.add_argument("--check", action="store_true",
                    help=f"run the graph on onnxruntime and compare its logits with PyTorch's (max |diff| <= "
                         f"{DEFAULT_ATOL:g}); exit 1 if they differ")
@@ -198,15 +201,23 @@ def _load_model(path: str) -> TransformerLM:
     return load_model(path, map_location="cpu")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def _check_flags(args: argparse.Namespace) -> None:
+    """ValueError naming the first bad flag (the model-dependent checks come once it is loaded)."""
     for name in ("seq_len", "batch_size", "opset"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint: no file at {args.checkpoint!r}")
+        raise ValueError(f"--checkpoint: no file at {args.checkpoint!r}")
+    check_out_file("--output", args.output)
+
+
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.inference.export") -> int:
+    """``python -m dsa export``: a checkpoint to ONNX, optionally checked on onnxruntime."""
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    with usage_errors(parser):
+        _check_flags(args)
     try:
         import onnx  # noqa: F401, PLC0415
         if args.check:
@@ -220,10 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError) as e:
         parser.error(f"--checkpoint: {e}")
     seq_len = args.seq_len or default_seq_len(model)
-    try:
+    with usage_errors(parser):
         _check_args(model, seq_len, args.batch_size, not args.static, args.exporter, args.opset)
-    except ValueError as e:
-        parser.error(str(e))
     path = export_onnx(model, args.output, seq_len, batch_size=args.batch_size, dynamic=not args.static,
                        exporter=args.exporter, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {model.cfg.attention}, "

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from dsa.cli import usage_errors  # noqa: E402
 from dsa.provenance import REPO_ROOT  # noqa: E402
 from dsa.records import load_records, summarize_provenance  # noqa: E402
 from dsa.study import verdicts as V  # noqa: E402
@@ -118,14 +119,20 @@ def write_readme_figures(out_dir: str | Path = README_DIR, dpi: int = 110) -> di
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsa.study.readme_figures",
+def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.study.readme_figures") -> int:
+    """``python -m dsa readme-figures``: redraw the README's key figures from the recorded data."""
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Redraw the README's key figures from the recorded data under data/.")
-    p.add_argument("--out-dir", default=str(README_DIR), help=f"where to write the PNGs (default {README_DIR})")
-    p.add_argument("--dpi", type=int, default=110, help="resolution (default 110: each PNG well under 150 KB)")
+    p.add_argument("--out-dir", default=str(README_DIR), metavar="DIR",
+                   help=f"where to write the PNGs (default {README_DIR})")
+    p.add_argument("--dpi", type=int, default=110, metavar="DPI",
+                   help="resolution, >= 30 (default 110: each PNG well under 150 KB)")
     args = p.parse_args(argv)
-    if args.dpi < 30:
-        p.error(f"--dpi must be >= 30, got {args.dpi}")
+    with usage_errors(p):
+        if args.dpi < 30:
+            raise ValueError(f"--dpi must be >= 30, got {args.dpi}")
+        if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+            raise ValueError(f"--out-dir must be a folder, got the file {args.out_dir!r}")
     write_readme_figures(args.out_dir, args.dpi)
     return 0
 

@@ -11,15 +11,15 @@ from dsa.bench.indexer import main
 
 def test_cpu_smoke_run_writes_a_record_with_provenance(tmp_path):
     out = tmp_path / "idx.json"
-    res = main(["--cpu", "--seq-lens", "64", "--heads", "4", "--dim", "16", "--top-k", "8", "--recall-len", "64",
-                "--out", str(out)])
+    assert main(["--cpu", "--seq-lens", "64", "--heads", "4", "--dim", "16", "--top-k", "8", "--recall-len", "64",
+                 "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["provenance"]["device"].startswith("cpu") and rec["provenance"]["config"]["heads"] == 4
     assert [(r["L"], r["precision"]) for r in rec["topk"]] == [(64, "bf16"), (64, "fp8")]
     assert rec["matmul"]["fp8_tflops"] is None and rec["device_fp8"] is False  # no FP8 matmul on CPU
     for name in ("random", "structured"):
-        assert 0.9 < res["recall"][name]["mass_ratio"] <= 1.0 + 1e-6
-        assert res["recall"][name]["n_nontrivial"] == 64 - 8  # k = min(top_k, recall_len // 4) = 8
+        assert 0.9 < rec["recall"][name]["mass_ratio"] <= 1.0 + 1e-6
+        assert rec["recall"][name]["n_nontrivial"] == 64 - 8  # k = min(top_k, recall_len // 4) = 8
     assert rec["topk_bytes_model"][0]["L"] == 64 and rec["complete"] is True
 
 

@@ -60,7 +60,7 @@ def test_bad_input_is_named_before_any_work(capsys):
         MapConfig(budget_s=-1)
     with pytest.raises(SystemExit) as exc:
         main(["--layouts", "nope"])
-    assert exc.value.code == 2 and "error: unknown layout" in capsys.readouterr().err
+    assert exc.value.code == 2 and "error: argument --layouts: invalid choice" in capsys.readouterr().err
 
 
 def test_main_writes_one_json(tmp_path):
