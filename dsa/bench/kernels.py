@@ -500,7 +500,7 @@ def bench(cfg: KernelBenchConfig, out: str | Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def dump(r: dict) -> None:
-        out.write_text(json.dumps(r, indent=1))
+        write_json_atomic(out, r)
 
     res = run(cfg, on_row=dump)
     dump(res)
