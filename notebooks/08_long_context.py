@@ -107,7 +107,7 @@ from dsa.study.figures import figure_saver, setup_plotting
 from dsa.study.runs import ablation_table, parse_list, recorded_runs, runs_dir, runs_table, share_records
 from dsa.study.scope import fresh_run_scope
 from dsa.study.tables import readable
-from dsa.train.experiments import SPARSITY_RATIOS, get_experiment
+from dsa.train.experiments import get_experiment
 from dsa.train.long_context import design_of, run_arms
 
 setup_plotting()
@@ -305,7 +305,7 @@ display(Markdown(
     if NOISE["n_groups"] else "**Noise floor**: no configuration was recorded twice."))
 
 # %%
-d5 = runs_table(ALL["exp5_sparsity"], "exp5", ratios=SPARSITY_RATIOS) if ALL["exp5_sparsity"] else pd.DataFrame()
+d5 = runs_table(ALL["exp5_sparsity"], "exp5") if ALL["exp5_sparsity"] else pd.DataFrame()
 if len(d5):
     display(Markdown("**exp5: the devices per L** (L = 64 ran on two kinds of GPU)"))
     display(R.devices_by(d5))

@@ -591,8 +591,9 @@ def read_checkpoints(cfg: TrainConfig, *, quiet: bool = False) -> tuple[dict | N
     ``init_from``, which is then not read."""
     path = cfg.checkpoint_file()
     resume_ck = None
-    if cfg.resume and not path.exists() and not quiet:
-        print(f"resume: no checkpoint at {path} yet, starting from step 0", file=sys.stderr)
+    if cfg.resume and not path.exists():
+        if not quiet:
+            print(f"resume: no checkpoint at {path} yet, starting from step 0", file=sys.stderr)
     elif cfg.resume:
         resume_ck = ckpt.load_checkpoint(path, arg="checkpoint_path")
         ckpt.check_training_state(resume_ck, path)

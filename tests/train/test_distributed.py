@@ -122,7 +122,9 @@ def dying(run, phase):
 
 
 T._checkpoint = dying
-sys.exit(T.main(sys.argv[1:]))
+from dsa.train.cli import train_main  # noqa: E402
+
+sys.exit(train_main(sys.argv[1:]))
 """
 
 
@@ -150,6 +152,7 @@ def test_torchrun_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_res
     ck = ["--checkpoint-path", str(tmp_path / "cut.pt"), "--checkpoint-every", "5", "--resume"]
     r = launch([str(killer)], "cut.json", *ck)
     assert r.returncode != 0 and not (tmp_path / "cut.json").exists()
+    assert (tmp_path / "cut.pt").exists(), r.stderr[-3000:]  # it died after its checkpoint, not before
     r = launch(["-m", "dsa.train.trainer"], "cut.json", *ck)
     assert r.returncode == 0, r.stderr[-3000:]
     whole, cut = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "cut"))
