@@ -8,7 +8,9 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,3 +83,11 @@ def write_json_atomic(path: str | Path, obj: dict) -> Path:
         json.dump(obj, f, indent=1, default=str)
     os.replace(tmp, path)
     return path
+
+
+def run_writing_json(run: Callable[..., dict], cfg: Any, out: str | Path, **kwargs: Any) -> dict:
+    """``run(cfg, on_row=..., **kwargs)`` with its result rewritten to ``out`` (atomically) after every row and
+    at the end: a benchmark stopped half-way still leaves the numbers it has."""
+    res = run(cfg, on_row=lambda r: write_json_atomic(out, r), **kwargs)
+    write_json_atomic(out, res)
+    return res

@@ -33,7 +33,6 @@ from position L (the graph advances the positions itself). Results: JSON with ``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from dsa import cli, ops
 from dsa.checks import check_out_file
 from dsa.ops.dispatch import impl_on_device
-from dsa.provenance import provenance
+from dsa.provenance import provenance, run_writing_json
 
 DEFAULT_OUT_DIR = Path("runs/bench/decode")
 INDEXER_DTYPES = ("bf16",)  # the FP8 indexer (another module) adds "fp8" here and in _indexer_inputs
@@ -537,10 +536,7 @@ def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.
         cfg = config_from_args(a)
     big = torch.cuda.is_available() and cfg.device != "cpu"
     out = Path(a.out) if a.out else default_out("cuda" if big else "cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)),
-              log=lambda s: print(s, file=sys.stderr, flush=True))
-    out.write_text(json.dumps(res, indent=1))
+    res = run_writing_json(run, cfg, out, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"wrote {out}")
     return 0
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from dsa import ops
 from dsa.checks import check_int
 from dsa.ops.flops import attention_flops
-from dsa.provenance import provenance, write_json_atomic
+from dsa.provenance import provenance, run_writing_json
 from dsa.ops import expand_kv, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather
 from dsa.ops.dispatch import impl_on_device
@@ -497,13 +497,7 @@ def bench(cfg: KernelBenchConfig, out: str | Path | None = None) -> dict:
     """Runs the benchmark and returns its result, written to ``out`` (default :func:`default_out`) after
     every row, so a run stopped half-way still leaves its numbers; the result's ``_path`` says where."""
     out = Path(out) if out else default_out(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def dump(r: dict) -> None:
-        write_json_atomic(out, r)
-
-    res = run(cfg, on_row=dump)
-    dump(res)
+    res = run_writing_json(run, cfg, out)
     res["_path"] = str(out)
     return res
 

@@ -19,7 +19,6 @@ triton.testing.do_bench median on CUDA, a perf_counter median on CPU. Results go
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from dsa import ops
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.ops.dispatch import impl_on_device
 from dsa.checks import check_int, resolve_device
-from dsa.provenance import provenance
+from dsa.provenance import provenance, run_writing_json
 
 DENSE_BACKENDS = ("cudnn", "flash", "flex")
 
@@ -287,9 +286,7 @@ def default_out() -> Path:
 def bench(cfg: LayerBenchConfig, out: str | Path | None = None) -> dict:
     """Runs the benchmark, writing its result to ``out`` (default :func:`default_out`) after every row."""
     out = Path(out) if out else default_out()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
-    out.write_text(json.dumps(res, indent=1))
+    res = run_writing_json(run, cfg, out)
     res["_path"] = str(out)
     return res
 

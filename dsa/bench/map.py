@@ -23,7 +23,6 @@ on CPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from dsa.bench.layer import _dense_fns, _dsa_fns, parse_indexer
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.layers.config import MLAConfig
 from dsa.ops.dispatch import impl_on_device
-from dsa.provenance import provenance
+from dsa.provenance import provenance, run_writing_json
 
 # name -> AttentionConfig keywords (d_model and max_seq_len added per run)
 LAYOUTS: dict[str, dict] = {
@@ -282,9 +281,7 @@ def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.
                                   "rewritten after every row")
     cfg, rest = cli.checked_config(p, MapConfig, argv)
     out = Path(rest["out"] or f"runs/bench-map-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
-    out.write_text(json.dumps(res, indent=1))
+    res = run_writing_json(run, cfg, out)
     print(f"wrote {out} ({len(res['rows'])} rows)")
     return 0
 

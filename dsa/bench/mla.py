@@ -29,7 +29,7 @@ import torch
 
 from dsa import cli
 from dsa.bench.layer import _measure, attention_pairs
-from dsa.provenance import provenance
+from dsa.provenance import provenance, run_writing_json
 
 # name -> (H, H_kv, d_qk, d_v)
 LAYOUTS = {
@@ -292,9 +292,7 @@ def main(argv: list[str] | None = None, prog: str | None = "python -m dsa.bench.
                                   ".json), rewritten after every row")
     cfg, rest = cli.checked_config(p, MLABenchConfig, argv)
     out = Path(rest["out"] or f"runs/bench-mla-{'cuda' if torch.cuda.is_available() else 'cpu'}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    res = run(cfg, on_row=lambda r: out.write_text(json.dumps(r, indent=1)))
-    out.write_text(json.dumps(res, indent=1))
+    res = run_writing_json(run, cfg, out)
     print(table(res))
     print(f"wrote {out}")
     return 0
