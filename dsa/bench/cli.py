@@ -17,15 +17,11 @@ def _parser(module: Any, config_cls: type, prog: str | None, out_help: str) -> a
     return cli.config_command_parser(config_cls, prog, module.__doc__, out_help)
 
 
-def _config(p: argparse.ArgumentParser, config_cls: type, argv: list[str] | None) -> tuple[Any, dict]:
-    return cli.checked_config(p, config_cls, argv)
-
-
 def bench_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``python -m dsa bench``: dense attention baselines vs the DSA path, a table and a JSON file."""
     p = _parser(kernels, kernels.KernelBenchConfig, prog,
                 "JSON path (default runs/bench/<device>-<date>.json), rewritten after every row")
-    cfg, rest = _config(p, kernels.KernelBenchConfig, argv)
+    cfg, rest = cli.checked_config(p, kernels.KernelBenchConfig, argv)
     res = kernels.bench(cfg, rest["out"])
     print(kernels.table(res))
     print(f"wrote {res['_path']}")
@@ -36,7 +32,7 @@ def bench_layer_main(argv: list[str] | None = None, prog: str | None = None) -> 
     """``python -m dsa bench-layer``: the model's DSA layer against the same layer with dense attention."""
     p = _parser(layer, layer.LayerBenchConfig, prog,
                 "JSON path (default runs/bench-layer-<device>.json), rewritten after every row")
-    cfg, rest = _config(p, layer.LayerBenchConfig, argv)
+    cfg, rest = cli.checked_config(p, layer.LayerBenchConfig, argv)
     res = layer.bench(cfg, rest["out"])
     print(layer.table(res))
     print(f"wrote {res['_path']}")
@@ -49,7 +45,7 @@ def profile_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["dense", "dsa"], metavar="VARIANT",
                    help="'dense' or 'dsa[:auto|reference|triton]'; ratios are to the first (default: dense dsa)")
     p.add_argument("--ops", action="store_true", help="print each variant's top operators")
-    cfg, rest = _config(p, step_profile.StepProfileConfig, argv)
+    cfg, rest = cli.checked_config(p, step_profile.StepProfileConfig, argv)
     with cli.usage_errors(p):
         step_profile.check_variants(cfg, rest["variants"])
     res = step_profile.run(cfg, rest["variants"])
