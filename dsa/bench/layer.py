@@ -135,7 +135,8 @@ def _dense_fns(dense: DenseAttention, backend: str, x: torch.Tensor, go: torch.T
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: PLC0415
 
         l = x.shape[1]
-        mask = create_block_mask(lambda b, h, q, k: q >= k, None, None, l, l, device=x.device)
+        # _compile: the eager construction materialises the L x L mask (128 GiB asked for at L = 128K)
+        mask = create_block_mask(lambda b, h, q, k: q >= k, None, None, l, l, device=x.device, _compile=cuda)
         flex = torch.compile(flex_attention, dynamic=False)
 
         def run():

@@ -127,14 +127,25 @@ def _odd_inputs(gen, b, l, h, d):
 
 @pytest.mark.parametrize("b,l,h,d", [(2, 37, 3, 16), (1, 45, 64, 128)])
 def test_fp8_triton_scores_equal_the_reference(gen, b, l, h, d):
-    """The score pass on e4m3 operands (a padded head count, and DeepSeek's 64 x 128) equals the reference up to
-    the fp32 summation order."""
+    """The score pass on e4m3 operands (a padded head count, d_I below the FP8 MMA's K of 32, and DeepSeek's
+    64 x 128) equals the reference up to the accumulation: in the CPU interpreter, the fp32 summation order
+    (1e-5 of the largest score); on a GPU, Hopper's FP8 tensor cores keep only ~14 bits of their accumulator
+    (DeepSeek-V3 report, 3.3.2), so the error is bounded by 2^-9 of the sum of the absolute products that
+    make each score (16x the 2^-13 of such an accumulator; a wrong kernel errs by the order of that sum)."""
     q, k, w = _odd_inputs(gen, b, l, h, d)
     ref = ops.indexer_scores(q, k, w, precision="fp8", impl="reference")
     got = ops.indexer_scores(q, k, w, precision="fp8", impl="triton")
     fin = torch.isfinite(ref)
     assert torch.equal(fin, torch.isfinite(got))
-    assert (got[fin] - ref[fin]).abs().max() <= 1e-5 * ref[fin].abs().max()
+    err = (got[fin] - ref[fin]).abs()
+    if torch.device(DEV).type == "cpu":
+        assert err.max() <= 1e-5 * ref[fin].abs().max()
+    else:
+        z = quantize_indexer(q, k, w)
+        mag = torch.einsum("bth,btsh->bts", z.w.double().abs(),
+                           torch.einsum("bthd,bsd->btsh", z.q.double().abs(), z.k.double().abs()))
+        bound = 2.0**-9 * (mag * z.k_scale.double()[:, None, :])[fin]
+        assert (err.double() <= bound + 1e-6).all(), float((err.double() / bound.clamp(min=1e-30)).max())
 
 
 @pytest.mark.parametrize("b,l,h,d,k", [(2, 41, 3, 16, 7), (1, 70, 64, 128, 20)])

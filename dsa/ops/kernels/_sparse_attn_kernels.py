@@ -294,7 +294,7 @@ def sparse_attn_probs_kernel(
     qk_scale = sm_scale * 1.4426950408889634  # work in base 2
     total = tl.zeros([BLOCK_K], tl.float32)
     for hbk in range(0, HKV * NHB):
-        hk = hbk // NHB
+        hk = (hbk // NHB).to(tl.int64)  # h * (head stride) passes 2^31 at MLA 128 x 576 from L = 32K
         g = (hbk % NHB) * BLOCK_H + tl.arange(0, BLOCK_H)
         gm = g < G
         h = hk * G + g

@@ -54,12 +54,18 @@ def _head_block(hp: int, block_m: int, di_pad: int, elem_bytes: int) -> int:
     return max(d for d in range(1, min(hp, fit) + 1) if hp % d == 0)
 
 
+def min_dot_k(dtype: torch.dtype) -> int:
+    """The smallest K of a tl.dot on ``dtype`` operands: 32 for one-byte (e4m3: Hopper's FP8 wgmma takes K = 32
+    per instruction and Triton refuses less), 16 otherwise. Padded columns load zeros and add nothing."""
+    return 32 if dtype.itemsize == 1 else 16
+
+
 def _pass_meta(mode: int, hp: int, di: int, dtype: torch.dtype, block_m: int, block_n: int, nt: int, num_warps: int,
               interp: bool, ks_scaled: bool = False) -> dict:
     """The compile-time arguments (constexprs, warps, stages) of ``idx_pass_kernel`` for qp (B, L, hp, di) of
     ``dtype``: one place for the launch and the ahead-of-time resource check (scripts/check_kernel_resources.py).
     ks_scaled: FP8 scores, each key's column multiplied by its scale (the operands e4m3, or their bf16 copy)."""
-    di_pad = max(16, next_pow2(di))
+    di_pad = max(min_dot_k(dtype), next_pow2(di))
     hb = _head_block(hp, block_m, di_pad, dtype.itemsize)
     return dict(HP=hp, HB=hb, DI=di, DI_PAD=di_pad, NT=nt, BLOCK_M=block_m, BLOCK_N=block_n, MODE=mode,
                 IEEE=dtype == torch.float32, INTERP=interp, FP8=ks_scaled,
@@ -257,7 +263,7 @@ def _at_meta(h: int, di: int, dtype: torch.dtype, interp: bool) -> dict:
     """The compile-time arguments of ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel`` for q_idx (B, L, h, di) of
     ``dtype`` (shared by the launches and scripts/check_kernel_resources.py). HP: the heads padded to a power
     of two >= 16 (the M of tl.dot); HB: heads per block, a power of two >= 16 that divides HP."""
-    hp, di_pad = max(16, next_pow2(h)), max(16, next_pow2(di))
+    hp, di_pad = max(16, next_pow2(h)), max(min_dot_k(dtype), next_pow2(di))
     fit = AT_HEAD_BLOCK_BYTES // (di_pad * dtype.itemsize)  # heads whose q rows fit the budget
     hb = min(hp, max(16, 1 << (fit.bit_length() - 1)))  # a power of two, so that it divides hp
     return dict(H=h, HP=hp, HB=hb, DI=di, DI_PAD=di_pad, BLOCK_K=32 if interp else 64,
