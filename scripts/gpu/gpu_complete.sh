@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# What issues 15 and 16 still need from a GPU, in stages that each fit one 10-minute device call (about 25
+# minutes of device time in all). Run the stages in order, each in its own call, and keep the machine warm
+# between calls (it is released after 30 s idle, and a new one may not be lent):
+#   tests  (~3 min)  the GPU-only tests of the fixes made without a GPU: FP8 score pass (K >= 32, the Hopper
+#                    accumulator bound), kernels at 2^31-element offsets, cached decoding at the MLA-MQA shape,
+#                    the decode kernels at real size;
+#   mla    (~7 min)  the map's MLA-MQA rows at 32K, 64K, 128K (the illegal memory access fixed at 250a99a);
+#   l128   (~4 min)  the map's 128K rows of MQA 64, GQA 16/2 and MHA 16 (FlexAttention's block mask compiled);
+#   decode (~6 min)  gpu_decode.sh's benchmark: MLA-MQA and MQA decode, whole requests with DSA (prompt 4K/16K/64K
+#                    + 256 tokens), the bf16 and (if the option exists) FP8 indexer keys.
+# Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
+#   OUT=<folder> bash scripts/gpu/gpu_complete.sh STAGE ; copy $OUT's files to data/bench/{map,decode,indexer}/.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+[[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode}
+case $stage in
+  tests)
+    timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
+      tests/inference tests/ops/test_decode.py > "$OUT/gpu-tests.log" 2>&1
+    tail -5 "$OUT/gpu-tests.log" ;;
+  mla)
+    LAYOUTS=mla128 LENS="32768 65536 131072" INDEXERS="4x64 64x128 64x128:fp8" REPS=3 BUDGET_S=480 OUT=$OUT \
+      timeout 560 bash scripts/gpu/gpu_map.sh ;;
+  l128)
+    for layout in mqa64 gqa16/2 mha16; do
+      LAYOUTS=$layout LENS=131072 INDEXERS="4x64 64x128 64x128:fp8" REPS=3 BUDGET_S=70 OUT=$OUT \
+        timeout 170 bash scripts/gpu/gpu_map.sh
+    done ;;
+  decode)
+    BENCH_TIMEOUT=540 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode)"; exit 2 ;;
+esac
