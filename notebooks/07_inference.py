@@ -37,6 +37,8 @@
 # 4. A widget steps through the generated tokens and shows which cached positions each one selected.
 # 5. The decode cost curves from `dsa.bench.decode`: time per token and layer against the context, DSA
 #    against dense decode, on a GPU when recorded (`data/bench/decode/`), otherwise a CPU run with that label.
+# 6. What a token costs against its position, prefill and decode, in dollars per million tokens: DeepSeek's
+#    V3.1-against-V3.2 curves rebuilt from the recorded GPU benchmarks (attention only).
 
 # %%
 import sys
@@ -47,9 +49,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.study.notebook_params import between, one_of, satisfies, snapshot_namespace
 from dsa.study.runs import parse_list, valid_list
+from dsa.study.setup import setup_notebook
 
 
 def _relative_glob(v, p):
@@ -83,12 +85,17 @@ recorded: str = "bench/decode/*.json"  # glob under data/: the recorded dsa.benc
 run_fresh_bench: bool = True  # run dsa.bench.decode here when nothing is recorded (CPU: tiny shapes)
 bench_contexts: str = "64,160,384"  # cached tokens of the fresh benchmark
 bench_batches: str = "1,4"  # sequences per step of the fresh benchmark
+recorded_map: str = "bench/map/*.json"  # glob under data/: the recorded dsa.bench.map files (prefill costs)
+usd_per_gpu_hour: float = 2.0  # GPU rental price of the cost curves (DeepSeek's own assumption: $2, H800)
+cost_layers: int = 61  # attention layers the cost curves count (DeepSeek-V3.2: 61; 1 = per layer)
+cost_batch: int = 16  # decode batch of the cost table
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "07_inference",
     rules={
         "device": one_of("cpu", "cuda", "auto"),
         "train_steps": between(0, None),
@@ -114,9 +121,13 @@ P = check_params(
                                     "must be a non-empty comma-separated list of contexts >= 8"),
         "bench_batches": satisfies(lambda v, p: valid_list(v, int, minimum=1) and bool(parse_list(v)),
                                    "must be a non-empty comma-separated list of batch sizes >= 1"),
+        "recorded_map": satisfies(_relative_glob, "must be a glob relative to data/ (no leading / or ..), or empty"),
+        "usd_per_gpu_hour": satisfies(lambda v, p: v > 0, "must be > 0"),
+        "cost_layers": between(1, None),
+        "cost_batch": between(1, None),
     },
 )
-P
+P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 
 # %%
 import matplotlib.pyplot as plt
@@ -125,25 +136,14 @@ from IPython.display import Markdown, display
 
 from dsa.bench import decode as bench_decode
 from dsa.inference import cache_row_bytes, generate
-from dsa.records import fresh_run_label, summarize_provenance
+from dsa.records import load_records, summarize_provenance
 from dsa.study import analysis as A
 from dsa.study import inference as I
-from dsa.study.figures import save_static, setup_plotting
-from dsa.study.scope import fresh_run_scope
+from dsa.study import token_cost as TC
 from dsa.study.tables import readable
 from dsa.text.corpus import load_corpus
 
-setup_plotting()
 pd.set_option("display.max_colwidth", 80)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
-display(Markdown(fresh_run_scope("07_inference", device=DEV.type)))
-
-
-def maybe_save(fig, name, source):
-    if P.save_figures:
-        save_static(fig, name, source=source)
-
 
 # %% [markdown]
 # ## 1 · The model
@@ -317,3 +317,52 @@ if bench:
 # indexer keys, or $1152 / (128 + 8) \approx 8.5$ with FP8 keys, as DeepSeek stores them (the 8 bytes are the
 # fp32 score the top-k writes and reads per key). At MQA's 256-value rows (k and v, 512 bytes) the bound is
 # about 1.9x with bf16 indexer keys.
+
+# %% [markdown]
+# ## 6 · What a token costs against its position
+#
+# DeepSeek published, for V3.1 (dense MLA) against V3.2 (DSA), the cost per million tokens against the
+# token's position in the sequence, for prefill and for decode. The same curves, from this study's recorded
+# benchmarks (`dsa.study.token_cost`), for the attention alone:
+#
+# * **prefill**: the map (`dsa.bench.map`, notebook 05) times one forward over $L$ tokens; the tokens between
+#   two measured lengths $L_1 < L_2$ cost $(T(L_2) - T(L_1)) / (L_2 - L_1)$ each, plotted at the middle. Dense
+#   attention's cost grows linearly with the position; DSA's sparse attention stops growing at $k$, and only its
+#   indexer keeps growing, at a smaller slope.
+# * **decode**: one step over a batch of $B$ sequences with $S$ cached tokens, divided by $B$.
+#
+# Dollars come from GPU time at `usd_per_gpu_hour` (DeepSeek's own assumption is $2 per H800-hour), for
+# `cost_layers` attention layers (61 in DeepSeek-V3.2: the per-layer time multiplied, an extrapolation of
+# one layer's measurement; projections, MLP and everything outside attention are left out since they are the
+# same for both). Lower is better; DSA pays where its curve is below dense.
+
+# %%
+cost = TC.TokenCost(P.usd_per_gpu_hour, P.cost_layers)
+map_recorded = load_records(P.recorded_map) if P.recorded_map else []
+decode_recorded = recorded if recorded else []
+if map_recorded or decode_recorded:
+    prefill_cost = TC.prefill_cost_frame(map_recorded, cost)
+    decode_cost = TC.decode_cost_frame(decode_recorded, cost)
+    shown = sorted(set(decode_cost.layout)) or sorted(set(prefill_cost.layout))
+    prefill_cost = prefill_cost[prefill_cost.layout.isin(shown)]
+    COST_LABEL = summarize_provenance(r["provenance"] for r in map_recorded + decode_recorded)
+    fig = TC.token_cost_figure(prefill_cost, decode_cost, cost, f"Attention cost per token — {COST_LABEL}")
+    maybe_save(fig, "07_token_cost", COST_LABEL)
+    plt.show()
+    table = TC.cost_ratio_table(prefill_cost, decode_cost, P.cost_batch)
+    display(Markdown(f"**Dense cost / DSA cost per token** (> 1: DSA is cheaper; decode at batch {P.cost_batch}):"))
+    display(readable(table.round(4), na="n/a"))
+else:
+    display(Markdown("No recorded map or decode benchmark under `data/`: the cost curves need GPU timings "
+                     "(`scripts/gpu/gpu_map.sh`, `scripts/gpu/gpu_decode.sh`); CPU times would say nothing "
+                     "about them."))
+
+# %% [markdown]
+# **How to read it.** In decode at the MLA-MQA shape DSA's curve is nearly flat while dense grows linearly
+# with the position, so the gap widens with the context (the table gives the ratio per position). Batch 1 is
+# the exception: both kernels wait on latency there, and DSA runs three of them. In MQA, where a cached row is
+# as small as the indexer's key, DSA costs more per token at every position. In prefill, dense attention's
+# marginal cost rises linearly; DSA's is nearly flat at MLA-MQA (its indexer's slope is small against the
+# fixed $k$ rows of 576 values) but starts higher, so the two would cross beyond the 16K the MLA-MQA map has
+# reached so far (its 32K-128K rows are still to be run); in MQA the small 4 × 64 indexer makes a DSA token
+# cheaper from the middle positions on, the 64 × 128 one does not within 64K.

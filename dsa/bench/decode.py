@@ -22,7 +22,7 @@ Projections are left out (the same for both). On CUDA every step is captured in 
 60 layers of a real model would), its own time subtracted. ``*_ms``: median per step; ``tokens_per_s``:
 B / step time (one layer); ``bytes``: modelled HBM reads per step (dense: B·S rows; DSA: B·(S indexer keys +
 the fp32 score round trip + k rows)); ``gbps``: bytes / time, ``hbm_frac``: of the copy bandwidth measured
-in the same run (``hbm_gbps``). ``speedup_*``: dense ms / DSA ms.
+in the same run (``hbm_gbps``). Raw timings only: the ratios are derived on read (``dsa.study.inference``).
 
 Request rows: prefill of an L-token prompt (dense: causal SDPA, MLA in its MHA form 128 x 192/128 as
 DeepSeek prefills; DSA: indexer top-k + sparse attention at the MQA shape) + ``gen_tokens`` decode steps
@@ -317,9 +317,6 @@ def bench_decode_row(cfg: DecodeBenchConfig, lay: Layout, caches, s: int, timer:
         row[f"{name}_gbps"] = nbytes[key] / m["ms"] / 1e6
         if hbm:
             row[f"{name}_hbm_frac"] = row[f"{name}_gbps"] / hbm
-    for dense in ("dense", "dense_sdpa"):
-        if row.get(f"{dense}_ms") and row.get("dsa_ms"):
-            row[f"speedup_{dense}"] = row[f"{dense}_ms"] / row["dsa_ms"]
     return row
 
 
@@ -388,8 +385,6 @@ def bench_request(cfg: DecodeBenchConfig, lay: Layout, l: int, timer: Timer, dev
             row[f"decode_{name}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         if row.get(f"prefill_{name}_ms") is not None and row.get(f"decode_{name}_ms") is not None:
             row[f"request_{name}_ms"] = row[f"prefill_{name}_ms"] + row[f"decode_{name}_ms"]
-    if row.get("request_dense_ms") and row.get("request_dsa_ms"):
-        row["speedup_request"] = row["request_dense_ms"] / row["request_dsa_ms"]
     return row
 
 
@@ -464,9 +459,10 @@ def _progress(row: dict, secs: float) -> str:
         v = row.get(key)
         return "-" if v is None else f"{v:.4g}"
 
+    ratio = f"{row['dense_ms'] / row['dsa_ms']:.4g}" if row.get("dense_ms") and row.get("dsa_ms") else "-"
     return (f"  {row['layout']} S={row['context']} B={row['batch']}: dense {f('dense_ms')} ms "
             f"(sdpa {f('dense_sdpa_ms')}), dsa {f('dsa_ms')} ms = idx {f('dsa_indexer_topk_ms')} + sparse "
-            f"{f('dsa_sparse_ms')}; x{f('speedup_dense')}; dsa {f('dsa_gbps')} GB/s [{secs:.1f} s]")
+            f"{f('dsa_sparse_ms')}; x{ratio}; dsa {f('dsa_gbps')} GB/s [{secs:.1f} s]")
 
 
 def default_out(dev_type: str) -> Path:

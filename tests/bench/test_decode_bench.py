@@ -20,13 +20,13 @@ def test_rows_time_every_step_and_derive_the_ratios():
             assert r[f"{name}_ms"] > 0, name
             assert r[f"{name}_tokens_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
             assert r[f"{name}_gbps"] == pytest.approx(r[f"{name}_bytes"] / r[f"{name}_ms"] / 1e6)
-        assert r["speedup_dense"] == pytest.approx(r["dense_ms"] / r["dsa_ms"])
+        assert not any(k.startswith("speedup") for k in r), "raw timings only: ratios are derived on read"
         assert r["impl"] == "reference"
     req = [r for r in res["rows"] if r["kind"] == "request"]
     assert len(req) == 2
     for r in req:
         assert r["request_dsa_ms"] == pytest.approx(r["prefill_dsa_ms"] + r["decode_dsa_ms"])
-        assert r["speedup_request"] == pytest.approx(r["request_dense_ms"] / r["request_dsa_ms"])
+        assert "speedup_request" not in r
     assert res["provenance"]["device"].startswith("cpu") and res["hbm_gbps"] is None
 
 

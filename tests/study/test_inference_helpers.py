@@ -42,6 +42,9 @@ def test_decode_tables_from_a_cpu_run():
     sp = I.speedup_table([res])
     assert list(sp.context) == [20, 33] and sp["DSA % of HBM"].isna().all()  # no bandwidth on a CPU
     req = I.request_table([res])
-    assert len(req) == 1 and req.speedup_request.iloc[0] > 0
+    assert len(req) == 1
+    assert req.speedup_request.iloc[0] == pytest.approx(req.request_dense_ms.iloc[0] / req.request_dsa_ms.iloc[0])
+    assert sp["x vs dense kernel"].tolist() == pytest.approx(
+        [r["dense_ms"] / r["dsa_ms"] for r in res["rows"] if r["kind"] == "decode"])
     fig = I.decode_cost_figure(frame, "t")
     assert len(fig.axes) == 2
