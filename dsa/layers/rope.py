@@ -25,12 +25,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seq_dim: i
     shape = [1] * x.ndim
     shape[seq_dim] = x.shape[seq_dim]
     shape[-1] = r
-    c = cos[: x.shape[seq_dim]].reshape(shape)
-    s = sin[: x.shape[seq_dim]].reshape(shape)
-    xf = x.float()
-    x1, x2 = xf[..., : r // 2], xf[..., r // 2 :]
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (xf * c + rotated * s).to(x.dtype)
+    return _rotate(x, cos[: x.shape[seq_dim]].reshape(shape), sin[: x.shape[seq_dim]].reshape(shape))
 
 
 def apply_rope_at(
@@ -43,9 +38,12 @@ def apply_rope_at(
     r = x.shape[-1]
     shape = [1] * x.ndim
     shape[0], shape[seq_dim], shape[-1] = positions.shape[0], positions.shape[1], r
-    c = cos[positions].reshape(shape)
-    s = sin[positions].reshape(shape)
+    return _rotate(x, cos[positions].reshape(shape), sin[positions].reshape(shape))
+
+
+def _rotate(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin in fp32, back to x's dtype; c, s broadcast against x."""
     xf = x.float()
-    x1, x2 = xf[..., : r // 2], xf[..., r // 2 :]
-    rotated = torch.cat([-x2, x1], dim=-1)
+    r = x.shape[-1]
+    rotated = torch.cat([-xf[..., r // 2 :], xf[..., : r // 2]], dim=-1)
     return (xf * c + rotated * s).to(x.dtype)
