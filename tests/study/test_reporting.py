@@ -470,6 +470,21 @@ def test_step_profile_frame_reads_stages_and_ratios():
     assert f[(f.stage == "after") & (f.variant != "dense")].x_first.item() == pytest.approx(3.0)
     assert f.top_op.iloc[1] == "" and B.step_profile_frame([]).empty
 
+def test_layer_bench_frame_derives_the_ratios_from_raw_timings_old_files_alike():
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parents[2] / "data/bench/layer/h200-mqa-64x128-k2048.json"
+    old = json.loads(path.read_text())  # recorded when the benchmark still wrote speedup_* beside its timings
+    raw = {**old, "rows": [{c: v for c, v in r.items() if not c.startswith("speedup_")} for r in old["rows"]]}
+    df = B.layer_bench_frame([old])
+    pd.testing.assert_frame_equal(df, B.layer_bench_frame([raw]))
+    r = old["rows"][0]
+    got = df[(df.L == r["L"]) & (df.indexer.str.startswith(f"{r['H_I']}x{r['d_I']}"))
+             & (df.baseline == B.LAYER_BASELINES["cudnn"]) & (df["pass"] == B.PASSES["fwdbwd"])]
+    assert got.speedup.item() == pytest.approx(r["speedup_cudnn_fwdbwd"])
+    assert got.speedup.item() == pytest.approx(r["dense_cudnn_fwdbwd_ms"] / r["dsa_fwdbwd_ms"])
+
+
 def test_flex_artifacts():
     df = B.bench_frame([bench_result("2026-11-23", lens=(1024,)), bench_result("2026-11-24", lens=(16384,),
                                                                              flex_factor=47.0)])
