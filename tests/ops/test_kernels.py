@@ -70,6 +70,18 @@ def test_dispatch_rule():
         assert interpret_mode()
 
 
+def test_one_interpreter_switch_for_the_dispatch_and_the_kernels(monkeypatch):
+    import dsa.checks  # noqa: PLC0415
+    from dsa.ops.kernels import _common  # noqa: PLC0415
+
+    assert interpret_mode is dsa.checks.interpret_mode and _common.interpret_mode is dsa.checks.interpret_mode
+    for value, on in (("1", True), ("TRUE", True), ("on", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert interpret_mode() is on, value
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not interpret_mode()
+
+
 def _odd(gen, lo, hi):
     """A fresh odd size in [lo, hi]."""
     return int(torch.randint(lo, hi + 1, (1,), generator=gen)) | 1
