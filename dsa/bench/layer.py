@@ -30,9 +30,9 @@ from typing import Callable
 import torch
 
 from dsa import ops
+from dsa.checks import check_int, resolve_device
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.ops.dispatch import impl_on_device
-from dsa.checks import check_int, resolve_device
 from dsa.provenance import provenance, run_writing_json
 
 DENSE_BACKENDS = ("cudnn", "flash", "flex")

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
 from dsa.study import bench_tables as B
 from dsa.study import runs as R
 from dsa.study import verdicts as V
 from dsa.study.analysis import chosen_k, chosen_k_counts, fixed_mean_k, k_policy_override
-from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
 from dsa.study.legacy import bench_k_rule, bench_record
 
 PROV = {"git_commit": "abcdef1234567", "git_dirty": False, "device": "NVIDIA H100 80GB HBM3",
@@ -517,8 +517,8 @@ def test_random_recall_is_the_expected_mass_of_a_random_selection():
 
 
 def test_chosen_k_per_layer_and_policy_override():
-    from dsa.model.config import ModelConfig
     from dsa.model import TransformerLM
+    from dsa.model.config import ModelConfig
 
     cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, max_seq_len=24, attention="dsa", top_k=6,
                       indexer_heads=2, indexer_dim=8, indexer_rope_dim=4)
@@ -874,8 +874,8 @@ def test_selection_profile_rows_per_launch():
 
 # ------------------------------------------------------------------------------ test isolation
 def test_runs_and_figures_go_to_temporary_folders():
-    from dsa.study.figures import figures_dir
     from dsa.provenance import REPO_ROOT
+    from dsa.study.figures import figures_dir
     from dsa.study.runs import runs_dir
 
     assert not runs_dir("x").resolve().is_relative_to(REPO_ROOT.resolve())
