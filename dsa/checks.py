@@ -1,7 +1,9 @@
-"""Argument checks that fail loudly, naming the argument (never a silent wrong answer)."""
+"""Argument checks that fail loudly, naming the argument (never a silent wrong answer), and where the code runs
+(:func:`resolve_device`, :func:`interpret_mode`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,13 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
+
+
+def interpret_mode() -> bool:
+    """True when ``TRITON_INTERPRET`` asks for Triton's CPU interpreter. The one reading of that variable: the op
+    dispatch (:mod:`dsa.ops.dispatch`) and the kernels (:mod:`dsa.ops.kernels`) both ask here, and it never
+    imports triton (importing triton fixes the mode for the process)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def check_out_file(name: str, path: str | None) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from .provenance import REPO_ROOT, device_name, git_commit, provenance, write_json_atomic

@@ -242,18 +242,17 @@ print(piv.loc[[lengths[0], lengths[len(lengths) // 2], lengths[-1]]].map(lambda 
 # %%
 MAX_LEN = max(P.seq_len, P.explorer_len)
 TRAINED = not P.checkpoint and P.train_steps > 0
+SIZE = A.InspectModelConfig(d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads, indexer_heads=P.indexer_heads,
+                            indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim, max_seq_len=MAX_LEN,
+                            top_k=P.top_k, seed=P.seed)
 if TRAINED:
-    model, MODEL_LABEL, _ = A.train_inspect_model(
-        steps=P.train_steps, warmup_steps=P.train_warmup, seq_len=P.train_seq_len, max_seq_len=MAX_LEN,
-        d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads, indexer_heads=P.indexer_heads,
-        indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim, top_k=P.top_k, seed=P.seed, device=DEV)
+    model, MODEL_LABEL, _ = A.train_inspect_model(SIZE, steps=P.train_steps, warmup_steps=P.train_warmup,
+                                                  seq_len=P.train_seq_len, device=DEV)
     tokens = A.corpus_tokens(P.batch, P.seq_len, vocab_size=model.cfg.vocab_size, seed=P.seed).to(DEV)
     explorer_tokens = A.corpus_tokens(1, P.explorer_len, vocab_size=model.cfg.vocab_size, seed=P.seed + 1).to(DEV)
 else:
-    model, MODEL_LABEL = A.make_inspect_model(
-        P.checkpoint, vocab_size=P.vocab_size, d_model=P.d_model, n_layers=P.n_layers, n_heads=P.n_heads,
-        indexer_heads=P.indexer_heads, indexer_dim=P.indexer_dim, indexer_rope_dim=P.indexer_rope_dim,
-        max_seq_len=MAX_LEN, top_k=P.top_k, seed=P.seed, init_gain=P.init_gain, device=DEV)
+    model, MODEL_LABEL = A.make_inspect_model(P.checkpoint, SIZE, vocab_size=P.vocab_size, init_gain=P.init_gain,
+                                              device=DEV)
     tokens = A.structured_tokens(P.batch, P.seq_len, model.cfg.vocab_size, seed=P.seed).to(DEV)
     explorer_tokens = A.structured_tokens(1, P.explorer_len, model.cfg.vocab_size, seed=P.seed).to(DEV)
 layers = A.layer_tensors(model, tokens)

@@ -45,9 +45,9 @@ try:
 except ImportError:  # opened from notebooks/ without the package installed: use the repository copy
     sys.path.insert(0, str(Path.cwd().parent))
 
-from dsa.checks import resolve_device
-from dsa.study.notebook_params import between, check_params, one_of, satisfies, snapshot_namespace
+from dsa.study.notebook_params import between, one_of, satisfies, snapshot_namespace
 from dsa.study.runs import valid_list
+from dsa.study.setup import setup_notebook
 
 _ns_before = snapshot_namespace(globals())
 
@@ -68,9 +68,10 @@ confidence: float = 0.95  # confidence level of every two-sided interval (TOST u
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
 
 # %%
-P = check_params(
+nb = setup_notebook(
     globals(),
     _ns_before,
+    "08_long_context",
     rules={
         "device": one_of("cpu", "cuda", "auto"),
         "fresh_size": one_of("small", "full"),
@@ -89,7 +90,8 @@ P = check_params(
         "recorded": satisfies(lambda v, p: not v.startswith(("/", "..")), "must be a glob relative to data/"),
     },
 )
-P
+P, FRESH_LABEL, maybe_save = nb.params, nb.fresh_label, nb.save
+MARGIN = {"loss": P.margin_loss, "val_loss": P.margin_loss, "accuracy": P.margin_acc}
 
 # %%
 import time
@@ -99,25 +101,13 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from dsa.records import fresh_run_label
 from dsa.study import long_context as LC
 from dsa.study import recheck as R
 from dsa.study.equivalence import blocked_contrasts
-from dsa.study.figures import figure_saver, setup_plotting
 from dsa.study.runs import ablation_table, parse_list, recorded_runs, runs_dir, runs_table, share_records
-from dsa.study.scope import fresh_run_scope
 from dsa.study.tables import readable
 from dsa.train.experiments import get_experiment
 from dsa.train.long_context import design_of, run_arms
-
-setup_plotting()
-pd.set_option("display.max_colwidth", None)
-DEV = resolve_device(P.device)
-FRESH_LABEL = fresh_run_label(DEV)
-maybe_save = figure_saver(P.save_figures)
-MARGIN = {"loss": P.margin_loss, "val_loss": P.margin_loss, "accuracy": P.margin_acc}
-display(Markdown(fresh_run_scope("08_long_context", run_fresh=P.run_fresh, size=P.fresh_size, device=DEV.type,
-                                 steps=P.fresh_steps)))
 
 # %% [markdown]
 # ## 1 · The design at full size

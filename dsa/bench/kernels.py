@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 from dsa import ops
 from dsa.checks import check_int
-from dsa.ops.flops import attention_flops
-from dsa.provenance import provenance, run_writing_json
 from dsa.ops import expand_kv, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather
 from dsa.ops.dispatch import impl_on_device
+from dsa.ops.flops import attention_flops
+from dsa.provenance import provenance, run_writing_json
 
 
 def _timer(fn: Callable[[], object], cuda: bool, grad_to_none=None) -> float:
@@ -81,11 +81,10 @@ def _measure(fn, cuda, grad_to_none=None):
 
 def _flex():
     try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
         # one compiled kernel per shape: the default recompile limit (8) made later shapes fall back to the
         # unfused path (the recorded 16K FlexAttention rows are that artefact)
         import torch._dynamo.config as dcfg  # noqa: PLC0415
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dcfg, name):
@@ -133,8 +132,8 @@ def _selection_over_scores(row: dict, rec, qi, ki, wi, k: int, tune: bool = Fals
     multisets: ties may pick different positions) and the share of rows the sampled bracket served.
     tune (CUDA): also times our kernels over a grid of sample sizes (0 = radix only), block sizes and warps;
     profile: times each kernel launch of our top-k on its own (``radix_stages_ms``, in launch order)."""
-    from dsa.ops.kernels.radix_topk import DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED  # noqa: PLC0415
     from dsa.ops import causal_lengths  # noqa: PLC0415
+    from dsa.ops.kernels.radix_topk import DEFAULT_SAMPLE, READS_PER_ROW_SAMPLED  # noqa: PLC0415
 
     radix_topk = _radix_or_reference(scores_on_cuda=qi.is_cuda)
     l = qi.shape[1]
@@ -186,10 +185,10 @@ def _tune_selection(row: dict, scores, k: int, lens, qi, ki, wi) -> None:
     select's chunk and warps, the fallback radix passes' block and warps), and the indexer score pass of
     ``indexer_topk_chunked`` over its tiles (``score_tile_tuning``: all chunks of the sequence, ms) and the
     whole of it over chunk sizes (``chunk_tuning``: 1, 2, 4 x the default rows)."""
+    from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
     from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
     from dsa.ops.kernels.indexer_chunked import default_chunk, score_rows, score_tile  # noqa: PLC0415
     from dsa.ops.kernels.radix_topk import DEFAULT_SAMPLE, _stages, radix_topk  # noqa: PLC0415
-    from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
 
     row["radix_tuning"] = [  # each launch at its own default tile
         {"sample": sm, "ms": _measure(lambda: radix_topk(scores, k, lens, sample=sm, out_dtype=torch.int32), True)[0]}

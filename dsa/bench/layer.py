@@ -12,7 +12,8 @@ the same projection weights (bf16 on CUDA) and times, on hidden states (1, L, d_
   same plus the indexer's sparse KL loss, all backward): exactly the code the model trains with;
 - the DSA layer's parts: ``part_indexer_topk`` (indexer projections + top-k), ``part_sparse_fwd`` /
   ``part_sparse_fwdbwd`` (sparse attention alone), ``part_kl_fwdbwd`` (the KL loss alone).
-Ratios ``speedup_*`` are dense ms / DSA ms of the same run. TFLOP/s count the attention's causal pairs only
+Rows hold raw timings only: ratios (dense ms / DSA ms of the same run) are derived on read
+(:func:`dsa.study.bench_tables.layer_bench_frame`, :func:`table`). TFLOP/s count the attention's causal pairs only
 (dense L(L+1)/2, sparse sum_t min(t+1, k)) at 2·H·(d_qk + d_v) FLOPs per pair, x3.5 for fwd+bwd. Timer:
 triton.testing.do_bench median on CUDA, a perf_counter median on CPU. Results go to ``runs/`` unless --out.
 """
@@ -29,9 +30,9 @@ from typing import Callable
 import torch
 
 from dsa import ops
+from dsa.checks import check_int, resolve_device
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.ops.dispatch import impl_on_device
-from dsa.checks import check_int, resolve_device
 from dsa.provenance import provenance, run_writing_json
 
 DENSE_BACKENDS = ("cudnn", "flash", "flex")
@@ -206,7 +207,7 @@ def _part_fns(dsa: DSAAttention, x: torch.Tensor, go: torch.Tensor) -> dict[str,
 
 
 def bench_one(cfg: LayerBenchConfig, l: int, indexer: str, dev: torch.device) -> dict:
-    """One (L, indexer size) row: every dense baseline, the DSA layer, its parts, ratios and TFLOP/s."""
+    """One (L, indexer size) row: every dense baseline, the DSA layer, its parts (ms) and TFLOP/s."""
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     hi, di = parse_indexer(indexer)
@@ -238,17 +239,14 @@ def bench_one(cfg: LayerBenchConfig, l: int, indexer: str, dev: torch.device) ->
             row[name + "_why"] = why
         if ms and flops:
             row[name + "_tflops"] = flops / ms / 1e9
-    _ratios(row)
     return row
 
 
-def _ratios(row: dict) -> None:
-    """speedup_<backend>_<pass> = dense layer ms / DSA layer ms (> 1: DSA is faster)."""
-    for key in [k for k in row if k.startswith("dense_") and k.endswith("_ms")]:
-        pass_ = "fwdbwd" if key.endswith("_fwdbwd_ms") else "fwd"
-        dsa_ms = row.get(f"dsa_{pass_}_ms")
-        if row[key] and dsa_ms:
-            row["speedup_" + key[len("dense_"):-len("_ms")]] = row[key] / dsa_ms
+def speedup(row: dict, backend: str, pass_: str) -> float | None:
+    """Dense layer ms on ``backend`` / DSA layer ms for ``pass_`` ('fwd' or 'fwdbwd') of one row (> 1: DSA is
+    faster), or None where either was not measured. Derived on read: rows store raw timings only."""
+    dense, dsa = row.get(f"dense_{backend}_{pass_}_ms"), row.get(f"dsa_{pass_}_ms")
+    return dense / dsa if dense and dsa else None
 
 
 def run(cfg: LayerBenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -268,15 +266,16 @@ def run(cfg: LayerBenchConfig, on_row: Callable[[dict], None] | None = None) -> 
 
 
 def table(res: dict) -> str:
-    cols = [("L", "{}"), ("H_I", "{}"), ("d_I", "{}"), ("dense_cudnn_fwd_ms", "{:.1f}"), ("dsa_fwd_ms", "{:.1f}"),
-            ("speedup_cudnn_fwd", "{:.2f}"), ("dense_cudnn_fwdbwd_ms", "{:.1f}"), ("dsa_fwdbwd_ms", "{:.1f}"),
-            ("speedup_cudnn_fwdbwd", "{:.2f}"), ("part_indexer_topk_ms", "{:.1f}"), ("part_sparse_fwdbwd_ms", "{:.1f}"),
-            ("part_kl_fwdbwd_ms", "{:.1f}")]
-    if res["rows"] and "dense_cudnn_fwd_ms" not in res["rows"][0]:
-        cols = [(c.replace("cudnn", "math"), f) for c, f in cols]
+    """The rows as text against the cuDNN baseline (SDPA math on CPU), the ``speedup_*`` columns derived."""
+    base = "cudnn" if not res["rows"] or "dense_cudnn_fwd_ms" in res["rows"][0] else "math"
+    cols = [("L", "{}"), ("H_I", "{}"), ("d_I", "{}"), (f"dense_{base}_fwd_ms", "{:.1f}"), ("dsa_fwd_ms", "{:.1f}"),
+            (f"speedup_{base}_fwd", "{:.2f}"), (f"dense_{base}_fwdbwd_ms", "{:.1f}"), ("dsa_fwdbwd_ms", "{:.1f}"),
+            (f"speedup_{base}_fwdbwd", "{:.2f}"), ("part_indexer_topk_ms", "{:.1f}"),
+            ("part_sparse_fwdbwd_ms", "{:.1f}"), ("part_kl_fwdbwd_ms", "{:.1f}")]
     lines = ["  ".join(c for c, _ in cols)]
     for r in res["rows"]:
-        lines.append("  ".join(f.format(r[c]) if r.get(c) is not None else "-" for c, f in cols))
+        shown = {**r, **{f"speedup_{base}_{ps}": speedup(r, base, ps) for ps in ("fwd", "fwdbwd")}}
+        lines.append("  ".join(f.format(shown[c]) if shown.get(c) is not None else "-" for c, f in cols))
     return "\n".join(lines)
 
 

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dsa.checks import check_int, resolve_device
 from dsa.model.config import ModelConfig
 from dsa.model.lm import TransformerLM
 from dsa.ops.dispatch import IMPLS, impl_on_device, triton_installed
 from dsa.provenance import provenance
-from dsa.checks import check_int, resolve_device
 
 
 @dataclass

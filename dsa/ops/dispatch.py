@@ -12,9 +12,10 @@ process, and merely importing ``dsa`` must leave that to the user.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
+
+from dsa.checks import interpret_mode
 
 IMPLS = ("auto", "reference", "triton")
 
@@ -23,11 +24,6 @@ def check_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     return impl
-
-
-def interpret_mode() -> bool:
-    """True when TRITON_INTERPRET asks for Triton's CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 # looked up once, without importing triton: torch.compile cannot trace importlib's find_spec at call time

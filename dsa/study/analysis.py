@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dsa.checks import check_int
 from dsa.ops import attention_flops, expand_kv, indexer_flops, select_topk, selection_to_mask
 
 
@@ -295,48 +297,78 @@ def flops_table(lengths, *, indexer_heads: int, indexer_dim: int, heads: int, he
 
 
 # ------------------------------------------------------------------------------- the model inspected
+@dataclass(frozen=True)
+class InspectModelConfig:
+    """The sizes of the small DSA model the notebooks inspect, for :func:`make_inspect_model` (random init)
+    and :func:`train_inspect_model` (trained here) alike. ``max_seq_len``: the longest view the model accepts;
+    ``top_k``: keys per query (capped at the sequence length); ``seed``: of the init (and the training)."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    indexer_heads: int = 4
+    indexer_dim: int = 16
+    indexer_rope_dim: int = 8
+    max_seq_len: int = 256
+    top_k: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layers", "n_heads", "indexer_heads", "indexer_dim", "max_seq_len", "top_k"):
+            check_int(name, getattr(self, name), 1)
+        check_int("indexer_rope_dim", self.indexer_rope_dim, 0)
+        check_int("seed", self.seed, 0)
+
+
+def _inspect_config(cfg: InspectModelConfig | None, sizes: dict[str, int]) -> InspectModelConfig:
+    """``cfg`` (default :class:`InspectModelConfig`) with the sizes given one by one as keywords (the builders'
+    older signature) replacing its fields; an unknown keyword is a TypeError naming it."""
+    if cfg is not None and not isinstance(cfg, InspectModelConfig):
+        raise TypeError(f"cfg must be an InspectModelConfig, got {type(cfg).__name__}")
+    unknown = sorted(set(sizes) - set(InspectModelConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown model size argument(s) {', '.join(unknown)}: the fields of InspectModelConfig "
+                        f"are {', '.join(InspectModelConfig.__dataclass_fields__)}")
+    return replace(cfg or InspectModelConfig(), **sizes)
+
+
 def train_inspect_model(
+    cfg: InspectModelConfig | None = None,
     *,
     steps: int = 120,
     warmup_steps: int = 40,
     seq_len: int = 128,
-    max_seq_len: int = 512,
-    d_model: int = 64,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    indexer_heads: int = 4,
-    indexer_dim: int = 16,
-    indexer_rope_dim: int = 8,
-    top_k: int = 32,
     batch_size: int = 8,
-    seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    **sizes: int,
 ) -> tuple[torch.nn.Module, str, dict]:
-    """A small DSA ``TransformerLM`` trained here on the Shakespeare corpus, for the notebooks to inspect:
-    ``steps`` dense LM steps at ``seq_len`` (the cheap part of DeepSeek's recipe), then ``warmup_steps``
-    indexer-only steps of the KL warm-up, so the indexer has learned to point where dense attention looks.
-    (No sparse phase: on a CPU it costs several times a dense step, and the explorer shows the indexer's
-    selection next to the dense attention anyway.) RoPE has no learned positions, so the trained weights
-    are re-hosted in a model accepting ``max_seq_len`` tokens: views longer than ``seq_len`` extrapolate.
+    """A small DSA ``TransformerLM`` of sizes ``cfg`` trained here on the Shakespeare corpus, for the notebooks
+    to inspect: ``steps`` dense LM steps at ``seq_len`` (the cheap part of DeepSeek's recipe), then
+    ``warmup_steps`` indexer-only steps of the KL warm-up, so the indexer has learned to point where dense
+    attention looks. (No sparse phase: on a CPU it costs several times a dense step, and the explorer shows the
+    indexer's selection next to the dense attention anyway.) RoPE has no learned positions, so the trained
+    weights are re-hosted in a model accepting ``cfg.max_seq_len`` tokens: views longer than ``seq_len``
+    extrapolate. ``sizes``: fields of :class:`InspectModelConfig` given one by one, replacing ``cfg``'s.
 
     returns (model in eval mode on ``device``, a label, the training record without the model).
     """
-    from dataclasses import replace  # noqa: PLC0415
-
     from dsa.model.lm import TransformerLM  # noqa: PLC0415
     from dsa.train.trainer import TrainConfig, train  # noqa: PLC0415
 
-    cfg = TrainConfig(attention="dsa", recipe="deepseek", seq_len=seq_len, top_k=min(top_k, seq_len), steps=steps,
-                      dense_steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, d_model=d_model,
-                      n_layers=n_layers, n_heads=n_heads, indexer_heads=indexer_heads, indexer_dim=indexer_dim,
-                      indexer_rope_dim=indexer_rope_dim, eval_every=max(steps + warmup_steps, 1), eval_batches=1,
-                      lr_warmup_steps=min(20, max(steps // 5, 1)), seed=seed, device=str(device), out="",
-                      progress=progress, name=f"explorer-model-L{seq_len}")
+    size = _inspect_config(cfg, sizes)
+    top_k, max_seq_len = size.top_k, size.max_seq_len
+    tcfg = TrainConfig(attention="dsa", recipe="deepseek", seq_len=seq_len, top_k=min(top_k, seq_len), steps=steps,
+                       dense_steps=steps, warmup_steps=warmup_steps, batch_size=batch_size, d_model=size.d_model,
+                       n_layers=size.n_layers, n_heads=size.n_heads, indexer_heads=size.indexer_heads,
+                       indexer_dim=size.indexer_dim, indexer_rope_dim=size.indexer_rope_dim,
+                       eval_every=max(steps + warmup_steps, 1), eval_batches=1,
+                       lr_warmup_steps=min(20, max(steps // 5, 1)), seed=size.seed, device=str(device), out="",
+                       progress=progress, name=f"explorer-model-L{seq_len}")
     from .runs import gc_frozen  # noqa: PLC0415
 
     with gc_frozen():  # train() collects at phase changes: not the notebook's whole heap
-        rec = train(cfg)
+        rec = train(tcfg)
     trained = rec.pop("model")
     mc = replace(trained.cfg, max_seq_len=max(max_seq_len, seq_len), top_k=min(top_k, max(max_seq_len, seq_len)))
     model = TransformerLM(mc).to(next(trained.parameters()).device)
@@ -366,26 +398,20 @@ def corpus_tokens(batch: int, seq_len: int, *, vocab_size: int = 2048, seed: int
 
 def make_inspect_model(
     checkpoint: str = "",
+    cfg: InspectModelConfig | None = None,
     *,
     vocab_size: int = 256,
-    d_model: int = 64,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    indexer_heads: int = 4,
-    indexer_dim: int = 16,
-    indexer_rope_dim: int = 8,
-    max_seq_len: int = 256,
-    top_k: int = 16,
-    seed: int = 0,
     init_gain: float = 1.0,
     device: str | torch.device = "cpu",
+    **sizes: int,
 ) -> tuple[torch.nn.Module, str]:
     """A DSA ``TransformerLM`` whose layers the notebooks inspect, and a label saying what it is.
 
-    checkpoint "" -> randomly initialised from ``seed`` with the given sizes; otherwise a DSA checkpoint as
-    training writes it (``runs/<name>.ckpt.pt``, read by :func:`dsa.train.checkpoints.load_model`; any dict
-    with ``model_config`` and ``state_dict`` loads too). The sizes given here are then ignored (the
-    checkpoint's own config wins) except ``max_seq_len``, which may extend the trained context (RoPE).
+    checkpoint "" -> randomly initialised from ``cfg.seed`` with the sizes ``cfg``; otherwise a DSA checkpoint
+    as training writes it (``runs/<name>.ckpt.pt``, read by :func:`dsa.train.checkpoints.load_model`; any dict
+    with ``model_config`` and ``state_dict`` loads too). The sizes are then ignored (the checkpoint's own
+    config wins) except ``max_seq_len``, which may extend the trained context (RoPE). ``sizes``: fields of
+    :class:`InspectModelConfig` given one by one, replacing ``cfg``'s.
     init_gain: random model only: multiplies the attention and indexer projections (q, k and the indexer's
     q, k, head weights). The LM's own init (std 0.02) gives near-uniform attention, under which every
     selection of k keys keeps the same share of attention mass; a gain of ~8 makes patterns visible.
@@ -393,6 +419,8 @@ def make_inspect_model(
     from dsa.model.config import ModelConfig  # noqa: PLC0415
     from dsa.model.lm import TransformerLM  # noqa: PLC0415
 
+    size = _inspect_config(cfg, sizes)
+    max_seq_len, seed = size.max_seq_len, size.seed
     if checkpoint:
         from dsa.train.checkpoints import load_checkpoint, model_from_checkpoint  # noqa: PLC0415
 
@@ -405,12 +433,12 @@ def make_inspect_model(
         model = model_from_checkpoint(ck, max_seq_len=max(max_seq_len, stored["max_seq_len"]), arg="checkpoint")
         label = f"checkpoint {path.name}"
     else:
-        cfg = ModelConfig(
-            vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len,
-            attention="dsa", top_k=min(top_k, max_seq_len), indexer_heads=indexer_heads, indexer_dim=indexer_dim,
-            indexer_rope_dim=indexer_rope_dim,
+        mc = ModelConfig(
+            vocab_size=vocab_size, d_model=size.d_model, n_layers=size.n_layers, n_heads=size.n_heads,
+            max_seq_len=max_seq_len, attention="dsa", top_k=min(size.top_k, max_seq_len),
+            indexer_heads=size.indexer_heads, indexer_dim=size.indexer_dim, indexer_rope_dim=size.indexer_rope_dim,
         )
-        model = TransformerLM(cfg, seed=seed)
+        model = TransformerLM(mc, seed=seed)
         if init_gain != 1.0:
             with torch.no_grad():
                 for name, p in model.named_parameters():
@@ -480,10 +508,12 @@ def explorer_views(
 
 
 __all__ = [
+    "InspectModelConfig",
     "attention_probs",
     "chosen_k",
     "chosen_k_counts",
     "config_mean_k",
+    "corpus_tokens",
     "explain_pair",
     "explorer_views",
     "fixed_mean_k",
@@ -499,6 +529,7 @@ __all__ = [
     "selected_distances",
     "sparsity_stats",
     "structured_tokens",
+    "train_inspect_model",
     "uniform_local_share",
     "window_selection",
 ]

@@ -15,13 +15,14 @@ Typical use::
 from __future__ import annotations
 
 import math
-from pathlib import PurePath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import pandas as pd
 
 from dsa.ops.flops import attention_flops
+
 from .legacy import bench_record
 
 # method key (the column prefix in a bench row) -> label

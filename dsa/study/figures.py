@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .figcheck import check_figure
 from dsa.provenance import REPO_ROOT
+
+from .figcheck import check_figure
 
 
 def figures_dir() -> Path:

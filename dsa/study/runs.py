@@ -25,9 +25,10 @@ from typing import Any
 
 import pandas as pd
 
-from .notebook_params import Rule, between, one_of, satisfies
 from dsa.provenance import REPO_ROOT
+
 from .legacy import run_design, with_design
+from .notebook_params import Rule, between, one_of, satisfies
 from .stats import history_frame, runs_frame
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from dsa import cli
 from dsa.checks import check_out_file, resolve_device
-from dsa.train import sweep
-from dsa.train import trainer
+from dsa.train import sweep, trainer
 from dsa.train.trainer import TrainConfig
 
 

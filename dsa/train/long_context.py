@@ -30,8 +30,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dsa.text.synthetic import (TASKS, SyntheticBatch, SyntheticConfig, SyntheticSampler, OffsetSampler,
-                                cut_relevant, masked_targets, selection_hits)
+from dsa.text.synthetic import (
+    TASKS,
+    OffsetSampler,
+    SyntheticBatch,
+    SyntheticConfig,
+    SyntheticSampler,
+    cut_relevant,
+    masked_targets,
+    selection_hits,
+)
 from dsa.train.trainer import TrainConfig, train
 
 DISTANCE_BUCKETS = ("d < k/4", "k/4 <= d < k", "k <= d < 4k", "d >= 4k")

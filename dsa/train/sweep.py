@@ -45,9 +45,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import claims
 from dsa.records import drop_duplicate_keys, result_files, shard_path
 from dsa.train.trainer import TrainConfig, train
+
+from . import claims
 
 # Fields that name or route a run without changing its result.
 # impl: the same function, other rounding; checkpoint_every/checkpoint_path/resume: where and how often the

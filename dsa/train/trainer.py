@@ -32,16 +32,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dsa.train import checkpoints as ckpt
-from dsa.train import distributed as ddp_util
+from dsa.checks import check_int, check_number, check_out_file, resolve_device
 from dsa.layers.config import K_POLICIES
 from dsa.model.config import ATTENTION_KINDS, ModelConfig
 from dsa.model.lm import TransformerLM
 from dsa.ops.dispatch import IMPLS, impl_on_device, interpret_mode, triton_installed
-from dsa.checks import check_int, check_number, check_out_file, resolve_device
+from dsa.provenance import REPO_ROOT, provenance, write_json_atomic
 from dsa.text.corpus import CORPUS_NAMES, check_source
 from dsa.text.tokenizer import MIN_BPE_VOCAB_SIZE, TOKENIZER_KINDS
-from dsa.provenance import REPO_ROOT, provenance, write_json_atomic
+from dsa.train import checkpoints as ckpt
+from dsa.train import distributed as ddp_util
 
 RECIPES = ("deepseek", "scratch")
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -5,8 +5,12 @@ tree of commit c5674e3 plus this file, then untracked); its output is `h200-prob
 kernels, one program per row of the causal triangle: a bare read (sum), a count against one threshold, and a
 compaction of the positions above it with `tl.cumsum` (what the top-k's bracket copy and output pass do).
 """
-import json, sys
-import torch, triton, triton.language as tl
+import json
+import sys
+
+import torch
+import triton
+import triton.language as tl
 from triton.testing import do_bench
 
 

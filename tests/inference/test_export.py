@@ -13,8 +13,14 @@ import torch
 pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]'): the export cannot be tested")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 
-from dsa.inference.export import (DEFAULT_ATOL, export_onnx, logits_difference, main,  # noqa: E402
-                                  run_onnx, why_not_exportable)
+from dsa.inference.export import (  # noqa: E402
+    DEFAULT_ATOL,
+    export_onnx,
+    logits_difference,
+    main,
+    run_onnx,
+    why_not_exportable,
+)
 from dsa.layers import MLAConfig  # noqa: E402
 from dsa.model import TransformerLM  # noqa: E402
 from dsa.model.config import ModelConfig  # noqa: E402

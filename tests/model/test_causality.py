@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from dsa.model.config import ModelConfig
 from dsa.model import TransformerLM
-from dsa.study.probes import causality_probe, model_probe
+from dsa.model.config import ModelConfig
 from dsa.ops import dense_attention, indexer_topk, seed_masked_attention, selection_to_mask
 from dsa.ops.attention import sparse_attention_gather, sparse_attention_masked
+from dsa.study.probes import causality_probe, model_probe
 
 B, L, D, H, HKV, HD, HI, DI = 2, 29, 24, 4, 2, 6, 3, 5
 

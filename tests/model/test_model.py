@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dsa.model.config import ModelConfig
 from dsa.model import TransformerLM
+from dsa.model.config import ModelConfig
 
 
 def _cfg(**kw):
@@ -125,10 +125,9 @@ def test_auto_resolves_to_the_reference_on_cpu_and_triton_says_why(monkeypatch):
 def test_importing_the_model_does_not_import_triton():
     """triton reads TRITON_INTERPRET once, at import: the model (imported by nearly everything) must leave
     that to the first kernel call, or CPU tests and users can no longer choose the interpreter."""
+    import importlib.util  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
-
-    import importlib.util  # noqa: PLC0415
 
     # the trainer needs the train extra; the layer's core install has the rest
     trainer = all(importlib.util.find_spec(m) for m in ("tqdm", "tokenizers"))

@@ -19,7 +19,6 @@ _interpreter_for_this_module_only = interpreter_for_module()  # before triton is
 
 triton = pytest.importorskip("triton", reason="triton is not importable: the Triton kernels cannot be tested")
 
-from dsa.ops.kernels.indexer import indexer_topk_threshold  # noqa: E402
 from dsa.ops import (  # noqa: E402
     indexer_scores,
     indexer_scores_at,
@@ -32,7 +31,9 @@ from dsa.ops import (  # noqa: E402
 from dsa.ops.attention import expand_kv, sparse_attention_gather  # noqa: E402
 from dsa.ops.dispatch import interpret_mode  # noqa: E402
 from dsa.ops.indexer_loss import sparse_attention_target  # noqa: E402
-from dsa.ops.kernels.sparse_attention import sparse_attention as attention_kernel, sparse_attention_probs  # noqa: E402
+from dsa.ops.kernels.indexer import indexer_topk_threshold  # noqa: E402
+from dsa.ops.kernels.sparse_attention import sparse_attention as attention_kernel  # noqa: E402
+from dsa.ops.kernels.sparse_attention import sparse_attention_probs  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
@@ -68,6 +69,18 @@ def test_dispatch_rule():
     assert resolve_impl("auto", x, op="test") == ("triton" if CUDA else "reference")
     if not CUDA:
         assert interpret_mode()
+
+
+def test_one_interpreter_switch_for_the_dispatch_and_the_kernels(monkeypatch):
+    import dsa.checks  # noqa: PLC0415
+    from dsa.ops.kernels import _common  # noqa: PLC0415
+
+    assert interpret_mode is dsa.checks.interpret_mode and _common.interpret_mode is dsa.checks.interpret_mode
+    for value, on in (("1", True), ("TRUE", True), ("on", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert interpret_mode() is on, value
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not interpret_mode()
 
 
 def _odd(gen, lo, hi):
@@ -332,7 +345,8 @@ def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
     one head's query is positive: each row takes its few positive scores and then the first zeros by
     position, the same positions as a stable reference over the scores."""
     from dsa.ops.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
-    from dsa.ops.topk import causal_lengths, topk_positions_reference as radix_topk_reference  # noqa: PLC0415
+    from dsa.ops.topk import causal_lengths  # noqa: PLC0415
+    from dsa.ops.topk import topk_positions_reference as radix_topk_reference  # noqa: PLC0415
 
     gen = torch.Generator().manual_seed(13)
     b, l, hi, di, k = 2, 75, 2, 16, 20

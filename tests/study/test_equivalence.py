@@ -8,8 +8,16 @@ import pandas as pd
 import pytest
 from statsmodels.stats.weightstats import ttost_paired
 
-from dsa.study.equivalence import (binomial_ci, blocked_contrasts, blocked_slope, noise_floor, tost_from_estimate,
-                                   tost_paired, tost_proportions, verdict_text)
+from dsa.study.equivalence import (
+    binomial_ci,
+    blocked_contrasts,
+    blocked_slope,
+    noise_floor,
+    tost_from_estimate,
+    tost_paired,
+    tost_proportions,
+    verdict_text,
+)
 
 
 def _seeded(n, shift, sd, rng, seed_sd=0.2):

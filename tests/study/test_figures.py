@@ -17,12 +17,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from dsa.records import data_dir  # noqa: E402
 from dsa.study import figcheck as C  # noqa: E402
 from dsa.study import report as R  # noqa: E402
 from dsa.study import verdicts as V  # noqa: E402
 from dsa.study.analysis import fixed_mean_k  # noqa: E402
 from dsa.study.figures import adaptive_tradeoff_figure, clipped_errors, heatmap_pair_figure  # noqa: E402
-from dsa.records import data_dir  # noqa: E402
 from dsa.study.runs import recorded_runs, runs_table  # noqa: E402
 from dsa.study.tables import nan_cells, readable  # noqa: E402
 

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
+from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
 from dsa.study import bench_tables as B
 from dsa.study import runs as R
 from dsa.study import verdicts as V
 from dsa.study.analysis import chosen_k, chosen_k_counts, fixed_mean_k, k_policy_override
-from dsa.records import describe_provenance, load_jsonl_records, read_jsonl, summarize_provenance
 from dsa.study.legacy import bench_k_rule, bench_record
 
 PROV = {"git_commit": "abcdef1234567", "git_dirty": False, "device": "NVIDIA H100 80GB HBM3",
@@ -470,6 +470,21 @@ def test_step_profile_frame_reads_stages_and_ratios():
     assert f[(f.stage == "after") & (f.variant != "dense")].x_first.item() == pytest.approx(3.0)
     assert f.top_op.iloc[1] == "" and B.step_profile_frame([]).empty
 
+def test_layer_bench_frame_derives_the_ratios_from_raw_timings_old_files_alike():
+    from pathlib import Path  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parents[2] / "data/bench/layer/h200-mqa-64x128-k2048.json"
+    old = json.loads(path.read_text())  # recorded when the benchmark still wrote speedup_* beside its timings
+    raw = {**old, "rows": [{c: v for c, v in r.items() if not c.startswith("speedup_")} for r in old["rows"]]}
+    df = B.layer_bench_frame([old])
+    pd.testing.assert_frame_equal(df, B.layer_bench_frame([raw]))
+    r = old["rows"][0]
+    got = df[(df.L == r["L"]) & (df.indexer.str.startswith(f"{r['H_I']}x{r['d_I']}"))
+             & (df.baseline == B.LAYER_BASELINES["cudnn"]) & (df["pass"] == B.PASSES["fwdbwd"])]
+    assert got.speedup.item() == pytest.approx(r["speedup_cudnn_fwdbwd"])
+    assert got.speedup.item() == pytest.approx(r["dense_cudnn_fwdbwd_ms"] / r["dsa_fwdbwd_ms"])
+
+
 def test_flex_artifacts():
     df = B.bench_frame([bench_result("2026-11-23", lens=(1024,)), bench_result("2026-11-24", lens=(16384,),
                                                                              flex_factor=47.0)])
@@ -502,8 +517,8 @@ def test_random_recall_is_the_expected_mass_of_a_random_selection():
 
 
 def test_chosen_k_per_layer_and_policy_override():
-    from dsa.model.config import ModelConfig
     from dsa.model import TransformerLM
+    from dsa.model.config import ModelConfig
 
     cfg = ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, max_seq_len=24, attention="dsa", top_k=6,
                       indexer_heads=2, indexer_dim=8, indexer_rope_dim=4)
@@ -859,8 +874,8 @@ def test_selection_profile_rows_per_launch():
 
 # ------------------------------------------------------------------------------ test isolation
 def test_runs_and_figures_go_to_temporary_folders():
-    from dsa.study.figures import figures_dir
     from dsa.provenance import REPO_ROOT
+    from dsa.study.figures import figures_dir
     from dsa.study.runs import runs_dir
 
     assert not runs_dir("x").resolve().is_relative_to(REPO_ROOT.resolve())

@@ -165,11 +165,11 @@ def test_load_model_rebuilds_the_trained_model(tmp_path):
 
 def test_notebook_01_loads_what_training_writes(tmp_path):
     """Notebook 01's `checkpoint` parameter goes to dsa.study.analysis.make_inspect_model."""
-    from dsa.study.analysis import layer_tensors, make_inspect_model
+    from dsa.study.analysis import InspectModelConfig, layer_tensors, make_inspect_model
 
     path = tmp_path / "dsa.ckpt.pt"
     rec = train(_cfg(checkpoint_path=str(path)), data=_data())
-    model, label = make_inspect_model(str(path), max_seq_len=64, vocab_size=999, d_model=8)
+    model, label = make_inspect_model(str(path), InspectModelConfig(max_seq_len=64, d_model=8), vocab_size=999)
     assert label == f"checkpoint {path.name}" and model.cfg.max_seq_len == 64 and model.cfg.d_model == 32
     trained = rec["model"].state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
+from dsa.train.cli import build_train_parser
 from dsa.train.design import ARMS, LEAKY, SPARSITY_RATIOS, arm_label, k_rule_text
 from dsa.train.experiments import EXPERIMENTS, SIZES, get_experiment
 from dsa.train.sweep import config_key
-from dsa.train.cli import build_train_parser
 from dsa.train.trainer import TrainConfig
 
 

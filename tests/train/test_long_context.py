@@ -5,13 +5,34 @@ order and design factors, the recipe arms (which need TrainConfig.init_from)."""
 import pytest
 import torch
 
-from dsa.text.synthetic import (IGNORE_INDEX, OffsetSampler, SyntheticConfig, SyntheticSampler, cut_relevant,
-                                make_recall_batch)
-from dsa.train.experiments import (get_experiment, long_context_recipe, long_context_sparse, needle_distances,
-                                   recipe_arms)
-from dsa.train.long_context import (DISTANCE_BUCKETS, design_of, distance_bucket, order_arms, position_loss,
-                                    run_arms, task_eval, truncated_context_loss, with_design)
+from dsa.text.synthetic import (
+    IGNORE_INDEX,
+    OffsetSampler,
+    SyntheticConfig,
+    SyntheticSampler,
+    cut_relevant,
+    make_recall_batch,
+)
+from dsa.train.experiments import (
+    get_experiment,
+    long_context_recipe,
+    long_context_sparse,
+    needle_distances,
+    recipe_arms,
+)
+from dsa.train.long_context import (
+    DISTANCE_BUCKETS,
+    design_of,
+    distance_bucket,
+    order_arms,
+    position_loss,
+    run_arms,
+    task_eval,
+    truncated_context_loss,
+    with_design,
+)
 from dsa.train.trainer import TrainConfig
+
 
 def test_sampler_is_deterministic_and_masks_noise():
     cfg = SyntheticConfig(vocab_size=64, seq_len=40, n_pairs=4, n_queries=3)

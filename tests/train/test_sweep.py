@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 import dsa.train.sweep as sweep
-from dsa.train import claims
-from dsa.train.experiments import EXPERIMENTS, get_experiment
 from dsa.records import load_jsonl_records, read_jsonl, result_files, shard_path
 from dsa.study.runs import runs_table
+from dsa.train import claims
 from dsa.train.cli import sweep_main
+from dsa.train.experiments import EXPERIMENTS, get_experiment
 from dsa.train.sweep import append_result, config_key, load_results, run_sweep, run_sweeps, with_steps
 from dsa.train.trainer import TrainConfig
 

@@ -1,4 +1,5 @@
-"""Shared helpers: Triton availability, the interpreter switch, and lazy ``triton.jit``.
+"""Shared helpers: Triton availability, the interpreter switch (:func:`dsa.checks.interpret_mode`, re-exported for
+the kernels), and lazy ``triton.jit``.
 
 The kernels are plain Python functions decorated on first use (not at import): Triton decides between a
 compiled ``JITFunction`` and the CPU interpreter when ``triton.jit`` runs, from ``TRITON_INTERPRET``. Lazy
@@ -8,10 +9,11 @@ decoration lets a test module set ``TRITON_INTERPRET=1`` even when another modul
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
+
+from dsa.checks import interpret_mode
 
 try:  # pragma: no cover - depends on the environment
     import triton  # noqa: F401
@@ -22,10 +24,6 @@ try:  # pragma: no cover - depends on the environment
 except Exception as exc:  # pragma: no cover
     HAS_TRITON = False
     TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-
-def interpret_mode() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 _JIT_CACHE: dict[tuple[int, bool], Any] = {}
