@@ -7,7 +7,10 @@ of one length, both from position 0. Here the T new queries of sequence b sit at
 
 - :func:`decode_indexer_topk`: indexer scores of the new queries over the cached indexer keys, then the top-k
   among the positions s <= q_pos (all of them when k >= q_pos + 1), the same set as the causal
-  :func:`dsa.ops.indexer_topk` picks for that position in a full forward.
+  :func:`dsa.ops.indexer_topk` picks for that position in a full forward. With ``k_scale`` the cache holds
+  FP8 keys (DeepSeek-V3.2's: Hadamard-rotated e4m3, one fp32 scale per token, 132 bytes a token at d_I = 128
+  against 256 in bf16; :func:`dsa.ops.quantize.quantize_indexer_keys`) and the new queries are rotated and
+  quantized here as the FP8 prefill does: the set of ``indexer_topk(..., precision="fp8")``.
 - :func:`decode_sparse_attention`: attention of the new queries over their selected cached rows only.
 - :func:`decode_dense_attention`: the dense baseline, attention over every cached row s <= q_pos.
 
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 from ..checks import FLOAT_DTYPES, check_tensor
 from .attention import expand_kv, sparse_attention_gather
 from .checks import INDEX_DTYPES, check_finite, check_scale, check_selection, values_checked
-from .dispatch import resolve_impl
+from .dispatch import interpret_mode, resolve_impl
+from .quantize import FP8_DTYPE, fp8_operands_dtype, quantize_indexer_queries
 
 
 def check_decode_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -81,9 +85,26 @@ def decode_topk_reference(scores: torch.Tensor, top_k: int, q_pos: torch.Tensor)
     return idx.masked_fill(unused, -1).to(torch.int32)
 
 
-def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor) -> None:
+def decode_indexer_scores_fp8_reference(
+    q8: torch.Tensor, k8: torch.Tensor, w8: torch.Tensor, k_scale: torch.Tensor, q_pos: torch.Tensor
+) -> torch.Tensor:
+    """k_scale[b,s] * sum_j w8[b,t,j] ReLU(q8[b,t,j] . k8[b,s]) from the e4m3 values in fp32 (their products
+    are exact), -inf where s > q_pos. q8 (B, T, H_I, d_I), k8 (B, S, d_I) e4m3 values (any dtype holding them),
+    w8 (B, T, H_I) the head weights times the query scales, k_scale (B, S) -> (B, T, S) float32."""
+    scores = decode_indexer_scores_reference(q8.float(), k8.float(), w8, q_pos)
+    return scores * k_scale[:, None, :]  # positive: -inf stays -inf, and it commutes with the ReLU
+
+
+# the stored forms of FP8 keys: e4m3 itself, or its exact copy where a GPU has no e4m3 (dsa.ops.quantize)
+FP8_CACHE_DTYPES = (FP8_DTYPE, torch.bfloat16, torch.float32)
+
+
+def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor,
+                         k_scale: torch.Tensor | None) -> None:
     check_tensor("q_idx", q_idx, 4, FLOAT_DTYPES)
-    check_tensor("k_idx_cache", k_idx, 3, FLOAT_DTYPES)
+    if k_scale is None and isinstance(k_idx, torch.Tensor) and k_idx.dtype == FP8_DTYPE:
+        raise TypeError("k_idx_cache holds float8_e4m3fn keys: pass their per-token k_scale (B, S)")
+    check_tensor("k_idx_cache", k_idx, 3, FLOAT_DTYPES if k_scale is None else FP8_CACHE_DTYPES)
     check_tensor("w", w, 3, FLOAT_DTYPES)
     b, t, h_i, d_i = q_idx.shape
     if k_idx.shape[0] != b or k_idx.shape[2] != d_i:
@@ -91,8 +112,50 @@ def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tens
     if tuple(w.shape) != (b, t, h_i):
         raise ValueError(f"w must have shape (B, T, H_I)=({b}, {t}, {h_i}), got {tuple(w.shape)}")
     check_positions(q_pos, b, t, k_idx.shape[1])
+    if k_scale is not None:
+        _check_k_scale(k_scale, k_idx, d_i)
     for name, x in (("q_idx", q_idx), ("k_idx_cache", k_idx), ("w", w)):
+        _check_finite_values(name, x)
+
+
+def _check_k_scale(k_scale: torch.Tensor, k_idx: torch.Tensor, d_i: int) -> None:
+    """k_scale (B, S) float32, finite and > 0 (a positive scale commutes with the ReLU); d_I a power of two (the
+    queries' Hadamard rotation)."""
+    check_tensor("k_scale", k_scale, 2, (torch.float32,))
+    if tuple(k_scale.shape) != tuple(k_idx.shape[:2]):
+        raise ValueError(f"k_scale must have shape (B, S)={tuple(k_idx.shape[:2])} (one scale per cached key), "
+                         f"got {tuple(k_scale.shape)}")
+    if d_i & (d_i - 1):
+        raise ValueError(f"FP8 keys (k_scale given) need a power-of-two d_I for the Hadamard rotation of q_idx, "
+                         f"got {d_i}")
+    if values_checked() and k_scale.numel() and not bool((k_scale > 0).all() & torch.isfinite(k_scale).all()):
+        raise ValueError("k_scale must hold finite scales > 0 (quantize_indexer_keys makes them)")
+
+
+def _check_finite_values(name: str, x: torch.Tensor) -> None:
+    """check_finite, and for e4m3 (which torch cannot test for finiteness) its NaN bytes: e4m3fn has no inf,
+    and NaN is every byte with all seven low bits set."""
+    if x.dtype != FP8_DTYPE:
         check_finite(name, x)
+    elif values_checked() and bool(((x.view(torch.uint8) & 0x7F) == 0x7F).any()):
+        raise ValueError(f"{name} holds NaN values: the top-k cannot rank them")
+
+
+def _scores_reference(q_idx, k_idx, w, q_pos, k_scale) -> torch.Tensor:
+    if k_scale is None:
+        return decode_indexer_scores_reference(q_idx, k_idx, w, q_pos)
+    q8, w8 = quantize_indexer_queries(q_idx, w)  # per (token, head), as the FP8 prefill quantizes them
+    return decode_indexer_scores_fp8_reference(q8, k_idx, w8, k_scale, q_pos)
+
+
+def _triton_args(q_idx, k_idx, w, k_scale) -> tuple:
+    """(q, k, w, k_scale) as the decode indexer kernel takes them: FP8 keys with e4m3 operands where the device
+    multiplies them (else their exact bf16 copies), the raw queries in the keys' dtype otherwise."""
+    if k_scale is None:
+        return q_idx, k_idx, w, None
+    q8, w8 = quantize_indexer_queries(q_idx, w)
+    dt = fp8_operands_dtype(k_idx.device, interpret_mode())
+    return q8.to(dt), k_idx.to(dt), w8, k_scale.contiguous()
 
 
 @torch.no_grad()
@@ -103,6 +166,7 @@ def decode_indexer_topk(
     top_k: int,
     q_pos: torch.Tensor,
     *,
+    k_scale: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """Each new query's top-k cached positions by the indexer, among s <= q_pos.
@@ -111,29 +175,38 @@ def decode_indexer_topk(
     q_pos (B, T) the queries' positions in [0, S). returns (B, T, min(top_k, S)) int32 positions, -1 in unused
     slots (query t keeps min(top_k, q_pos + 1)): the set :func:`dsa.ops.indexer_topk` selects for that position
     in a full forward. Reference: by descending score; Triton: by ascending position (the radix top-k).
-    The indexer keys are read in their stored dtype (bf16 here; an FP8 cache plugs in at this op).
+    k_scale (B, S) float32: the keys are FP8 (Hadamard-rotated e4m3 values, as float8_e4m3fn or their exact
+    bf16/fp32 copy, :func:`dsa.ops.quantize.quantize_indexer_keys`) with these per-token scales; q_idx and w
+    stay the raw queries and weights (rotated and quantized here, d_I a power of two): the set of
+    ``indexer_topk(..., precision="fp8")``. Without it the keys are read in their stored dtype.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    _check_indexer_cache(q_idx, k_idx, w, q_pos)
-    if resolve_impl(impl, q_idx, k_idx, w, q_pos, op="decode_indexer_topk") == "reference":
-        return decode_topk_reference(decode_indexer_scores_reference(q_idx, k_idx, w, q_pos), top_k, q_pos)
+    _check_indexer_cache(q_idx, k_idx, w, q_pos, k_scale)
+    tensors = (q_idx, k_idx, w, q_pos) + (() if k_scale is None else (k_scale,))
+    if resolve_impl(impl, *tensors, op="decode_indexer_topk") == "reference":
+        return decode_topk_reference(_scores_reference(q_idx, k_idx, w, q_pos, k_scale), top_k, q_pos)
     from dsa.ops.kernels.decode import decode_indexer_topk_triton  # noqa: PLC0415
 
-    return decode_indexer_topk_triton(q_idx, k_idx, w, min(top_k, k_idx.shape[1]), q_pos)
+    q, k, wt, ks = _triton_args(q_idx, k_idx, w, k_scale)
+    return decode_indexer_topk_triton(q, k, wt, min(top_k, k_idx.shape[1]), q_pos, k_scale=ks)
 
 
 @torch.no_grad()
 def decode_indexer_scores(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor, *, impl: str = "auto"
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor, *,
+    k_scale: torch.Tensor | None = None, impl: str = "auto",
 ) -> torch.Tensor:
-    """The scores :func:`decode_indexer_topk` ranks: (B, T, S) float32, -inf where s > q_pos. Shapes as there."""
-    _check_indexer_cache(q_idx, k_idx, w, q_pos)
-    if resolve_impl(impl, q_idx, k_idx, w, q_pos, op="decode_indexer_scores") == "reference":
-        return decode_indexer_scores_reference(q_idx, k_idx, w, q_pos)
+    """The scores :func:`decode_indexer_topk` ranks: (B, T, S) float32, -inf where s > q_pos. Shapes and
+    ``k_scale`` (FP8 keys) as there."""
+    _check_indexer_cache(q_idx, k_idx, w, q_pos, k_scale)
+    tensors = (q_idx, k_idx, w, q_pos) + (() if k_scale is None else (k_scale,))
+    if resolve_impl(impl, *tensors, op="decode_indexer_scores") == "reference":
+        return _scores_reference(q_idx, k_idx, w, q_pos, k_scale)
     from dsa.ops.kernels.decode import decode_indexer_scores_triton  # noqa: PLC0415
 
-    return decode_indexer_scores_triton(q_idx, k_idx, w, q_pos)
+    q, k, wt, ks = _triton_args(q_idx, k_idx, w, k_scale)
+    return decode_indexer_scores_triton(q, k, wt, q_pos, k_scale=ks)
 
 
 # ---------------------------------------------------------------------------------------------- attention

@@ -8,6 +8,9 @@ scales, and the scores I[t,s] = k_scale[s] * sum_j w'[t,j] * ReLU(q8[t,j] . k8[s
   (the largest e4m3 value). The query scale folds into the head weight: ReLU is positively homogeneous and the
   scales are positive, so w * q_scale * ReLU(q8 . k8) = w * ReLU((q8 * q_scale) . k8). The key scale stays
   separate: it multiplies a whole column of scores after the head sum.
+- :func:`quantize_indexer_queries`, :func:`quantize_indexer_keys`: its two halves, row by row: an FP8 indexer
+  cache (:class:`dsa.layers.cache.LayerCache`) stores the keys so quantized, and a decode step quantizes its
+  new queries so (:func:`dsa.ops.decode_indexer_topk` with ``k_scale``).
 - :func:`fp8_dot_supported`: whether a device multiplies e4m3 operands natively (sm_89+: Ada, Hopper). On
   other GPUs the kernels take the same e4m3 values cast to bf16 (exact: e4m3 values are bf16 values), so the
   scores are the same up to the accumulation order.
@@ -104,9 +107,28 @@ def quantize_indexer(
     from .checks import check_indexer  # noqa: PLC0415 (checks import nothing from here)
 
     check_indexer(q_idx, k_idx, w, same_length=False)
+    q8, w8 = quantize_indexer_queries(q_idx, w, rotate=rotate)
+    k8, k_scale = quantize_indexer_keys(k_idx, rotate=rotate)
+    return IndexerFP8(q8, k8, w8, k_scale)
+
+
+@torch.no_grad()
+def quantize_indexer_queries(
+    q_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q_idx (..., H_I, d_I), w (..., H_I) -> (e4m3 queries (..., H_I, d_I), w * q_scale (..., H_I) fp32): the
+    query half of :func:`quantize_indexer`, one scale per (token, head), each row on its own (so a decode step
+    quantizes its new queries exactly as the full forward quantizes the same rows)."""
     q8, q_scale = _quantize_rows(q_idx, rotate)  # rotated in fp32 and quantized once: no bf16 rounding between
-    k8, k_scale = _quantize_rows(k_idx, rotate)
-    return IndexerFP8(q8, k8, w.float() * q_scale, k_scale)
+    return q8, w.float() * q_scale
+
+
+@torch.no_grad()
+def quantize_indexer_keys(k_idx: torch.Tensor, *, rotate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """k_idx (..., d_I) -> (e4m3 keys (..., d_I), k_scale (...) fp32): the key half of :func:`quantize_indexer`,
+    one scale per token; what an FP8 indexer cache stores (each token's row on its own: appending tokens one
+    by one gives the rows of quantizing the whole sequence at once)."""
+    return _quantize_rows(k_idx, rotate)
 
 
 def fp8_dot_supported(device: torch.device | str) -> bool:
@@ -121,6 +143,14 @@ def fp8_operands_dtype(device: torch.device | str, interpret: bool) -> torch.dty
     """The dtype the kernels read the e4m3 values in: e4m3 where the device (or Triton's CPU interpreter, which
     emulates fp8 tl.dot) has it, bf16 elsewhere (the same values: exact)."""
     return FP8_DTYPE if interpret or fp8_dot_supported(device) else torch.bfloat16
+
+
+def fp8_cache_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype an FP8 indexer cache stores its e4m3 keys in on ``device``: e4m3 (1 byte a value) wherever the
+    kernels can read it (sm_89+ GPUs; the CPU, whose reference casts to fp32 and whose Triton interpreter runs
+    fp8 tl.dot), their exact bf16 copy on an older GPU (Triton has no e4m3 type there)."""
+    device = torch.device(device)
+    return torch.bfloat16 if device.type == "cuda" and not fp8_dot_supported(device) else FP8_DTYPE
 
 
 def fp8_operands(z: IndexerFP8) -> tuple[torch.Tensor, torch.Tensor]:

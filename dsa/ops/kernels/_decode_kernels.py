@@ -10,7 +10,8 @@ per head block. The score dim D (576 for MLA) is walked in BLOCK_D slices so tha
 two; the value dim is padded to DV_PAD.
 
 ``decode_index_scores_kernel``: the indexer scores of one new query over a block of cached indexer keys,
-sum_j w_j ReLU(q_j . k_s), -inf past the query's position.
+sum_j w_j ReLU(q_j . k_s), -inf past the query's position; FP8: q and k hold e4m3 values (F8OPS: as e4m3,
+else their bf16 copies), w carries the query scales and each key's score is multiplied by its scale KS[b, s].
 """
 
 import triton.language as tl
@@ -95,13 +96,13 @@ def decode_attn_kernel(
 
 
 def decode_index_scores_kernel(
-    QI, KI, W, POS, OUT,
+    QI, KI, W, POS, KS, OUT,
     sqb, sqt, sqh,
     skb, sks,
-    swb, swt,
+    swb, swt, sksb,
     T, S,
     HI: tl.constexpr, HI_PAD: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr,
-    BLOCK_S: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_S: tl.constexpr, FP8: tl.constexpr, F8OPS: tl.constexpr, INTERP: tl.constexpr, PREC: tl.constexpr,
 ):
     bt = tl.program_id(0).to(tl.int64)
     sb = tl.program_id(1)
@@ -117,10 +118,12 @@ def decode_index_scores_kernel(
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)
     sm = s < S
     kb = tl.load(KI + b * skb + s[:, None].to(tl.int64) * sks + dd[None, :], mask=sm[:, None] & dm[None, :], other=0.0)
-    if INTERP:
+    if INTERP and not F8OPS:  # the interpreter runs fp8 tl.dot exactly (triton 3.9); bf16 it rounds
         q = q.to(tl.float32)
         kb = kb.to(tl.float32)
     logits = tl.maximum(tl.dot(kb, tl.trans(q), input_precision=PREC), 0.0)  # (BLOCK_S, HI_PAD)
     score = tl.sum(logits * w[None, :], 1)
+    if FP8:  # the key's scale, after the head sum (positive: it commutes with the ReLU), as the prefill pass
+        score *= tl.load(KS + b * sksb + s, mask=sm, other=1.0)
     score = tl.where(s <= pos, score, float("-inf"))
     tl.store(OUT + bt * S + s, score, mask=sm)

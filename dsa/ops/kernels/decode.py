@@ -3,7 +3,8 @@
 - :func:`decode_attention_triton`: split-K attention of new queries over selected cached rows (sparse) or over
   every cached row up to the query (dense flash decoding); the splits are merged by their log-sum-exp.
 - :func:`decode_indexer_scores_triton`, :func:`decode_indexer_topk_triton`: the indexer scores of new queries
-  over the cached indexer keys, then the radix top-k among the positions s <= q_pos.
+  over the cached indexer keys (bf16, or FP8: e4m3 operands and a per-key scale), then the radix top-k among
+  the positions s <= q_pos.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ._common import interpret_mode, jit, next_pow2
+from .indexer import min_dot_k
 from .radix_topk import radix_topk
 
 # programs to aim for when splitting the rows of one query: about two waves on an H100/H200 (132 SMs)
@@ -99,10 +101,13 @@ def decode_attention_triton(
 
 @torch.no_grad()
 def decode_indexer_scores_triton(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor, *, block_s: int = 64
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor, *,
+    k_scale: torch.Tensor | None = None, block_s: int = 64,
 ) -> torch.Tensor:
     """q_idx (B, T, H_I, d_I), k_idx (B, S, d_I), w (B, T, H_I), q_pos (B, T) -> (B, T, S) float32 scores,
-    -inf past q_pos. Computes in the keys' dtype (bf16 keys: bf16 products, fp32 accumulation)."""
+    -inf past q_pos. Computes in the keys' dtype (bf16 keys: bf16 products, fp32 accumulation).
+    k_scale (B, S) fp32: FP8 scores, q_idx and k_idx hold e4m3 values (as e4m3, or their bf16 copies), w the
+    head weights times the query scales; each key's score is multiplied by its scale after the head sum."""
     b, t, h_i, d_i = q_idx.shape
     s_len = k_idx.shape[1]
     q_idx = q_idx.to(k_idx.dtype).contiguous()
@@ -110,13 +115,15 @@ def decode_indexer_scores_triton(
     w = w.contiguous()
     pos = q_pos.to(torch.int32).contiguous()
     out = torch.empty(b, t, s_len, device=q_idx.device, dtype=torch.float32)
+    ks = k_scale if k_scale is not None else out  # a valid pointer, not read without FP8
     _kernels()["decode_index_scores_kernel"][(b * t, -(-s_len // block_s))](
-        q_idx, k_idx, w, pos, out,
+        q_idx, k_idx, w, pos, ks, out,
         q_idx.stride(0), q_idx.stride(1), q_idx.stride(2),
         k_idx.stride(0), k_idx.stride(1),
-        w.stride(0), w.stride(1),
+        w.stride(0), w.stride(1), ks.stride(0),
         t, s_len,
-        HI=h_i, HI_PAD=max(16, next_pow2(h_i)), DI=d_i, DI_PAD=max(16, next_pow2(d_i)), BLOCK_S=block_s,
+        HI=h_i, HI_PAD=max(16, next_pow2(h_i)), DI=d_i, DI_PAD=max(min_dot_k(k_idx.dtype), next_pow2(d_i)),
+        BLOCK_S=block_s, FP8=k_scale is not None, F8OPS=k_idx.dtype.itemsize == 1,
         INTERP=interpret_mode(), num_warps=4, PREC="ieee" if k_idx.dtype == torch.float32 else "tf32",
     )
     return out
@@ -124,10 +131,11 @@ def decode_indexer_scores_triton(
 
 @torch.no_grad()
 def decode_indexer_topk_triton(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k: int, q_pos: torch.Tensor
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k: int, q_pos: torch.Tensor, *,
+    k_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The scores of :func:`decode_indexer_scores_triton`, then the radix top-k of each query among its first
-    q_pos + 1 rows -> (B, T, k) int32 positions ascending, -1 in unused slots; k <= S."""
-    scores = decode_indexer_scores_triton(q_idx, k_idx, w, q_pos)
+    """The scores of :func:`decode_indexer_scores_triton` (FP8 with ``k_scale``), then the radix top-k of each
+    query among its first q_pos + 1 rows -> (B, T, k) int32 positions ascending, -1 in unused slots; k <= S."""
+    scores = decode_indexer_scores_triton(q_idx, k_idx, w, q_pos, k_scale=k_scale)
     lengths = (q_pos.to(torch.int32) + 1).clamp(max=k_idx.shape[1])
     return radix_topk(scores, k, lengths, out_dtype=torch.int32)
