@@ -15,11 +15,18 @@ __all__ = ["LayerCache", "ModelCache", "cache_row_bytes"]
 
 def cache_row_bytes(cfg: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
     """Bytes one cached token holds per layer: {'kv': keys + values (MLA: kv_rank + rope_dim), 'indexer': the
-    indexer key (DSA; 0 for dense)}, at ``dtype_bytes`` per value."""
+    indexer key (DSA; 0 for dense)}, at ``dtype_bytes`` per value; the FP8 indexer (``indexer_precision='fp8'``)
+    at 1 byte per value + its 4-byte fp32 scale whatever ``dtype_bytes`` (132 bytes at d_I = 128; a GPU
+    without e4m3 holds bf16 copies instead, :func:`dsa.ops.quantize.fp8_cache_dtype`)."""
     if cfg.mla is not None:
         kv = cfg.mla.kv_rank + cfg.mla.rope_dim
     else:
         acfg = cfg.attention_config()
         kv = acfg.kv_heads * (acfg.qk_dim + acfg.v_dim)
-    idx = cfg.indexer_dim if cfg.attention == "dsa" else 0
-    return {"kv": kv * dtype_bytes, "indexer": idx * dtype_bytes}
+    if cfg.attention != "dsa":
+        idx = 0
+    elif cfg.indexer_precision == "fp8":
+        idx = cfg.indexer_dim + 4
+    else:
+        idx = cfg.indexer_dim * dtype_bytes
+    return {"kv": kv * dtype_bytes, "indexer": idx}

@@ -17,6 +17,7 @@ from torch import nn
 from dsa.layers.rope import apply_rope, apply_rope_at, rope_cos_sin
 
 from .. import ops
+from ..ops.quantize import fp8_cache_dtype
 from .cache import LayerCache
 from .config import AttentionConfig, SparseConfig
 from .indexer import IndexerConfig, LightningIndexer
@@ -272,15 +273,16 @@ class DSAAttention(nn.Module):
         aux = AttentionAux()
         if _from_start(positions):  # a prompt into an empty cache: the full-sequence (prefill) ops
             if sparse:
-                aux.selection = ops.indexer_topk(qi, ki, wi, min(self.sparse_cfg.top_k, x.shape[1]), impl=impl)
+                aux.selection = ops.indexer_topk(qi, ki, wi, min(self.sparse_cfg.top_k, x.shape[1]), impl=impl,
+                                                 precision=self.sparse_cfg.indexer_precision)
                 o = ops.sparse_attention(t.q, t.k, t.v, aux.selection, scale=t.scale, impl=impl)
             else:
                 o = ops.dense_attention(t.q, t.k, t.v, scale=t.scale)
             return self.proj.output(o, absorbed=True), aux
         kc, vc = _cached(cache, positions)
         if sparse:
-            used = kc.shape[2]
-            aux.selection = ops.decode_indexer_topk(qi, cache.k_idx[:, :used], wi, self.sparse_cfg.top_k, positions,
+            k_idx, k_scale = cache.indexer_keys(kc.shape[2])  # FP8: the stored e4m3 keys and their scales
+            aux.selection = ops.decode_indexer_topk(qi, k_idx, wi, self.sparse_cfg.top_k, positions, k_scale=k_scale,
                                                     impl=impl)
             o = ops.decode_sparse_attention(t.q, kc, vc, aux.selection, scale=t.scale, impl=impl)
         else:
@@ -288,9 +290,14 @@ class DSAAttention(nn.Module):
         return self.proj.output(o, absorbed=True), aux
 
     def init_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerCache:
-        """An empty cache (keys, values, indexer keys) for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        """An empty cache (keys, values, indexer keys) for ``batch_size`` sequences of up to ``max_len`` tokens;
+        with the FP8 indexer the keys in e4m3 (or their exact bf16 copy on a GPU without it) and their scales."""
         c = _empty_cache(self.cfg, batch_size, max_len, dtype, device)
-        c.k_idx = torch.zeros(batch_size, max_len, self.indexer.cfg.head_dim, dtype=dtype, device=device)
+        fp8 = self.sparse_cfg.indexer_precision == "fp8"
+        idx_dtype = fp8_cache_dtype(device) if fp8 else dtype
+        c.k_idx = torch.zeros(batch_size, max_len, self.indexer.cfg.head_dim, dtype=idx_dtype, device=device)
+        if fp8:  # ones: a row not written yet is never read, but a scale stays positive
+            c.k_idx_scale = torch.ones(batch_size, max_len, dtype=torch.float32, device=device)
         return c
 
     def _top_k(self, qi: torch.Tensor, ki: torch.Tensor, wi: torch.Tensor) -> int | torch.Tensor:

@@ -20,6 +20,9 @@ LAYOUTS = {
 
 
 def _model(attention: str, layout: str, top_k: int = 5, **kw) -> TransformerLM:
+    """attention: 'dense', 'dsa', or 'dsa-fp8' (DSA with the FP8 indexer: its cache holds e4m3 keys)."""
+    if attention == "dsa-fp8":
+        attention, kw = "dsa", {**kw, "indexer_precision": "fp8"}
     cfg = ModelConfig(vocab_size=97, d_model=48, n_layers=2, n_heads=4, max_seq_len=64, attention=attention,
                       top_k=top_k, indexer_dim=16, indexer_rope_dim=8, impl="reference", **LAYOUTS[layout], **kw)
     return TransformerLM(cfg, seed=3).eval()
@@ -34,7 +37,7 @@ def _splits(total: int, gen: torch.Generator) -> list[int]:
     return cuts
 
 
-@pytest.mark.parametrize("attention", ["dense", "dsa"])
+@pytest.mark.parametrize("attention", ["dense", "dsa", "dsa-fp8"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_decoding_matches_full_forward(attention, layout, gen):
     m = _model(attention, layout)
@@ -51,7 +54,7 @@ def test_decoding_matches_full_forward(attention, layout, gen):
             start = end
     torch.testing.assert_close(torch.cat(parts, 1), full.logits, atol=2e-5, rtol=1e-4)
     assert cache.lengths.tolist() == [total] * 3
-    if attention == "dsa":  # the same sets as the full forward's causal selection
+    if attention != "dense":  # the same sets as the full forward's causal selection
         dec = torch.cat([torch.nn.functional.pad(s, (0, 5 - s.shape[-1]), value=-1) for s in sels], 1)
         assert torch.equal(dec.sort(-1).values, full.aux[0].selection.sort(-1).values)
 
@@ -70,7 +73,7 @@ def test_dense_mode_of_a_dsa_model_and_k_past_the_context(attention, gen):
             torch.testing.assert_close(dec, full, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["dense", "dsa"])
+@pytest.mark.parametrize("attention", ["dense", "dsa", "dsa-fp8"])
 @pytest.mark.parametrize("layout", ["mqa", "mla"])
 def test_batch_of_different_lengths(attention, layout, gen):
     """Right-padded prompts of different lengths, then decoding: each sequence's logits are those of its own
