@@ -8,8 +8,10 @@ Layouts (GPU sizes; ``--tiny`` shrinks them for the CPU):
 - ``mqa``: 64 query heads x 128 on one K/V head, cache rows k + v = 256 values;
 - ``mla``: DeepSeek's MLA in MQA mode, 128 heads on one latent row of 576 (512 latent + 64 RoPE), values its
   first 512 dims: the row is read once for keys and values (FlashMLA's decode layout).
-DSA: the indexer (64 x 128 by default, bf16 keys; ``indexer_dtype`` is the hook where an FP8 indexer plugs
-in) scores every cached key, the radix top-k keeps k = 2048, the split-K sparse kernel reads the k rows.
+DSA: the indexer (64 x 128 by default) scores every cached key, the radix top-k keeps k = 2048, the split-K
+sparse kernel reads the k rows. ``--indexer-dtype``: the cached indexer keys in bf16, or ``fp8`` as DeepSeek-V3.2
+caches them (Hadamard-rotated e4m3 + one fp32 scale per token: 132 bytes a token at d_I = 128 against 256; the
+step quantizes its new query, :func:`dsa.ops.decode_indexer_topk` with ``k_scale``).
 
 Per (layout, context S, batch B), each timed on the same cache, one new token per sequence at position S-1:
 - ``dense``: :func:`dsa.ops.decode_dense_attention` (on CUDA the split-K flash-decoding Triton kernel);
@@ -20,9 +22,10 @@ Per (layout, context S, batch B), each timed on the same cache, one new token pe
 Projections are left out (the same for both). On CUDA every step is captured in a CUDA graph and replayed
 (launch overhead would hide the bandwidth), with a 128 MiB write between replays to flush L2 (as the other
 60 layers of a real model would), its own time subtracted. ``*_ms``: median per step; ``tokens_per_s``:
-B / step time (one layer); ``bytes``: modelled HBM reads per step (dense: B·S rows; DSA: B·(S indexer keys +
-the fp32 score round trip + k rows)); ``gbps``: bytes / time, ``hbm_frac``: of the copy bandwidth measured
-in the same run (``hbm_gbps``). Raw timings only: the ratios are derived on read (``dsa.study.inference``).
+B / step time (one layer); ``bytes``: modelled HBM reads per step (dense: B·S rows; DSA: B·(S indexer keys
+(with FP8 their scales too, at the bytes the cache holds them in) + the fp32 score round trip + k rows));
+``gbps``: bytes / time, ``hbm_frac``: of the copy bandwidth measured in the same run (``hbm_gbps``). Raw
+timings only: the ratios are derived on read (``dsa.study.inference``).
 
 Request rows: prefill of an L-token prompt (dense: causal SDPA, MLA in its MHA form 128 x 192/128 as
 DeepSeek prefills; DSA: indexer top-k + sparse attention at the MQA shape) + ``gen_tokens`` decode steps
@@ -46,10 +49,11 @@ import torch.nn.functional as F
 from dsa import cli, ops
 from dsa.checks import check_out_file
 from dsa.ops.dispatch import impl_on_device
+from dsa.ops.quantize import fp8_cache_dtype, quantize_indexer_keys
 from dsa.provenance import provenance, run_writing_json
 
 DEFAULT_OUT_DIR = Path("runs/bench/decode")
-INDEXER_DTYPES = ("bf16",)  # the FP8 indexer (another module) adds "fp8" here and in _indexer_inputs
+INDEXER_DTYPES = ("bf16", "fp8")  # the cached indexer keys: the model's dtype, or e4m3 + a per-token fp32 scale
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,10 @@ class DecodeBenchConfig:
             raise ValueError(f"layouts must be some of {sorted(LAYOUTS)}, got {self.layouts!r}")
         if self.indexer_dtype not in INDEXER_DTYPES:
             raise ValueError(f"indexer_dtype must be one of {INDEXER_DTYPES}, got {self.indexer_dtype!r}")
-        parse_indexer(self.indexer)
+        d_i = parse_indexer(self.indexer)[1]
+        if self.indexer_dtype == "fp8" and d_i & (d_i - 1):
+            raise ValueError(f"indexer_dtype 'fp8' needs a power-of-two indexer dim (the Hadamard rotation), "
+                             f"got {self.indexer}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -228,12 +235,15 @@ def hbm_bandwidth(dev: torch.device) -> float | None:
 # ------------------------------------------------------------------------------------------------ bytes
 
 
-def decode_bytes(lay: Layout, s: int, b: int, k: int, d_i: int, idx_bytes: int = 2, val_bytes: int = 2) -> dict:
+def decode_bytes(lay: Layout, s: int, b: int, k: int, d_i: int, idx_bytes: int = 2, val_bytes: int = 2,
+                 scale_bytes: int = 0) -> dict:
     """Modelled HBM reads per decode step at context s: dense reads every cached row; DSA reads every indexer
-    key, writes and reads one fp32 score per key (the top-k's input) and reads k rows."""
+    key (d_i values of idx_bytes, and scale_bytes of its scale: 4 for FP8 keys), writes and reads one fp32
+    score per key (the top-k's input) and reads k rows."""
     row = lay.row_values * val_bytes
-    return {"dense": b * s * row, "dsa": b * (s * (d_i * idx_bytes + 8) + min(k, s) * row),
-            "dsa_indexer_topk": b * s * (d_i * idx_bytes + 8), "dsa_sparse": b * min(k, s) * row}
+    idx = s * (d_i * idx_bytes + scale_bytes + 8)
+    return {"dense": b * s * row, "dsa": b * (idx + min(k, s) * row), "dsa_indexer_topk": b * idx,
+            "dsa_sparse": b * min(k, s) * row}
 
 
 # ------------------------------------------------------------------------------------------------- steps
@@ -245,33 +255,44 @@ class Inputs:
     k: torch.Tensor  # (B, 1, S, d_qk)
     v: torch.Tensor  # (B, 1, S, d_v): a view of k for MLA
     qi: torch.Tensor  # (B, 1, H_I, d_I)
-    ki: torch.Tensor  # (B, S, d_I)
+    ki: torch.Tensor  # (B, S, d_I): e4m3 values (or their bf16 copy) when ks is set
     w: torch.Tensor  # (B, 1, H_I)
     pos: torch.Tensor  # (B, 1)
+    ks: torch.Tensor | None = None  # (B, S) fp32: the FP8 keys' scales
+
+    def indexer_bytes(self) -> tuple[int, int]:
+        """(bytes per cached indexer value, bytes of its per-token scale) as the cache holds them."""
+        return self.ki.element_size(), 0 if self.ks is None else self.ks.element_size()
 
 
-def _caches(lay: Layout, b: int, s_max: int, d_i: int, dev: torch.device, dtype: torch.dtype, gen: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random caches for the longest context (shorter contexts read a prefix)."""
+def _caches(lay: Layout, b: int, s_max: int, d_i: int, dev: torch.device, dtype: torch.dtype, gen: torch.Generator,
+            fp8: bool = False) -> tuple[torch.Tensor, ...]:
+    """Random caches for the longest context (shorter contexts read a prefix): k (B, 1, S, d_qk), v (B, 1, S, d_v),
+    indexer keys (B, S, d_I), and with ``fp8`` their per-token scales (B, S) (the keys then quantized as an
+    FP8 model's cache holds them)."""
     k = torch.randn(b, 1, s_max, lay.d_qk, device=dev, dtype=dtype, generator=gen)
     v = k[..., : lay.d_v] if lay.latent else torch.randn(b, 1, s_max, lay.d_v, device=dev, dtype=dtype, generator=gen)
     ki = torch.randn(b, s_max, d_i, device=dev, dtype=dtype, generator=gen)
-    return k, v, ki
+    if not fp8:
+        return k, v, ki
+    k8, ks = quantize_indexer_keys(ki)
+    return k, v, k8.to(fp8_cache_dtype(dev)), ks
 
 
 def _inputs(lay, caches, s, h_i, d_i, dev, dtype, gen) -> Inputs:
-    k, v, ki = (c[:, :, :s] if c.ndim == 4 else c[:, :s] for c in caches)
+    k, v, ki, *ks = (c[:, :, :s] if c.ndim == 4 else c[:, :s] for c in caches)
     b = k.shape[0]
     return Inputs(torch.randn(b, lay.heads, 1, lay.d_qk, device=dev, dtype=dtype, generator=gen) * lay.d_qk**-0.25,
                   k, v, torch.randn(b, 1, h_i, d_i, device=dev, dtype=dtype, generator=gen), ki,
                   torch.rand(b, 1, h_i, device=dev, dtype=dtype, generator=gen),
-                  torch.full((b, 1), s - 1, dtype=torch.long, device=dev))
+                  torch.full((b, 1), s - 1, dtype=torch.long, device=dev), ks[0] if ks else None)
 
 
 def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], object]]:
-    """The decode steps timed per row (one new token per sequence)."""
+    """The decode steps timed per row (one new token per sequence); FP8 keys (x.ks set) include the
+    quantization of the new query in the indexer's step."""
     b, h = x.q.shape[:2]
-    idx = ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos)
+    idx = ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos, k_scale=x.ks)
 
     def dense():
         return ops.decode_dense_attention(x.q, x.k, x.v, x.pos, scale=scale)
@@ -280,11 +301,11 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
         return F.scaled_dot_product_attention(x.q.view(b, 1, h, -1), x.k, x.v, scale=scale)
 
     def dsa():
-        sel = ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos)
+        sel = ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos, k_scale=x.ks)
         return ops.decode_sparse_attention(x.q, x.k, x.v, sel, scale=scale)
 
     def dsa_indexer_topk():
-        return ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos)
+        return ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos, k_scale=x.ks)
 
     def dsa_sparse():
         return ops.decode_sparse_attention(x.q, x.k, x.v, idx, scale=scale)
@@ -298,10 +319,12 @@ def bench_decode_row(cfg: DecodeBenchConfig, lay: Layout, caches, s: int, timer:
     h_i, d_i = parse_indexer(cfg.indexer)
     x = _inputs(lay, caches, s, h_i, d_i, dev, dtype, gen)
     b = x.q.shape[0]
+    idx_bytes, scale_bytes = x.indexer_bytes()
     row = {"kind": "decode", "layout": lay.name, "context": s, "batch": b, "top_k": cfg.top_k,
            "indexer": cfg.indexer, "indexer_dtype": cfg.indexer_dtype, "heads": lay.heads, "d_qk": lay.d_qk,
-           "d_v": lay.d_v, "impl": impl_on_device("auto", dev)}
-    nbytes = decode_bytes(lay, s, b, cfg.top_k, d_i)
+           "d_v": lay.d_v, "impl": impl_on_device("auto", dev), "indexer_value_bytes": idx_bytes,
+           "indexer_scale_bytes": scale_bytes}
+    nbytes = decode_bytes(lay, s, b, cfg.top_k, d_i, idx_bytes=idx_bytes, scale_bytes=scale_bytes)
     for name, fn in step_fns(x, cfg.top_k, lay.d_qk**-0.5).items():
         m = measure(timer, fn)
         if "error" in m:
@@ -341,8 +364,9 @@ def _prefill_fns(lay: Layout, cfg: DecodeBenchConfig, l: int, b: int, dev, dtype
     def dense():
         return ops.dense_attention(qd, kd, vd)
 
-    def dsa():
-        return ops.dsa_attention(q, k, v, qi, ki, w, top_k)
+    def dsa():  # FP8: the prefill quantizes the prompt's indexer queries and keys itself
+        sel = ops.indexer_topk(qi, ki, w, top_k, precision=cfg.indexer_dtype)
+        return ops.sparse_attention(q, k, v, sel)
 
     return {"dense": dense, "dsa": dsa}
 
@@ -352,11 +376,12 @@ def bench_request(cfg: DecodeBenchConfig, lay: Layout, l: int, timer: Timer, dev
     b, n = cfg.request_batch, cfg.gen_tokens
     h_i, d_i = parse_indexer(cfg.indexer)
     row = {"kind": "request", "layout": lay.name, "prompt": l, "gen_tokens": n, "batch": b, "top_k": cfg.top_k,
-           "indexer": cfg.indexer}
+           "indexer": cfg.indexer, "indexer_dtype": cfg.indexer_dtype}
     for name, fn in _prefill_fns(lay, cfg, l, b, dev, dtype, gen).items():
         m = measure(timer, fn)
         row[f"prefill_{name}_ms" if "ms" in m else f"prefill_{name}_error"] = m.get("ms", m.get("error"))
-    x = _inputs(lay, _caches(lay, b, l + n, d_i, dev, dtype, gen), l + n, h_i, d_i, dev, dtype, gen)
+    caches = _caches(lay, b, l + n, d_i, dev, dtype, gen, fp8=cfg.indexer_dtype == "fp8")
+    x = _inputs(lay, caches, l + n, h_i, d_i, dev, dtype, gen)
     fns = step_fns(x, cfg.top_k, lay.d_qk**-0.5)
     for name in ("dense", "dsa"):
         def advancing(fn=fns[name]):
@@ -391,8 +416,10 @@ def bench_request(cfg: DecodeBenchConfig, lay: Layout, l: int, timer: Timer, dev
 # -------------------------------------------------------------------------------------------------- run
 
 
-def _cache_gib(lay: Layout, b: int, s: int, d_i: int) -> float:
-    return b * s * (lay.row_values + d_i) * 2 / 2**30
+def _cache_gib(lay: Layout, b: int, s: int, d_i: int, fp8: bool = False) -> float:
+    """GiB of the K/V rows (2 bytes a value) and indexer keys (FP8: 1 byte a value + a 4-byte scale)."""
+    idx = d_i + 4 if fp8 else 2 * d_i
+    return b * s * (2 * lay.row_values + idx) / 2**30
 
 
 def run(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None, log: Callable[[str], None] = print
@@ -422,16 +449,17 @@ def _run(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None, log: Cal
     log(f"dsa.bench.decode on {res['provenance'].get('device', dev)}: copy bandwidth "
         f"{'n/a' if hbm is None else f'{hbm:.0f} GB/s'}")
     _, d_i = parse_indexer(cfg.indexer)
+    fp8 = cfg.indexer_dtype == "fp8"
     for name in cfg.layouts:
         lay = layouts[name]
         for b in cfg.batches:
-            fits = [s for s in cfg.contexts if _cache_gib(lay, b, s, d_i) <= cfg.max_cache_gib]
+            fits = [s for s in cfg.contexts if _cache_gib(lay, b, s, d_i, fp8) <= cfg.max_cache_gib]
             for s in sorted(set(cfg.contexts) - set(fits)):
                 res["rows"].append({"kind": "decode", "layout": name, "context": s, "batch": b,
                                     "skipped": f"caches over max_cache_gib={cfg.max_cache_gib}"})
             if not fits:
                 continue
-            caches = _caches(lay, b, max(fits), d_i, dev, dtype, gen)
+            caches = _caches(lay, b, max(fits), d_i, dev, dtype, gen, fp8)
             for s in sorted(fits):
                 t0 = time.perf_counter()
                 row = bench_decode_row(cfg, lay, caches, s, timer, hbm, dev, dtype, gen)
@@ -485,6 +513,9 @@ def build_parser(prog: str | None = "python -m dsa.bench.decode") -> argparse.Ar
                    help="rows kept per token, <= every context (default: 2048 on CUDA, 16 on CPU)")
     p.add_argument("--indexer", default=None, metavar="HxD",
                    help="indexer HEADSxDIM (default: 64x128 on CUDA, 4x16 on CPU)")
+    p.add_argument("--indexer-dtype", default=d.indexer_dtype, choices=INDEXER_DTYPES,
+                   help="the cached indexer keys: bf16, or fp8 (e4m3 + a per-token fp32 scale, d_I a power of "
+                        "two; default: %(default)s)")
     p.add_argument("--request-contexts", type=int, nargs="*", default=None, metavar="S",
                    help="prompt lengths of whole requests, none for no requests (default: 4096 16384 65536 on "
                         "CUDA, 64 on CPU)")
@@ -515,7 +546,7 @@ def config_from_args(a: argparse.Namespace) -> DecodeBenchConfig:
         contexts=a.contexts or ([4096, 8192, 16384, 32768, 65536, 131072] if big else d.contexts),
         batches=a.batches or ([1, 16, 64] if big else d.batches),
         top_k=(2048 if big else d.top_k) if a.top_k is None else a.top_k,
-        indexer=a.indexer or ("64x128" if big else d.indexer),
+        indexer=a.indexer or ("64x128" if big else d.indexer), indexer_dtype=a.indexer_dtype,
         request_contexts=a.request_contexts if a.request_contexts is not None else
         ([4096, 16384, 65536] if big else d.request_contexts),
         request_batch=a.request_batch, gen_tokens=(256 if big else d.gen_tokens) if a.gen_tokens is None else
