@@ -1,6 +1,6 @@
 """The decode ops: the references against the full-sequence ops (same function at an offset), the Triton
-kernels (split-K attention over selected or all cached rows, indexer scores + radix top-k) against the
-references under TRITON_INTERPRET=1 at small odd sizes, and the input checks."""
+kernels (split-K attention over selected or all cached rows, indexer scores + radix top-k, FP8 indexer keys on
+e4m3 operands) against the references under TRITON_INTERPRET=1 at small odd sizes, and the input checks."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ from dsa.ops import (  # noqa: E402
     decode_indexer_topk,
     decode_sparse_attention,
     dense_attention,
+    indexer_scores,
     indexer_topk,
     sparse_attention,
+)
+from dsa.ops.quantize import (  # noqa: E402
+    FP8_DTYPE,
+    fp8_cache_dtype,
+    quantize_indexer,
+    quantize_indexer_keys,
+    quantize_indexer_queries,
 )
 
 CUDA = torch.cuda.is_available()
@@ -133,6 +141,64 @@ def test_indexer_kernel_matches_reference(shape, gen):
     assert torch.equal(out.sort(-1).values, ref.sort(-1).values)
 
 
+def test_fp8_reference_equals_the_full_sequence_fp8_indexer_at_an_offset(gen):
+    """Cached FP8 keys (quantized alone, as a cache stores them) and the last T raw queries: the scores of the
+    full-sequence FP8 indexer at those rows (up to the summation order) and its selected sets, whichever form
+    holds the e4m3 values (e4m3, bf16, fp32)."""
+    b, l, t, h_i, d_i, k = 2, 29, 6, 3, 16, 7
+    qi, ki, w = _indexer(b, l, l, h_i, d_i, gen)
+    pos = torch.arange(l - t, l).expand(b, t).to(DEV)
+    k8, ks = quantize_indexer_keys(ki)
+    full = indexer_scores(qi, ki, w, precision="fp8", impl="reference")[:, -t:]
+    got = decode_indexer_scores(qi[:, -t:], k8, w[:, -t:], pos, k_scale=ks, impl="reference")
+    fin = torch.isfinite(full)
+    assert torch.equal(fin, torch.isfinite(got))
+    assert (got[fin] - full[fin]).abs().max() <= 1e-5 * full[fin].abs().max()
+    want = indexer_topk(qi, ki, w, k, precision="fp8", impl="reference")[:, -t:].sort(-1).values
+    for stored in (k8, k8.bfloat16(), k8.float()):
+        sel = decode_indexer_topk(qi[:, -t:], stored, w[:, -t:], k, pos, k_scale=ks, impl="reference")
+        assert torch.equal(sel.sort(-1).values, want)
+
+
+def _fp8_score_bound(qi, ki, w, ref, fin):
+    """The allowed |kernel - reference| per score: fp32 summation order in the interpreter (1e-5 of the largest
+    score); on a GPU Hopper's FP8 accumulator keeps ~14 bits, so 2^-9 of the sum of the absolute products
+    that make each score (as tests/ops/test_indexer_fp8.py bounds the prefill pass)."""
+    if not CUDA:
+        return 1e-5 * ref[fin].abs().max()
+    z = quantize_indexer(qi, ki, w)
+    mag = torch.einsum("bth,btsh->bts", z.w.double().abs(),
+                       torch.einsum("bthd,bsd->btsh", z.q.double().abs(), z.k.double().abs()))
+    return (2.0**-9 * mag * z.k_scale.double()[:, None, :])[fin] + 1e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 41, 3, 16, 9), (1, 3, 70, 5, 8, 70), (1, 2, 45, 64, 128, 20)])
+def test_fp8_indexer_kernel_matches_reference(shape, gen):
+    """The decode indexer kernel on FP8 keys (d_I below the FP8 MMA's K of 32, k past the context, and
+    DeepSeek's 64 x 128), stored as e4m3 or as their bf16 copy: the reference's scores up to the accumulation
+    and its selected sets; and the kernel on bf16 operands (what GPUs without e4m3 run) the same."""
+    from dsa.ops.kernels.decode import decode_indexer_scores_triton, decode_indexer_topk_triton
+
+    b, t, s, h_i, d_i, k = shape
+    qi, ki, w = _indexer(b, t, s, h_i, d_i, gen)
+    pos = _positions(b, t, s, gen).to(DEV)
+    k8, ks = quantize_indexer_keys(ki)
+    ref = decode_indexer_scores(qi, k8, w, pos, k_scale=ks, impl="reference")
+    fin = torch.isfinite(ref)
+    bound = _fp8_score_bound(qi, ki, w, ref, fin)
+    want = decode_indexer_topk(qi, k8, w, k, pos, k_scale=ks, impl="reference").sort(-1).values
+    q8, w8 = quantize_indexer_queries(qi, w)
+    bf16 = (q8.bfloat16(), k8.bfloat16(), w8)
+    runs = [(decode_indexer_scores(qi, st, w, pos, k_scale=ks, impl="triton"),
+             decode_indexer_topk(qi, st, w, k, pos, k_scale=ks, impl="triton")) for st in (k8, k8.bfloat16())]
+    runs.append((decode_indexer_scores_triton(*bf16, pos, k_scale=ks),
+                 decode_indexer_topk_triton(*bf16, min(k, s), pos, k_scale=ks)))
+    for got, sel in runs:
+        assert torch.equal(fin, torch.isfinite(got))
+        assert ((got[fin] - ref[fin]).abs().double() <= bound).all()
+        assert sel.shape == (b, t, min(k, s)) and torch.equal(sel.sort(-1).values, want)
+
+
 def test_bad_inputs_name_the_argument(gen):
     q, k, v = _qkv(1, 4, 2, 1, 9, 8, 8, gen)
     pos = torch.tensor([[3]])
@@ -157,14 +223,43 @@ def test_bad_inputs_name_the_argument(gen):
         decode_indexer_topk(qi, ki.clone().fill_(float("nan")), w, 3, pos)
 
 
-@pytest.mark.parametrize("attention", ["dense", "dsa"])
+def test_bad_fp8_inputs_name_the_argument(gen):
+    qi, ki, w = _indexer(1, 1, 9, 2, 16, gen)
+    pos = torch.tensor([[3]], device=DEV)
+    k8, ks = quantize_indexer_keys(ki)
+    with pytest.raises(TypeError, match="k_scale"):  # e4m3 keys alone cannot be scored
+        decode_indexer_topk(qi, k8, w, 3, pos)
+    with pytest.raises(ValueError, match="k_scale must have shape"):
+        decode_indexer_topk(qi, k8, w, 3, pos, k_scale=ks[:, :5])
+    with pytest.raises(TypeError, match="k_scale"):
+        decode_indexer_scores(qi, k8, w, pos, k_scale=ks.double())
+    with pytest.raises(TypeError, match="k_idx_cache"):  # float16 cannot hold every e4m3 value's exponent
+        decode_indexer_topk(qi, k8.half(), w, 3, pos, k_scale=ks)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        bad_scale = ks.clone()
+        bad_scale[0, 2] = bad
+        with pytest.raises(ValueError, match="k_scale"):
+            decode_indexer_topk(qi, k8, w, 3, pos, k_scale=bad_scale)
+    nan_keys = k8.clone()
+    nan_keys.view(torch.uint8)[0, 4, 1] = 0x7F  # e4m3fn's NaN byte
+    with pytest.raises(ValueError, match="k_idx_cache holds NaN"):
+        decode_indexer_topk(qi, nan_keys, w, 3, pos, k_scale=ks)
+    qi12, ki12 = qi[..., :12], ki[..., :12]
+    with pytest.raises(ValueError, match="power-of-two d_I"):
+        decode_indexer_topk(qi12, ki12, w, 3, pos, k_scale=ks)
+    assert k8.dtype == FP8_DTYPE
+
+
+@pytest.mark.parametrize("attention", ["dense", "dsa", "dsa-fp8"])
 def test_model_decoding_through_the_kernels(attention, gen):
-    """A model decoding with impl='triton' (the kernels) gives the logits of its full forward (reference)."""
+    """A model decoding with impl='triton' (the kernels) gives the logits of its full forward (reference); with
+    the FP8 indexer its cache holds e4m3 keys, scored by the FP8 decode kernel."""
     from dsa.layers import MLAConfig
     from dsa.model import ModelConfig, TransformerLM
 
-    kw = {"vocab_size": 61, "d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 32, "attention": attention,
-          "top_k": 4, "indexer_dim": 16, "indexer_rope_dim": 8,
+    kw = {"vocab_size": 61, "d_model": 32, "n_layers": 1, "n_heads": 4, "max_seq_len": 32,
+          "attention": attention.removesuffix("-fp8"), "top_k": 4, "indexer_dim": 16, "indexer_rope_dim": 8,
+          "indexer_precision": "fp8" if attention.endswith("fp8") else "bf16",
           "mla": MLAConfig(kv_rank=16, rope_dim=8, nope_dim=8, v_dim=8)}
     ref = TransformerLM(ModelConfig(impl="reference", **kw), seed=5).eval().to(DEV)
     tri = TransformerLM(ModelConfig(impl="triton", **kw), seed=5).eval().to(DEV)
@@ -172,6 +267,8 @@ def test_model_decoding_through_the_kernels(attention, gen):
     with torch.no_grad():
         full = ref(tokens).logits
         cache = tri.init_cache(2, 11)
+        if attention.endswith("fp8"):  # e4m3 on CPU and sm_89+ GPUs, the bf16 copy on older ones
+            assert cache.layers[0].k_idx.dtype == fp8_cache_dtype(DEV)
         dec = torch.cat([tri(tokens[:, :5], cache=cache).logits]
                         + [tri(tokens[:, j:j + 1], cache=cache).logits for j in range(5, 11)], 1)
     torch.testing.assert_close(dec, full, atol=1e-4, rtol=1e-4)
