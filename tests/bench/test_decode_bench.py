@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dsa.bench.decode import LAYOUTS, DecodeBenchConfig, decode_bytes, main, run
+from dsa.bench.decode import LAYOUTS, TINY_LAYOUTS, DecodeBenchConfig, decode_bytes, main, run
 
 
 def test_rows_time_every_step_and_derive_the_ratios():
@@ -30,6 +30,21 @@ def test_rows_time_every_step_and_derive_the_ratios():
     assert res["provenance"]["device"].startswith("cpu") and res["hbm_gbps"] is None
 
 
+def test_fp8_indexer_keys_are_timed_and_counted_at_one_byte_and_a_scale():
+    """--indexer-dtype fp8: the DSA steps run on e4m3 keys with per-token scales (the CPU holds e4m3 too) and
+    their bytes count 1 a value + 4 a token; dense is unchanged."""
+    cfg = DecodeBenchConfig(layouts=["mla"], contexts=[37], batches=[3], top_k=8, request_contexts=[19],
+                            gen_tokens=2, indexer="4x16", indexer_dtype="fp8")
+    res = run(cfg, log=lambda s: None)
+    row = next(r for r in res["rows"] if r["kind"] == "decode")
+    assert row["indexer_dtype"] == "fp8" and (row["indexer_value_bytes"], row["indexer_scale_bytes"]) == (1, 4)
+    assert row["dsa_indexer_topk_bytes"] == 3 * 37 * (16 + 4 + 8)
+    assert row["dense_bytes"] == 3 * 37 * TINY_LAYOUTS["mla"].row_values * 2
+    assert all(row[f"{n}_ms"] > 0 for n in ("dsa", "dsa_indexer_topk", "dsa_sparse"))
+    req = next(r for r in res["rows"] if r["kind"] == "request")
+    assert req["indexer_dtype"] == "fp8" and req["prefill_dsa_ms"] > 0 and req["decode_dsa_ms"] > 0
+
+
 def test_caches_over_the_limit_are_skipped_and_said_so():
     res = run(DecodeBenchConfig(layouts=["mqa"], contexts=[20, 5000], batches=[1], top_k=4, request_contexts=[],
                                 max_cache_gib=1e-4), log=lambda s: None)
@@ -45,20 +60,26 @@ def test_bytes_model():
     assert b["dsa"] == 131072 * (128 * 2 + 8) + 2048 * 576 * 2
     assert b["dense"] / b["dsa"] > 4
     assert decode_bytes(mla, 1000, 3, 2048, 128)["dsa_sparse"] == 3 * 1000 * 576 * 2  # k capped at S
+    f8 = decode_bytes(mla, 131072, 1, 2048, 128, idx_bytes=1, scale_bytes=4)  # DeepSeek's 132-byte FP8 keys
+    assert f8["dsa_indexer_topk"] == 131072 * (132 + 8) and f8["dsa"] == f8["dsa_indexer_topk"] + 2048 * 576 * 2
+    assert f8["dense"] / f8["dsa"] > 7  # the issue's ~8x (the fp32 score round trip included)
 
 
 def test_cli_writes_json_with_provenance(tmp_path, capsys):
     out = tmp_path / "d.json"
     main(["--layouts", "mqa", "--contexts", "30", "--batches", "1", "--top-k", "6", "--gen-tokens", "2",
-          "--out", str(out)])
+          "--indexer-dtype", "fp8", "--out", str(out)])
     res = json.loads(out.read_text())
     assert "git_commit" in res["provenance"] and res["config"]["top_k"] == 6
+    assert res["config"]["indexer_dtype"] == "fp8" and res["rows"][0]["indexer_scale_bytes"] == 4
     assert any(r["kind"] == "request" for r in res["rows"])
     assert str(out) in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, msg", [(["--layouts", "gqa"], "layouts"), (["--top-k", "500"], "top_k"),
-                                       (["--indexer", "4by16"], "HEADSxDIM"), (["--batches", "0"], "batches")])
+                                       (["--indexer", "4by16"], "HEADSxDIM"), (["--batches", "0"], "batches"),
+                                       (["--indexer-dtype", "fp16"], "indexer-dtype"),
+                                       (["--indexer-dtype", "fp8", "--indexer", "4x12"], "power-of-two")])
 def test_bad_arguments_exit_2_naming_them(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

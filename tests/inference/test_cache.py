@@ -9,6 +9,7 @@ import torch
 from dsa.inference import cache_row_bytes, generate, sample_next
 from dsa.layers import MLAConfig
 from dsa.model import ModelConfig, TransformerLM
+from dsa.ops.quantize import quantize_indexer_keys
 
 LAYOUTS = {
     "mha": {},
@@ -170,4 +171,31 @@ def test_cache_layout_and_row_bytes():
         c = m.init_cache(2, 10)
         assert cache_row_bytes(m.cfg, 4) == {"kv": kv * 4, "indexer": 16 * 4}
         assert c.nbytes() == 2 * 2 * 10 * (kv + 16) * 4  # layers x batch x rows x values x bytes
+        fp8 = _model("dsa-fp8", layout)
+        c8 = fp8.init_cache(2, 10)
+        assert cache_row_bytes(fp8.cfg, 4) == {"kv": kv * 4, "indexer": 16 + 4}  # e4m3 values + an fp32 scale
+        assert c8.nbytes() == 2 * 2 * 10 * (kv * 4 + 16 + 4)
+        assert c8.layers[0].k_idx.dtype == torch.float8_e4m3fn and c8.layers[0].k_idx_scale.shape == (2, 10)
     assert cache_row_bytes(_model("dense", "mla").cfg)["indexer"] == 0
+    assert cache_row_bytes(ModelConfig(attention="dsa", indexer_dim=128, indexer_precision="fp8"))["indexer"] == 132
+
+
+def test_fp8_cache_stores_the_keys_as_the_full_forward_quantizes_them(gen):
+    """Keys written a few tokens at a time, at scattered positions, hold the e4m3 values and scales that
+    quantizing the whole sequence at once gives (rotation and scale are per token); the bf16 copy (GPUs without
+    e4m3) holds the same values."""
+    layer = _model("dsa-fp8", "mqa").layers[0].attn
+    k_idx = torch.randn(2, 11, 16, generator=gen) * torch.rand(2, 11, 1, generator=gen) * 5
+    want_vals, want_scale = quantize_indexer_keys(k_idx)
+    cache = layer.init_cache(2, 13, torch.float32, torch.device("cpu"))
+    copy = layer.init_cache(2, 13, torch.float32, torch.device("cpu"))
+    copy.k_idx = copy.k_idx.bfloat16()
+    for c0, c1 in ((0, 4), (4, 5), (5, 9), (9, 11)):
+        pos = torch.arange(c0, c1).expand(2, -1)
+        kv = torch.zeros(2, 1, c1 - c0, 12)
+        for c in (cache, copy):
+            c.write(kv, kv, pos, k_idx[:, c0:c1])
+    for c in (cache, copy):
+        vals, scale = c.indexer_keys(11)
+        assert torch.equal(vals.float(), want_vals.float()) and torch.equal(scale, want_scale)
+    assert torch.equal(cache.k_idx[:, 11:].float(), torch.zeros(2, 2, 16))  # rows not written stay empty

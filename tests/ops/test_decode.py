@@ -305,3 +305,28 @@ def test_real_size_kernels_on_gpu(layout, batch, gen):
     assert float(picked[0]) == pytest.approx(float(picked[1]), rel=1e-3)
     assert _rel(decode_sparse_attention(q, k, v, sel_r, impl="triton"),
                 decode_sparse_attention(q, k, v, sel_r, impl="reference")) < 2e-2
+
+
+@pytest.mark.skipif(not CUDA, reason="real sizes run only with CUDA")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_real_size_fp8_indexer_keys_on_gpu(batch, gen):
+    """DeepSeek's FP8 indexer in decode: 64 heads x 128 on e4m3 keys with per-token scales (as the cache holds
+    them on this GPU), a context of 8K + odd, k = 2048: the kernel's scores within the bound of Hopper's FP8
+    accumulator, and a selection of the reference's score mass (fp8 accumulation may swap near-ties only)."""
+    s = 8192 + 37
+    g = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    qi = torch.randn(batch, 1, 64, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    ki = torch.randn(batch, s, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.rand(batch, 1, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k8, ks = quantize_indexer_keys(ki)
+    k8 = k8.to(fp8_cache_dtype("cuda"))
+    pos = torch.tensor([[s - 1 - 500 * i] for i in range(batch)], device="cuda")
+    ref = decode_indexer_scores(qi, k8, w, pos, k_scale=ks, impl="reference")
+    got = decode_indexer_scores(qi, k8, w, pos, k_scale=ks, impl="triton")
+    fin = torch.isfinite(ref)
+    assert torch.equal(fin, torch.isfinite(got))
+    assert ((got[fin] - ref[fin]).abs().double() <= _fp8_score_bound(qi, ki, w, ref, fin)).all()
+    sel_t = decode_indexer_topk(qi, k8, w, 2048, pos, k_scale=ks, impl="triton")
+    sel_r = decode_indexer_topk(qi, k8, w, 2048, pos, k_scale=ks, impl="reference")
+    picked = [ref.gather(-1, x.long()).sum() for x in (sel_t, sel_r)]
+    assert float(picked[0]) == pytest.approx(float(picked[1]), rel=1e-3)
