@@ -27,7 +27,7 @@ class ModelCache:
         return int(self.lengths.shape[0])
 
     def nbytes(self) -> int:
-        """Bytes held by every layer's cache (keys, values, indexer keys), at max_len."""
+        """Bytes held by every layer's cache (keys, values, indexer keys and their FP8 scales), at max_len."""
         return sum(c.nbytes() for c in self.layers)
 
     def reset(self) -> None:

@@ -16,9 +16,10 @@ of one length, both from position 0. Here the T new queries of sequence b sit at
 
 Layouts: q (B, H, T, d_qk); caches k (B, H_kv, S, d_qk), v (B, H_kv, S, d_v) (MLA: one latent head, v a
 view of k's first kv_rank dims); indexer q_idx (B, T, H_I, d_I), cached keys k_idx (B, S, d_I),
-w (B, T, H_I); q_pos (B, T) integer, every entry in [0, S). Triton: a split-K kernel for both attentions
-(the selected rows, or every row, split over programs and merged by their log-sum-exp) and an indexer
-scoring kernel followed by the radix top-k (``dsa.ops.kernels.decode``); inference only, no gradient.
+w (B, T, H_I), FP8 key scales k_scale (B, S); q_pos (B, T) integer, every entry in [0, S). Triton: a split-K
+kernel for both attentions (the selected rows, or every row, split over programs and merged by their
+log-sum-exp) and an indexer scoring kernel (bf16 or e4m3 operands) followed by the radix top-k
+(``dsa.ops.kernels.decode``); inference only, no gradient.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tens
     check_positions(q_pos, b, t, k_idx.shape[1])
     if k_scale is not None:
         _check_k_scale(k_scale, k_idx, d_i)
-    for name, x in (("q_idx", q_idx), ("k_idx_cache", k_idx), ("w", w)):
-        _check_finite_values(name, x)
+    check_finite("q_idx", q_idx)
+    check_finite("w", w)
+    _check_key_values(k_idx, k_scale is not None)
 
 
 def _check_k_scale(k_scale: torch.Tensor, k_idx: torch.Tensor, d_i: int) -> None:
@@ -132,24 +134,33 @@ def _check_k_scale(k_scale: torch.Tensor, k_idx: torch.Tensor, d_i: int) -> None
         raise ValueError("k_scale must hold finite scales > 0 (quantize_indexer_keys makes them)")
 
 
-def _check_finite_values(name: str, x: torch.Tensor) -> None:
-    """check_finite, and for e4m3 (which torch cannot test for finiteness) its NaN bytes: e4m3fn has no inf,
-    and NaN is every byte with all seven low bits set."""
-    if x.dtype != FP8_DTYPE:
-        check_finite(name, x)
-    elif values_checked() and bool(((x.view(torch.uint8) & 0x7F) == 0x7F).any()):
-        raise ValueError(f"{name} holds NaN values: the top-k cannot rank them")
+def _check_key_values(k_idx: torch.Tensor, fp8: bool) -> None:
+    """Finite keys (a NaN score cannot be ranked); for e4m3, which torch cannot test for finiteness, no NaN byte
+    (e4m3fn has no inf; NaN is every byte with all seven low bits set). FP8 keys stored as bf16/fp32 must be
+    e4m3 values: the e4m3 kernel would round any other value and the reference would not."""
+    if k_idx.dtype != FP8_DTYPE:
+        check_finite("k_idx_cache", k_idx)
+    if not values_checked():
+        return
+    if k_idx.dtype == FP8_DTYPE and bool(((k_idx.view(torch.uint8) & 0x7F) == 0x7F).any()):
+        raise ValueError("k_idx_cache holds NaN values: the top-k cannot rank them")
+    if fp8 and k_idx.dtype != FP8_DTYPE and not torch.equal(k_idx.to(FP8_DTYPE).to(k_idx.dtype), k_idx):
+        raise ValueError("k_idx_cache must hold e4m3 values when k_scale is given (quantize_indexer_keys' keys, "
+                         "or their bf16/fp32 copy)")
 
 
-def _scores_reference(q_idx, k_idx, w, q_pos, k_scale) -> torch.Tensor:
+def _scores_reference(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor,
+                      k_scale: torch.Tensor | None) -> torch.Tensor:
+    """The reference scores (B, T, S) float32 of the checked op inputs, FP8 when k_scale is given."""
     if k_scale is None:
         return decode_indexer_scores_reference(q_idx, k_idx, w, q_pos)
     q8, w8 = quantize_indexer_queries(q_idx, w)  # per (token, head), as the FP8 prefill quantizes them
     return decode_indexer_scores_fp8_reference(q8, k_idx, w8, k_scale, q_pos)
 
 
-def _triton_args(q_idx, k_idx, w, k_scale) -> tuple:
-    """(q, k, w, k_scale) as the decode indexer kernel takes them: FP8 keys with e4m3 operands where the device
+def _triton_args(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k_scale: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(q (B, T, H_I, d_I), k (B, S, d_I), w (B, T, H_I), k_scale (B, S)) as the decode indexer kernel takes them: FP8 keys with e4m3 operands where the device
     multiplies them (else their exact bf16 copies), the raw queries in the keys' dtype otherwise."""
     if k_scale is None:
         return q_idx, k_idx, w, None

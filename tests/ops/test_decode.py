@@ -244,6 +244,8 @@ def test_bad_fp8_inputs_name_the_argument(gen):
     nan_keys.view(torch.uint8)[0, 4, 1] = 0x7F  # e4m3fn's NaN byte
     with pytest.raises(ValueError, match="k_idx_cache holds NaN"):
         decode_indexer_topk(qi, nan_keys, w, 3, pos, k_scale=ks)
+    with pytest.raises(ValueError, match="e4m3 values"):  # a bf16 copy of unquantized keys
+        decode_indexer_topk(qi, ki.bfloat16(), w, 3, pos, k_scale=ks)
     qi12, ki12 = qi[..., :12], ki[..., :12]
     with pytest.raises(ValueError, match="power-of-two d_I"):
         decode_indexer_topk(qi12, ki12, w, 3, pos, k_scale=ks)
