@@ -29,7 +29,8 @@ if [[ $what == bench || $what == all ]]; then
   echo "== dsa.bench.decode =="
   timeout "${BENCH_TIMEOUT:-240}" python -m dsa.bench.decode --layouts mla mqa \
     --contexts ${CONTEXTS:-4096 8192 16384 32768 65536 131072} --batches ${BATCHES:-1 16 64} \
-    --top-k 2048 --indexer 64x128 --indexer-dtype ${INDEXER_DTYPE:-bf16} --request-contexts ${REQUESTS:-4096 16384 65536} --gen-tokens 256 \
+    --top-k 2048 --indexer 64x128 --indexer-dtype "${INDEXER_DTYPE:-bf16}" \
+    --request-contexts ${REQUESTS:-4096 16384 65536} --gen-tokens 256 \
     --out "$OUT/decode.json" || echo "bench stopped (exit $?): $OUT/decode.json holds every finished row"
 fi
 echo "done in $(( $(date +%s) - start )) s; files in $OUT"
