@@ -166,7 +166,8 @@ def _triton_args(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k_sc
         return q_idx, k_idx, w, None
     q8, w8 = quantize_indexer_queries(q_idx, w)
     dt = fp8_operands_dtype(k_idx.device, interpret_mode())
-    return q8.to(dt), k_idx.to(dt), w8, k_scale.contiguous()
+    ks = k_scale if k_scale.stride(-1) == 1 else k_scale.contiguous()  # the cache's prefix: no copy per step
+    return q8.to(dt), k_idx.to(dt), w8, ks
 
 
 @torch.no_grad()
