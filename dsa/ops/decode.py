@@ -27,10 +27,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..checks import FLOAT_DTYPES, check_tensor
+from ..checks import FLOAT_DTYPES, check_tensor, interpret_mode
 from .attention import expand_kv, sparse_attention_gather
 from .checks import INDEX_DTYPES, check_finite, check_scale, check_selection, values_checked
-from .dispatch import interpret_mode, resolve_impl
+from .dispatch import resolve_impl
 from .quantize import FP8_DTYPE, fp8_operands_dtype, quantize_indexer_queries
 
 
