@@ -67,6 +67,11 @@ def why_not_exportable(model: Any) -> str | None:
     if cfg.attention == "dsa" and cfg.k_policy != "fixed":
         return (f"k_policy={cfg.k_policy!r}: an adaptive k sets the selection's width from the data, which a "
                 "static graph cannot; export with a fixed k (model.selection_override(k_policy='fixed'))")
+    if cfg.attention == "dsa" and cfg.indexer_precision != "bf16":
+        # the export's selection runs the bf16 formula whatever the precision: it would select other positions
+        return (f"indexer_precision={cfg.indexer_precision!r}: the exported graph has no FP8 quantization of the "
+                "indexer (Hadamard rotation, e4m3 rounding, per-token scales), so its selection would differ from "
+                "the model's; export a bf16-indexer model")
     if cfg.attention == "dsa" and cfg.leak_future:
         return "leak_future is the seeds' bug (the selection reads future tokens), not a model to deploy"
     return None

@@ -139,7 +139,8 @@ def load_decode_records(pattern: str, base: Path = DATA_DIR) -> list[dict]:
 
 def decode_frame(results: list[dict]) -> pd.DataFrame:
     """Long table of the decode rows: one row per (file, layout, context, batch, method) with ms per token and
-    layer, tokens/s, GB/s and the share of the measured copy bandwidth."""
+    layer, tokens/s, GB/s and the share of the measured copy bandwidth. A DSA method of a run with FP8
+    indexer keys is suffixed ``_fp8`` (``dsa_fp8``, ...): the two key formats are different methods."""
     rows = []
     for i, res in enumerate(results):
         for r in res["rows"]:
@@ -149,10 +150,19 @@ def decode_frame(results: list[dict]) -> pd.DataFrame:
                 if r.get(f"{m}_ms") is None:
                     continue
                 rows.append({"file": i, "layout": r["layout"], "context": r["context"], "batch": r["batch"],
-                             "method": m, "ms": r[f"{m}_ms"], "tokens_per_s": r[f"{m}_tokens_per_s"],
+                             "method": _method_name(m, r), "ms": r[f"{m}_ms"], "tokens_per_s": r[f"{m}_tokens_per_s"],
                              "gbps": r[f"{m}_gbps"], "hbm_frac": r.get(f"{m}_hbm_frac", np.nan),
                              "graph": r.get(f"{m}_graph", False)})
     return pd.DataFrame(rows)
+
+
+def keys_dtype(r: dict) -> str:
+    """The indexer keys' format of a decode row: 'bf16' (and rows recorded before the option) or 'fp8'."""
+    return r.get("indexer_dtype") or "bf16"
+
+
+def _method_name(m: str, r: dict) -> str:
+    return f"{m}_fp8" if m.startswith("dsa") and keys_dtype(r) == "fp8" else m
 
 
 def _ratio(r: dict, num: str, den: str) -> float | None:
@@ -162,7 +172,7 @@ def _ratio(r: dict, num: str, den: str) -> float | None:
 
 def speedup_table(results: list[dict]) -> pd.DataFrame:
     """Per (layout, batch) and context: dense / DSA decode time (the split-K kernel and SDPA baselines)."""
-    rows = [{"layout": r["layout"], "batch": r["batch"], "context": r["context"],
+    rows = [{"layout": r["layout"], "indexer keys": keys_dtype(r), "batch": r["batch"], "context": r["context"],
              "x vs dense kernel": _ratio(r, "dense_ms", "dsa_ms"), "x vs SDPA": _ratio(r, "dense_sdpa_ms", "dsa_ms"),
              "DSA % of HBM": 100 * r["dsa_hbm_frac"] if r.get("dsa_hbm_frac") is not None else None}
             for res in results for r in res["rows"] if r.get("kind") == "decode" and "skipped" not in r]
@@ -185,7 +195,10 @@ def decode_cost_figure(df: pd.DataFrame, title: str) -> Any:
 
     layouts = sorted(df["layout"].unique())
     fig, axes = plt.subplots(2, len(layouts), figsize=(6.2 * len(layouts), 8.2), squeeze=False)
-    styles = {"dense": ("#444444", "-"), "dense_sdpa": ("#8c564b", ":"), "dsa": ("#d62728", "-")}
+    styles = {"dense": ("#444444", "-"), "dense_sdpa": ("#8c564b", ":"), "dsa": ("#d62728", "-"),
+              "dsa_fp8": ("#d62728", "--")}
+    # a dense method measured in several runs (bf16 and FP8 key runs): one point per context, their median
+    df = df.groupby(["layout", "method", "batch", "context"], as_index=False).ms.median()
     markers = dict(zip(sorted(df["batch"].unique()), "osD^v"))
     for c, lay in enumerate(layouts):
         d = df[(df.layout == lay) & df.method.isin(list(styles))]
@@ -200,8 +213,10 @@ def decode_cost_figure(df: pd.DataFrame, title: str) -> Any:
         ax = axes[1, c]
         piv = d.pivot_table(index=["batch", "context"], columns="method", values="ms").reset_index()
         for b, g in piv.groupby("batch"):
-            if "dense" in g and "dsa" in g:
-                ax.plot(g.context, g["dense"] / g["dsa"], marker=markers[b], ms=4, label=f"batch {b}")
+            for dsa, ls in (("dsa", "-"), ("dsa_fp8", "--")):
+                if "dense" in g and dsa in g:
+                    keys = " (FP8 keys)" if dsa.endswith("fp8") else ""
+                    ax.plot(g.context, g["dense"] / g[dsa], ls=ls, marker=markers[b], ms=4, label=f"batch {b}{keys}")
         ax.axhline(1, color="0.6", lw=0.8)
         ax.set(xscale="log", xlabel="context S (cached tokens)", ylabel="dense kernel ms / DSA ms",
                title=f"{lay}: DSA speed-up (higher is better; 1 = tie)")

@@ -83,11 +83,14 @@ def decode_cost_frame(decode_results: Iterable[dict], cost: TokenCost = TokenCos
         for r in res["rows"]:
             if r.get("kind") != "decode" or "skipped" in r:
                 continue
-            for key, method in (("dense_ms", "dense (split-K kernel)"), ("dsa_ms", "DSA")):
+            dsa = "DSA, FP8 keys" if (r.get("indexer_dtype") or "bf16") == "fp8" else "DSA"
+            for key, method in (("dense_ms", "dense (split-K kernel)"), ("dsa_ms", dsa)):
                 if r.get(key) is not None:
                     rows.append({"layout": LAYOUT_NAMES.get(r["layout"], r["layout"]), "method": method,
                                  "batch": r["batch"], "position": r["context"], "ms_per_token": r[key] / r["batch"]})
     res = pd.DataFrame(rows, columns=["layout", "method", "batch", "position", "ms_per_token"])
+    # a method measured in several runs (dense beside the bf16 and the FP8 key runs): their median per point
+    res = res.groupby(["layout", "method", "batch", "position"], as_index=False).ms_per_token.median()
     return res.assign(usd_per_mtok=cost.usd_per_million(res.ms_per_token))
 
 
@@ -102,9 +105,11 @@ def cost_ratio_table(prefill: pd.DataFrame, decode: pd.DataFrame, batch: int) ->
             out.append(j.reset_index().assign(layout=layout, stage=f"prefill, {method}"))
     for layout, d in decode[decode.batch == batch].groupby("layout"):
         piv = d.pivot_table(index="position", columns="method", values="usd_per_mtok")
-        if {"DSA", "dense (split-K kernel)"} <= set(piv.columns):
-            j = piv.rename(columns={"DSA": "dsa_usd", "dense (split-K kernel)": "dense_usd"})[["dsa_usd", "dense_usd"]]
-            out.append(j.reset_index().assign(layout=layout, stage=f"decode, batch {batch}"))
+        for dsa in [m for m in piv.columns if m.startswith("DSA")]:
+            if "dense (split-K kernel)" in piv.columns:
+                j = piv[[dsa, "dense (split-K kernel)"]].set_axis(["dsa_usd", "dense_usd"], axis=1)
+                keys = "" if dsa == "DSA" else f", {dsa[5:]}"
+                out.append(j.reset_index().assign(layout=layout, stage=f"decode, batch {batch}{keys}"))
     if not out:
         return pd.DataFrame(columns=["layout", "stage", "position", "dense_usd", "dsa_usd", "dense_over_dsa"])
     res = pd.concat(out, ignore_index=True)
@@ -148,7 +153,8 @@ def token_cost_figure(prefill: pd.DataFrame, decode: pd.DataFrame, cost: TokenCo
         for (method, b), g in d.groupby(["method", "batch"]):
             g = g.sort_values("position")
             col = "#444444" if method.startswith("dense") else "#d62728"
-            ax.plot(g.position, g.usd_per_mtok, color=col, marker=markers[b], ms=4, label=f"{method}, batch {b}")
+            ax.plot(g.position, g.usd_per_mtok, color=col, ls="--" if "FP8" in method else "-", marker=markers[b],
+                    ms=4, label=f"{method}, batch {b}")
         ax.set(xscale="log", yscale="log", xlabel="token position (cached tokens)", ylabel=unit,
                title=f"{lay}: decode (lower is better)")
         for ax in axes[r]:

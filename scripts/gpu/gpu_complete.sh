@@ -7,8 +7,8 @@
 #                    the decode kernels at real size;
 #   mla    (~7 min)  the map's MLA-MQA rows at 32K, 64K, 128K (the illegal memory access fixed at 250a99a);
 #   l128   (~4 min)  the map's 128K rows of MQA 64, GQA 16/2 and MHA 16 (FlexAttention's block mask compiled);
-#   decode (~6 min)  gpu_decode.sh's benchmark: MLA-MQA and MQA decode, whole requests with DSA (prompt 4K/16K/64K
-#                    + 256 tokens), the bf16 and (if the option exists) FP8 indexer keys.
+#   decode (~9 min)  gpu_decode.sh's benchmark: MLA-MQA and MQA decode with bf16 indexer keys and whole requests
+#                    with DSA (prompt 4K/16K/64K + 256 tokens), then FP8 indexer keys (batches 16, 64).
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_complete.sh STAGE ; copy $OUT's files to data/bench/{map,decode,indexer}/.
 set -uo pipefail
@@ -31,7 +31,8 @@ case $stage in
       LAYOUTS=$layout LENS=131072 INDEXERS="4x64 64x128 64x128:fp8" REPS=3 BUDGET_S=70 OUT=$OUT \
         timeout 170 bash scripts/gpu/gpu_map.sh
     done ;;
-  decode)
-    BENCH_TIMEOUT=540 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench ;;
+  decode)  # bf16 keys with the whole requests, then FP8 keys on the decode grid only
+    BENCH_TIMEOUT=330 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench
+    INDEXER_DTYPE=fp8 REQUESTS="" BATCHES="16 64" BENCH_TIMEOUT=200 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench ;;
   *) echo "unknown stage $stage (tests|mla|l128|decode)"; exit 2 ;;
 esac

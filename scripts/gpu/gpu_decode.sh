@@ -8,7 +8,7 @@
 #      MLA first: if the time runs out, the headline layout is done (every finished row is in the JSON).
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_decode.sh [tests|bench|all] ; results go to $OUT (decode.json, tests.log).
-# Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths), BENCH_TIMEOUT (seconds, default 240), INDEXER_DTYPE
+# Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths; set and empty: no requests), BENCH_TIMEOUT (seconds, default 240), INDEXER_DTYPE
 #   (bf16 or fp8: DeepSeek's e4m3 indexer keys + per-token scales, 132 bytes a token; default bf16).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,7 +30,8 @@ if [[ $what == bench || $what == all ]]; then
   timeout "${BENCH_TIMEOUT:-240}" python -m dsa.bench.decode --layouts mla mqa \
     --contexts ${CONTEXTS:-4096 8192 16384 32768 65536 131072} --batches ${BATCHES:-1 16 64} \
     --top-k 2048 --indexer 64x128 --indexer-dtype "${INDEXER_DTYPE:-bf16}" \
-    --request-contexts ${REQUESTS:-4096 16384 65536} --gen-tokens 256 \
-    --out "$OUT/decode.json" || echo "bench stopped (exit $?): $OUT/decode.json holds every finished row"
+    --request-contexts ${REQUESTS-4096 16384 65536} --gen-tokens 256 \
+    --out "$OUT/decode-${INDEXER_DTYPE:-bf16}.json" \
+    || echo "bench stopped (exit $?): $OUT/decode-${INDEXER_DTYPE:-bf16}.json holds every finished row"
 fi
 echo "done in $(( $(date +%s) - start )) s; files in $OUT"

@@ -105,6 +105,7 @@ def test_a_static_export_and_the_dynamo_exporter(tmp_path):
     (dict(impl="triton"), "impl='triton'"),
     (dict(k_policy="mass"), "adaptive k"),
     (dict(leak_future=True), "seeds' bug"),
+    (dict(indexer_precision="fp8"), "no FP8 quantization"),
 ])
 def test_what_cannot_be_exported_says_why(tmp_path, change, match):
     model = model_of("dsa", **change)

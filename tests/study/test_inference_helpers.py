@@ -48,3 +48,14 @@ def test_decode_tables_from_a_cpu_run():
         [r["dense_ms"] / r["dsa_ms"] for r in res["rows"] if r["kind"] == "decode"])
     fig = I.decode_cost_figure(frame, "t")
     assert len(fig.axes) == 2
+
+
+def test_fp8_key_rows_are_separate_dsa_methods_in_the_tables():
+    row = {"kind": "decode", "layout": "mla", "context": 64, "batch": 2, "indexer_dtype": "fp8"}
+    row |= {f"{m}_{k}": 1.0 for m in ("dense", "dsa") for k in ("ms", "tokens_per_s", "gbps")}
+    frame = I.decode_frame([{"rows": [row, {**row, "indexer_dtype": None, "dsa_ms": 2.0}]}])
+    assert sorted(frame.method) == ["dense", "dense", "dsa", "dsa_fp8"]
+    sp = I.speedup_table([{"rows": [row]}])
+    assert sp["indexer keys"].tolist() == ["fp8"]
+    fig = I.decode_cost_figure(frame, "t")
+    assert any("FP8 keys" in t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())

@@ -102,3 +102,19 @@ def test_the_figure_from_the_recorded_gpu_data_passes_the_checks():
     fig = token_cost_figure(p[p.layout.isin(set(d.layout))], d, cost, "recorded")
     assert C.check_figure(fig) == []
     plt.close(fig)
+
+
+def test_fp8_key_runs_are_their_own_method_and_dense_is_one_point_per_position():
+    def run(dtype, dsa_ms):
+        return {"rows": [{"kind": "decode", "layout": "mla", "context": 8192, "batch": 4, "indexer_dtype": dtype,
+                          "dense_ms": dense, "dsa_ms": dsa_ms} for dense in (1.0,)]}
+
+    d = decode_cost_frame([run("bf16", 0.5), run("fp8", 0.25), {"rows": [
+        {"kind": "decode", "layout": "mla", "context": 8192, "batch": 4, "dense_ms": 3.0, "dsa_ms": 0.5}]}],
+        TokenCost(3.6))
+    assert sorted(d.method) == ["DSA", "DSA, FP8 keys", "dense (split-K kernel)"]
+    assert d.set_index("method").ms_per_token.to_dict() == pytest.approx(
+        {"DSA": 0.5 / 4, "DSA, FP8 keys": 0.25 / 4, "dense (split-K kernel)": 1.0 / 4})  # median of 1, 1, 3
+    t = cost_ratio_table(_empty_prefill(), d, batch=4)
+    assert t.set_index("stage").dense_over_dsa.to_dict() == pytest.approx(
+        {"decode, batch 4": 2.0, "decode, batch 4, FP8 keys": 4.0})
