@@ -7,7 +7,7 @@
 #      4K..128K, batches 1, 16, 64, CUDA graphs; whole requests (prefill + 256 tokens) at 4K, 16K, 64K.
 #      MLA first: if the time runs out, the headline layout is done (every finished row is in the JSON).
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
-#   OUT=<folder> bash scripts/gpu/gpu_decode.sh [tests|bench|all] ; results go to $OUT (decode.json, tests.log).
+#   OUT=<folder> bash scripts/gpu/gpu_decode.sh [tests|bench|all] ; results go to $OUT (decode-<indexer dtype>.json, tests.log).
 # Knobs: CONTEXTS, BATCHES, REQUESTS (prompt lengths; set and empty: no requests), BENCH_TIMEOUT (seconds, default 240), INDEXER_DTYPE
 #   (bf16 or fp8: DeepSeek's e4m3 indexer keys + per-token scales, 132 bytes a token; default bf16).
 set -uo pipefail
