@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any
 
 from dsa.checks import check_int
-
 from dsa.train.design import SPARSITY_RATIOS, arm_label, k_rule_text
 from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
