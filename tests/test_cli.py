@@ -136,6 +136,8 @@ _TRAIN_BAD = [
     (["--attention", "dsa", "--dense-steps", "200"], "dense_steps"),
     (["--attention", "dsa", "--warmup-steps", "-1"], "warmup_steps"),
     (["--attention", "dsa", "--recipe", "scratch", "--warmup-steps", "5"], "indexer_kl"),
+    (["--start-step", "-1"], "start_step"), (["--start-step", "5"], "start_step (5) > 0 continues a run: init_from"),
+    (["--schedule-steps", "50"], "schedule_steps"), (["--schedule-steps", "0"], "schedule_steps"),
 ]
 _CPU_ONLY = [  # what this machine cannot run: refused here, not after the data loaded
     (["--device", "cuda"], "cuda"), (["--device", "cuda:0"], "cuda"), (["--precision", "bf16"], "bf16"),

@@ -13,7 +13,22 @@ import pandas as pd
 
 from .equivalence import MARGINS, binomial_ci, noise_floor, tost_paired, verdict_text
 
-_ID = ("experiment", "task", "arm", "seq_len", "top_k", "seed", "replicate")
+_ID = ("experiment", "task", "arm", "seq_len", "top_k", "seed", "replicate", "lr_schedule")
+
+
+def lr_schedule(record: dict) -> str:
+    """How a run's learning rate relates to the step it trains: 'own' (a run from step 0 on its own schedule),
+    'continued' (continued at its source's global step on the source's schedule, its AdamW state kept:
+    ``TrainConfig.start_step`` > 0), or 'restarted' (started from another run's weights with a warm-up, cosine
+    and optimiser of its own: the long-context pilot's continued arms, recorded before ``start_step`` existed).
+    'own' and 'continued' runs of one recipe share one LR curve over the global step; a 'restarted' arm differs
+    from them in its schedule as well as in what it is compared for."""
+    init = record.get("init_from") or (record.get("config") or {}).get("init_from")
+    if not init:
+        return "own"
+    if (record.get("config") or {}).get("start_step") or (isinstance(init, dict) and init.get("start_step")):
+        return "continued"
+    return "restarted"
 
 
 def _ident(r: dict) -> dict:
@@ -21,8 +36,8 @@ def _ident(r: dict) -> dict:
     c = r.get("config") or {}
     return {"experiment": d.get("experiment"), "task": d.get("task"), "arm": d.get("arm"),
             "seq_len": c.get("seq_len"), "top_k": c.get("top_k"), "seed": c.get("seed"),
-            "replicate": d.get("replicate", 0), "device": (r.get("provenance") or {}).get("device"),
-            "val_loss": (r.get("final") or {}).get("val_loss")}
+            "replicate": d.get("replicate", 0), "lr_schedule": lr_schedule(r),
+            "device": (r.get("provenance") or {}).get("device"), "val_loss": (r.get("final") or {}).get("val_loss")}
 
 
 def task_table(records: Iterable[dict], confidence: float = 0.95, method: str = "wilson") -> pd.DataFrame:
@@ -119,7 +134,9 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
     """Every arm (but ``exclude``: the checkpoint the others start from, trained for fewer steps) against
     ``baseline`` per (experiment, task, L, k-setting), paired by seed (replicate 0), TOST with the metric's
     margin; the noise floor (SD of the difference of two identical re-runs, from the replicates of the same
-    experiment and task) beside each verdict."""
+    experiment and task) beside each verdict. ``same_lr_schedule`` is False where one side restarted its LR
+    schedule and the other did not (:func:`lr_schedule`): the difference then includes the schedule, which
+    the verdict's text says."""
     margins = {**MARGINS, **(margins or {})}
     rows = []
     for (exp, task, metric, length), g in metrics.groupby(["experiment", "task", "metric", "seq_len"]):
@@ -133,23 +150,32 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
             b = base.groupby("seed").value.mean()
             res = tost_paired(b, ga.groupby("seed").value.mean(), margins[metric])
             unit = "nats/token" if metric == "loss" else "accuracy"
+            same = set(_restarted(ga.lr_schedule)) == set(_restarted(base.lr_schedule))
+            confound = "" if same else (" Confounded: one side restarted its LR schedule (warm-up, cosine and "
+                                        "optimiser of its own), the other did not; the difference includes it.")
             rows.append({"experiment": exp, "task": task, "seq_len": length, "top_k": k, "arm": arm,
                          "baseline": baseline, "metric": metric, "n_seeds": res["n_pairs"], "diff": res["diff"],
                          "margin": res["margin"], "resolution": res["resolution"], "verdict": res["verdict"],
-                         "noise_floor": noise if noise is not None else math.nan,
-                         "verdict_text": verdict_text(res, unit=unit, noise=noise)})
+                         "noise_floor": noise if noise is not None else math.nan, "same_lr_schedule": same,
+                         "verdict_text": verdict_text(res, unit=unit, noise=noise) + confound})
     return pd.DataFrame(rows)
 
 
+def _restarted(schedules: Iterable[str]) -> list[bool]:
+    return [s == "restarted" for s in schedules]
+
+
 def design_table(configs: Sequence) -> pd.DataFrame:
-    """The design of a long-context experiment: runs and seeds per (task, arm, L, k) from its configs."""
+    """The design of a long-context experiment from its configs: per (task, arm, L, k) the runs, seeds, the
+    first global LM step (a continued arm's start_step) and the LM steps of each run."""
     from dsa.train.long_context import design_of  # noqa: PLC0415
 
-    rows = [{**design_of(c), "steps": c.steps, "seed": c.seed, "n_kv_heads": c.n_kv_heads} for c in configs]
+    rows = [{**design_of(c), "steps": c.steps, "first_step": c.start_step, "seed": c.seed, "n_kv_heads": c.n_kv_heads}
+            for c in configs]
     df = pd.DataFrame(rows)
     g = df.groupby(["task", "arm", "seq_len", "top_k"], dropna=False)
-    out = g.agg(runs=("seed", "size"), seeds=("seed", "nunique"), steps=("steps", "max"),
-                layout=("layout", "first")).reset_index()
+    out = g.agg(runs=("seed", "size"), seeds=("seed", "nunique"), first_step=("first_step", "min"),
+                steps=("steps", "max"), layout=("layout", "first")).reset_index()
     out["k/L"] = [f"1/{int(round(l / k))}" for l, k in zip(out.seq_len, out.top_k)]
     return out
 
@@ -170,5 +196,5 @@ def not_recorded(records: Sequence[dict], expected: Sequence) -> pd.DataFrame:
                           "seeds missing": ", ".join(map(str, sorted(v)))} for k, v in sorted(miss.items(), key=str)])
 
 
-__all__ = ["arm_verdicts", "design_table", "far_context_check", "not_recorded", "pooled_accuracy", "run_metrics",
-           "task_table", "text_table"]
+__all__ = ["arm_verdicts", "design_table", "far_context_check", "lr_schedule", "not_recorded", "pooled_accuracy",
+           "run_metrics", "task_table", "text_table"]

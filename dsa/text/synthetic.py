@@ -300,19 +300,6 @@ class SyntheticSampler:
         return (x, y) if device is None else (x.to(device), y.to(device))
 
 
-class OffsetSampler:
-    """A sampler whose step i is ``inner``'s step ``offset + i``: a run continued from a checkpoint trained on
-    steps [0, offset) sees the batches that come next, as the from-scratch arm does at the same steps."""
-
-    def __init__(self, inner, offset: int) -> None:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-        self.inner, self.offset = inner, offset
-
-    def batch(self, step: int, device: torch.device | str | None = None):
-        return self.inner.batch(self.offset + step, device)
-
-
 def cut_relevant(batch: SyntheticBatch, cfg: SyntheticConfig, generator: torch.Generator | None = None) -> SyntheticBatch:
     """The same batch with every relevant position (relevant_pos >= 0) overwritten by fresh noise: the far
     information a query needs is gone, everything else (queries, answers as targets, positions) stays.

@@ -11,10 +11,12 @@ them back instead of decoding them from k and L. Records written before the fiel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from dsa.checks import check_int
 from dsa.train.design import SPARSITY_RATIOS, arm_label, k_rule_text
 from dsa.train.long_context import with_design
 from dsa.train.trainer import TrainConfig
@@ -221,22 +223,32 @@ LC_RECIPE_STEPS = {"small": (20, 10, 5), "full": (1000, 500, 100)}
 def recipe_arms(size: str, task: str, seq_len: int, top_k: int, seed: int, replicates: int = 1,
                 steps: tuple[int, int, int] | None = None, experiment: str = "lc_recipe",
                 batch_size: int | None = None) -> list[TrainConfig]:
-    """DeepSeek's recipe with its control, one seed: ``dense_base`` (dense, N0 steps, checkpointed), then from
-    it (a) ``dense_continued`` (N steps) and (b) ``dsa_from_dense`` (indexer warm-up with the model frozen, then
-    N sparse steps), and (c) ``dsa_scratch`` (sparse with the indexer KL from step 0, N0 + N steps). Every arm
-    reads the same batch stream: the continued arms start at batch N0. ``replicates`` > 1 adds identical
-    re-runs of (a) and (b) (design 'replicate' 1, 2, ...) for the noise floor."""
+    """DeepSeek's recipe with its control, one seed: ``dense_base`` (dense, global LM steps [0, N0),
+    checkpointed), then from it (a) ``dense_continued`` (steps [N0, N0 + N)) and (b) ``dsa_from_dense``
+    (indexer warm-up with the model frozen, then sparse steps [N0, N0 + N)), and (c) ``dsa_scratch`` (sparse
+    with the indexer KL from step 0, steps [0, N0 + N)).
+
+    What the arms share, so that they differ only in attention and in the indexer's own training: one LR
+    schedule of N0 + N global steps (the base is given the whole length and stops at N0; the continued arms
+    start at ``start_step`` N0 and keep the base's AdamW state), one batch stream read by global step (base
+    and continued arms together read batches 0 .. N0 + N - 1, as the scratch arm does: the same LM tokens in
+    the same order). Beyond them, (b)'s indexer alone sees W warm-up batches of the separate warm-up stream
+    (not LM steps, the model frozen): DeepSeek's recipe. Base + (b) trains exactly as one DSA run of the
+    deepseek recipe would (dense N0, warm-up W, sparse N), split at its checkpoint. ``replicates`` > 1 adds
+    identical re-runs of (a) and (b) (design 'replicate' 1, 2, ...) for the noise floor."""
     n0, n, w = steps or LC_RECIPE_STEPS[size]
-    common = dict(size=size, experiment=experiment, task=task, seq_len=seq_len, top_k=top_k, seed=seed)
+    common = dict(size=size, experiment=experiment, task=task, seq_len=seq_len, top_k=top_k, seed=seed,
+                  schedule_steps=n0 + n)
     if batch_size is not None:
         common["batch_size"] = batch_size
     base = _lc(arm="dense_base", attention="dense", steps=n0, design={"save_checkpoint": True}, **common)
-    src = {"init_from_arm": base.run_name(), "data_offset": n0}
+    src = {"init_from_arm": base.run_name()}
     out = [base]
     for rep in range(replicates):
-        out.append(_lc(arm="dense_continued", attention="dense", steps=n, replicate=rep, design=src, **common))
+        out.append(_lc(arm="dense_continued", attention="dense", start_step=n0, steps=n, replicate=rep, design=src,
+                       **common))
         out.append(_lc(arm="dsa_from_dense", attention="dsa", recipe="deepseek", dense_steps=0, warmup_steps=w,
-                       steps=n, replicate=rep, design=src, **common))
+                       start_step=n0, steps=n, replicate=rep, design=src, **common))
     out.append(_lc(arm="dsa_scratch", attention="dsa", recipe="scratch", indexer_kl=True, steps=n0 + n, **common))
     return out
 
@@ -267,6 +279,29 @@ def long_context_pilot(size: str) -> list[TrainConfig]:
         for task in ("recall", "text"):
             out += recipe_arms(size, task, l, l // 16, seed, replicates=3 if seed == 0 else 1,
                                steps=LC_PILOT_STEPS[size], experiment="lc_pilot", batch_size=LC_PILOT_BATCH[size])
+    return out
+
+
+def shortened(configs: Sequence[TrainConfig], steps: int) -> list[TrainConfig]:
+    """The configs scaled to LR schedules of ``steps`` global LM steps (quick runs: notebooks, CPU checks).
+
+    Each run's start, end and LR warm-up scale by ``steps`` / its schedule length, rounded: runs of one
+    schedule (the recipe's arms) still meet where one continues another and share one LR curve. A DSA run's
+    dense and indexer warm-up phases keep their shares of its steps (at least one warm-up step if it had
+    any); each run evaluates at its end. ValueError when a run would be left without a step."""
+    check_int("steps", steps, 1)
+    out = []
+    for c in configs:
+        length = c.schedule_length()
+        start, end = round(c.start_step * steps / length), round((c.start_step + c.steps) * steps / length)
+        if end <= start:
+            raise ValueError(f"steps ({steps}) leaves {c.run_name()} without a step (it runs {c.steps} of "
+                             f"{length}); give at least {math.ceil(length / c.steps)}")
+        n = end - start
+        warm = min(c.warmup_steps, max(1, c.warmup_steps * n // c.steps)) if c.warmup_steps else 0
+        out.append(replace(c, start_step=start, steps=n, dense_steps=c.dense_steps * n // c.steps,
+                           warmup_steps=warm, schedule_steps=None if c.schedule_steps is None else steps,
+                           lr_warmup_steps=round(c.lr_warmup_steps * steps / length), eval_every=n))
     return out
 
 

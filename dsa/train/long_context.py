@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from dsa.text.synthetic import (
     TASKS,
-    OffsetSampler,
     SyntheticBatch,
     SyntheticConfig,
     SyntheticSampler,
@@ -40,7 +39,7 @@ from dsa.text.synthetic import (
     masked_targets,
     selection_hits,
 )
-from dsa.train.trainer import TrainConfig, train
+from dsa.train.trainer import CONTINUE_SAME, TrainConfig, train
 
 DISTANCE_BUCKETS = ("d < k/4", "k/4 <= d < k", "k <= d < 4k", "d >= 4k")
 POSITION_BUCKETS = ("t < k", "k <= t < 4k", "t >= 4k")
@@ -69,7 +68,8 @@ def task_of(cfg: TrainConfig) -> str:
 
 
 def with_init_from(cfg: TrainConfig, path: str | Path) -> TrainConfig:
-    """``cfg`` starting from the checkpoint at ``path`` (fresh optimisers, step 0)."""
+    """``cfg`` starting from the checkpoint at ``path``: a continuation when ``cfg.start_step`` > 0 (the
+    checkpoint's step, schedule and optimiser state), else fresh optimisers at step 0."""
     return with_design(replace(cfg, init_from=str(path)), design_of(cfg))
 
 
@@ -91,10 +91,10 @@ def eval_task_batches(cfg: TrainConfig, design: dict, n_batches: int) -> list[Sy
 
 
 def task_data(cfg: TrainConfig, design: dict):
-    """(vocab_size, train_sampler, warm_sampler, val_batches, meta) for ``dsa.train.trainer.train(cfg, data=...)``;
-    the LM stream starts at design['data_offset'] (a run continued from a checkpoint of that many steps sees the
-    batches that come next)."""
-    offset = int(design.get("data_offset", 0))
+    """(vocab_size, train_sampler, warm_sampler, val_batches, meta) for ``dsa.train.trainer.train(cfg, data=...)``.
+    Every arm gets the stream from its start: the trainer reads batch ``i`` at global LM step ``i``, so a run
+    continued at ``cfg.start_step`` reads the batches that come after its source's. (Records written before
+    ``start_step`` existed carry ``design['data_offset']``, applied here then; it is not read any more.)"""
     task = task_of(cfg)
     if task in TASKS:
         scfg = synthetic_config(cfg, design)
@@ -103,11 +103,11 @@ def task_data(cfg: TrainConfig, design: dict):
         warm_s = SyntheticSampler(task, scfg, cfg.batch_size, cfg.data_seed + 7919, distances=dist)
         val = [(b.x, masked_targets(b)) for b in eval_task_batches(cfg, design, cfg.eval_batches)]
         meta = {"name": task, "synthetic": asdict(scfg), "distances": list(dist) if dist else None}
-        return cfg.vocab_size, OffsetSampler(train_s, offset), warm_s, val, meta
+        return cfg.vocab_size, train_s, warm_s, val, meta
     from dsa.train.trainer import _load_data  # noqa: PLC0415
 
     corpus, train_s, warm_s, val = _load_data(cfg)
-    return corpus.vocab_size, OffsetSampler(train_s, offset), warm_s, val, corpus.meta
+    return corpus.vocab_size, train_s, warm_s, val, corpus.meta
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -236,15 +236,6 @@ def evaluate_run(model, cfg: TrainConfig, design: dict, val, n_batches: int) -> 
 
 
 # ------------------------------------------------------------------------------------------ runner
-def save_checkpoint(model, cfg: TrainConfig, path: Path) -> Path:
-    """The trained weights as a weights-only checkpoint: ``model_config`` and ``state_dict`` (the two entries
-    every reader of ``dsa.train.checkpoints`` needs, branch h-ckpt) plus the run's ``train_config`` and ``lm_steps``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(),
-                "train_config": asdict(cfg), "lm_steps": cfg.steps}, path)
-    return path
-
-
 def order_arms(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
     """The configs in their own order except that every run comes after the run it starts from (each step takes
     the first pending run whose source is done; ValueError on a missing or circular source)."""
@@ -264,13 +255,42 @@ def order_arms(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
     return out
 
 
+def check_continuations(configs: Sequence[TrainConfig]) -> None:
+    """ValueError, before anything trains, unless every arm that starts from another (``design['init_from_arm']``)
+    continues it: it starts at the global LM step its source ends at (``start_step`` = the source's
+    ``start_step + steps``), on the same LR schedule (shape and length) and batch stream
+    (``dsa.train.trainer.CONTINUE_SAME``), and its source writes a checkpoint (``design['save_checkpoint']``).
+    An arm with ``start_step`` > 0 must name its source. (The trainer checks the checkpoint itself again.)"""
+    by_name = {c.run_name(): c for c in configs}
+    for c in configs:
+        src_name = design_of(c).get("init_from_arm")
+        if src_name is None:
+            if c.start_step and c.init_from is None:
+                raise ValueError(f"{c.run_name()}: start_step {c.start_step} > 0 but no init_from_arm to continue")
+            continue
+        src = by_name.get(src_name)
+        if src is None:
+            raise ValueError(f"init_from_arm names runs that are not in the list: [{src_name!r}]")
+        why = [f"{k}: {getattr(src, k)!r} vs {getattr(c, k)!r}" for k in CONTINUE_SAME if getattr(src, k) != getattr(c, k)]
+        if src.schedule_length() != c.schedule_length():
+            why.append(f"LR schedule of {src.schedule_length()} vs {c.schedule_length()} steps")
+        if c.start_step != src.start_step + src.steps:
+            why.append(f"starts at step {c.start_step}, its source ends at {src.start_step + src.steps}")
+        if not design_of(src).get("save_checkpoint"):
+            why.append("its source writes no checkpoint (design save_checkpoint)")
+        if why:
+            raise ValueError(f"{c.run_name()} does not continue {src_name}: " + "; ".join(why))
+
+
 def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Path, n_eval_batches: int = 4,
              device: str | None = None, extra: dict | None = None) -> list[dict]:
     """Train and evaluate every config (sources before the arms that start from them), appending one JSON
     line per run to ``out``: the trainer's record (config, history, final, provenance ...) plus ``design``,
     ``long_context`` (:func:`evaluate_run`) and ``extra`` (e.g. {"timing": {"workers_on_device": n}}).
-    skip_missing_init: an arm that needs ``TrainConfig.init_from`` where it does not exist is skipped with a
-    line on stderr instead of stopping the run (RuntimeError)."""
+    An arm with ``design['save_checkpoint']`` writes the trainer's full checkpoint (weights, optimisers,
+    step, data position) to ``ckpt_dir/<run name>.pt``; the arms that name it in ``init_from_arm`` continue
+    from it (:func:`check_continuations`, checked for all arms before the first one trains)."""
+    check_continuations(configs)
     out, ckpt_dir = Path(out), Path(ckpt_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpts: dict[str, Path] = {}
@@ -281,11 +301,12 @@ def run_arms(configs: Sequence[TrainConfig], out: str | Path, ckpt_dir: str | Pa
             cfg = with_design(replace(cfg, device=device), design)
         if design.get("init_from_arm"):
             cfg = with_init_from(cfg, ckpts[design["init_from_arm"]])
+        if design.get("save_checkpoint"):
+            ckpts[cfg.run_name()] = ckpt_dir / f"{cfg.run_name()}.pt"
+            cfg = with_design(replace(cfg, checkpoint_path=str(ckpts[cfg.run_name()])), design)
         data = task_data(cfg, design)
         rec = train(cfg, data=data)
         model = rec.pop("model")
-        if design.get("save_checkpoint"):
-            ckpts[cfg.run_name()] = save_checkpoint(model, cfg, ckpt_dir / f"{cfg.run_name()}.pt")
         with torch.autocast("cuda", dtype=torch.bfloat16) if model.embed.weight.is_cuda else contextlib.nullcontext():
             rec["long_context"] = evaluate_run(model, cfg, design, data[3], n_eval_batches)
         rec["design"] = design

@@ -13,6 +13,15 @@ which the indexer receives no gradient at all (top-k is not differentiable) and 
 Fairness: the LM sees batch ``i`` at LM step ``i`` in every run with one ``data_seed``; the main weights
 start identical for one ``seed`` whatever the attention; the LR schedule runs over the LM steps only.
 
+Continued training (``start_step`` > 0, ``init_from`` = the checkpoint a run wrote at that step): LM steps are
+counted globally, so a run split in two (a dense base of N0 steps, then a continued run from its checkpoint)
+reads batches N0, N0+1, ... and takes the LR of global steps N0, N0+1, ... of one schedule of
+``schedule_steps`` (the base is told the whole length), and keeps AdamW's moments of every parameter the two
+models share (a new indexer starts its own optimiser). DeepSeek's recipe as two runs then matches the
+one-run recipe (dense phase, indexer warm-up, sparse phase) step for step, and a continued arm differs from
+a from-scratch arm of N0 + N steps only in its attention: restarting warm-up and cosine with fresh moments
+would hand the continued arms a second schedule, a confound the long-context pilot ran into.
+
 Command line (``dsa.train.cli``): python -m dsa train --attention dense|dsa --seq-len 256 --top-k 128 --steps 1000 ...
 """
 
@@ -145,8 +154,17 @@ class TrainConfig:
         "help": "continue from checkpoint_path if it exists (same result as an uninterrupted run); "
                 "start from step 0 with a message if it does not"})
     init_from: str | None = field(default=None, metadata={
-        "help": "initialise the model's weights from this checkpoint (fresh optimisers, step 0); a dense "
-                "checkpoint into a DSA run keeps the new indexer's seeded init"})
+        "help": "initialise the model's weights from this checkpoint; a dense checkpoint into a DSA run keeps "
+                "the new indexer's seeded init. With start_step 0: fresh optimisers, a schedule of its own; "
+                "with start_step > 0: a training checkpoint written at that step, whose run this one continues"})
+    start_step: int = field(default=0, metadata={
+        "help": "global LM step this run starts at (>= 0): its place on the LR schedule and the index of its "
+                "first batch; > 0 continues the run whose checkpoint init_from names (it must be at this "
+                "step; its optimiser moments are kept for the parameters both models have)", "metavar": "N"})
+    schedule_steps: int | None = field(default=None, metadata={
+        "help": "length of the LR schedule (warm-up, then cosine) in global LM steps, >= start_step + steps "
+                "(default start_step + steps; a run that others continue is given the whole length)",
+        "metavar": "N"})
 
     design: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "the design factors of the run, recorded by the experiment that built it (dsa.train.experiments: "
@@ -215,8 +233,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("seq_len", "batch_size", "steps", "eval_every", "eval_batches", "vocab_size"):
             check_int(name, getattr(self, name), 1)
-        for name in ("lr_warmup_steps", "seed", "data_seed"):
+        for name in ("lr_warmup_steps", "seed", "data_seed", "start_step"):
             check_int(name, getattr(self, name), 0)
+        if self.schedule_steps is not None:
+            check_int("schedule_steps", self.schedule_steps, 1)
+            if self.schedule_steps < self.start_step + self.steps:
+                raise ValueError(f"schedule_steps ({self.schedule_steps}) must be >= start_step + steps "
+                                 f"({self.start_step} + {self.steps}): a run may not outlast its LR schedule")
         check_int("top_k", self.top_k, 1)
         if self.top_k > self.seq_len:
             raise ValueError(f"top_k ({self.top_k}) must be <= seq_len ({self.seq_len})")
@@ -262,6 +285,10 @@ class TrainConfig:
         plan = [("dense", self.dense_steps), ("warmup", self.warmup_steps), ("sparse", self.steps - self.dense_steps)]
         return [(p, n) for p, n in plan if n > 0]
 
+    def schedule_length(self) -> int:
+        """The LR schedule's length in global LM steps: ``schedule_steps``, else where this run ends."""
+        return self.schedule_steps if self.schedule_steps is not None else self.start_step + self.steps
+
     def run_name(self) -> str:
         if self.name:
             return self.name
@@ -270,10 +297,11 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio * lr, over the LM steps."""
+    """The LR of global LM step ``step``: linear warm-up, then cosine decay to min_lr_ratio * lr at
+    ``cfg.schedule_length()`` (a function of the global step alone: every run of one schedule agrees on it)."""
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
-    span = max(cfg.steps - cfg.lr_warmup_steps, 1)
+    span = max(cfg.schedule_length() - cfg.lr_warmup_steps, 1)
     progress = min((step - cfg.lr_warmup_steps) / span, 1.0)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -363,7 +391,7 @@ class _Run:
     step_times: dict[str, list[float]] = field(default_factory=dict)
     window: list[float] = field(default_factory=list)
     it: int = 0  # iterations done, LM and warm-up
-    lm_step: int = 0  # LM steps done: the LR schedule's position and the index of the next LM batch
+    lm_step: int = 0  # global LM step (start_step + LM steps done): the LR's position, the next LM batch's index
     bar: Any = None
     t_start: float = 0.0
 
@@ -426,7 +454,7 @@ def _setup(cfg: TrainConfig, info: ddp_util.DistInfo, data, init_ck: dict | None
     return _Run(cfg=cfg, info=info, device=device, use_bf16=use_bf16, model=model, mcfg=mcfg,
                 main_params=main_params, idx_params=idx_params, main_opt=main_opt, idx_opt=idx_opt,
                 train_s=train_s, warm_s=warm_s, val=val, meta=meta, phases=phases, ckpt_path=cfg.checkpoint_file(),
-                init=init, step_times={p: [] for p, _ in phases})
+                init=init, step_times={p: [] for p, _ in phases}, lm_step=cfg.start_step)
 
 
 def _warmup_step(run: _Run, x: torch.Tensor) -> float:
@@ -532,8 +560,8 @@ def _train_phases(run: _Run) -> None:
 
 
 def _phase_at(run: _Run, it: int) -> tuple[str, int, int]:
-    """(phase of iteration ``it`` - 1, LM steps and warm-up steps done after ``it`` iterations)."""
-    done, lm, warm, phase = 0, 0, 0, run.phases[0][0]
+    """(phase of iteration ``it`` - 1, the global LM step and the warm-up steps done after ``it`` iterations)."""
+    done, lm, warm, phase = 0, run.cfg.start_step, 0, run.phases[0][0]
     for p, n in run.phases:
         k = min(max(it - done, 0), n)
         if p == "warmup":
@@ -604,9 +632,61 @@ def read_checkpoints(cfg: TrainConfig, *, quiet: bool = False) -> tuple[dict | N
                              + ", ".join(f"{k}={then.get(k)!r} there, {now.get(k)!r} here" for k in diff[:5])
                              + ")")
     init_ck = None
-    if cfg.init_from and resume_ck is None:
+    if resume_ck is None and cfg.init_from:
         init_ck = ckpt.load_checkpoint(cfg.init_from, arg="init_from")
+        if cfg.start_step:
+            _check_continuation(init_ck, cfg)
+    elif resume_ck is None and cfg.start_step:
+        raise ValueError(f"start_step ({cfg.start_step}) > 0 continues a run: init_from must name the checkpoint "
+                         "that run wrote at that step")
     return resume_ck, init_ck
+
+
+# What a continued run shares with the run it continues: one LR curve over the global step (and the decay the
+# carried AdamW state was built with) and one batch stream. The model's shape is checked by load_weights.
+CONTINUE_SAME = ("lr", "min_lr_ratio", "lr_warmup_steps", "weight_decay", "batch_size", "seq_len", "data",
+                  "tokenizer", "vocab_size", "data_seed")
+
+
+def _check_continuation(ck: dict, cfg: TrainConfig) -> None:
+    """ValueError naming init_from unless ``ck`` is a training checkpoint written at global LM step
+    ``cfg.start_step`` by a run on the same LR schedule (same length too) and batch stream as ``cfg``."""
+    ckpt.check_training_state(ck, cfg.init_from, arg="init_from")
+    then = ck["config"]
+    if ck["progress"]["lm_step"] != cfg.start_step:
+        raise ValueError(f"init_from: {cfg.init_from!r} was written at LM step {ck['progress']['lm_step']}, this "
+                         f"run starts at start_step {cfg.start_step}")
+    diff = [f"{k}={then.get(k)!r} there, {getattr(cfg, k)!r} here" for k in CONTINUE_SAME
+            if then.get(k) != getattr(cfg, k)]
+    length = then.get("schedule_steps") or then.get("start_step", 0) + then["steps"]
+    if length != cfg.schedule_length():
+        diff.append(f"an LR schedule of {length} steps there, {cfg.schedule_length()} here")
+    if diff:
+        raise ValueError(f"init_from: {cfg.init_from!r} is not on this run's LR schedule and batch stream "
+                         f"(differs in {'; '.join(diff[:5])})")
+
+
+def _carry_optimisers(run: _Run, ck: dict) -> None:
+    """A continued run (start_step > 0) keeps the AdamW state (moments, step counts) of the run it continues:
+    for the main weights (the same tensors in the same order, dense or DSA), and for the indexer when the
+    checkpoint had one; an indexer new to this run starts a fresh optimiser (it has no moments to keep).
+    ValueError naming init_from when the checkpoint's batch stream is not where this run starts reading."""
+    data, world = ck["data"], run.info.world
+    if data["world_size"] != world:
+        raise ValueError(f"init_from: {run.cfg.init_from!r} was written by {data['world_size']} rank(s), this run "
+                         f"has {world}: the global batches would differ from the run it continues")
+    if (data["train_seed"], data["next_train_batch"]) != (getattr(run.train_s, "seed", None), run.lm_step * world):
+        raise ValueError(f"init_from: {run.cfg.init_from!r} stopped at batch {data['next_train_batch']} of the stream "
+                         f"seeded {data['train_seed']!r}; this run reads batch {run.lm_step * world} of "
+                         f"{getattr(run.train_s, 'seed', None)!r}")
+    run.main_opt.load_state_dict(ck["optimizers"]["main"])
+    idx = None
+    if run.idx_opt is not None:
+        idx = "new"
+        if run.init["indexer"] == "loaded" and ck["optimizers"]["indexer"] is not None:
+            run.idx_opt.load_state_dict(ck["optimizers"]["indexer"])
+            idx = "carried"
+    run.init.update(start_step=run.lm_step, optimizer={"main": "carried", "indexer": idx})
 
 
 def _check_world(ck: dict, cfg: TrainConfig, info: ddp_util.DistInfo) -> None:
@@ -691,9 +771,11 @@ def train(cfg: TrainConfig, data=None) -> dict:
     Checkpoints (:mod:`dsa.train.checkpoints`) go to ``cfg.checkpoint_file()`` every ``checkpoint_every``
     iterations and at the end. ``resume`` continues from that file to the same result as an uninterrupted
     run, or starts from step 0 (with a message) when it does not exist yet: a long job can be resubmitted
-    with ``--resume`` unchanged. ``init_from`` starts a new run (step 0, fresh optimisers) from a
-    checkpoint's weights: a dense checkpoint gives a DSA run its main weights and the indexer keeps its
-    init from ``seed`` (DeepSeek's continued training: dense, then indexer warm-up and sparse training).
+    with ``--resume`` unchanged. ``init_from`` starts a new run from a checkpoint's weights: a dense
+    checkpoint gives a DSA run its main weights and the indexer keeps its init from ``seed`` (DeepSeek's
+    continued training: dense, then indexer warm-up and sparse training). With ``start_step`` 0 the run
+    has fresh optimisers and a schedule of its own; with ``start_step`` > 0 it continues the run that wrote
+    the checkpoint at that global step: same LR curve, next batches, AdamW state kept (module docstring).
     A resumable checkpoint wins over ``init_from`` (it already holds the weights init_from gave)."""
     cfg.check_runtime()
     info = ddp_util.init_from_env(cfg.device)
@@ -703,6 +785,8 @@ def train(cfg: TrainConfig, data=None) -> dict:
     run = _setup(cfg, info, data, init_ck)
     if resume_ck is not None:
         _restore(run, resume_ck)
+    elif init_ck is not None and cfg.start_step:
+        _carry_optimisers(run, init_ck)
     run.t_start = time.perf_counter()
     run.bar = tqdm(total=run.total_iters, initial=run.it, desc=cfg.run_name(),
                    disable=not (cfg.progress and info.is_main), leave=False)

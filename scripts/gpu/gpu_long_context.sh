@@ -8,7 +8,8 @@
 # One process per seed (seed 0: one per task), 6 sharing the GPU (each record says so in timing.workers_on_device: its step times are
 # not a speed measurement). A process still running at the deadline is stopped; the runs it finished are kept
 # (one JSON line each, written when the run ends) and the integrator reports the rest as not run.
-# Without TrainConfig.init_from (branch h-ckpt) the two continued arms are skipped (logged), the others run.
+# The continued arms continue the dense base (TrainConfig.start_step: the same LR schedule over the global step,
+# the next batches, the base's optimiser state), so each process runs a seed's base before its continued arms.
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_long_context.sh ; results: $OUT/long_context_pilot.seed-*.jsonl + logs.
 # Time estimate (notebooks/08_long_context.py, section 5): a few minutes of GPU work (the table in section 5 of the notebook), 8 min cap.

@@ -1,5 +1,8 @@
 """dsa.study.long_context on hand-made records whose answers are known."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from dsa.study import long_context as LC
@@ -15,9 +18,14 @@ def _task_rec(arm, seed, correct, cut, n=200, hits=0, rep=0, task="recall"):
                 "d >= 4k": {"n": n, "correct": correct, "correct_cut": cut, "hits": hits, "hit_pairs": 2 * n if hits else 0}}}}
 
 
-def _text_rec(arm, seed, loss, full, cut, rep=0):
-    return {"design": {"experiment": "lc_recipe", "task": "text", "arm": arm, "replicate": rep},
-            "config": {"seq_len": 8192, "top_k": 512, "seed": seed}, "provenance": {"device": "H200"},
+def _text_rec(arm, seed, loss, full, cut, rep=0, start_step=None):
+    """start_step: None = a run from step 0; 0 = started from the base's weights on a schedule of its own (the
+    pilot's continued arms); > 0 = continued on the base's schedule."""
+    init = {} if start_step is None else {"init_from": {"path": "base.pt", **({"start_step": start_step} if start_step
+                                                                               else {})}}
+    return {"design": {"experiment": "lc_recipe", "task": "text", "arm": arm, "replicate": rep}, **init,
+            "config": {"seq_len": 8192, "top_k": 512, "seed": seed, "start_step": start_step or 0},
+            "provenance": {"device": "H200"},
             "final": {"val_loss": loss},
             "long_context": {"kind": "text", "by_position": {"t < k": {"loss_sum": 10.0, "n": 2},
                                                              "t >= 4k": {"loss_sum": 6.0, "n": 3}},
@@ -62,11 +70,37 @@ def test_arm_verdicts_with_noise_floor_and_exclusions():
     assert v.loc["dsa_from_dense", "noise_floor"] > 0 and "noise floor" in v.loc["dsa_from_dense", "verdict_text"]
 
 
+def test_lr_schedule_of_records_old_and_new():
+    assert LC.lr_schedule(_text_rec("dsa_scratch", 0, 4, 4, 4)) == "own"
+    assert LC.lr_schedule(_text_rec("dense_continued", 0, 4, 4, 4, start_step=0)) == "restarted"
+    assert LC.lr_schedule(_text_rec("dense_continued", 0, 4, 4, 4, start_step=200)) == "continued"
+    pilot = Path(__file__).resolve().parents[2] / "data" / "gpu" / "long_context" / "long_context_pilot.seed-1.jsonl"
+    got = {(r["design"]["task"], r["design"]["arm"]): LC.lr_schedule(r)
+           for r in map(json.loads, pilot.read_text().splitlines())}
+    assert got[("text", "dense_continued")] == got[("text", "dsa_from_dense")] == "restarted"
+    assert got[("text", "dense_base")] == got[("text", "dsa_scratch")] == "own"
+
+
+@pytest.mark.parametrize("continued_at", [0, 5])
+def test_a_verdict_across_a_restarted_schedule_says_it_is_confounded(continued_at):
+    """The pilot's recipe (continued arms on restarted schedules, continued_at=0): DSA from scratch against
+    dense continued differs in schedule too, DSA from dense against dense continued does not; after the fix
+    (continued at the base's step) no verdict is confounded."""
+    recs = [_text_rec("dense_continued", s, 4.0 + 0.1 * s, 4, 4, start_step=continued_at) for s in range(5)]
+    recs += [_text_rec("dsa_from_dense", s, 4.0 + 0.1 * s, 4, 4, start_step=continued_at) for s in range(5)]
+    recs += [_text_rec("dsa_scratch", s, 3.8 + 0.1 * s, 4, 4) for s in range(5)]
+    v = LC.arm_verdicts(LC.run_metrics(LC.task_table(recs), LC.text_table(recs)), "dense_continued").set_index("arm")
+    assert v.loc["dsa_from_dense", "same_lr_schedule"] and "Confounded" not in v.loc["dsa_from_dense", "verdict_text"]
+    assert v.loc["dsa_scratch", "same_lr_schedule"] == bool(continued_at)
+    assert ("Confounded" in v.loc["dsa_scratch", "verdict_text"]) == (not continued_at)
+
+
 def test_design_and_not_recorded():
     cfgs = recipe_arms("small", "recall", 128, 8, 0, 2) + recipe_arms("small", "recall", 128, 8, 1, 1)
     d = LC.design_table(cfgs).set_index("arm")
     assert d.loc["dense_continued", "runs"] == 3 and d.loc["dense_continued", "seeds"] == 2
     assert d.loc["dsa_scratch", "k/L"] == "1/16"
+    assert d.loc["dense_continued", "first_step"] == d.loc["dense_base", "steps"] and d.loc["dsa_scratch", "first_step"] == 0
     rec = {"design": {"task": "recall", "arm": "dsa_scratch"}, "config": {"seq_len": 128, "top_k": 8, "seed": 0}}
     miss = LC.not_recorded([rec], cfgs).set_index("arm")
     assert miss.loc["dsa_scratch", "seeds missing"] == "1" and miss.loc["dense_base", "seeds missing"] == "0, 1"

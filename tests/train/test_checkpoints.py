@@ -1,9 +1,12 @@
 """Checkpoints: what training writes loads back (model, notebook 01's path); a resumed run, killed at a
 checkpoint or between two, in any phase or at a phase boundary, ends exactly where the uninterrupted run
-ends; init_from starts a DSA run from dense weights; bad checkpoints and settings name the argument."""
+ends; init_from starts a DSA run from dense weights; a continued run (start_step > 0) is the run it continues
+carried on: one LR curve over the global step, the next batches, the optimiser state of the shared weights;
+bad checkpoints and settings name the argument."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -209,6 +212,122 @@ def test_init_from_a_dsa_checkpoint_into_a_dense_run_drops_the_indexer(tmp_path)
     rec = train(_cfg(attention="dense", dense_steps=None, warmup_steps=None, steps=2, init_from=str(path)),
                 data=_data())
     assert rec["init_from"]["indexer"] == "dropped"
+
+
+# ------------------------------------------------------------------ continued training (start_step > 0)
+def _dense_base(tmp_path, steps=4, schedule_steps=12, **kw) -> tuple[dict, str]:
+    """The dense part of _cfg()'s recipe as a run of its own, told the whole schedule; (record, checkpoint)."""
+    path = str(tmp_path / f"base{steps}.pt")
+    rec = train(_cfg(attention="dense", dense_steps=None, warmup_steps=None, steps=steps,
+                     schedule_steps=schedule_steps, checkpoint_path=path, **kw), data=_data())
+    return rec, path
+
+
+def _continued(path: str, **kw) -> TrainConfig:
+    """The rest of _cfg()'s recipe (warm-up 3, sparse 8) continuing the dense base at global step 4."""
+    return _cfg(**{"init_from": path, "start_step": 4, "steps": 8, "dense_steps": 0, "warmup_steps": 3, **kw})
+
+
+def test_the_recipe_split_at_its_checkpoint_trains_as_the_run_in_one_go(uninterrupted, tmp_path):
+    """Dense base (4 steps) + DSA continued from it (warm-up 3, sparse 8) = _cfg()'s one run (dense 4, warm-up 3,
+    sparse 8), bit for bit: same LR per global step, same batches, the base's AdamW moments kept. The old way
+    (init_from at step 0: warm-up and cosine again over 8 steps, fresh optimisers) does not give it."""
+    base, path = _dense_base(tmp_path)
+    assert [h["lm_step"] for h in base["history"]] == [0, 3, 4]
+    cont = train(_continued(path), data=_data())
+    assert cont["init_from"] == {"path": path, "indexer": "new", "start_step": 4,
+                                 "optimizer": {"main": "carried", "indexer": "new"}}
+    assert cont["history"][0]["lm_step"] == 4 and cont["history"][-1]["lm_step"] == 12
+    assert cont["history"][0]["val_loss"] == base["final"]["val_loss"]
+    assert cont["final"]["val_loss"] == uninterrupted["final"]["val_loss"]
+    got, want = cont["model"].state_dict(), uninterrupted["model"].state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    restarted = train(_continued(path, start_step=0), data=_data())
+    assert "optimizer" not in restarted["init_from"]
+    assert restarted["final"]["val_loss"] != uninterrupted["final"]["val_loss"]
+
+
+def test_dense_continued_equals_the_dense_run_of_all_the_steps(tmp_path):
+    whole = train(_cfg(attention="dense", dense_steps=None, warmup_steps=None, steps=7), data=_data())
+    _, path = _dense_base(tmp_path, steps=4, schedule_steps=7)
+    cont = train(_cfg(attention="dense", dense_steps=None, warmup_steps=None, init_from=path, start_step=4, steps=3),
+                 data=_data())
+    assert cont["init_from"]["optimizer"] == {"main": "carried", "indexer": None}
+    got, want = cont["model"].state_dict(), whole["model"].state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_continued_run_starts_with_the_optimiser_state_it_continues(tmp_path, monkeypatch):
+    _, path = _dense_base(tmp_path)
+    saved = ckpt.load_checkpoint(path)["optimizers"]["main"]
+    seen = {}
+    real = trainer._carry_optimisers
+
+    def spy(run, ck):
+        real(run, ck)
+        seen["main"] = copy.deepcopy(run.main_opt.state_dict())  # the steps that follow update it in place
+        seen["indexer"] = copy.deepcopy(run.idx_opt.state_dict())
+
+    monkeypatch.setattr(trainer, "_carry_optimisers", spy)
+    train(_continued(path, steps=2, schedule_steps=12, warmup_steps=1), data=_data())
+    assert saved["state"] and seen["main"]["state"].keys() == saved["state"].keys()
+    for i, st in saved["state"].items():
+        assert float(st["step"]) == 4
+        assert all(torch.equal(seen["main"]["state"][i][k], v) for k, v in st.items())
+    assert seen["indexer"]["state"] == {}  # the new indexer: a fresh optimiser
+
+
+def test_every_split_of_one_schedule_has_the_lr_of_the_whole_run():
+    whole = _cfg(steps=30, lr_warmup_steps=5)
+    parts = [_cfg(steps=12, schedule_steps=30, lr_warmup_steps=5),
+             _cfg(start_step=12, steps=18, dense_steps=0, lr_warmup_steps=5)]
+    assert [trainer.lr_at(t, p) for p in parts for t in range(p.start_step, p.start_step + p.steps)] == \
+        [trainer.lr_at(t, whole) for t in range(30)]
+    assert trainer.lr_at(30, whole) == pytest.approx(whole.lr * whole.min_lr_ratio)  # the schedule's end
+    own = _cfg(steps=12, lr_warmup_steps=5)  # a base on a schedule of its own decays to the minimum by step 12
+    assert [trainer.lr_at(t, own) for t in range(12)] != [trainer.lr_at(t, whole) for t in range(12)]
+
+
+def test_a_continued_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    _, path = _dense_base(tmp_path)
+    straight = train(_continued(path), data=_data())
+    cfg = _continued(path, checkpoint_path=str(tmp_path / "cont.pt"), checkpoint_every=1, resume=True)
+    with monkeypatch.context() as m:
+        _kill_after_checkpoint(m, 6)  # inside the sparse phase: global LM step 4 + 2
+        with pytest.raises(Killed):
+            train(cfg, data=_data())
+    resumed = train(cfg, data=_data())
+    assert resumed["resumed_from"] == {"path": str(tmp_path / "cont.pt"), "it": 6, "lm_step": 7, "phase": "sparse"}
+    _same_run(straight, resumed)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"init_from": None}, "start_step.*init_from must name"),
+    ({"start_step": 3}, "init_from.*LM step 4.*start_step 3"),
+    ({"schedule_steps": 20}, "init_from.*schedule of 12 steps there, 20 here"),
+    ({"lr": 0.5}, "init_from.*lr=0.01 there, 0.5 here"),
+    ({"batch_size": 2}, "init_from.*batch_size"),
+    ({"data_seed": 1}, "init_from.*data_seed"),
+])
+def test_a_continuation_off_the_schedule_or_stream_names_the_argument(tmp_path, kw, match):
+    _, path = _dense_base(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        train(_continued(path, **kw), data=_data())
+
+
+def test_a_continuation_needs_a_training_checkpoint_and_the_same_stream(tmp_path):
+    _, path = _dense_base(tmp_path)
+    ck = ckpt.load_checkpoint(path)
+    weights = tmp_path / "weights.pt"
+    torch.save({"model_config": ck["model_config"], "state_dict": ck["state_dict"]}, weights)
+    with pytest.raises(ValueError, match="init_from.*no training state"):
+        train(_continued(str(weights)), data=_data())
+    with pytest.raises(ValueError, match="init_from.*stopped at batch 4 of the stream seeded 0"):
+        train(_continued(path), data=_data(data_seed=5))  # same config, another stream handed in
+    with pytest.raises(ValueError, match="schedule_steps"):
+        _cfg(steps=12, schedule_steps=11)
+    with pytest.raises(ValueError, match="start_step"):
+        _cfg(start_step=-1)
 
 
 def test_a_checkpoint_of_another_config_names_the_argument(tmp_path):

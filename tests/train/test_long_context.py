@@ -1,27 +1,27 @@
 """Long-context experiments: task streams, the evaluations' counts against a hand-built model, the arms'
-order and design factors, the recipe arms (which need TrainConfig.init_from)."""
+order and design factors, the recipe arms (continued from the dense base's checkpoint: one LR curve over the
+global step and one token stream for every arm)."""
 
+from dataclasses import replace
 
 import pytest
 import torch
 
-from dsa.text.synthetic import (
-    IGNORE_INDEX,
-    OffsetSampler,
-    SyntheticConfig,
-    SyntheticSampler,
-    cut_relevant,
-    make_recall_batch,
-)
+from dsa.text.synthetic import IGNORE_INDEX, SyntheticConfig, SyntheticSampler, cut_relevant, make_recall_batch
+from dsa.train import long_context
+from dsa.train.checkpoints import load_checkpoint, load_model
 from dsa.train.experiments import (
     get_experiment,
+    long_context_pilot,
     long_context_recipe,
     long_context_sparse,
     needle_distances,
     recipe_arms,
+    shortened,
 )
 from dsa.train.long_context import (
     DISTANCE_BUCKETS,
+    check_continuations,
     design_of,
     distance_bucket,
     order_arms,
@@ -31,7 +31,7 @@ from dsa.train.long_context import (
     truncated_context_loss,
     with_design,
 )
-from dsa.train.trainer import TrainConfig
+from dsa.train.trainer import TrainConfig, lr_at
 
 
 def test_sampler_is_deterministic_and_masks_noise():
@@ -42,10 +42,6 @@ def test_sampler_is_deterministic_and_masks_noise():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, s.batch(8)[0])
     assert int((y1 != IGNORE_INDEX).sum()) == 3 * 3  # the answers only
-    off = OffsetSampler(s, 5)
-    assert torch.equal(off.batch(2)[0], s.batch(7)[0])
-    with pytest.raises(ValueError, match="offset"):
-        OffsetSampler(s, -1)
 
 
 def test_needle_sampler_cycles_distances_and_checks_them():
@@ -154,14 +150,22 @@ def test_experiments_are_mqa_truly_sparse_and_carry_their_design():
     assert get_experiment("long_context_recipe", "small")
 
 
-def test_recipe_arms_share_data_order_and_tokens():
+def test_recipe_arms_share_one_schedule_and_one_stream():
     arms = {design_of(c)["arm"] + str(design_of(c)["replicate"]): c for c in recipe_arms("small", "recall", 128, 8, 0, 2)}
     base, cont, dsa, scratch = arms["dense_base0"], arms["dense_continued0"], arms["dsa_from_dense0"], arms["dsa_scratch0"]
-    assert design_of(base)["save_checkpoint"]
+    assert design_of(base)["save_checkpoint"] and base.start_step == 0
+    total = base.steps + cont.steps
     for c in (cont, dsa, arms["dense_continued1"]):
-        assert design_of(c)["init_from_arm"] == base.run_name() and design_of(c)["data_offset"] == base.steps
+        assert design_of(c)["init_from_arm"] == base.run_name() and c.start_step == base.steps
         assert c.steps == cont.steps
-    assert scratch.steps == base.steps + cont.steps and scratch.indexer_kl and scratch.recipe == "scratch"
+    assert scratch.steps == total and scratch.indexer_kl and scratch.recipe == "scratch"
+    assert {c.schedule_length() for c in arms.values()} == {total}
+    for c in arms.values():  # the LM tokens of a chain: batches [start_step, start_step + steps) of batch_size x L
+        assert (c.batch_size, c.seq_len, c.data_seed) == (scratch.batch_size, scratch.seq_len, scratch.data_seed)
+    check_continuations(list(arms.values()))
+    for name in ("long_context_recipe", "long_context_pilot"):
+        for size in ("small", "full"):
+            check_continuations(get_experiment(name, size))
     assert dsa.dense_steps == 0 and dsa.warmup_steps > 0 and dsa.phases()[0][0] == "warmup"
     order = [c.run_name() for c in order_arms(list(arms.values())[::-1])]
     assert order.index(base.run_name()) < order.index(cont.run_name())
@@ -191,28 +195,94 @@ def test_run_arms_trains_and_records(tmp_path):
         assert (sum(v["hit_pairs"] for v in counts.values()) > 0) == (r["config"]["attention"] == "dsa")
 
 
-def test_recipe_arms_run_from_the_dense_checkpoint(tmp_path):
-    cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(2, 2, 1))
-    for c in cfgs:
-        c.batch_size, c.eval_every = 2, 2
-    recs = run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt", n_eval_batches=1)
-    assert [r["design"]["arm"] for r in recs][0] == "dense_base"
-    assert (tmp_path / "ckpt" / f"{cfgs[0].run_name()}.pt").exists()
+def _spy_on_training(monkeypatch) -> dict:
+    """{run name: {"x": the LM batches it read, "lr": the main optimiser's LR at each of its steps}}, in order."""
+    seen: dict = {}
+    current: list = []
+    real_task_data, real_step = long_context.task_data, torch.optim.AdamW.step
+
+    class Spy:
+        def __init__(self, inner, log):
+            self.inner, self.log, self.seed = inner, log, inner.seed
+
+        def batch(self, i, device=None):
+            x, y = self.inner.batch(i, device)
+            self.log.append(x.clone())
+            return x, y
+
+    def task_data(cfg, design):
+        vocab, train_s, warm_s, val, meta = real_task_data(cfg, design)
+        current[:] = [cfg.run_name()]
+        seen[cfg.run_name()] = {"x": [], "lr": []}
+        return vocab, Spy(train_s, seen[cfg.run_name()]["x"]), warm_s, val, meta
+
+    def step(self, *a, **kw):
+        if len(self.param_groups) == 2:  # the main optimiser (decay, no decay); the indexer's has one group
+            seen[current[0]]["lr"].append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(long_context, "task_data", task_data)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen
 
 
-def test_checkpoint_holds_what_checkpoint_readers_need(tmp_path):
-    from dsa.model.config import ModelConfig
-    from dsa.model.lm import TransformerLM
-    from dsa.train.long_context import save_checkpoint
+def test_every_arm_sees_one_lr_curve_and_one_token_stream_over_the_global_step(tmp_path, monkeypatch):
+    """Dense base + each continued arm, step by step, against DSA from scratch: the same LR at every global step
+    and the same LM batch (same tokens, same order, same number); the base writes a training checkpoint at its
+    last step. On the old recipe (continued arms restarting warm-up and cosine) the LRs differ from step N0."""
+    cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(3, 3, 1), batch_size=2)
+    seen = _spy_on_training(monkeypatch)
+    recs = {r["design"]["arm"]: r for r in run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt", n_eval_batches=1)}
+    name = {design_of(c)["arm"]: c.run_name() for c in cfgs}
+    scratch = seen[name["dsa_scratch"]]
+    assert len(scratch["lr"]) == len(scratch["x"]) == 6
+    assert scratch["lr"] == [lr_at(t, cfgs[-1]) for t in range(6)]
+    for arm in ("dense_continued", "dsa_from_dense"):
+        chain = [seen[name["dense_base"]], seen[name[arm]]]
+        assert [lr for part in chain for lr in part["lr"]] == scratch["lr"], arm
+        xs = [x for part in chain for x in part["x"]]
+        assert len(xs) == 6 and all(torch.equal(a, b) for a, b in zip(xs, scratch["x"])), arm
+        assert recs[arm]["init_from"]["optimizer"]["main"] == "carried"
+        assert [h["lm_step"] for h in recs[arm]["history"]][::len(recs[arm]["history"]) - 1] == [3, 6]
+    assert recs["dsa_from_dense"]["init_from"]["optimizer"]["indexer"] == "new"
+    ck = load_checkpoint(tmp_path / "ckpt" / f"{name['dense_base']}.pt")
+    assert ck["progress"]["lm_step"] == 3 and ck["optimizers"]["main"]["state"]
+    assert load_model(tmp_path / "ckpt" / f"{name['dense_base']}.pt").cfg.attention == "dense"
 
-    m = TransformerLM(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=16,
-                                  attention="dense", top_k=4), seed=0)
-    p = save_checkpoint(m, TrainConfig(out="", progress=False, steps=3), tmp_path / "c.pt")
-    ck = torch.load(p, weights_only=True)
-    assert ck["model_config"] == m.cfg.to_dict() and ck["lm_steps"] == 3
-    again = TransformerLM(ModelConfig(**ck["model_config"]), seed=1)
-    again.load_state_dict(ck["state_dict"])
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), m.state_dict().values()))
+
+def test_arms_that_do_not_continue_their_source_are_refused_before_training(tmp_path):
+    cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(3, 2, 1), batch_size=2)
+    for c in cfgs:  # every arm cut to the same number of steps: the continued arms no longer meet the base
+        c.steps = 2
+    with pytest.raises(ValueError, match="dense_continued.*does not continue.*starts at step 3, its source ends at 2"):
+        run_arms(cfgs, tmp_path / "r.jsonl", tmp_path / "ckpt")
+    assert not (tmp_path / "r.jsonl").exists()
+    cfgs = recipe_arms("small", "recall", 64, 4, 0, 1, steps=(3, 2, 1), batch_size=2)
+    with pytest.raises(ValueError, match="LR schedule of 5 vs 9 steps"):
+        check_continuations([cfgs[0], replace(cfgs[1], schedule_steps=9)])
+    with pytest.raises(ValueError, match="lr: 0.003 vs 0.1"):
+        check_continuations([cfgs[0], replace(cfgs[1], lr=0.1)])
+    with pytest.raises(ValueError, match="writes no checkpoint"):
+        check_continuations([replace(cfgs[0], design={**cfgs[0].design, "save_checkpoint": False}), cfgs[1]])
+    with pytest.raises(ValueError, match="start_step 3 > 0 but no init_from_arm"):
+        check_continuations([replace(cfgs[1], design={**cfgs[1].design, "init_from_arm": None})])
+
+
+@pytest.mark.parametrize("steps", [4, 8, 13])
+def test_shortened_arms_keep_one_schedule(steps):
+    cfgs = long_context_recipe("small") + long_context_pilot("full")[:4]
+    short = shortened(cfgs, steps)
+    check_continuations(short)
+    for c, s in zip(cfgs, short):
+        assert s.schedule_length() == steps and s.design == c.design and s.run_name() == c.run_name()
+        assert bool(s.warmup_steps) == bool(c.warmup_steps) and s.dense_steps <= s.steps
+        assert [p for p, _ in s.phases()] == [p for p, _ in c.phases()]
+    by_arm = {design_of(s)["arm"]: s for s in short if design_of(s)["replicate"] == 0}
+    assert by_arm["dense_continued"].start_step == by_arm["dense_base"].steps
+    with pytest.raises(ValueError, match="without a step"):
+        shortened(long_context_recipe("small"), 1)
+    with pytest.raises(ValueError, match="steps"):
+        shortened(cfgs, 0)
 
 
 def test_long_context_experiments_are_not_sweep_experiments():
