@@ -29,7 +29,8 @@
 #    context beyond k) removed. If dense does not use the far tokens, the task does not test selection.
 # 3. **DeepSeek's recipe with its control** (`long_context_recipe`): a dense checkpoint; from it (a) dense
 #    continued for N steps, (b) indexer warm-up (model frozen, KL to dense attention) then N sparse steps;
-#    (c) DSA from scratch for the same total steps; one batch stream for all.
+#    (c) DSA from scratch for the same total steps; one batch stream for all and one LR schedule over the
+#    global step (the continued arms resume the dense base's step and optimiser state).
 # 4. **Statistics that can say "equal"** (`dsa.study.equivalence`): two one-sided tests with margins stated
 #    here, before any long-context run (±0.02 nats/token, ±1 point of exact match); every verdict states its
 #    resolution ("no difference larger than X") and the noise floor of identical re-runs beside it.
@@ -59,8 +60,8 @@ fresh_size: str = "small"  # experiment size (dsa.train.experiments): "small" (C
 fresh_seq_len: int = 128  # L of the fresh runs (one of the size's lengths: small 128, 256; full 8192 ...)
 fresh_tasks: str = "recall,text"  # comma-separated: recall, needle, text
 fresh_seeds: str = "0,1"  # comma-separated seeds of the fresh runs
-fresh_steps: int = 8  # LM steps per fresh run (0: the experiment's own)
-fresh_recipe: bool = True  # also the recipe's arms (the continued arms need TrainConfig.init_from)
+fresh_steps: int = 8  # global LM steps of each fresh run's LR schedule (0: the experiment's own); the recipe's arms split them
+fresh_recipe: bool = True  # also the recipe's arms (the continued arms continue the dense base: TrainConfig.start_step)
 recorded: str = "gpu/long_context/*.jsonl"  # glob under data/: the recorded GPU runs of this study
 margin_loss: float = 0.02  # equivalence margin on the loss, nats/token (stated before the runs)
 margin_acc: float = 0.01  # equivalence margin on exact-match accuracy (0.01 is 1 point)
@@ -106,7 +107,7 @@ from dsa.study import recheck as R
 from dsa.study.equivalence import blocked_contrasts
 from dsa.study.runs import ablation_table, parse_list, recorded_runs, runs_dir, runs_table, share_records
 from dsa.study.tables import readable
-from dsa.train.experiments import get_experiment
+from dsa.train.experiments import get_experiment, shortened
 from dsa.train.long_context import design_of, run_arms
 
 # %% [markdown]
@@ -140,11 +141,8 @@ if P.run_fresh:
     if P.fresh_recipe:
         pick += [c for c in get_experiment("long_context_recipe", P.fresh_size)
                  if c.seed in seeds and design_of(c)["task"] in tasks]
-    for c in pick:
-        if P.fresh_steps:  # the recipe's phases keep their shares of the shorter run
-            c.dense_steps = c.dense_steps * P.fresh_steps // c.steps
-            c.warmup_steps = min(c.warmup_steps, max(1, c.warmup_steps * P.fresh_steps // c.steps))
-            c.steps = c.eval_every = P.fresh_steps
+    if P.fresh_steps:  # every run on a schedule of fresh_steps global steps; continued arms still meet their base
+        pick = shortened(pick, P.fresh_steps)
     out = runs_dir("08_long_context") / "fresh.jsonl"
     out.unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -255,6 +253,12 @@ display(Markdown(f"Priced at {DENSE_MS:.0f} ms per dense step and {DSA_MS:.0f} m
 
 # %% [markdown]
 # ## 6 · Recorded GPU runs of this study
+#
+# The pilot ran before `TrainConfig.start_step` existed: its continued arms restarted warm-up and cosine with
+# fresh optimisers, while DSA from scratch ran one schedule. The verdicts flag that comparison as confounded
+# (`same_lr_schedule`: DSA from scratch against dense continued); DSA from dense against dense continued is not
+# flagged, since both restarted alike. Only a re-run compares the attention alone: the recipe now continues the
+# dense base's step, schedule, batch stream and optimiser state.
 
 # %%
 REC = recorded_runs(P.recorded)  # this study's records carry no sweep key: re-runs are all kept
