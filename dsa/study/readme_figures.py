@@ -39,6 +39,8 @@ README_DIR = REPO_ROOT / "figures" / "readme"
 EXP4 = "gpu/exp4_reproduce.jsonl"
 EXP4_LONG = "gpu/exp4_long.jsonl"
 LAYER_BENCH = "bench/layer/h200-mqa-64x128-k2048.json"
+MAP_BENCH = "bench/map/*.json"
+DECODE_BENCH = "bench/decode/*.json"
 GUARD_ON = V.LEAKY + ", causal guard on at eval"
 COLORS = {"dense": "#444444", V.LEAKY: "#d62728", GUARD_ON: "#ff9896", "DSA scratch": "#1f77b4",
           "DSA deepseek": "#2ca02c"}
@@ -104,8 +106,25 @@ def layer_speed_figure() -> tuple[Any, str]:
     return fig, _source(LAYER_BENCH, recs)
 
 
+def token_cost_figure() -> tuple[Any, str]:
+    """Cost per million tokens against position at DeepSeek's MLA-MQA shape: prefill (the map) and decode."""
+    from .inference import load_decode_records  # noqa: PLC0415
+    from .token_cost import TokenCost, decode_cost_frame, prefill_cost_frame  # noqa: PLC0415
+    from .token_cost import token_cost_figure as draw  # noqa: PLC0415
+
+    maps, decs = load_records(MAP_BENCH), load_decode_records(DECODE_BENCH)
+    cost = TokenCost(usd_per_gpu_hour=2.0, layers=61)
+    lay = "MLA-MQA 128 x 576/512"
+    p, d = prefill_cost_frame(maps, cost), decode_cost_frame(decs, cost)
+    fig = draw(p[p.layout == lay], d[d.layout == lay], cost,
+               "What a token's attention costs against its position, DeepSeek-V3.2's MLA-MQA shape, H200, k = 2048")
+    return fig, f"data/{MAP_BENCH} + data/{DECODE_BENCH}: " + summarize_provenance(
+        r.get("provenance") or {} for r in maps + decs)
+
+
 FIGURES: dict[str, Callable[[], tuple[Any, str]]] = {
-    "leak": leak_figure, "loss_curves": loss_curves_figure, "layer_speed": layer_speed_figure}
+    "leak": leak_figure, "loss_curves": loss_curves_figure, "layer_speed": layer_speed_figure,
+    "token_cost": token_cost_figure}
 
 
 def write_readme_figures(out_dir: str | Path = README_DIR, dpi: int = 110) -> dict[str, Path]:
