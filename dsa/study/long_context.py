@@ -134,9 +134,11 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
     """Every arm (but ``exclude``: the checkpoint the others start from, trained for fewer steps) against
     ``baseline`` per (experiment, task, L, k-setting), paired by seed (replicate 0), TOST with the metric's
     margin; the noise floor (SD of the difference of two identical re-runs, from the replicates of the same
-    experiment and task) beside each verdict. ``same_lr_schedule`` is False where one side restarted its LR
-    schedule and the other did not (:func:`lr_schedule`): the difference then includes the schedule, which
-    the verdict's text says."""
+    experiment and task) beside each verdict. Runs that restarted their LR schedule (:func:`lr_schedule`: the
+    pilot's) and runs on one schedule are never averaged together: each kind of an arm is its own row
+    (``restarted``), paired with the baseline's runs of the same kind where there are any.
+    ``same_lr_schedule`` is False where the two sides still differ in it (the difference then includes the
+    schedule, which the verdict's text says)."""
     margins = {**MARGINS, **(margins or {})}
     rows = []
     for (exp, task, metric, length), g in metrics.groupby(["experiment", "task", "metric", "seq_len"]):
@@ -146,23 +148,22 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
         base = g0[g0.arm == baseline]
         if base.empty:
             continue
-        for (arm, k), ga in g0[(g0.arm != baseline) & ~g0.arm.isin(exclude)].groupby(["arm", "top_k"]):
-            b = base.groupby("seed").value.mean()
+        arms = g0[(g0.arm != baseline) & ~g0.arm.isin(exclude)]
+        for (arm, k, restarted), ga in arms.groupby(["arm", "top_k", arms.lr_schedule == "restarted"]):
+            like = base[(base.lr_schedule == "restarted") == restarted]
+            b = (like if len(like) else base).groupby("seed").value.mean()
             res = tost_paired(b, ga.groupby("seed").value.mean(), margins[metric])
             unit = "nats/token" if metric == "loss" else "accuracy"
-            same = set(_restarted(ga.lr_schedule)) == set(_restarted(base.lr_schedule))
+            same = len(like) > 0  # else paired with runs of the other kind: the schedule is part of the difference
             confound = "" if same else (" Confounded: one side restarted its LR schedule (warm-up, cosine and "
                                         "optimiser of its own), the other did not; the difference includes it.")
             rows.append({"experiment": exp, "task": task, "seq_len": length, "top_k": k, "arm": arm,
-                         "baseline": baseline, "metric": metric, "n_seeds": res["n_pairs"], "diff": res["diff"],
-                         "margin": res["margin"], "resolution": res["resolution"], "verdict": res["verdict"],
+                         "restarted": bool(restarted), "baseline": baseline, "metric": metric,
+                         "n_seeds": res["n_pairs"], "diff": res["diff"], "margin": res["margin"],
+                         "resolution": res["resolution"], "verdict": res["verdict"],
                          "noise_floor": noise if noise is not None else math.nan, "same_lr_schedule": same,
                          "verdict_text": verdict_text(res, unit=unit, noise=noise) + confound})
     return pd.DataFrame(rows)
-
-
-def _restarted(schedules: Iterable[str]) -> list[bool]:
-    return [s == "restarted" for s in schedules]
 
 
 def design_table(configs: Sequence) -> pd.DataFrame:

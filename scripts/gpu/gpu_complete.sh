@@ -22,7 +22,9 @@ case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
       tests/inference tests/ops/test_decode.py > "$OUT/gpu-tests.log" 2>&1
-    tail -5 "$OUT/gpu-tests.log" ;;
+    rc=$?  # pytest's status (124: timed out), not tail's: a failed test must not read as success
+    tail -5 "$OUT/gpu-tests.log"
+    exit "$rc" ;;
   mla)
     LAYOUTS=mla128 LENS="32768 65536 131072" INDEXERS="4x64 64x128 64x128:fp8" REPS=3 BUDGET_S=480 OUT=$OUT \
       timeout 560 bash scripts/gpu/gpu_map.sh ;;

@@ -20,6 +20,7 @@ from dsa.ops import (  # noqa: E402
     indexer_topk,
     sparse_attention,
 )
+from dsa.ops.decode import decode_topk_reference  # noqa: E402
 from dsa.ops.quantize import (  # noqa: E402
     FP8_DTYPE,
     fp8_cache_dtype,
@@ -196,7 +197,10 @@ def test_fp8_indexer_kernel_matches_reference(shape, gen):
     for got, sel in runs:
         assert torch.equal(fin, torch.isfinite(got))
         assert ((got[fin] - ref[fin]).abs().double() <= bound).all()
-        assert sel.shape == (b, t, min(k, s)) and torch.equal(sel.sort(-1).values, want)
+        # on a GPU the FP8 accumulator may swap near-ties of the k-th score: there the set is the top-k of the
+        # kernel's own scores (checked within the bound just above)
+        own = decode_topk_reference(got, k, pos).sort(-1).values if CUDA else want
+        assert sel.shape == (b, t, min(k, s)) and torch.equal(sel.sort(-1).values, own)
 
 
 def test_bad_inputs_name_the_argument(gen):

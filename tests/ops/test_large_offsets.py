@@ -1,7 +1,8 @@
 """Kernels at sizes whose element offsets pass 2^31 (CUDA only: the tensors take ~5 GB).
 
 MLA-MQA's q at 128 heads x 576 reaches 2^31 elements from L = 32K, and a 64 x 128 indexer's queries over a
-batch of two 128K rows do too. A kernel that computes such an offset in int32 reads or writes out of bounds
+batch of two rows of a little more than 128K do too (two rows of exactly 128K hold 2^31 elements: their last
+offset, 2^31 - 1, still fits in int32). A kernel that computes such an offset in int32 reads or writes out of bounds
 (the map's MLA run at 32K ended with "an illegal memory access" in the sparse KL's probability kernel). The
 checks compare the last query rows, those whose offsets are largest, with the formula computed on slices.
 """
@@ -52,11 +53,12 @@ def test_mla_forward_and_kl_probabilities_at_32k():
 
 
 def test_indexer_scores_at_selection_over_a_batch_of_two_128k_rows():
-    b, l, ksel = 2, 131072, 16
+    b, l, ksel = 2, 131072 + 1031, 16  # past 128K: batch row 1's last offsets pass 2^31 (at 128K they end at 2^31 - 1)
     g = torch.Generator(device="cuda").manual_seed(5)
     qi = torch.randn(b, l, 64, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     ki = torch.randn(b, l, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     w = torch.randn(b, l, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    assert qi.numel() > 2**31  # else every offset fits in int32 and the test could not fail
     t = torch.arange(l, device="cuda")[:, None]
     idx = torch.stack([(t - torch.randint(0, l, (l, ksel), device="cuda", generator=g) % (t + 1))
                        for _ in range(b)]).to(torch.int32)

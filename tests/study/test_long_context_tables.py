@@ -95,6 +95,22 @@ def test_a_verdict_across_a_restarted_schedule_says_it_is_confounded(continued_a
     assert ("Confounded" in v.loc["dsa_scratch", "verdict_text"]) == (not continued_at)
 
 
+def test_restarted_and_continued_runs_of_one_arm_are_never_averaged():
+    """The pilot's records (restarted schedules) beside a re-run's (continued at the base's step): each kind of
+    an arm is its own verdict against the baseline's runs of the same kind, and DSA from scratch (one schedule)
+    pairs with the continued baseline, unconfounded."""
+    recs = [_text_rec(arm, s, 4.0 + 0.1 * s, 4, 4, start_step=0) for s in range(5)
+            for arm in ("dense_continued", "dsa_from_dense")]  # the pilot: equal arms
+    recs += [_text_rec("dense_continued", s, 4.0 + 0.1 * s, 4, 4, start_step=5) for s in range(5)]
+    recs += [_text_rec("dsa_from_dense", s, 4.5 + 0.1 * s, 4, 4, start_step=5) for s in range(5)]  # 0.5 worse
+    recs += [_text_rec("dsa_scratch", s, 4.0 + 0.1 * s, 4, 4) for s in range(5)]
+    v = LC.arm_verdicts(LC.run_metrics(LC.task_table(recs), LC.text_table(recs)), "dense_continued")
+    v = v.set_index(["arm", "restarted"])
+    assert v.loc[("dsa_from_dense", True), "diff"] == pytest.approx(0.0)
+    assert abs(v.loc[("dsa_from_dense", False), "diff"]) == pytest.approx(0.5)
+    assert v.loc[("dsa_scratch", False), "diff"] == pytest.approx(0.0) and v.same_lr_schedule.all()
+
+
 def test_design_and_not_recorded():
     cfgs = recipe_arms("small", "recall", 128, 8, 0, 2) + recipe_arms("small", "recall", 128, 8, 1, 1)
     d = LC.design_table(cfgs).set_index("arm")

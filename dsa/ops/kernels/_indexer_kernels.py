@@ -124,7 +124,7 @@ def idx_at_fwd_kernel(
 ):
     """OUT[t, k] = sum_j w[t, j] relu(q[t, j] . k[idx[t, k]]) over the heads in blocks of HB (one block, the
     whole [HP, d_I] q tile held over the keys, when HB == HP); later blocks add to the sums in OUT."""
-    t = tl.program_id(0).to(tl.int64)  # int64 offsets: b * (batch stride) passes 2^31 at 64 x 128 from L = 128K
+    t = tl.program_id(0).to(tl.int64)  # int64: the offsets pass 2^31 at 64 x 128 past two rows of 128K
     b = tl.program_id(1).to(tl.int64)
     j = tl.arange(0, HB)
     dd = tl.arange(0, DI_PAD)
@@ -164,7 +164,7 @@ def idx_at_bwd_kernel(
 ):
     """dq (t), dw (t) of a block of HB heads in registers; dk of the gathered rows by fp32 atomics (one set per
     head block: the keys are gathered again for each block)."""
-    t = tl.program_id(0).to(tl.int64)  # int64 offsets: b * (batch stride) passes 2^31 at 64 x 128 from L = 128K
+    t = tl.program_id(0).to(tl.int64)  # int64: the offsets pass 2^31 at 64 x 128 past two rows of 128K
     b = tl.program_id(1).to(tl.int64)
     j = tl.arange(0, HB)
     dd = tl.arange(0, DI_PAD)
