@@ -147,14 +147,19 @@ def time_ms(fn: Callable[[], object], cuda: bool, reps: int, target_ms: float = 
     return statistics.median([first] + [once() for _ in range(n)])
 
 
+def _failure(exc: BaseException) -> str:
+    """'oom' for an out-of-memory error (also one wrapped by torch.compile), else the error in a line."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return "oom"
+    return f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
 def measure(fn: Callable[[], object], cuda: bool, reps: int) -> tuple[float | None, str | None]:
     """(ms, None), or (None, 'oom' / the error) without stopping the run."""
     try:
         return time_ms(fn, cuda, reps), None
-    except torch.cuda.OutOfMemoryError:
-        return None, "oom"
     except Exception as exc:  # a backend that cannot run this shape is recorded, not fatal
-        return None, f"{type(exc).__name__}: {str(exc)[:160]}"
+        return None, _failure(exc)
     finally:
         if cuda:
             torch.cuda.empty_cache()
@@ -209,9 +214,10 @@ def dense_timings(cfg: MapConfig, layout: str, l: int, dev: torch.device, budget
     for backend in backends:
         try:  # FlexAttention builds its block mask here, outside the timed calls
             fwd, fwdbwd = _dense_fns(dense, backend, x, go, cuda)
-        except torch.cuda.OutOfMemoryError:
-            out |= _skipped([f"dense_{backend}_{p}" for p in ("fwd", "fwdbwd")], "oom")
-            torch.cuda.empty_cache()
+        except Exception as exc:  # a compiled block mask's OOM may come back wrapped by dynamo / inductor
+            out |= _skipped([f"dense_{backend}_{p}" for p in ("fwd", "fwdbwd")], _failure(exc))
+            if cuda:
+                torch.cuda.empty_cache()
             continue
         for pass_, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
             name = f"dense_{backend}_{pass_}"

@@ -36,7 +36,8 @@ class TokenCost:
     layers: int = 1
 
     def __post_init__(self) -> None:
-        if not self.usd_per_gpu_hour > 0:
+        price = self.usd_per_gpu_hour
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not price > 0:
             raise ValueError(f"usd_per_gpu_hour must be > 0, got {self.usd_per_gpu_hour!r}")
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 1:
             raise ValueError(f"layers must be an int >= 1, got {self.layers!r}")

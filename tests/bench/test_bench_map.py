@@ -35,6 +35,24 @@ def test_a_spent_budget_records_the_rows_as_skipped():
     assert row["dense_math_fwdbwd_ms"] is None and row["dense_math_fwdbwd_why"] == "budget"
 
 
+@pytest.mark.parametrize("error, why", [
+    (RuntimeError("InductorError: CUDA out of memory. Tried to allocate 128.00 GiB"), "oom"),
+    (ValueError("no kernel for this shape"), "ValueError: no kernel for this shape"),
+])
+def test_a_dense_backend_that_fails_to_build_is_recorded_and_the_run_goes_on(monkeypatch, error, why):
+    import dsa.bench.map as M  # noqa: PLC0415
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(M, "_dense_fns", failing)  # as FlexAttention's block mask at 128K (wrapped by inductor)
+    res = run(MapConfig(layouts=["tiny-mqa"], seq_lens=[16, 24], indexers=["2x8"], top_k=4, d_model=16, device="cpu"))
+    assert len(res["rows"]) == 2
+    for row in res["rows"]:
+        assert row["dense_math_fwd_ms"] is None and row["dense_math_fwd_why"] == why
+        assert row["dsa_fwd_ms"] > 0
+
+
 def test_layout_shapes_of_the_real_layouts():
     assert layout_shape("mla128") == dict(H=128, H_kv=1, d_qk=576, d_v=512, dense_H_kv=128, dense_d_qk=192,
                                           dense_d_v=128)

@@ -130,8 +130,8 @@ def test_fp8_triton_scores_equal_the_reference(gen, b, l, h, d):
     """The score pass on e4m3 operands (a padded head count, d_I below the FP8 MMA's K of 32, and DeepSeek's
     64 x 128) equals the reference up to the accumulation: in the CPU interpreter, the fp32 summation order
     (1e-5 of the largest score); on a GPU, Hopper's FP8 tensor cores keep only ~14 bits of their accumulator
-    (DeepSeek-V3 report, 3.3.2), so the error is bounded by 2^-9 of the sum of the absolute products that
-    make each score (16x the 2^-13 of such an accumulator; a wrong kernel errs by the order of that sum)."""
+    (DeepSeek-V3 report, 3.3.2), so the error is bounded by 2^-11 of the sum of the absolute products that
+    make each score (4x the 2^-13 of such an accumulator; a wrong kernel errs by the order of that sum)."""
     q, k, w = _odd_inputs(gen, b, l, h, d)
     ref = ops.indexer_scores(q, k, w, precision="fp8", impl="reference")
     got = ops.indexer_scores(q, k, w, precision="fp8", impl="triton")
@@ -144,7 +144,7 @@ def test_fp8_triton_scores_equal_the_reference(gen, b, l, h, d):
         z = quantize_indexer(q, k, w)
         mag = torch.einsum("bth,btsh->bts", z.w.double().abs(),
                            torch.einsum("bthd,bsd->btsh", z.q.double().abs(), z.k.double().abs()))
-        bound = 2.0**-9 * (mag * z.k_scale.double()[:, None, :])[fin]
+        bound = 2.0**-11 * (mag * z.k_scale.double()[:, None, :])[fin]
         assert (err.double() <= bound + 1e-6).all(), float((err.double() / bound.clamp(min=1e-30)).max())
 
 
@@ -157,7 +157,11 @@ def test_fp8_triton_topk_selects_the_reference_set(gen, b, l, h, d, k):
     q, kk, w = _odd_inputs(gen, b, l, h, d)
     ref = ops.indexer_topk(q, kk, w, k, precision="fp8", impl="reference").sort(-1).values
     got = ops.indexer_topk(q, kk, w, k, precision="fp8", impl="triton").sort(-1).values
-    assert torch.equal(got, ref)
+    # on a GPU, Hopper's FP8 accumulator may swap near-ties of the k-th score (its scores are checked against
+    # the reference within a bound above): there the set is the top-k of the kernel's own scores
+    own = ops.select_topk(ops.indexer_scores(q, kk, w, precision="fp8", impl="triton"), k, impl="reference") \
+        .sort(-1).values if DEV == "cuda" else ref
+    assert torch.equal(got, own.to(got.dtype))
     z = quantize_indexer(q, kk, w)
     via_bf16 = indexer_topk_chunked(z.q.bfloat16(), z.k.bfloat16(), z.w, k, k_scale=z.k_scale, chunk=32)
     assert torch.equal(via_bf16.sort(-1).values, ref)

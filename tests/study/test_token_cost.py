@@ -43,7 +43,8 @@ def test_dollars_per_million_tokens():
     # 1 ms per token = 1000 s per million tokens = 1/3.6 h: at $3.6 per GPU-hour, $1; 61 layers cost 61x
     assert TokenCost(3.6).usd_per_million(1.0) == pytest.approx(1.0)
     assert TokenCost(3.6, layers=61).usd_per_million([1.0, 2.0]) == pytest.approx([61.0, 122.0])
-    for bad in ({"usd_per_gpu_hour": 0}, {"layers": 0}, {"layers": 2.0}, {"layers": True}):
+    for bad in ({"usd_per_gpu_hour": 0}, {"usd_per_gpu_hour": True}, {"usd_per_gpu_hour": "2"},
+                {"usd_per_gpu_hour": float("nan")}, {"layers": 0}, {"layers": 2.0}, {"layers": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TokenCost(**bad)
 
