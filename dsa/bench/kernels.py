@@ -265,7 +265,8 @@ def run(args: KernelBenchConfig, on_row: Callable[[dict], None] | None = None) -
             return x
     for l, k, rule, hkv in tqdm(configs, desc="dsa.bench.kernels", file=sys.stderr):
         torch.manual_seed(0)
-        row: dict = dict(L=l, k=k, k_rule=rule, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di, dtype=str(dtype).replace("torch.", ""))
+        row: dict = dict(L=l, k=k, k_rule=rule, H=h, H_kv=hkv, d=d, H_I=hi, d_I=di,
+                         dtype=str(dtype).replace("torch.", ""))
         q = torch.randn(1, h, l, d, device=dev, dtype=dtype, requires_grad=True)
         kx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)
         vx = torch.randn(1, hkv, l, d, device=dev, dtype=dtype, requires_grad=True)

@@ -206,8 +206,8 @@ def table(res: dict) -> str:
         op = r["top_ops"][0] if r["top_ops"] else {"name": "-", "self_ms_per_step": 0.0}
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "-"
         share = f"{100 * r['attention_share']:.0f}" if r["attention_share"] is not None else "-"
-        lines.append(f"{r['variant']:<22}{r['ms_per_step_median']:>10.2f}{r['ratio_to_first']:>9.2f}{mem:>10}{share:>8}   "
-                     f"{op['name'][:40]} {op['self_ms_per_step']:.2f} ms")
+        lines.append(f"{r['variant']:<22}{r['ms_per_step_median']:>10.2f}{r['ratio_to_first']:>9.2f}"
+                     f"{mem:>10}{share:>8}   {op['name'][:40]} {op['self_ms_per_step']:.2f} ms")
     return "\n".join(lines)
 
 

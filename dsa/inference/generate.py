@@ -36,7 +36,8 @@ def _prompt_batch(prompt: torch.Tensor | list[list[int]], vocab: int, device: to
     """(B, T) right-padded int64 tokens and the (B,) prompt lengths."""
     if isinstance(prompt, torch.Tensor):
         if prompt.ndim != 2 or prompt.dtype not in (torch.int32, torch.int64) or prompt.shape[1] < 1:
-            raise ValueError(f"prompt must be a (B, T) integer tensor with T >= 1, got {tuple(prompt.shape)} {prompt.dtype}")
+            raise ValueError("prompt must be a (B, T) integer tensor with T >= 1, "
+                             f"got {tuple(prompt.shape)} {prompt.dtype}")
         rows = prompt.tolist()
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(r, (list, tuple)) for r in prompt):
         rows = [list(r) for r in prompt]

@@ -217,7 +217,8 @@ class TransformerLM(nn.Module):
             n_new = torch.full((b,), t, dtype=torch.long, device=tokens.device)
         else:
             if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or tuple(lengths.shape) != (b,):
-                raise ValueError(f"lengths must be a (B,)=({b},) integer tensor, got {getattr(lengths, 'shape', lengths)}")
+                raise ValueError(f"lengths must be a (B,)=({b},) integer tensor, "
+                                 f"got {getattr(lengths, 'shape', lengths)}")
             n_new = lengths.to(device=tokens.device, dtype=torch.long)
             if int(n_new.min()) < 0 or int(n_new.max()) > t:
                 raise ValueError(f"lengths must lie in [0, T={t}] (the real tokens of each right-padded row)")

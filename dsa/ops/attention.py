@@ -110,8 +110,9 @@ def sparse_attention(
     """Attention of each query over its selected K/V rows only (the same rows for every head).
 
     q (B, H, L, d_qk); k (B, H_kv, L, d_qk); v (B, H_kv, L, d_v); idx (B, L, K) int32/int64, -1 = unused; a
-    position listed twice weighs twice (every impl). scale: default d_qk^-1/2. returns out (B, H, L, d_v) in q's dtype [and lse (B, H, L) float32, -inf for
-    a query with no selected key; no gradient flows through lse]. Differentiable w.r.t. q, k, v.
+    position listed twice weighs twice (every impl). scale: default d_qk^-1/2. returns out (B, H, L, d_v) in q's dtype
+    [and lse (B, H, L) float32, -inf for a query with no selected key; no gradient flows through lse]. Differentiable
+    w.r.t. q, k, v.
     """
     check_qkv(q, k, v)
     check_scale(scale)

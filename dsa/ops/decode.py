@@ -44,7 +44,8 @@ def check_decode_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
         raise ValueError(f"k_cache shape {tuple(k.shape)} does not fit q shape {tuple(q.shape)} as (B, H_kv, S, d_qk)")
     if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"v_cache shape {tuple(v.shape)} does not fit k_cache shape {tuple(k.shape)} as (B, H_kv, S, d_v)")
+        raise ValueError(f"v_cache shape {tuple(v.shape)} does not fit k_cache shape {tuple(k.shape)} "
+                         "as (B, H_kv, S, d_v)")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"the query heads ({q.shape[1]}) must be a multiple of the cached K/V heads ({k.shape[1]})")
 
@@ -109,7 +110,8 @@ def _check_indexer_cache(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tens
     check_tensor("w", w, 3, FLOAT_DTYPES)
     b, t, h_i, d_i = q_idx.shape
     if k_idx.shape[0] != b or k_idx.shape[2] != d_i:
-        raise ValueError(f"k_idx_cache shape {tuple(k_idx.shape)} does not fit q_idx {tuple(q_idx.shape)} as (B, S, d_I)")
+        raise ValueError(f"k_idx_cache shape {tuple(k_idx.shape)} does not fit q_idx {tuple(q_idx.shape)} "
+                         "as (B, S, d_I)")
     if tuple(w.shape) != (b, t, h_i):
         raise ValueError(f"w must have shape (B, T, H_I)=({b}, {t}, {h_i}), got {tuple(w.shape)}")
     check_positions(q_pos, b, t, k_idx.shape[1])
@@ -160,8 +162,9 @@ def _scores_reference(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
 
 def _triton_args(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k_scale: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(q (B, T, H_I, d_I), k (B, S, d_I), w (B, T, H_I), k_scale (B, S)) as the decode indexer kernel takes them: FP8 keys with e4m3 operands where the device
-    multiplies them (else their exact bf16 copies), the raw queries in the keys' dtype otherwise."""
+    """(q (B, T, H_I, d_I), k (B, S, d_I), w (B, T, H_I), k_scale (B, S)) as the decode indexer kernel takes them: FP8
+    keys with e4m3 operands where the device multiplies them (else their exact bf16 copies), the raw queries in the
+    keys' dtype otherwise."""
     if k_scale is None:
         return q_idx, k_idx, w, None
     q8, w8 = quantize_indexer_queries(q_idx, w)

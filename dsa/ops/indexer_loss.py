@@ -28,7 +28,8 @@ def _check_loss_inputs(q, k, q_idx, k_idx, w) -> None:
 
 
 @torch.no_grad()
-def dense_attention_target(q: torch.Tensor, k: torch.Tensor, c0: int, c1: int, scale: float | None = None) -> torch.Tensor:
+def dense_attention_target(q: torch.Tensor, k: torch.Tensor, c0: int, c1: int,
+                           scale: float | None = None) -> torch.Tensor:
     """Head-averaged causal attention of queries c0..c1-1 over all keys.
 
     q: (B, H, L, d); k: (B, H_kv, L, d) -> (B, C, L) float32, zero for s > t, rows summing to 1."""

@@ -115,10 +115,11 @@ def _legacy_selection_columns(row: dict) -> dict:
 def bench_frame(results: Iterable[dict]) -> pd.DataFrame:
     """The rows of every result, one frame: each row gets ``device``, ``commit``, ``date``, ``file`` from its
     file, plus ``kind`` (:func:`attention_kind`); ``k_rule`` is the rule the bench recorded (merged: 'k=2048=L/8'
-    when files measured one configuration under both rules). When several files hold the same configuration (:data:`KEY`), their rows are merged measurement by measurement: the most recent file that
-    measured (or failed to measure) a method wins for it, the others keep theirs; the :data:`RATIOS` are
-    derived again from the merged numbers (``superseded`` counts the older rows, ``files`` names them all;
-    ``commit`` / ``date`` / ``file`` are the newest file's)."""
+    when files measured one configuration under both rules). When several files hold the same configuration
+    (:data:`KEY`), their rows are merged measurement by measurement: the most recent file that measured (or failed to
+    measure) a method wins for it, the others keep theirs; the :data:`RATIOS` are derived again from the merged numbers
+    (``superseded`` counts the older rows, ``files`` names them all; ``commit`` / ``date`` / ``file`` are the newest
+    file's)."""
     rows = []
     for res in results:
         res = bench_record(res)  # a fresh result or a list built by hand may be in the old schema too
@@ -452,8 +453,10 @@ class LayerTarget:
 
 
 LAYER_TARGETS: tuple[LayerTarget, ...] = (
-    LayerTarget("DSA layer fwd+bwd ≥ 2x faster than the dense layer (cuDNN) at L=32K", "forward + backward", 32768, 2.0),
-    LayerTarget("DSA layer fwd+bwd ≥ 4x faster than the dense layer (cuDNN) at L=64K", "forward + backward", 65536, 4.0),
+    LayerTarget("DSA layer fwd+bwd ≥ 2x faster than the dense layer (cuDNN) at L=32K", "forward + backward",
+                32768, 2.0),
+    LayerTarget("DSA layer fwd+bwd ≥ 4x faster than the dense layer (cuDNN) at L=64K", "forward + backward",
+                65536, 4.0),
     LayerTarget("DSA prefill (forward) ≥ 2.5x faster than the dense layer (cuDNN) at L=32K", "forward", 32768, 2.5),
     LayerTarget("DSA prefill (forward) ≥ 5x faster than the dense layer (cuDNN) at L=64K", "forward", 65536, 5.0),
 )

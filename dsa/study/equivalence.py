@@ -221,7 +221,8 @@ def verdict_text(res: Mapping[str, Any], unit: str = "nats/token", scale: float 
         if noise is not None and math.isfinite(noise) else ""
     if not math.isfinite(r):
         return f"cannot test equivalence at ±{m:.{digits}f} {unit}: {res.get('note') or 'no interval'}{tail}"
-    ci = f"difference {f(res['diff'])} {unit}, {100 * (1 - 2 * res['alpha']):.0f}% CI [{f(res['ci90_low'])}, {f(res['ci90_high'])}]"
+    ci = (f"difference {f(res['diff'])} {unit}, {100 * (1 - 2 * res['alpha']):.0f}% CI "
+          f"[{f(res['ci90_low'])}, {f(res['ci90_high'])}]")
     text = {"equivalent": f"equivalent within ±{m:.{digits}f} {unit}",
             "different": f"different (the {100 * (1 - res['alpha']):.0f}% CI excludes 0)",
             "inconclusive": f"cannot conclude equivalence at ±{m:.{digits}f} {unit}"}[res["verdict"]]

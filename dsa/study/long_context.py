@@ -100,12 +100,13 @@ def far_context_check(tasks: pd.DataFrame, texts: pd.DataFrame, confidence: floa
             uses = a.acc_low > a.cut_high
             rows.append({"task": a.task, "arm": a.arm, "seq_len": a.seq_len, "with far tokens": a.accuracy,
                          "far tokens cut": a.accuracy_cut, "unit": "exact match",
-                         "evidence": f"{a.accuracy:.3f} [{a.acc_low:.3f}, {a.acc_high:.3f}] vs cut {a.accuracy_cut:.3f} "
-                                     f"[{a.cut_low:.3f}, {a.cut_high:.3f}] over {a.n} queries",
+                         "evidence": f"{a.accuracy:.3f} [{a.acc_low:.3f}, {a.acc_high:.3f}] vs cut "
+                                     f"{a.accuracy_cut:.3f} [{a.cut_low:.3f}, {a.cut_high:.3f}] over {a.n} queries",
                          "verdict": "dense uses the far tokens" if uses else
                          "dense does not use the far tokens here: this task does not test selection"})
     if len(texts):
-        t = texts[texts.arm.isin(dense_arms) & (texts.replicate == 0)].drop_duplicates(["arm", "seq_len", "top_k", "seed"])
+        t = (texts[texts.arm.isin(dense_arms) & (texts.replicate == 0)]
+             .drop_duplicates(["arm", "seq_len", "top_k", "seed"]))
         for (arm, length, k), g in t.groupby(["arm", "seq_len", "top_k"]):
             res = tost_paired(g.set_index("seed").full_loss, g.set_index("seed").cut_loss, MARGINS["loss"])
             uses = res["ci95_low"] > 0 if math.isfinite(res["ci95_low"]) else False

@@ -74,10 +74,11 @@ def outliers(df: pd.DataFrame, arm: str, value: str = "val_loss", by: str = "seq
         z = fit.resid / math.sqrt(fit.scale) if fit.scale > 0 else fit.resid * 0
         for i in g.index:
             rows.append({by: lv, "arm": g.at[i, arm], "top_k": g.at[i, "top_k"], "seed": g.at[i, "seed"],
-                         value: g.at[i, value], "predicted": float(fit.fittedvalues[i]), "residual": float(fit.resid[i]),
-                         "z": float(z[i])})
+                         value: g.at[i, value], "predicted": float(fit.fittedvalues[i]),
+                         "residual": float(fit.resid[i]), "z": float(z[i])})
     out = pd.DataFrame(rows)
-    return out.reindex(out.z.abs().sort_values(ascending=False).index).head(top).reset_index(drop=True) if len(out) else out
+    return (out.reindex(out.z.abs().sort_values(ascending=False).index).head(top).reset_index(drop=True)
+            if len(out) else out)
 
 
 def heads_analyses(df: pd.DataFrame, value: str = "val_loss") -> pd.DataFrame:
@@ -104,7 +105,8 @@ def heads_analyses(df: pd.DataFrame, value: str = "val_loss") -> pd.DataFrame:
 
 
 def parity_equivalence(df: pd.DataFrame, arm: str, baseline: str = "dense", by: Sequence[str] = ("seq_len",),
-                       value: str = "val_loss", margin: float | None = None, noise: float | None = None) -> pd.DataFrame:
+                       value: str = "val_loss", margin: float | None = None,
+                       noise: float | None = None) -> pd.DataFrame:
     """Each arm against ``baseline`` within each level of ``by``, paired by seed, by TOST with ``margin``
     (default MARGINS[value]); one row per (by, arm) with the verdict sentence (resolution and noise floor)."""
     margin = MARGINS.get(value, MARGINS["loss"]) if margin is None else margin

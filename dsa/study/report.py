@@ -135,7 +135,8 @@ def execute_notebook(
     except PapermillExecutionError as e:
         first = (e.source or "").strip().splitlines()
         where = f"cell {e.cell_index} (execution count {e.exec_count})"
-        return False, f"{where}: {e.ename}: {e.evalue}" + (f"  [cell starts: {first[0][:80]}]" if first else ""), e.cell_index
+        return (False, f"{where}: {e.ename}: {e.evalue}" + (f"  [cell starts: {first[0][:80]}]" if first else ""),
+                e.cell_index)
     except Exception as e:  # kernel death, bad parameters file, ...
         return False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", None
     finally:
@@ -381,7 +382,8 @@ def write_index(out_dir: Path, notebooks: list[Path] | None = None) -> Path:
                     f"<td><small>{figlinks}</small></td></tr>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>DSA study report</title>
 <style>body{{font-family:sans-serif;margin:2em auto;max-width:1100px;line-height:1.45}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:left}}
+table{{border-collapse:collapse;font-size:13px}}\
+td,th{{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:left}}
 .ok{{color:#2a2}}.bad{{color:#c22}}.missing{{color:#a60}}.thumbs img{{height:110px;margin:2px;border:1px solid #ddd}}
 h2{{margin-bottom:0.2em}}</style></head><body>
 <h1>DeepSeek Sparse Attention study</h1>

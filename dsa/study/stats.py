@@ -195,7 +195,8 @@ def effect_size_label(d: float) -> str:
     return "negligible" if d < 0.2 else "small" if d < 0.5 else "medium" if d < 0.8 else "large"
 
 
-def adjust_pvalues(pvalues: Iterable[float], method: str = "bonferroni", alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+def adjust_pvalues(pvalues: Iterable[float], method: str = "bonferroni",
+                   alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """statsmodels multipletests over the finite p-values (NaN ones are left NaN / not rejected).
 
     Returns (reject, p_adjusted) arrays aligned with the input.

@@ -300,7 +300,8 @@ class SyntheticSampler:
         return (x, y) if device is None else (x.to(device), y.to(device))
 
 
-def cut_relevant(batch: SyntheticBatch, cfg: SyntheticConfig, generator: torch.Generator | None = None) -> SyntheticBatch:
+def cut_relevant(batch: SyntheticBatch, cfg: SyntheticConfig,
+                 generator: torch.Generator | None = None) -> SyntheticBatch:
     """The same batch with every relevant position (relevant_pos >= 0) overwritten by fresh noise: the far
     information a query needs is gone, everything else (queries, answers as targets, positions) stays.
     A model that still answers above chance on it does not need the far tokens."""

@@ -1,11 +1,13 @@
-"""Data-parallel training under ``torchrun`` (DistributedDataParallel), and the helpers train() needs.
+r"""Data-parallel training under ``torchrun`` (DistributedDataParallel), and the helpers train() needs.
 
     torchrun --standalone --nproc_per_node 2 -m dsa.train.trainer --attention dsa --seq-len 1024 ...
 
 Several machines ("nodes"): the same command on each, with the node's rank and one address all can reach::
 
-    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr HOST0 --master_port 29500 -m dsa.train.trainer ...
-    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 1 --master_addr HOST0 --master_port 29500 -m dsa.train.trainer ...
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 0 --master_addr HOST0 --master_port 29500 \
+        -m dsa.train.trainer ...
+    torchrun --nnodes 2 --nproc_per_node 8 --node_rank 1 --master_addr HOST0 --master_port 29500 \
+        -m dsa.train.trainer ...
 
 (or ``--rdzv-backend c10d --rdzv-endpoint HOST0:29500`` with any ``--node_rank``). The corpus cache is
 prepared by global rank 0 first, then by each other node's local rank 0 (a node without a shared file

@@ -226,8 +226,8 @@ def evaluate_run(model, cfg: TrainConfig, design: dict, val, n_batches: int) -> 
         batches = eval_task_batches(cfg, design, n_batches)
         res = {"kind": "task", "by_bucket": task_eval(model, batches, cfg.top_k, sparse, seed=cfg.data_seed)}
         if task_of(cfg) == "needle":
-            res["by_distance"] = {str(k): v for k, v in
-                                  task_eval(model, batches, cfg.top_k, sparse, seed=cfg.data_seed, by="distance").items()}
+            res["by_distance"] = {str(k): v for k, v in task_eval(model, batches, cfg.top_k, sparse,
+                                                                   seed=cfg.data_seed, by="distance").items()}
         return res
     res = {"kind": "text", "by_position": position_loss(model, val[:n_batches], cfg.top_k, sparse)}
     if cfg.top_k + cfg.seq_len // 4 <= cfg.seq_len:
@@ -271,7 +271,8 @@ def check_continuations(configs: Sequence[TrainConfig]) -> None:
         src = by_name.get(src_name)
         if src is None:
             raise ValueError(f"init_from_arm names runs that are not in the list: [{src_name!r}]")
-        why = [f"{k}: {getattr(src, k)!r} vs {getattr(c, k)!r}" for k in CONTINUE_SAME if getattr(src, k) != getattr(c, k)]
+        why = [f"{k}: {getattr(src, k)!r} vs {getattr(c, k)!r}" for k in CONTINUE_SAME
+               if getattr(src, k) != getattr(c, k)]
         if src.schedule_length() != c.schedule_length():
             why.append(f"LR schedule of {src.schedule_length()} vs {c.schedule_length()} steps")
         if c.start_step != src.start_step + src.steps:
@@ -323,7 +324,8 @@ def build_parser(prog: str | None = None):
 
     p = argparse.ArgumentParser(prog=prog or "python -m dsa long-context",
                                 description="Run a long-context experiment (dsa.train.experiments) to JSON lines.")
-    p.add_argument("--experiment", required=True, choices=("long_context_sparse", "long_context_recipe", "long_context_pilot"),
+    p.add_argument("--experiment", required=True,
+                   choices=("long_context_sparse", "long_context_recipe", "long_context_pilot"),
                    help="which long-context experiment (dsa.train.experiments.LONG_CONTEXT_EXPERIMENTS)")
     p.add_argument("--size", default="small", choices=("small", "full"), help="small (CPU) | full (GPU)")
     p.add_argument("--seeds", default="", help="comma-separated seeds to run (default: all of the experiment's)")

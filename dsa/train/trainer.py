@@ -292,7 +292,8 @@ class TrainConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        att = self.attention if self.attention == "dense" else f"dsa-{self.recipe}" + ("-leaky" if self.leak_future else "")
+        att = (self.attention if self.attention == "dense"
+               else f"dsa-{self.recipe}" + ("-leaky" if self.leak_future else ""))
         return f"{att}-L{self.seq_len}-k{self.top_k}-s{self.seed}"
 
 

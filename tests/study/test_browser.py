@@ -42,7 +42,8 @@ K_LABEL = "top-k k (keys)"
 if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium) or set "
                 "DSA_CHROMIUM", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install playwright")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="the playwright package is missing: pip install playwright")
 
 
 def _free_port() -> int:
@@ -132,7 +133,8 @@ JS_RUN_STATE = """() => {
 
 JS_EXPLORER = """() => {
   const gds = Array.from(document.querySelectorAll('.js-plotly-plot'))
-     .filter(gd => gd.closest('.widget-vbox') && gd.layout && JSON.stringify(gd.layout.title || '').includes('Indexer explorer'));
+     .filter(gd => gd.closest('.widget-vbox') && gd.layout \
+&& JSON.stringify(gd.layout.title || '').includes('Indexer explorer'));
   if (!gds.length) return null;
   const gd = gds[0];
   gd.setAttribute('data-test', 'explorer-plot');

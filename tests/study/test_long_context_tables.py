@@ -15,7 +15,8 @@ def _task_rec(arm, seed, correct, cut, n=200, hits=0, rep=0, task="recall"):
             "config": {"seq_len": 8192, "top_k": 512, "seed": seed}, "provenance": {"device": "H200"},
             "final": {"val_loss": 1.0},
             "long_context": {"kind": "task", "by_bucket": {
-                "d >= 4k": {"n": n, "correct": correct, "correct_cut": cut, "hits": hits, "hit_pairs": 2 * n if hits else 0}}}}
+                "d >= 4k": {"n": n, "correct": correct, "correct_cut": cut, "hits": hits,
+                            "hit_pairs": 2 * n if hits else 0}}}}
 
 
 def _text_rec(arm, seed, loss, full, cut, rep=0, start_step=None):
@@ -116,7 +117,8 @@ def test_design_and_not_recorded():
     d = LC.design_table(cfgs).set_index("arm")
     assert d.loc["dense_continued", "runs"] == 3 and d.loc["dense_continued", "seeds"] == 2
     assert d.loc["dsa_scratch", "k/L"] == "1/16"
-    assert d.loc["dense_continued", "first_step"] == d.loc["dense_base", "steps"] and d.loc["dsa_scratch", "first_step"] == 0
+    assert (d.loc["dense_continued", "first_step"] == d.loc["dense_base", "steps"]
+            and d.loc["dsa_scratch", "first_step"] == 0)
     rec = {"design": {"task": "recall", "arm": "dsa_scratch"}, "config": {"seq_len": 128, "top_k": 8, "seed": 0}}
     miss = LC.not_recorded([rec], cfgs).set_index("arm")
     assert miss.loc["dsa_scratch", "seeds missing"] == "1" and miss.loc["dense_base", "seeds missing"] == "0, 1"

@@ -66,7 +66,8 @@ def test_notebook_runs_with_small_params(nb_path: Path, tmp_path: Path):
     assert not {k: v for k, v in problems.items() if v}, problems
     # no NaN shown in a table (an HTML table cell holding only NaN / None / <NA>)
     nan_tables = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])
-                  if re.search(r"<td>\s*(NaN|nan|None|&lt;NA&gt;)\s*</td>", str(o.get("data", {}).get("text/html", "")))]
+                  if re.search(r"<td>\s*(NaN|nan|None|&lt;NA&gt;)\s*</td>",
+                               str(o.get("data", {}).get("text/html", "")))]
     assert not nan_tables, f"NaN shown in the tables of cells {nan_tables}"
 
 

@@ -65,7 +65,8 @@ def _rec(name, loss, seed=0, top_k=128, policy="fixed", attention="dsa", mean_k=
 
 
 def test_replicate_noise_and_provenance_gaps():
-    recs = [_rec("a", 3.60), _rec("a", 3.62), _rec("b", 3.5, seed=1), _rec("c", 3.4, top_k=64, commit="abc", dirty=None)]
+    recs = [_rec("a", 3.60), _rec("a", 3.62), _rec("b", 3.5, seed=1),
+            _rec("c", 3.4, top_k=64, commit="abc", dirty=None)]
     recs[1]["config"]["name"] = "renamed"  # the name does not make a run different
     res = R.replicate_noise(recs)
     assert res["n_groups"] == 1 and res["max_abs_diff"] == pytest.approx(0.02)

@@ -365,7 +365,8 @@ def test_selection_text_reads_the_kernel_path_and_the_agreement():
     assert "read once (plus its sample and candidates)" in banded
     assert "Ours against torch.topk over each band of 2048 rows' causal prefix" in banded and ": k=2048: 5.0x" in banded
     df = df.drop(columns=["radix_reads_per_row", "torch_topk_banded_ms"])
-    assert "Ours selected the same scores" in text and "alone selected different scores from torch.topk in 1 row" in text
+    assert ("Ours selected the same scores" in text
+            and "alone selected different scores from torch.topk in 1 row" in text)
     df["radix_sampled_share"] = 0.2
     df["radix_topk_ms"] = df.radix_only_ms * 5
     text = B.selection_text(df)
@@ -862,7 +863,8 @@ def test_targets_hold_at_their_k_and_name_a_better_other_k():
 def test_selection_profile_rows_per_launch():
     base = {"H": 16, "H_kv": 16, "d": 128, "H_I": 4, "d_I": 64, "dtype": "bfloat16", "k": 2048, "torch_topk_ms": 9.0,
             "radix_only_ms": 5.0}
-    rows = [base | {"L": 32768, "radix_topk_ms": 3.0, "radix_stages_ms": {"sample_bracket": 0.5, "bracket_gather": 2.0}},
+    rows = [base | {"L": 32768, "radix_topk_ms": 3.0,
+                    "radix_stages_ms": {"sample_bracket": 0.5, "bracket_gather": 2.0}},
             base | {"L": 8192, "radix_topk_ms": 1.0}]
     res = {"provenance": {"device": "NVIDIA H100 80GB HBM3", "git_commit": "abc", "date": "2026-11-23"}, "rows": rows}
     prof = B.selection_profile(B.bench_frame([res]))

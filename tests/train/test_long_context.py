@@ -151,8 +151,10 @@ def test_experiments_are_mqa_truly_sparse_and_carry_their_design():
 
 
 def test_recipe_arms_share_one_schedule_and_one_stream():
-    arms = {design_of(c)["arm"] + str(design_of(c)["replicate"]): c for c in recipe_arms("small", "recall", 128, 8, 0, 2)}
-    base, cont, dsa, scratch = arms["dense_base0"], arms["dense_continued0"], arms["dsa_from_dense0"], arms["dsa_scratch0"]
+    arms = {design_of(c)["arm"] + str(design_of(c)["replicate"]): c
+            for c in recipe_arms("small", "recall", 128, 8, 0, 2)}
+    base, cont, dsa, scratch = (arms["dense_base0"], arms["dense_continued0"], arms["dsa_from_dense0"],
+                                arms["dsa_scratch0"])
     assert design_of(base)["save_checkpoint"] and base.start_step == 0
     total = base.steps + cont.steps
     for c in (cont, dsa, arms["dense_continued1"]):

@@ -2,12 +2,12 @@
 
 ``decode_attn_kernel``: split-K attention of one new query (b, t) and a block of BLOCK_H of its KV head's
 query heads over cached rows: the selected rows (IDX, sparse) or every row s <= q_pos (DENSE, flash
-decoding). Program (query b*T + t, split, kv head x head block; a flat grid, head blocks fastest) covers the slots [split * SPLIT, (split+1) * SPLIT)
-of the selection (or of the cache) and writes its partial output, normalised, with its running max and sum
-(base 2); the caller merges the splits. The heads of one KV head share every gathered row through one
-[BLOCK_H, D] x [D, BLOCK_K] product: many query heads on one K/V (MQA, MLA in MQA mode) read each row once
-per head block. The score dim D (576 for MLA) is walked in BLOCK_D slices so that it need not be a power of
-two; the value dim is padded to DV_PAD.
+decoding). Program (query b*T + t, split, kv head x head block; a flat grid, head blocks fastest) covers the slots
+[split * SPLIT, (split+1) * SPLIT) of the selection (or of the cache) and writes its partial output, normalised, with
+its running max and sum (base 2); the caller merges the splits. The heads of one KV head share every gathered row
+through one [BLOCK_H, D] x [D, BLOCK_K] product: many query heads on one K/V (MQA, MLA in MQA mode) read each row once
+per head block. The score dim D (576 for MLA) is walked in BLOCK_D slices so that it need not be a power of two; the
+value dim is padded to DV_PAD.
 
 ``decode_index_scores_kernel``: the indexer scores of one new query over a block of cached indexer keys,
 sum_j w_j ReLU(q_j . k_s), -inf past the query's position; FP8: q and k hold e4m3 values (F8OPS: as e4m3,

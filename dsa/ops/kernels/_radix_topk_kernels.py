@@ -1,8 +1,9 @@
 """Triton kernels of the row-wise top-k selection (imported only when triton is importable).
 
 Floats are mapped to uint32 keys whose unsigned order is the float order (flip every bit of negatives, the
-sign bit of the rest; -0.0 maps with +0.0, so the two tie as they compare equal; a NaN ranks by its bits). The selection is every key above the k-th largest key ``thr`` and the first ``quota``
-keys equal to it (ties by position; ``quota > N`` takes them all).
+sign bit of the rest; -0.0 maps with +0.0, so the two tie as they compare equal; a NaN ranks by its bits). The selection
+is every key above the k-th largest key ``thr`` and the first ``quota`` keys equal to it (ties by position;
+``quota > N`` takes them all).
 A per-row ``STATE`` says how the row gets them: 0 a short row (n <= k: every valid position, thr = 0),
 1 the sampled bracket, 2 the radix select. Five small kernels, one program per row each, so that each keeps
 few registers and many programs per multiprocessor (one kernel doing all of it ran at a fraction of the
@@ -16,10 +17,10 @@ memory bandwidth):
 2. ``bracket_gather_kernel``: one pass over the row copies the candidates, the keys at or above the bracket's
    low end, with their positions (in position order, compacted by a cumulative sum) to the row's scratch of
    ``CAP`` slots.
-3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (at least k candidates, fewer than k
-   of them above the bracket's common leading bytes) and the candidates fit, 8-bit histograms over the candidates (in chunks up to their number;
-   one per byte from the first byte where the bracket's ends differ) give the k-th key, and one pass over them writes the selected positions, in order; else the row
-   falls back (state 2).
+3. ``bracket_select_kernel``: if the k-th key lies inside the bracket (at least k candidates, fewer than k of them above
+   the bracket's common leading bytes) and the candidates fit, 8-bit histograms over the candidates (in chunks up to
+   their number; one per byte from the first byte where the bracket's ends differ) give the k-th key, and one pass over
+   them writes the selected positions, in order; else the row falls back (state 2).
 4. ``radix_threshold_kernel`` (state-2 rows only): four 8-bit histogram passes over the row fix the k-th
    key digit by digit, most significant first; a pass ends the search early when the chosen bin is taken
    whole. Up to four reads of the row; the histograms, not the reads, bound it.
@@ -169,7 +170,8 @@ def radix_threshold_kernel(S, LEN, STATE, THR, QUOTA, ss, N, K, BLOCK: tl.conste
         for p in tl.static_range(4):
             if done == 0:
                 hist = tl.zeros([256], tl.int32)
-                other = tl.zeros([], tl.int32)  # keys outside the prefix (and padding): counted into bin 0 by the histogram, removed below
+                # keys outside the prefix (and padding): counted into bin 0 by the histogram, removed below
+                other = tl.zeros([], tl.int32)
                 for c0 in range(0, n, BLOCK):
                     c = c0 + offs
                     inb = c < n

@@ -305,11 +305,13 @@ def _scores_at_bwd(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, id
 
 
 
-def indexer_scores_at_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def indexer_scores_at_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
+                             idx: torch.Tensor) -> torch.Tensor:
     """Indexer scores at the selected positions: (B, L, K) fp32, I[t, idx[t, j]], -inf at unused slots.
 
     q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) of one dtype, idx (B, L, K) int (-1 = unused).
     Differentiable w.r.t. q_idx, k_idx and w (Triton forward and backward). Inputs are checked by the op."""
     from .registered import indexer_scores_at_op  # noqa: PLC0415 (the custom op: one node under torch.compile)
 
-    return indexer_scores_at_op(q_idx.contiguous(), k_idx.contiguous(), w.contiguous(), idx.to(torch.int32).contiguous())
+    return indexer_scores_at_op(q_idx.contiguous(), k_idx.contiguous(), w.contiguous(),
+                                idx.to(torch.int32).contiguous())

@@ -125,7 +125,8 @@ def loss_verdict(df: pd.DataFrame, source: str, confidence: float = CONFIDENCE, 
         evidence = why + ". Causal DSA is not better than dense. " + evidence
     elif any(leak_gain):
         verdict = "not reproduced"
-        evidence = "the leaky variant beats dense by more than 5% only at some L (too little training here?). " + evidence
+        evidence = ("the leaky variant beats dense by more than 5% only at some L (too little training here?). "
+                    + evidence)
     elif df.variant.eq(LEAKY).any():
         verdict = "not reproduced"
         evidence = ("at this size not even the leaky variant beats dense by 5% (it needs more training to learn "
@@ -204,7 +205,8 @@ def speed_verdict(df: pd.DataFrame, source: str, device: str = "", claimed: tupl
                 c = _time_cmp(dense, sub, confidence)
                 comps.append(c)
                 r = c["ratio"]
-                bits.append(f"{v} {c['other_s'] * 1e3:.1f} ms ({r:.2f}x" + (f", i.e. {1 / r:.1f}x slower" if r < 1 else "")
+                bits.append(f"{v} {c['other_s'] * 1e3:.1f} ms ({r:.2f}x"
+                            + (f", i.e. {1 / r:.1f}x slower" if r < 1 else "")
                             + ("" if c["clear"] else ", within noise") + ")")
             parts.append(", ".join(bits))
     if not comps:
@@ -254,7 +256,8 @@ def parity_verdict(df: pd.DataFrame, source: str, confidence: float = CONFIDENCE
     evidence = "; ".join(parts)
     if (rel.abs() <= tol).all():
         verdict = "supported"
-        evidence = f"every causal DSA run is within {tol:.0%} of dense ({rel.min():+.1%} to {rel.max():+.1%}). " + evidence
+        evidence = (f"every causal DSA run is within {tol:.0%} of dense ({rel.min():+.1%} to {rel.max():+.1%}). "
+                    + evidence)
     elif (rel <= tol).all():
         verdict = "supported"
         evidence = "causal DSA is no worse than dense by more than 5% (better in places). " + evidence
