@@ -18,7 +18,8 @@ Per (layout, context S, batch B), each timed on the same cache, one new token pe
 - ``dense_sdpa``: SDPA with the heads as queries over the one K/V head (exact for one token per sequence and
   no mask; PyTorch picks flash / cuDNN for d <= 256, the math backend for MLA's 576);
 - ``dsa``: :func:`dsa.ops.decode_indexer_topk` + :func:`dsa.ops.decode_sparse_attention`, and its parts
-  ``dsa_indexer_topk`` and ``dsa_sparse`` (on a precomputed selection).
+  ``dsa_indexer_topk`` and ``dsa_sparse`` (on a precomputed selection); ``dsa_indexer_scores``, the indexer's
+  scores alone (their difference from ``dsa_indexer_topk`` is the top-k's time).
 Projections are left out (the same for both). On CUDA every step is captured in a CUDA graph and replayed
 (launch overhead would hide the bandwidth), with a 128 MiB write between replays to flush L2 (as the other
 60 layers of a real model would), its own time subtracted. ``*_ms``: median per step; ``tokens_per_s``:
@@ -239,11 +240,11 @@ def decode_bytes(lay: Layout, s: int, b: int, k: int, d_i: int, idx_bytes: int =
                  scale_bytes: int = 0) -> dict:
     """Modelled HBM reads per decode step at context s: dense reads every cached row; DSA reads every indexer
     key (d_i values of idx_bytes, and scale_bytes of its scale: 4 for FP8 keys), writes and reads one fp32
-    score per key (the top-k's input) and reads k rows."""
+    score per key (the top-k's input) and reads k rows; the scores alone read the keys and write the scores."""
     row = lay.row_values * val_bytes
     idx = s * (d_i * idx_bytes + scale_bytes + 8)
     return {"dense": b * s * row, "dsa": b * (idx + min(k, s) * row), "dsa_indexer_topk": b * idx,
-            "dsa_sparse": b * min(k, s) * row}
+            "dsa_indexer_scores": b * s * (d_i * idx_bytes + scale_bytes + 4), "dsa_sparse": b * min(k, s) * row}
 
 
 # ------------------------------------------------------------------------------------------------- steps
@@ -307,11 +308,14 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
     def dsa_indexer_topk():
         return ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos, k_scale=x.ks)
 
+    def dsa_indexer_scores():  # the scores alone: with the above, the top-k's share of the indexer step
+        return ops.decode_indexer_scores(x.qi, x.ki, x.w, x.pos, k_scale=x.ks)
+
     def dsa_sparse():
         return ops.decode_sparse_attention(x.q, x.k, x.v, idx, scale=scale)
 
     return {"dense": dense, "dense_sdpa": dense_sdpa, "dsa": dsa, "dsa_indexer_topk": dsa_indexer_topk,
-            "dsa_sparse": dsa_sparse}
+            "dsa_indexer_scores": dsa_indexer_scores, "dsa_sparse": dsa_sparse}
 
 
 def bench_decode_row(cfg: DecodeBenchConfig, lay: Layout, caches, s: int, timer: Timer, hbm: float | None,

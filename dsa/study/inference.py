@@ -146,7 +146,7 @@ def decode_frame(results: list[dict]) -> pd.DataFrame:
         for r in res["rows"]:
             if r.get("kind") != "decode" or "skipped" in r:
                 continue
-            for m in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_sparse"):
+            for m in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"):
                 if r.get(f"{m}_ms") is None:
                     continue
                 rows.append({"file": i, "layout": r["layout"], "context": r["context"], "batch": r["batch"],

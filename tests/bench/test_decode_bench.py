@@ -16,7 +16,7 @@ def test_rows_time_every_step_and_derive_the_ratios():
     rows = [r for r in res["rows"] if r["kind"] == "decode"]
     assert [(r["layout"], r["context"]) for r in rows] == [("mqa", 23), ("mqa", 40), ("mla", 23), ("mla", 40)]
     for r in rows:
-        for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_sparse"):
+        for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"):
             assert r[f"{name}_ms"] > 0, name
             assert r[f"{name}_tokens_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
             assert r[f"{name}_gbps"] == pytest.approx(r[f"{name}_bytes"] / r[f"{name}_ms"] / 1e6)

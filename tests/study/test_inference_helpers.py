@@ -37,8 +37,8 @@ def test_decode_tables_from_a_cpu_run():
     res = run(DecodeBenchConfig(layouts=["mla"], contexts=[20, 33], batches=[1], top_k=6, request_contexts=[12],
                                 gen_tokens=2), log=lambda s: None)
     frame = I.decode_frame([res])
-    assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_sparse"}
-    assert len(frame) == 2 * 5 and not frame.ms.isna().any()
+    assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"}
+    assert len(frame) == 2 * 6 and not frame.ms.isna().any()
     sp = I.speedup_table([res])
     assert list(sp.context) == [20, 33] and sp["DSA % of HBM"].isna().all()  # no bandwidth on a CPU
     req = I.request_table([res])
