@@ -14,8 +14,10 @@ padded to a power of two (512 in MLA: exact). V_FROM_K: v is a view of k's first
 latent, as the layer passes it): the gathered K block serves as the V block, half the gathered bytes.
 
 ``sparse_attn_bwd_kernel`` gives dQ (in registers) and, with DKV_ATOMIC, dK/dV by fp32 atomics into the
-gathered rows; ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program per key row over the
-queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
+gathered rows (one atomic per element and head block); ``sparse_attn_dkv_headsum_kernel`` gives dK/dV by
+one program per (query, block of selected slots, KV head) that sums all G heads in registers before its
+atomics (one per element and query); ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program
+per key row over the queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
 (no grad) turns the forward's lse back into the per-slot probabilities, averaged over the H heads: the
 indexer's sparse KL target in O(L * K) memory.
 
@@ -319,3 +321,114 @@ def sparse_attn_probs_kernel(
         total += tl.sum(tl.math.exp2(s * qk_scale - lse2[:, None]), 0)
     total = tl.where(ok, total * inv_h, 0.0)
     tl.store(P + b * spb + t * spl + kk, total, mask=kk < KSEL)
+
+
+def sparse_attn_dkv_headsum_kernel(
+    Q, K, V, IDX, DO, LSE, DELTA, GK, GV, sm_scale,
+    sqb, sqh, sql,
+    skb, skh, skl,
+    svb, svh, svl,
+    sib, sil,
+    sdob, sdoh, sdol,
+    slb, slh,
+    sgkb, sgkh, sgkl,
+    sgvb, sgvh, sgvl,
+    HKV, KSEL, NKB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, V_FROM_K: tl.constexpr,
+):
+    """dK, dV of the BLOCK_K rows that query t selected in slots [kb*BLOCK_K, (kb+1)*BLOCK_K), summed over
+    all G query heads of KV head hk in registers, then added to GK, GV (fp32, zero-filled) by one atomic per
+    (query, key) pair and element: the head sum that the atomic strategy leaves to NHB atomics.
+
+    Per head block (a runtime loop over the group), transposed as FlashAttention's dK/dV pass so that the
+    key block [BLOCK_K, D] is the A operand of every product and q, dO [BLOCK_H, D] only ever B operands:
+    Sᵀ = K qᵀ, Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta);
+    dV += Pᵀ dO [BLOCK_K, DV], dK += scale · dSᵀ q [BLOCK_K, D]. V_FROM_K (MLA: v = k[..., :D1]): the
+    K block serves as V and dV is accumulated into dK's first D1 columns (one accumulator, one D-wide
+    atomic row; GV is not written). dQ is the other kernel's (sparse_attn_bwd_kernel, DKV_ATOMIC=False).
+
+    Expected fp32 atomic traffic per (query, key) pair (4 B per element; MLA 128 x 576/512 in brackets):
+    - atomic (sparse_attn_bwd_kernel): NHB·(D + DV)·4 with NHB = G / BLOCK_H head blocks [4·1088·4 = 17408 B]
+    - headsum, K and V apart: (D + DV)·4 [4352 B]; V_FROM_K: D·4 [2304 B, 7.6x fewer than atomic]
+    - inverted (sparse_attn_dkv_inv_kernel): none (each row stored once), but G·(D + DV)·2 B re-read per pair
+    Reads it adds instead: q and dO of all G heads per program, G·(D + DV)·2 / BLOCK_K B per pair
+    [128·1088·2 / 32 = 8704 B of L2 hits at BLOCK_K = 32], and S, dP recomputed: with the dQ kernel's the
+    backward does 2·G·(5·D + 4·DV) FLOPs per pair against the 2·G·(3·D + 2·DV) counted (1.8x at MLA).
+    """
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
+    t = pid // NKB
+    kb = pid % NKB
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HKV
+    hk = bh % HKV
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D  # all true unless d_qk < 16
+    d2 = D1 + tl.arange(0, D2)
+    m2 = d2 < D
+    ee = tl.arange(0, DV_PAD)
+    em = ee < DV
+    kk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+    ok = ix >= 0
+    ixs = tl.where(ok, ix, 0).to(tl.int64)
+    krow = K + b * skb + hk * skh + ixs[:, None] * skl
+    k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
+    if INTERP:  # the CPU interpreter's tl.dot mishandles bf16: compute in fp32 there
+        k1 = k1.to(tl.float32)
+    if HAS_TAIL:
+        k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+        if INTERP:
+            k2 = k2.to(tl.float32)
+    if V_FROM_K:
+        vb = k1
+    else:
+        vb = tl.load(V + b * svb + hk * svh + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :],
+                     other=0.0)
+        if INTERP:
+            vb = vb.to(tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+    dk1 = tl.zeros([BLOCK_K, D1], tl.float32)
+    dk2 = tl.zeros([BLOCK_K, D2], tl.float32)
+    dv = tl.zeros([BLOCK_K, DV_PAD], tl.float32)
+    for h0 in range(0, G, BLOCK_H):
+        g = h0 + tl.arange(0, BLOCK_H)
+        gm = g < G
+        h = hk * G + g  # int64 (hk is): h * sqh passes 2^31 at MLA 128 x 576 from L = 32K
+        qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+        q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+        do = tl.load(DO + b * sdob + h[:, None] * sdoh + t * sdol + ee[None, :], mask=gm[:, None] & em[None, :],
+                     other=0.0)
+        if INTERP:
+            q1 = q1.to(tl.float32)
+            do = do.to(tl.float32)
+        # padded heads and queries with no selection: lse = +inf, so P = 0 and they add nothing
+        lse = tl.load(LSE + b * slb + h * slh + t, mask=gm, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        delta = tl.load(DELTA + b * slb + h * slh + t, mask=gm, other=0.0)
+        st = tl.dot(k1, tl.trans(q1), input_precision=PREC)  # [BLOCK_K, BLOCK_H]
+        if HAS_TAIL:
+            q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+            if INTERP:
+                q2 = q2.to(tl.float32)
+            st += tl.dot(k2, tl.trans(q2), input_precision=PREC)
+        pt = tl.math.exp2(st * qk_scale - lse2[None, :])
+        dpt = tl.dot(vb, tl.trans(do), input_precision=PREC)
+        # sm_scale folded into dS before the cast: dK needs no rescaling and can share dV's accumulator
+        dst = (pt * (dpt - delta[None, :]) * sm_scale).to(q1.dtype)
+        pt = pt.to(do.dtype)
+        if V_FROM_K:
+            dk1 += tl.dot(pt, do, input_precision=PREC)
+        else:
+            dv += tl.dot(pt, do, input_precision=PREC)
+        dk1 += tl.dot(dst, q1, input_precision=PREC)
+        if HAS_TAIL:
+            dk2 += tl.dot(dst, q2, input_precision=PREC)
+    dkrow = GK + b * sgkb + hk * sgkh + ixs[:, None] * sgkl
+    tl.atomic_add(dkrow + d1[None, :], dk1, mask=ok[:, None] & m1[None, :], sem="relaxed")
+    if HAS_TAIL:
+        tl.atomic_add(dkrow + d2[None, :], dk2, mask=ok[:, None] & m2[None, :], sem="relaxed")
+    if not V_FROM_K:
+        tl.atomic_add(GV + b * sgvb + hk * sgvh + ixs[:, None] * sgvl + ee[None, :], dv,
+                      mask=ok[:, None] & em[None, :], sem="relaxed")

@@ -34,16 +34,23 @@ _WIDE_HEADS = 1024
 # every layout, 1.5x at MHA 16 (G = 1, 16K), 9x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
 # the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
 DKV_DEFAULT = "atomic"
+# 'headsum': dQ by the dQ kernel alone, dK/dV by a kernel per (query, block of slots, KV head) that sums the
+# G heads of the group in registers before its atomics (sparse_attn_dkv_headsum_kernel: its docstring gives
+# the atomic bytes per pair of each strategy). Compiled and checked for resources, not yet timed on a GPU.
+DKV_MODES = ("atomic", "inverted", "headsum")
 # The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
 # forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
 _WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
+# The headsum dK/dV kernel's tiles (BLOCK_H, BLOCK_K, warps, stages) by (head dims, 16-bit dtype): TODO
+_HEADSUM_TILE = {("wide", True): (32, 32, 8, 2), ("wide", False): (16, 16, 8, 2),
+                 ("narrow", True): (32, 32, 4, 2), ("narrow", False): (16, 32, 4, 2)}
 
 
 def _kernels():
     from . import _sparse_attn_kernels as m
 
     return (jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel), jit(m.sparse_attn_probs_kernel),
-            jit(m.sparse_attn_dkv_inv_kernel))
+            jit(m.sparse_attn_dkv_inv_kernel), jit(m.sparse_attn_dkv_headsum_kernel))
 
 
 def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +111,21 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
     if num_stages is not None or wide:
         meta["num_stages"] = num_stages or 2
     return meta
+
+
+def dkv_meta(g: int, d: int, dv: int, dtype: torch.dtype, *, block_h=None, block_k=None, num_warps=None,
+             num_stages=None, interp: bool = False, shared_kv: bool = False) -> dict:
+    """The compile-time arguments of the headsum dK/dV kernel (sparse_attn_dkv_headsum_kernel) for a group of
+    g query heads per K/V head, score dim d, value dim dv: attn_meta's, at _HEADSUM_TILE's defaults (wide: MLA's
+    576/512; narrow: the rest) unless given. BLOCK_H heads per step of the kernel's loop over the group,
+    BLOCK_K selected slots per program."""
+    d1, d2 = split_dim(d)
+    wide = d1 + d2 + _pad(dv) >= _WIDE_HEADS
+    elem = torch.empty((), dtype=dtype).element_size()
+    bh, bk, warps, stages = _HEADSUM_TILE[("wide" if wide else "narrow", elem < 4)]
+    return attn_meta(g, d, dv, dtype, "bwd", block_h=block_h or min(_pad(g), bh), block_k=block_k or bk,
+                     num_warps=num_warps or warps, num_stages=num_stages or stages, interp=interp,
+                     shared_kv=shared_kv)
 
 
 def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
@@ -173,27 +195,15 @@ def _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv, block_t=None):
     )
 
 
-def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
-         num_stages=None):
-    """The gradients (dq, dk, dv) in the dtypes of (q, k, v). dkv: 'atomic' (dK/dV accumulate in fp32 by
-    atomics in the dQ kernel) or 'inverted' (a second kernel over the inverted index; deterministic);
-    default DKV_DEFAULT."""
+def _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk=None, gv=None, **tile) -> None:
+    """dQ into gq (q's shape and dtype) by sparse_attn_bwd_kernel; with gk, gv (fp32, zero-filled, k's and
+    v's shapes) also dK/dV by its atomics (one per element and head block), else dQ only."""
     bwd_kernel = _kernels()[1]
     b, _, l, _ = q.shape
     hkv = k.shape[1]
-    dkv = dkv or DKV_DEFAULT
-    if dkv not in ("atomic", "inverted"):
-        raise ValueError(f"dkv must be 'atomic' or 'inverted', got {dkv!r}")
-    atomic = dkv == "atomic"
-    do = _lastdim_contig(do)
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
-    gq = torch.empty_like(q)
-    if atomic:
-        gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
-        gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
-    else:
-        gk, gv = torch.empty_like(k), torch.empty_like(v)
-    meta, nhb = _meta(q, k, v, "bwd", block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    atomic = gk is not None
+    gk, gv = (gk, gv) if atomic else (gq, gq)  # dQ only: the dK/dV pointers are never used
+    meta, nhb = _meta(q, k, v, "bwd", **tile)
     bwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, do, lse, delta, gq, gk, gv, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -208,8 +218,61 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
         hkv, idx32.shape[-1], nhb,
         DKV_ATOMIC=atomic, **meta,
     )
-    if atomic:
+
+
+def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dk, dv) in k's and v's dtypes by sparse_attn_dkv_headsum_kernel (the G heads summed before the
+    atomics). When v is a view of k's first columns (v_from_k), dk holds dV too and dv is zeros: the latent's
+    gradient (k's plus v's, as autograd sums them through the view) is the same, rounded once, not twice."""
+    kernel = _kernels()[4]
+    b, h, l, d = q.shape
+    hkv, dv, ksel = k.shape[1], v.shape[-1], idx32.shape[-1]
+    meta = dkv_meta(h // hkv, d, dv, q.dtype, interp=interpret_mode(), shared_kv=v_from_k(k, v), **tile)
+    gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+    gv = gk if meta["V_FROM_K"] else torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+    nkb = -(-ksel // meta["BLOCK_K"])
+    kernel[(l * nkb, b * hkv)](
+        q, k, v, idx32, do, lse, delta, gk, gv, scale,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        idx32.stride(0), idx32.stride(1),
+        do.stride(0), do.stride(1), do.stride(2),
+        lse.stride(0), lse.stride(1),
+        gk.stride(0), gk.stride(1), gk.stride(2),
+        gv.stride(0), gv.stride(1), gv.stride(2),
+        hkv, ksel, nkb,
+        **meta,
+    )
+    if meta["V_FROM_K"]:
+        return gk.to(k.dtype), torch.zeros_like(v)
+    return gk.to(k.dtype), gv.to(v.dtype)
+
+
+def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
+         num_stages=None, dkv_tile=None):
+    """The gradients (dq, dk, dv) in the dtypes of (q, k, v); do (B, H, L, d_v) the output's gradient.
+    dkv (default DKV_DEFAULT): 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ kernel), 'inverted'
+    (a second kernel over the inverted index; deterministic) or 'headsum' (a second kernel summing the heads
+    before its atomics; with v a view of k, dk then carries dV and dv is zeros, see _dkv_headsum).
+    block_k, num_warps, block_h, num_stages: the dQ kernel's tile; dkv_tile: the headsum kernel's (a dict
+    of the same knobs, see dkv_meta)."""
+    dkv = dkv or DKV_DEFAULT
+    if dkv not in DKV_MODES:
+        raise ValueError(f"dkv must be one of {', '.join(map(repr, DKV_MODES))}, got {dkv!r}")
+    do = _lastdim_contig(do)
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
+    gq = torch.empty_like(q)
+    tile = dict(block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    if dkv == "atomic":
+        gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+        gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+        _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk, gv, **tile)
         return gq, gk.to(k.dtype), gv.to(v.dtype)
+    _dq(q, k, v, idx32, do, lse, delta, scale, gq, **tile)
+    if dkv == "headsum":
+        return (gq, *_dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **(dkv_tile or {})))
+    gk, gv = torch.empty_like(k), torch.empty_like(v)
     _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv)
     return gq, gk, gv
 
