@@ -41,9 +41,19 @@ DKV_MODES = ("atomic", "inverted", "headsum")
 # The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
 # forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
 _WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
-# The headsum dK/dV kernel's tiles (BLOCK_H, BLOCK_K, warps, stages) by (head dims, 16-bit dtype): TODO
-_HEADSUM_TILE = {("wide", True): (32, 32, 8, 2), ("wide", False): (16, 16, 8, 2),
-                 ("narrow", True): (32, 32, 4, 2), ("narrow", False): (16, 32, 4, 2)}
+# The headsum dK/dV kernel's tiles (BLOCK_H, BLOCK_K, warps, stages), chosen without a GPU by compiling for
+# sm_90a (scripts/check_kernel_resources.py --only attention --all-tiles; not timed yet). Its registers hold
+# the fp32 accumulators of a whole [BLOCK_K, d] key block across the head loop, so BLOCK_K decides the fit:
+# - MLA 128 x 576/512 with v a view of k (the layer's path): BLOCK_K 64 is the smallest M of Hopper's wgmma
+#   and its [64, 512 + 64] accumulators take 144 of 255 registers at 8 warps; 8 heads per step (16 rows of
+#   the interleaved [dO; q] tile) leave 176 B spilled, mostly outside the loop (16 heads: 300 B, 32: 936 B;
+#   4 warps cannot hold the accumulators; 16 warps get 128 registers and spill more). 131 KB shared memory.
+#   The mma.sync alternative (16 heads x 32 rows) spills nothing: dsa.bench.mla times both.
+# - MLA dims with v apart: two [BLOCK_K, 512] accumulators; 32 rows (mma.sync) x 16 heads, no spill.
+# - narrow heads (d <= 256): 32 heads x 64 rows, 8 warps, no spill (MQA 64 x 128: 170 registers).
+# - fp32 (tests, small sizes): 16 heads x 16 rows.
+_HEADSUM_TILE = {("wide", True): (8, 64, 8, 2), ("wide", False): (16, 32, 8, 2), "narrow": (32, 64, 8, 2),
+                 "fp32": (16, 16, 8, 2)}
 
 
 def _kernels():
@@ -114,18 +124,33 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
 
 
 def dkv_meta(g: int, d: int, dv: int, dtype: torch.dtype, *, block_h=None, block_k=None, num_warps=None,
-             num_stages=None, interp: bool = False, shared_kv: bool = False) -> dict:
+             num_stages=None, interp: bool = False, shared_kv: bool = False, aligned: bool = False) -> dict:
     """The compile-time arguments of the headsum dK/dV kernel (sparse_attn_dkv_headsum_kernel) for a group of
     g query heads per K/V head, score dim d, value dim dv: attn_meta's, at _HEADSUM_TILE's defaults (wide: MLA's
     576/512; narrow: the rest) unless given. BLOCK_H heads per step of the kernel's loop over the group,
-    BLOCK_K selected slots per program."""
+    BLOCK_K selected slots per program; ALIGNED (aligned): every q and dO row starts on 16 bytes (see
+    rows_aligned), which lets the kernel load both through one pointer tile with vector loads."""
     d1, d2 = split_dim(d)
     wide = d1 + d2 + _pad(dv) >= _WIDE_HEADS
     elem = torch.empty((), dtype=dtype).element_size()
-    bh, bk, warps, stages = _HEADSUM_TILE[("wide" if wide else "narrow", elem < 4)]
-    return attn_meta(g, d, dv, dtype, "bwd", block_h=block_h or min(_pad(g), bh), block_k=block_k or bk,
+    key = "fp32" if elem == 4 else ("wide", shared_kv) if wide else "narrow"
+    bh, bk, warps, stages = _HEADSUM_TILE[key]
+    block_h, block_k = block_h or min(_pad(g), bh), block_k or bk
+    # tl.dot's smallest size is 16: the latent path's products run over 2 * BLOCK_H interleaved rows
+    if block_h < (8 if shared_kv else 16) or block_k < 16:
+        raise ValueError(f"headsum tile: block_h >= {8 if shared_kv else 16} and block_k >= 16, got block_h "
+                         f"{block_h}, block_k {block_k}")
+    meta = attn_meta(g, d, dv, dtype, "bwd", block_h=block_h, block_k=block_k,
                      num_warps=num_warps or warps, num_stages=num_stages or stages, interp=interp,
                      shared_kv=shared_kv)
+    return dict(meta, ALIGNED=aligned)
+
+
+def rows_aligned(*xs: torch.Tensor) -> bool:
+    """Whether every row (last dim) of each tensor, at any index of the other dims, starts on a 16-byte
+    boundary: 16-byte aligned data and strides of whole 16-byte units."""
+    return all(x.data_ptr() % 16 == 0 and all(s * x.element_size() % 16 == 0 for s in x.stride()[:-1])
+               for x in xs)
 
 
 def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
@@ -227,7 +252,8 @@ def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.T
     kernel = _kernels()[4]
     b, h, l, d = q.shape
     hkv, dv, ksel = k.shape[1], v.shape[-1], idx32.shape[-1]
-    meta = dkv_meta(h // hkv, d, dv, q.dtype, interp=interpret_mode(), shared_kv=v_from_k(k, v), **tile)
+    meta = dkv_meta(h // hkv, d, dv, q.dtype, interp=interpret_mode(), shared_kv=v_from_k(k, v),
+                    aligned=rows_aligned(q, do), **tile)
     gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
     gv = gk if meta["V_FROM_K"] else torch.zeros(v.shape, device=v.device, dtype=torch.float32)
     nkb = -(-ksel // meta["BLOCK_K"])
