@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# What issues 15 and 16 still need from a GPU, in stages that each fit one 10-minute device call (about 25
+# What issues 15 and 16 still need from a GPU, in stages that each fit one 10-minute device call (about 29
 # minutes of device time in all). Run the stages in order, each in its own call, and keep the machine warm
 # between calls (it is released after 30 s idle, and a new one may not be lent):
 #   tests  (~3 min)  the GPU-only tests of the fixes made without a GPU: FP8 score pass (K >= 32, the Hopper
-#                    accumulator bound), kernels at 2^31-element offsets, cached decoding at the MLA-MQA shape,
-#                    the decode kernels at real size;
+#                    accumulator bound), kernels at 2^31-element offsets (the headsum dK/dV kernel too), cached
+#                    decoding at the MLA-MQA shape, the decode kernels at real size;
 #   mla    (~7 min)  the map's MLA-MQA rows at 32K, 64K, 128K (the illegal memory access fixed at 250a99a);
 #   l128   (~4 min)  the map's 128K rows of MQA 64, GQA 16/2 and MHA 16 (FlexAttention's block mask compiled);
 #   decode (~9 min)  gpu_decode.sh's benchmark: MLA-MQA and MQA decode with bf16 indexer keys and whole requests

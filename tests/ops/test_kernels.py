@@ -641,8 +641,12 @@ def test_indexer_score_rows_any_head_count(hp, di, dtype):
 
 
 @gpu_only
+@pytest.mark.parametrize("dkv", ["atomic", "headsum"])
 @pytest.mark.parametrize("h,hkv,d,dv", [(16, 16, 128, 128), (16, 2, 128, 128), (16, 2, 192, 128), (16, 1, 576, 512)])
-def test_sparse_attention_gpu_real(h, hkv, d, dv):
+def test_sparse_attention_gpu_real(h, hkv, d, dv, dkv, monkeypatch):
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)
     torch.manual_seed(0)
     b, l, k = 1, 1024 + 77, 500  # the autograd reference keeps every gathered chunk
     q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)
