@@ -343,8 +343,10 @@ def sparse_attn_dkv_headsum_kernel(
     all G query heads of KV head hk in registers, then added to GK, GV (fp32, zero-filled) by one atomic per
     (query, key) pair and element: the head sum that the atomic strategy leaves to NHB atomics.
 
-    Per head block (a runtime loop over the group), transposed as FlashAttention's dK/dV pass so that the
-    key block [BLOCK_K, D] is the A operand of the score products and q, dO [BLOCK_H, D] only B operands:
+    The programs of one query are adjacent in launch order: the q and dO rows that each re-reads (all G heads)
+    come from L2 after the first. Per head block (a runtime loop over the group), transposed as FlashAttention's
+    dK/dV pass so that the key block [BLOCK_K, D] is the A operand of the score products and q, dO
+    [BLOCK_H, D] only B operands:
     Sᵀ = K qᵀ, Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta);
     dV += Pᵀ dO [BLOCK_K, DV], dK += scale · dSᵀ q [BLOCK_K, D]. dQ is the other kernel's
     (sparse_attn_bwd_kernel with DKV_ATOMIC=False).

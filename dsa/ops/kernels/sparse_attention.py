@@ -48,9 +48,9 @@ _WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
 #   and its [64, 512 + 64] accumulators take 144 of 255 registers at 8 warps; 8 heads per step (16 rows of
 #   the interleaved [dO; q] tile) leave 176 B spilled, mostly outside the loop (16 heads: 300 B, 32: 936 B;
 #   4 warps cannot hold the accumulators; 16 warps get 128 registers and spill more). 131 KB shared memory.
-#   The mma.sync alternative (16 heads x 32 rows) spills nothing: dsa.bench.mla times both.
+#   The mma.sync alternative (16 heads x 32 rows) spills nothing: scripts/gpu/gpu_complete.sh mlabwd times both.
 # - MLA dims with v apart: two [BLOCK_K, 512] accumulators; 32 rows (mma.sync) x 16 heads, no spill.
-# - narrow heads (d <= 256): 32 heads x 64 rows, 8 warps, no spill (MQA 64 x 128: 170 registers).
+# - narrow heads (the other layouts): 32 heads x 64 rows, 8 warps, no spill (MQA 64 x 128: 170 registers).
 # - fp32 (tests, small sizes): 16 heads x 16 rows.
 _HEADSUM_TILE = {("wide", True): (8, 64, 8, 2), ("wide", False): (16, 32, 8, 2), "narrow": (32, 64, 8, 2),
                  "fp32": (16, 16, 8, 2)}
@@ -246,9 +246,11 @@ def _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk=None, gv=None, **tile) -> 
 
 
 def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dk, dv) in k's and v's dtypes by sparse_attn_dkv_headsum_kernel (the G heads summed before the
-    atomics). When v is a view of k's first columns (v_from_k), dk holds dV too and dv is zeros: the latent's
-    gradient (k's plus v's, as autograd sums them through the view) is the same, rounded once, not twice."""
+    """(dk (B, H_kv, L, d_qk), dv (B, H_kv, L, d_v)) in k's and v's dtypes by sparse_attn_dkv_headsum_kernel
+    (the G heads summed before the atomics), for q (B, H, L, d_qk), do (B, H, L, d_v), lse and delta
+    (B, H, L) fp32; tile: dkv_meta's knobs. When v is a view of k's first columns (v_from_k), dk holds dV too
+    and dv is zeros: the latent's gradient (k's plus v's, as autograd sums them through the view) is the same,
+    rounded once instead of twice."""
     kernel = _kernels()[4]
     b, h, l, d = q.shape
     hkv, dv, ksel = k.shape[1], v.shape[-1], idx32.shape[-1]
