@@ -14,8 +14,9 @@ pad them. Exit status 1 when a launch would not fit.
     (the indexer kernels by default; --attention adds the attention layouts, --only picks one family)
 
 Attention sizes are H x H_kv x d_qk x d_v; each gives the forward, the backward with atomic dK/dV and with
-dQ only (the inverted index's first kernel), the inverted dK/dV kernel and the probabilities kernel, at the
-launch code's tiles (``dsa.ops.kernels.sparse_attention.attn_meta``), with --all-tiles also at ATTN_TILES.
+dQ only (the first kernel of dkv 'inverted' and 'headsum'), the inverted dK/dV kernel, the headsum dK/dV
+kernel and the probabilities kernel, at the launch code's tiles (``dsa.ops.kernels.sparse_attention.attn_meta``,
+``dkv_meta``), with --all-tiles also at ATTN_TILES and HEADSUM_TILES.
 
 fp8: the score pass on e4m3 operands with per-key scales (the FP8 indexer, ``dsa.ops.quantize``); the
 scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype).
@@ -41,6 +42,10 @@ ATTN_SIZES = ((128, 1, 576, 512), (64, 1, 576, 512), (16, 1, 576, 512), (64, 1, 
 # (pass, block_h, block_k, warps, stages): the tiles timed by dsa.bench.mla's tuning sweep
 ATTN_TILES = tuple(("fwd", bh, bk, 8, st) for bh in (32, 64) for bk in (32, 64) for st in (2, 3)) + \
     tuple(("bwd", bh, bk, 8, st) for bh in (32, 64) for bk in (16, 32) for st in (1, 2))
+# (block_h, block_k, warps, stages) of the headsum dK/dV kernel tried at sm_90a (the reasoning of the chosen ones:
+# dsa.ops.kernels.sparse_attention._HEADSUM_TILE); 8 heads only where v is a view of k (interleaved rows)
+HEADSUM_TILES = ((8, 64, 8, 1), (8, 64, 8, 2), (8, 64, 8, 3), (16, 64, 8, 2), (16, 64, 8, 3), (32, 64, 8, 2),
+                 (8, 64, 16, 2), (8, 32, 8, 2), (16, 32, 8, 2), (32, 32, 8, 2), (16, 16, 4, 2))
 L, KSEL = 8192, 2048  # a representative sequence and selection: they only decide the 16-divisible integers
 
 
@@ -112,11 +117,12 @@ def at_cases(h: int, di: int, dtype: str) -> list[Case]:
             Case("idx_at_bwd", h, di, dtype, tile, meta, bwd, ints)]
 
 
-def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[Case]:
+def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=(), headsum_tiles=()) -> list[Case]:
     """The sparse-attention kernels at one layout: forward, backward (atomic dK/dV, and dQ only), the inverted
-    dK/dV kernel, the probabilities kernel, at the launch code's tiles; then each of ``tiles``."""
+    dK/dV kernel, the headsum dK/dV kernel, the probabilities kernel, at the launch code's tiles; then each of
+    ``tiles`` and ``headsum_tiles``."""
     from dsa.ops.kernels._common import next_pow2
-    from dsa.ops.kernels.sparse_attention import attn_meta, split_dim
+    from dsa.ops.kernels.sparse_attention import attn_meta, dkv_meta, split_dim
 
     g, td = h // hkv, _torch_dtype(dtype)
     # MLA's latent layout (d_v = the power-of-two part of d_qk, one K/V head): the layer passes v as a view
@@ -143,6 +149,8 @@ def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[
     inv = dict(G=g, D=d, D_PAD=next_pow2(d), DV=dv, DV_PAD=next_pow2(dv),
                BLOCK_T=max(1, min(32, 8192 // max(next_pow2(d), next_pow2(dv)))), num_warps=4)
     cases.append(case("attn_dkv_inv", inv, dict(bwd_t, INV_T="*i32", INV_START="*i32", GK=ptr, GV=ptr)))
+    # rows 16-byte aligned: the strides here (L * d, d) are multiples of 8 elements at every size above
+    cases.append(case("attn_dkv_hsum", dkv_meta(g, d, dv, td, aligned=True, **shared), bwd_t))
     probs = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items()
              if k not in ("DV", "DV_PAD", "num_warps", "V_FROM_K")}
     probs.update(BLOCK_K=32, num_warps=4, num_stages=2)
@@ -154,6 +162,10 @@ def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=()) -> list[
             meta["DKV_ATOMIC"] = True
         cases.append(case(f"attn_{pass_}" + (" atomic" if pass_ == "bwd" else ""), meta,
                           fwd_t if pass_ == "fwd" else bwd_t))
+    for bh, bk, w, st in headsum_tiles:
+        if bh >= 16 or shared["shared_kv"]:
+            meta = dkv_meta(g, d, dv, td, block_h=bh, block_k=bk, num_warps=w, num_stages=st, aligned=True, **shared)
+            cases.append(case("attn_dkv_hsum", meta, bwd_t))
     return cases
 
 
@@ -167,7 +179,8 @@ def _jitted(kernel: str):
 
     fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel,
           "attn_fwd": a.sparse_attn_fwd_kernel, "attn_bwd": a.sparse_attn_bwd_kernel,
-          "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_probs": a.sparse_attn_probs_kernel}
+          "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_dkv_hsum": a.sparse_attn_dkv_headsum_kernel,
+          "attn_probs": a.sparse_attn_probs_kernel}
     return JITFunction(fn[kernel.split()[0]])
 
 
@@ -222,8 +235,8 @@ def all_cases(sizes, dtypes, tiles) -> list[Case]:
             for c in pass_cases(h, di, dtype, tiles) + (at_cases(h, di, dtype) if dtype != "fp8" else [])]
 
 
-def all_attn_cases(sizes, dtypes, tiles) -> list[Case]:
-    return [c for dtype in dtypes for size in sizes for c in attn_cases(*size, dtype, tiles)]
+def all_attn_cases(sizes, dtypes, tiles, headsum_tiles=()) -> list[Case]:
+    return [c for dtype in dtypes for size in sizes for c in attn_cases(*size, dtype, tiles, headsum_tiles)]
 
 
 def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -246,7 +259,8 @@ def main(argv=None) -> int:
     dtypes = args.dtypes.split(",")
     cases = [] if args.only == "attention" else all_cases(args.sizes, dtypes, tiles)
     if args.only == "attention" or (args.attention and args.only != "indexer"):
-        cases += all_attn_cases(args.attention or ATTN_SIZES, dtypes, ATTN_TILES if args.all_tiles else ())
+        cases += all_attn_cases(args.attention or ATTN_SIZES, dtypes, *((ATTN_TILES, HEADSUM_TILES) if args.all_tiles
+                                                                      else ((), ())))
     print(f"{'kernel':<16} {'dtype':<5} {'size':>14} {'tile':>14} {'shared B':>9} {'regs':>5} {'spill B':>8}  fits")
     bad = 0
     for case in cases:

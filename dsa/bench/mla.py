@@ -1,13 +1,15 @@
 """Sparse-attention kernel benchmark at DeepSeek-V3.2's MLA-MQA shape (and the study's other layouts).
 
     python -m dsa.bench.mla                        # CPU: a tiny MLA-like layout, the reference path (smoke test)
-    python -m dsa.bench.mla --seq-lens 8192 32768 65536 --layouts mla128 --dkv atomic inverted \
-        --tiles fwd:64:32:8:1 bwd:64:16:8:1 --check --out data/bench/mla/h200-mla.json
+    python -m dsa.bench.mla --seq-lens 8192 32768 65536 --layouts mla128 --dkv atomic inverted headsum \
+        --tiles fwd:64:32:8:1 bwd:64:16:8:1 dkv:16:32:8:2 --check --out data/bench/mla/h200-mla.json
 
 One JSON per run with :func:`dsa.provenance.provenance`. Per (layout, L): the forward alone and the backward
 alone (the op's backward through autograd minus nothing: ``bwd_ms`` = fwd+bwd - fwd of the same run), once per
 dK/dV strategy (``atomic``: fp32 atomics in the dQ kernel; ``inverted``: a key -> queries index, no atomics,
-deterministic) and per forward/backward tile asked for. Inputs: bf16 on CUDA, q (1, H, L, d_qk), one latent
+deterministic; ``headsum``: a second kernel sums the G heads of a K/V head before its atomics) and per
+forward/backward/headsum-dK/dV tile asked for. On CUDA each row gives the dK/dV atomic bytes per (query, key)
+pair by the kernels' docstring (``dkv_atomic_bytes_per_pair``) and the rate they imply over the backward. Inputs: bf16 on CUDA, q (1, H, L, d_qk), one latent
 K/V (MLA: v is the first d_v columns of k, as DeepSeek's latent cache), a causal selection by the indexer
 top-k (4 x 64 random indexer: scattered rows, no locality to help). With --check, the output and every
 gradient at a small L against the fp32 gather reference (relative Frobenius error).
@@ -41,7 +43,7 @@ LAYOUTS = {
     "mha16": (16, 16, 128, 128),
     "tiny": (20, 1, 72, 40),  # the CPU smoke layout: two head blocks of 16, a score dim with a tail
 }
-DKV_MODES = ("atomic", "inverted")
+DKV_MODES = ("atomic", "inverted", "headsum")  # dsa.ops.kernels.sparse_attention.DKV_MODES (not imported: triton)
 
 
 def fwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:
@@ -54,12 +56,24 @@ def bwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:
     return 2 * h * (3 * d_qk + 2 * d_v)
 
 
+def dkv_atomic_bytes_per_pair(dkv: str, g: int, d_qk: int, d_v: int, block_h: int, v_view_of_k: bool) -> int:
+    """fp32 atomic bytes that the backward adds to dK/dV per (query, key) pair (the kernels' docstring):
+    'atomic' one row of d_qk + d_v per head block of block_h heads, 'headsum' one per K/V head (d_qk wide
+    when v is a view of k: dV folded into dK), 'inverted' none."""
+    if dkv == "inverted":
+        return 0
+    if dkv == "headsum":
+        return 4 * (d_qk if v_view_of_k else d_qk + d_v)
+    return 4 * -(-g // block_h) * (d_qk + d_v)
+
+
 def parse_tile(spec: str) -> dict:
     """'fwd:64:32:8:1' -> {'pass': 'fwd', 'block_h': 64, 'block_k': 32, 'num_warps': 8, 'num_stages': 1}
-    (a 0 keeps the launch code's default for that knob)."""
+    (a 0 keeps the launch code's default for that knob). Passes: fwd (forward), bwd (the dQ kernel, with
+    atomic dK/dV in dkv 'atomic'), dkv (the headsum dK/dV kernel: rows of dkv 'headsum' only)."""
     parts = spec.split(":")
-    if len(parts) != 5 or parts[0] not in ("fwd", "bwd") or not all(p.isdigit() for p in parts[1:]):
-        raise ValueError(f"a tile is 'fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES' (0 = default), got {spec!r}")
+    if len(parts) != 5 or parts[0] not in ("fwd", "bwd", "dkv") or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"a tile is 'fwd|bwd|dkv:BLOCK_H:BLOCK_K:WARPS:STAGES' (0 = default), got {spec!r}")
     keys = ("block_h", "block_k", "num_warps", "num_stages")
     return {"pass": parts[0], **{k: int(v) or None for k, v in zip(keys, parts[1:])}}
 
@@ -76,7 +90,8 @@ class MLABenchConfig:
     dkv: list[str] = field(default_factory=lambda: list(DKV_MODES), metadata={
         "help": "dK/dV strategies to time", "choices": DKV_MODES})
     tiles: list[str] = field(default_factory=list, metadata={
-        "help": "extra tiles fwd|bwd:BLOCK_H:BLOCK_K:WARPS:STAGES (0 = the default of that knob)",
+        "help": "extra tiles fwd|bwd|dkv:BLOCK_H:BLOCK_K:WARPS:STAGES (0 = the default of that knob; dkv: the "
+                "headsum dK/dV kernel)",
         "metavar": "TILE"})
     # the inverted dK/dV re-reads q and dO of all G heads per pair: small L only
     inverted_max_len: int = field(default=8192, metadata={"help": "largest L timed with dkv 'inverted'",
@@ -171,9 +186,10 @@ def check_against_reference(layout: str, dev: torch.device, dkv: str, seed: int,
     return {"layout": layout, "dkv": dkv, "L": l, "k": k, "v_view_of_k": shared, "rel_err": errs}
 
 
-def _kernel_fns(q, k, v, idx, scale, tile_f: dict, tile_b: dict, dkv: str) -> tuple[Callable, Callable]:
+def _kernel_fns(q, k, v, idx, scale, tiles: tuple[dict, dict, dict], dkv: str) -> tuple[Callable, Callable]:
     import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
 
+    tile_f, tile_b, tile_d = tiles
     o, lse = sa._fwd(q, k, v, idx, scale, **tile_f)
     do = torch.randn_like(o)
 
@@ -181,9 +197,22 @@ def _kernel_fns(q, k, v, idx, scale, tile_f: dict, tile_b: dict, dkv: str) -> tu
         sa._fwd(q, k, v, idx, scale, **tile_f)
 
     def bwd():
-        sa._bwd(q, k, v, idx, o, lse, do, scale, dkv=dkv, **tile_b)
+        sa._bwd(q, k, v, idx, o, lse, do, scale, dkv=dkv, dkv_tile=tile_d, **tile_b)
 
     return fwd, bwd
+
+
+def _atomic_fields(row: dict, q, k, v, tile_b: dict) -> dict:
+    """The row's dK/dV atomic bytes per pair and, with bwd_ms, the rate they take (GB/s)."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    g = q.shape[1] // k.shape[1]
+    block_h = sa._meta(q, k, v, "bwd", **{n: tile_b.get(n) for n in ("block_h", "block_k")})[0]["BLOCK_H"]
+    per_pair = dkv_atomic_bytes_per_pair(row["dkv"], g, q.shape[-1], v.shape[-1], block_h, sa.v_from_k(k, v))
+    out = {"dkv_atomic_bytes_per_pair": per_pair}
+    if row.get("bwd_ms"):
+        out["dkv_atomic_GBps"] = row["pairs"] * per_pair / row["bwd_ms"] / 1e6
+    return out
 
 
 def _reference_fns(q, k, v, idx, scale) -> tuple[Callable, Callable]:
@@ -202,18 +231,18 @@ def _reference_fns(q, k, v, idx, scale) -> tuple[Callable, Callable]:
     return fwd, bwd
 
 
-def bench_one(cfg: MLABenchConfig, layout: str, l: int, dev: torch.device, tile_f: dict, tile_b: dict,
+def bench_one(cfg: MLABenchConfig, layout: str, l: int, dev: torch.device, tiles: tuple[dict, dict, dict],
               dkv: str, tensors) -> dict:
-    """One (layout, L, dK/dV mode, tile) row: fwd and bwd ms, TFLOP/s on the causal pairs."""
+    """One (layout, L, dK/dV mode, tiles) row: fwd and bwd ms, TFLOP/s on the causal pairs; tiles: the
+    forward's, the dQ kernel's and the headsum dK/dV kernel's knobs."""
     cuda = dev.type == "cuda"
     h, hkv, d, dv = LAYOUTS[layout]
     q, k, v, idx = tensors
     pairs = attention_pairs(l, cfg.top_k)
     row = {"layout": layout, "H": h, "H_kv": hkv, "d_qk": d, "d_v": dv, "L": l, "k": cfg.top_k, "pairs": pairs,
-           "dkv": dkv if cuda else "reference", "tile_fwd": tile_f, "tile_bwd": tile_b,
+           "dkv": dkv if cuda else "reference", "tile_fwd": tiles[0], "tile_bwd": tiles[1], "tile_dkv": tiles[2],
            "impl": "triton" if cuda else "reference", "dtype": str(q.dtype).replace("torch.", "")}
-    fwd, bwd = _kernel_fns(q, k, v, idx, d**-0.5, tile_f, tile_b, dkv) if cuda else \
-        _reference_fns(q, k, v, idx, d**-0.5)
+    fwd, bwd = _kernel_fns(q, k, v, idx, d**-0.5, tiles, dkv) if cuda else _reference_fns(q, k, v, idx, d**-0.5)
     for name, fn, per_pair in (("fwd", fwd, fwd_flops_per_pair(h, d, dv)), ("bwd", bwd, bwd_flops_per_pair(h, d, dv))):
         ms, why = _measure(fn, cuda)
         row[f"{name}_ms"] = ms
@@ -221,17 +250,28 @@ def bench_one(cfg: MLABenchConfig, layout: str, l: int, dev: torch.device, tile_
             row[f"{name}_why"] = why
         if ms:
             row[f"{name}_tflops"] = pairs * per_pair / ms / 1e9
+    if cuda:
+        row.update(_atomic_fields(row, q, k, v, tiles[1]))
     return row
 
 
-def _tile_pairs(cfg: MLABenchConfig) -> list[tuple[dict, dict]]:
-    """(forward tile, backward tile) pairs: the defaults, then each asked-for tile with the other default."""
-    out = [({}, {})]
+def _tile_sets(cfg: MLABenchConfig) -> list[tuple[dict, dict, dict]]:
+    """(forward, dQ kernel, headsum dK/dV kernel) tiles: the defaults, then each asked-for tile with the
+    others at their defaults."""
+    out = [({}, {}, {})]
     for spec in cfg.tiles:
         t = parse_tile(spec)
         knobs = {k: v for k, v in t.items() if k != "pass" and v is not None}
-        out.append((knobs, {}) if t["pass"] == "fwd" else ({}, knobs))
+        out.append(tuple(knobs if t["pass"] == p else {} for p in ("fwd", "bwd", "dkv")))
     return out
+
+
+def _skip(cfg: MLABenchConfig, dkv: str, l: int, tiles: tuple[dict, dict, dict]) -> bool:
+    """Rows not timed: inverted beyond its length or with any tile (tiles are timed with the default strategy
+    only), a headsum dK/dV tile with another strategy (it does not use that kernel)."""
+    if dkv == "inverted":
+        return l > cfg.inverted_max_len or any(tiles)
+    return bool(tiles[2]) and dkv != "headsum"
 
 
 def run(cfg: MLABenchConfig, on_row: Callable[[dict], None] | None = None) -> dict:
@@ -254,13 +294,11 @@ def run(cfg: MLABenchConfig, on_row: Callable[[dict], None] | None = None) -> di
                 res["rows"].append({"layout": layout, "L": l, "k": cfg.top_k, "fwd_ms": None, "fwd_why": "oom"})
                 torch.cuda.empty_cache()
                 continue
-            for tile_f, tile_b in _tile_pairs(cfg):
+            for tiles in _tile_sets(cfg):
                 for dkv in cfg.dkv if cuda else ("atomic",):
-                    if dkv == "inverted" and l > cfg.inverted_max_len:
+                    if _skip(cfg, dkv, l, tiles):
                         continue
-                    if dkv == "inverted" and (tile_f or tile_b):
-                        continue  # tiles are timed with the default strategy only
-                    row = bench_one(cfg, layout, l, dev, tile_f, tile_b, dkv, tensors)
+                    row = bench_one(cfg, layout, l, dev, tiles, dkv, tensors)
                     res["rows"].append(row)
                     print(_line(row), file=sys.stderr, flush=True)
                     if on_row:
@@ -276,10 +314,11 @@ def _fmt(x, f="{:.2f}") -> str:
 
 
 def _line(r: dict) -> str:
-    tile = ",".join(f"{k}={v}" for k, v in {**r.get("tile_fwd", {}), **r.get("tile_bwd", {})}.items()) or "default"
-    return (f"{r['layout']:<8} L={r['L']:<6} {r['dkv']:<9} {tile:<40} fwd {_fmt(r.get('fwd_ms'))} ms "
+    tile = ",".join(f"{p}.{k}={v}" for p in ("fwd", "bwd", "dkv") for k, v in r.get(f"tile_{p}", {}).items())
+    atomics = f" dK/dV atomics {_fmt(r.get('dkv_atomic_GBps'), '{:.0f}')} GB/s" if "dkv_atomic_GBps" in r else ""
+    return (f"{r['layout']:<8} L={r['L']:<6} {r['dkv']:<9} {tile or 'default':<40} fwd {_fmt(r.get('fwd_ms'))} ms "
             f"({_fmt(r.get('fwd_tflops'), '{:.0f}')} TF/s)  bwd {_fmt(r.get('bwd_ms'))} ms "
-            f"({_fmt(r.get('bwd_tflops'), '{:.0f}')} TF/s) {r.get('fwd_why', '')}{r.get('bwd_why', '')}")
+            f"({_fmt(r.get('bwd_tflops'), '{:.0f}')} TF/s){atomics} {r.get('fwd_why', '')}{r.get('bwd_why', '')}")
 
 
 def table(res: dict) -> str:

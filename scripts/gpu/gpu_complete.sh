@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# What issues 15 and 16 still need from a GPU, in stages that each fit one 10-minute device call (about 25
+# What issues 15 and 16 still need from a GPU, in stages that each fit one 10-minute device call (about 29
 # minutes of device time in all). Run the stages in order, each in its own call, and keep the machine warm
 # between calls (it is released after 30 s idle, and a new one may not be lent):
 #   tests  (~3 min)  the GPU-only tests of the fixes made without a GPU: FP8 score pass (K >= 32, the Hopper
-#                    accumulator bound), kernels at 2^31-element offsets, cached decoding at the MLA-MQA shape,
-#                    the decode kernels at real size;
+#                    accumulator bound), kernels at 2^31-element offsets (the headsum dK/dV kernel too), cached
+#                    decoding at the MLA-MQA shape, the decode kernels at real size;
 #   mla    (~7 min)  the map's MLA-MQA rows at 32K, 64K, 128K (the illegal memory access fixed at 250a99a);
 #   l128   (~4 min)  the map's 128K rows of MQA 64, GQA 16/2 and MHA 16 (FlexAttention's block mask compiled);
 #   decode (~9 min)  gpu_decode.sh's benchmark: MLA-MQA and MQA decode with bf16 indexer keys and whole requests
-#                    with DSA (prompt 4K/16K/64K + 256 tokens), then FP8 indexer keys (batches 16, 64).
+#                    with DSA (prompt 4K/16K/64K + 256 tokens), then FP8 indexer keys (batches 16, 64);
+#   mlabwd (~4 min)  the sparse attention backward at MLA 128 x 576/512, k = 2048: dK/dV by atomics against the
+#                    headsum kernel (dsa.ops.kernels._sparse_attn_kernels, its docstring gives the atomic bytes
+#                    per pair to judge the rows by) at L = 16K and 32K, headsum also at its mma.sync tile,
+#                    both checked against the fp32 reference first; then copy to data/bench/mla/.
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_complete.sh STAGE ; copy $OUT's files to data/bench/{map,decode,indexer}/.
 set -uo pipefail
@@ -17,7 +21,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -36,5 +40,8 @@ case $stage in
   decode)  # bf16 keys with the whole requests, then FP8 keys on the decode grid only
     BENCH_TIMEOUT=330 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench
     INDEXER_DTYPE=fp8 REQUESTS="" BATCHES="16 64" BENCH_TIMEOUT=200 OUT=$OUT bash scripts/gpu/gpu_decode.sh bench ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode)"; exit 2 ;;
+  mlabwd)
+    timeout 240 python -m dsa.bench.mla --layouts mla128 --seq-lens 16384 32768 --top-k 2048 --dkv atomic headsum \
+      --check --tiles dkv:16:32:8:2 --out "$OUT/mla-headsum.json" 2>&1 | grep -v Warn ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd)"; exit 2 ;;
 esac

@@ -135,29 +135,40 @@ def test_sparse_attention_mla_head_dims(gen):
     _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), 576**-0.5, TOL[torch.bfloat16])
 
 
-@pytest.mark.parametrize("dkv", ["atomic", "inverted"])
+def _small_headsum_tiles(monkeypatch, block_h: int) -> None:
+    """The headsum kernel at block_h heads per step and 16 slots per program: several steps of its head loop
+    and several programs per query at the tests' sizes."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "_HEADSUM_TILE", {key: (block_h, 16, 4, 2) for key in sa._HEADSUM_TILE})
+
+
+@pytest.mark.parametrize("dkv", ["atomic", "inverted", "headsum"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sparse_attention_many_heads_on_one_kv_head(gen, dkv, dtype, monkeypatch):
     """MLA-like MQA: more query heads on one K/V head than one program takes (two head blocks, the second
-    partly padded), a score dim with a tail (d_qk = 64 + an odd rest, split 64 + 16) and d_v != d_qk; both
-    dK/dV paths, every gradient."""
+    partly padded), a score dim with a tail (d_qk = 64 + an odd rest, split 64 + 16) and d_v != d_qk; every
+    dK/dV path (headsum: two steps of its head loop, up to two slot blocks), every gradient."""
     import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
 
     monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)  # the public op's backward takes the module default
     b, h, l, k = 1, 16 + _odd(gen, 3, 13), _odd(gen, 9, 19), _odd(gen, 5, 21)
     d, dv = 64 + _odd(gen, 1, 15), _odd(gen, 9, 31)
     monkeypatch.setattr(sa, "_MAX_BLOCK_H", 16)  # h in 19..29: two programs per query
+    _small_headsum_tiles(monkeypatch, 16)
     q, kk, v = _attention_inputs(gen, b, h, 1, l, d, dv, dtype)
     _check_attention_vs_gather(q, kk, v, _selection(b, l, k, gen), d**-0.5, TOL[dtype])
 
 
-@pytest.mark.parametrize("dkv", ["atomic", "inverted"])
+@pytest.mark.parametrize("dkv", ["atomic", "inverted", "headsum"])
 def test_sparse_attention_latent_as_key_and_value(gen, dkv, monkeypatch):
     """MLA's absorbed form as the layer passes it: v = k[..., :d_latent], a view (the kernels then read each
-    gathered K block as the V block); the gradient of the one latent tensor gathers both paths."""
+    gathered K block as the V block); the gradient of the one latent tensor gathers both paths (headsum: dV
+    folded into dK inside the kernel, 8 heads per step)."""
     import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
 
     monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)
+    _small_headsum_tiles(monkeypatch, 8)
     b, h, l, k = 1, _odd(gen, 3, 9), _odd(gen, 9, 19), _odd(gen, 5, 21)
     d_lat, d = 32, 32 + _odd(gen, 1, 15)
     q = torch.randn(b, h, l, d, generator=gen).to(DEV)
@@ -173,6 +184,81 @@ def test_sparse_attention_latent_as_key_and_value(gen, dkv, monkeypatch):
         outs.append((out, qs.grad, ls.grad))
     for name, a, r in zip(("out", "dq", "dlatent"), *outs):
         assert rel(a, r) < TOL[torch.float32], name
+
+
+def _crowded_selection(b, l, k, gen):
+    """Every query's slots drawn with repeats from the first three positions (causal), a third of them -1:
+    few key rows, each selected by every query and often twice by one, so that many programs add to them."""
+    t = torch.arange(l)[None, :, None]
+    idx = torch.randint(0, 3, (b, l, k), generator=gen).clamp(max=t)
+    idx[torch.rand(b, l, k, generator=gen) < 0.3] = -1
+    return idx.to(torch.int32).contiguous().to(DEV)
+
+
+def _kernel_grads(q, kk, v, idx, scale, dkv, **tile):
+    """(dq, dk, dv) of the kernels' backward with dK/dV by ``dkv``, for a fixed output gradient."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    o, lse = sa._fwd(q, kk, v, idx, scale)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(o.numel())).to(DEV, o.dtype)
+    return sa._bwd(q, kk, v, idx, o, lse, do, scale, dkv=dkv, **tile)
+
+
+@pytest.mark.parametrize("h,hkv,d,dv", [
+    (3, 3, 24, 16),  # MHA: one head per K/V head, score dim with a tail (16 + 8)
+    (6, 2, 40, 24),  # GQA 3 per K/V head
+    (21, 1, 72, 40),  # MQA: two steps of 16 heads, the second partly padded
+])
+@pytest.mark.parametrize("crowded", [False, True])
+def test_dkv_headsum_matches_atomic_and_reference(gen, h, hkv, d, dv, crowded):
+    """dkv='headsum' (fp32) gives the reference's dq, dk, dv and the atomic strategy's within fp32 rounding,
+    with K and V apart, on fresh odd L and K (up to three slot blocks of 16): unused slots anywhere and an empty
+    row, or few rows that every query selects (repeats within a query too)."""
+    b, l, k = 2, _odd(gen, 17, 31), _odd(gen, 17, 41)
+    q, kk, v = _attention_inputs(gen, b, h, hkv, l, d, dv, torch.float32)
+    idx = _crowded_selection(b, l, k, gen) if crowded else _selection(b, l, k, gen)
+    got = _kernel_grads(q, kk, v, idx, d**-0.5, "headsum", dkv_tile=dict(block_h=16, block_k=16))
+    want = _kernel_grads(q, kk, v, idx, d**-0.5, "atomic")
+    qr, kr, vr = (x.clone().requires_grad_() for x in (q, kk, v))
+    o = sparse_attention_gather(qr, kr, vr, idx, scale=d**-0.5)[0]
+    o.backward(torch.randn(o.shape, generator=torch.Generator().manual_seed(o.numel())).to(DEV))
+    for name, a, w, r in zip(("dq", "dk", "dv"), got, want, (qr.grad, kr.grad, vr.grad)):
+        assert a.shape == r.shape and a.dtype == r.dtype, name
+        assert rel(a, w) < TOL[torch.float32] and rel(a, r) < TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("d", [40, None])  # 40 = 32 + 8 (rows 16-byte aligned), None: 32 + a fresh odd tail
+@pytest.mark.parametrize("crowded", [False, True])
+def test_dkv_headsum_latent_folds_dv_into_dk(gen, d, crowded):
+    """MLA's latent as key and value (v = k[..., :32], a view): the headsum kernel adds dV into dK's first 32
+    columns (one atomic row of d_qk) and returns dv as zeros, so that dk equals the atomic strategy's dk plus
+    its dv in those columns (what autograd sums into the latent's gradient); 8 heads per step, three steps."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    d = d or 32 + _odd(gen, 1, 15)
+    b, h, l, k = 1, 16 + _odd(gen, 1, 7), _odd(gen, 17, 29), _odd(gen, 17, 41)
+    q = torch.randn(b, h, l, d, generator=gen).to(DEV)
+    lat = torch.randn(b, 1, l, d, generator=gen).to(DEV)
+    assert sa.rows_aligned(q) == (d * 4 % 16 == 0)
+    idx = _crowded_selection(b, l, k, gen) if crowded else _selection(b, l, k, gen)
+    dq, dk, dv = _kernel_grads(q, lat, lat[..., :32], idx, 0.3, "headsum", dkv_tile=dict(block_h=8, block_k=16))
+    aq, ak, av = _kernel_grads(q, lat, lat[..., :32], idx, 0.3, "atomic")
+    assert dv.shape == av.shape and not dv.any()
+    ak[..., :32] += av
+    assert rel(dq, aq) < 1e-6 and rel(dk, ak) < TOL[torch.float32]
+
+
+def test_dkv_names_bad_strategies_and_tiles(gen):
+    """A dkv outside DKV_MODES and a headsum tile below tl.dot's 16 (8 heads only with the latent's
+    interleaved rows) are ValueErrors naming them, before any kernel runs."""
+    q, kk, v = _attention_inputs(gen, 1, 4, 2, 9, 16, 16, torch.float32)
+    idx = _selection(1, 9, 5, gen)
+    with pytest.raises(ValueError, match="dkv must be one of 'atomic', 'inverted', 'headsum', got 'sorted'"):
+        _kernel_grads(q, kk, v, idx, 0.25, "sorted")
+    with pytest.raises(ValueError, match="block_h >= 16"):
+        _kernel_grads(q, kk, v, idx, 0.25, "headsum", dkv_tile=dict(block_h=8))
+    with pytest.raises(ValueError, match="block_k >= 16"):
+        _kernel_grads(q, kk, kk, idx, 0.25, "headsum", dkv_tile=dict(block_k=8))
 
 
 def test_inverted_index_lists_each_keys_queries_in_order(gen):
@@ -555,8 +641,12 @@ def test_indexer_score_rows_any_head_count(hp, di, dtype):
 
 
 @gpu_only
+@pytest.mark.parametrize("dkv", ["atomic", "headsum"])
 @pytest.mark.parametrize("h,hkv,d,dv", [(16, 16, 128, 128), (16, 2, 128, 128), (16, 2, 192, 128), (16, 1, 576, 512)])
-def test_sparse_attention_gpu_real(h, hkv, d, dv):
+def test_sparse_attention_gpu_real(h, hkv, d, dv, dkv, monkeypatch):
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    monkeypatch.setattr(sa, "DKV_DEFAULT", dkv)
     torch.manual_seed(0)
     b, l, k = 1, 1024 + 77, 500  # the autograd reference keeps every gathered chunk
     q = torch.randn(b, h, l, d, device=DEV, dtype=torch.bfloat16, requires_grad=True)

@@ -68,3 +68,25 @@ def test_indexer_scores_at_selection_over_a_batch_of_two_128k_rows():
     logits = torch.einsum("rhd,rkd->rkh", qi[1, rows].float(), ki[1][idx[1, rows].long()].float()).relu()
     want = torch.einsum("rkh,rh->rk", logits, w[1, rows].float())
     torch.testing.assert_close(got[1, rows], want, rtol=2e-2, atol=5e-2)
+
+
+def test_mla_backward_headsum_matches_atomic_at_32k():
+    """The headsum dK/dV kernel at MLA 128 x 576 from L = 32K, where head index x head stride passes 2^31
+    (its head loop in int64): the same dq and latent gradient as the atomic strategy, whose head blocks come
+    from int64 program ids. ~25 GB of tensors (q, o, dO and two dq at 128 x 32K x 576 bf16)."""
+    from dsa.ops.kernels.sparse_attention import _bwd, _fwd  # noqa: PLC0415
+
+    l = 32768
+    q, k, idx = _mla_inputs(l, 16, seed=7)
+    scale = 576**-0.5
+    o, lse = _fwd(q, k, k[..., :512], idx, scale)
+    do = torch.randn_like(o)
+    hq, hk, hv = _bwd(q, k, k[..., :512], idx, o, lse, do, scale, dkv="headsum")
+    aq, ak, av = _bwd(q, k, k[..., :512], idx, o, lse, do, scale, dkv="atomic")
+    torch.cuda.synchronize()
+    ak = ak.float()
+    ak[..., :512] += av.float()
+    assert not hv.any()
+    for got, want in ((hq.float(), aq.float()), (hk.float(), ak)):
+        rel = float((got - want).norm() / want.norm())
+        assert rel < 1e-2, rel

@@ -14,8 +14,10 @@ padded to a power of two (512 in MLA: exact). V_FROM_K: v is a view of k's first
 latent, as the layer passes it): the gathered K block serves as the V block, half the gathered bytes.
 
 ``sparse_attn_bwd_kernel`` gives dQ (in registers) and, with DKV_ATOMIC, dK/dV by fp32 atomics into the
-gathered rows; ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program per key row over the
-queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
+gathered rows (one atomic per element and head block); ``sparse_attn_dkv_headsum_kernel`` gives dK/dV by
+one program per (query, block of selected slots, KV head) that sums all G heads in registers before its
+atomics (one per element and query); ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program
+per key row over the queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
 (no grad) turns the forward's lse back into the per-slot probabilities, averaged over the H heads: the
 indexer's sparse KL target in O(L * K) memory.
 
@@ -319,3 +321,153 @@ def sparse_attn_probs_kernel(
         total += tl.sum(tl.math.exp2(s * qk_scale - lse2[:, None]), 0)
     total = tl.where(ok, total * inv_h, 0.0)
     tl.store(P + b * spb + t * spl + kk, total, mask=kk < KSEL)
+
+
+def sparse_attn_dkv_headsum_kernel(
+    Q, K, V, IDX, DO, LSE, DELTA, GK, GV, sm_scale,
+    sqb, sqh, sql,
+    skb, skh, skl,
+    svb, svh, svl,
+    sib, sil,
+    sdob, sdoh, sdol,
+    slb, slh,
+    sgkb, sgkh, sgkl,
+    sgvb, sgvh, sgvl,
+    HKV, KSEL, NKB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, DV: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr, V_FROM_K: tl.constexpr,
+    ALIGNED: tl.constexpr,
+):
+    """dK, dV of the BLOCK_K rows that query t selected in slots [kb*BLOCK_K, (kb+1)*BLOCK_K), summed over
+    all G query heads of KV head hk in registers, then added to GK, GV (fp32, zero-filled) by one atomic per
+    (query, key) pair and element: the head sum that the atomic strategy leaves to NHB atomics.
+
+    The programs of one query are adjacent in launch order: the q and dO rows that each re-reads (all G heads)
+    come from L2 after the first. Per head block (a runtime loop over the group), transposed as FlashAttention's
+    dK/dV pass so that the key block [BLOCK_K, D] is the A operand of the score products and q, dO
+    [BLOCK_H, D] only B operands:
+    Sᵀ = K qᵀ, Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta);
+    dV += Pᵀ dO [BLOCK_K, DV], dK += scale · dSᵀ q [BLOCK_K, D]. dQ is the other kernel's
+    (sparse_attn_bwd_kernel with DKV_ATOMIC=False).
+
+    V_FROM_K (MLA: v = k[..., :D1]): the K block serves as V and dV goes into dK's first D1 columns, one
+    accumulator and one D-wide atomic row (GV is not written). Both terms go into that accumulator by one
+    product: as two products Triton gives the first (its result feeds another dot) a warp layout of its own
+    and moves the [BLOCK_K, D1] fp32 accumulator through shared memory twice per step (sm_90a: thousands of
+    bytes spilled). So one tile bc [2*BLOCK_H, D1] holds dO of head j in row 2j and q of head j in row 2j+1:
+    X = K bcᵀ gives dPᵀ and Sᵀ in alternate columns, and dk += [Pᵀ, dSᵀ] (interleaved the same way) · bc.
+    The tail tile bc2 holds q's last dims in the odd rows and zeros in the even ones (dO has none), so the
+    same A operand gives dK's tail. ALIGNED: q and dO rows start on 16 bytes (the launch code checks), so the
+    one pointer tile over both tensors still loads in 16-byte vectors.
+
+    Expected fp32 atomic traffic per (query, key) pair (4 B per element; MLA 128 x 576/512 in brackets):
+    - atomic (sparse_attn_bwd_kernel): NHB·(D + DV)·4 with NHB = G / BLOCK_H head blocks [4·1088·4 = 17408 B]
+    - headsum, K and V apart: (D + DV)·4 [4352 B]; V_FROM_K: D·4 [2304 B, 7.6x fewer than atomic]
+    - inverted (sparse_attn_dkv_inv_kernel): none (each row stored once), but G·(D + DV)·2 B re-read per pair
+    Reads headsum adds instead: q and dO of all G heads per program, G·(D + DV)·2 / BLOCK_K B per pair (L2
+    hits) [128·1088·2 / 64 = 4352 B at BLOCK_K 64], and S, dP recomputed: with the dQ kernel's the backward
+    does 2·G·(5·D + 4·DV) FLOPs per pair against the 2·G·(3·D + 2·DV) counted (1.8x at MLA).
+    """
+    pid = tl.program_id(0).to(tl.int64)  # int64 offsets: B * H * L * d passes 2^31 at MLA sizes
+    t = pid // NKB
+    kb = pid % NKB
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // HKV
+    hk = bh % HKV
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D  # all true unless d_qk < 16
+    d2 = D1 + tl.arange(0, D2)
+    m2 = d2 < D
+    ee = tl.arange(0, DV_PAD)
+    em = ee < DV
+    kk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1)
+    ok = ix >= 0
+    ixs = tl.where(ok, ix, 0).to(tl.int64)
+    krow = K + b * skb + hk * skh + ixs[:, None] * skl
+    k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
+    if INTERP:  # the CPU interpreter's tl.dot mishandles bf16: compute in fp32 there
+        k1 = k1.to(tl.float32)
+    if HAS_TAIL:
+        k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+        if INTERP:
+            k2 = k2.to(tl.float32)
+    if V_FROM_K:
+        vb = k1
+    else:
+        vb = tl.load(V + b * svb + hk * svh + ixs[:, None] * svl + ee[None, :], mask=ok[:, None] & em[None, :],
+                     other=0.0)
+        if INTERP:
+            vb = vb.to(tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+    dk1 = tl.zeros([BLOCK_K, D1], tl.float32)
+    dk2 = tl.zeros([BLOCK_K, D2], tl.float32)
+    dv = tl.zeros([BLOCK_K, DV_PAD], tl.float32)
+    r = tl.arange(0, 2 * BLOCK_H)  # V_FROM_K: the rows of the interleaved [dO; q] tile
+    isq = (r % 2) == 1
+    for h0 in range(0, G, BLOCK_H):
+        g = h0 + tl.arange(0, BLOCK_H)
+        gm = g < G
+        h = hk * G + g  # int64 (hk is): h * sqh passes 2^31 at MLA 128 x 576 from L = 32K
+        # padded heads and queries with no selection: lse = +inf, so P = 0 and they add nothing
+        lse = tl.load(LSE + b * slb + h * slh + t, mask=gm, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        delta = tl.load(DELTA + b * slb + h * slh + t, mask=gm, other=0.0)
+        if V_FROM_K:  # bc: row 2j dO of head h0 + j, row 2j+1 its q (bc2: q's tail in odd rows, 0 in even)
+            gc = h0 + r // 2
+            hc = hk * G + gc
+            okc = gc < G
+            rowc = tl.where(isq, Q + b * sqb + hc * sqh + t * sql, DO + b * sdob + hc * sdoh + t * sdol)
+            if ALIGNED:  # rows 16-byte aligned (checked by the launch code): vector loads despite the where
+                rowc = tl.multiple_of(rowc, 16)
+            bc = tl.load(rowc[:, None] + d1[None, :], mask=okc[:, None] & m1[None, :], other=0.0)
+            if INTERP:
+                bc = bc.to(tl.float32)
+            x = tl.dot(k1, tl.trans(bc), input_precision=PREC)  # [BLOCK_K, 2*BLOCK_H]: dPᵀ, Sᵀ interleaved
+            if HAS_TAIL:
+                bc2 = tl.load(Q + b * sqb + hc[:, None] * sqh + t * sql + d2[None, :],
+                              mask=(okc & isq)[:, None] & m2[None, :], other=0.0)
+                if INTERP:
+                    bc2 = bc2.to(tl.float32)
+                x += tl.dot(k2, tl.trans(bc2), input_precision=PREC)
+            dpt, st = tl.split(tl.reshape(x, [BLOCK_K, BLOCK_H, 2]))
+        else:
+            qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+            q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+            do = tl.load(DO + b * sdob + h[:, None] * sdoh + t * sdol + ee[None, :], mask=gm[:, None] & em[None, :],
+                         other=0.0)
+            if INTERP:
+                q1 = q1.to(tl.float32)
+                do = do.to(tl.float32)
+            st = tl.dot(k1, tl.trans(q1), input_precision=PREC)  # Sᵀ [BLOCK_K, BLOCK_H]
+            if HAS_TAIL:
+                q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+                if INTERP:
+                    q2 = q2.to(tl.float32)
+                st += tl.dot(k2, tl.trans(q2), input_precision=PREC)
+            dpt = tl.dot(vb, tl.trans(do), input_precision=PREC)
+        pt = tl.math.exp2(st * qk_scale - lse2[None, :])
+        dst = pt * (dpt - delta[None, :]) * sm_scale  # scaled before the cast: no rescaling after the loop
+        if V_FROM_K:  # one product adds Pᵀ dO + dSᵀ q: dV and dK's first D1 columns in one accumulator
+            ac = tl.reshape(tl.join(pt, dst), [BLOCK_K, 2 * BLOCK_H]).to(bc.dtype)
+            dk1 += tl.dot(ac, bc, input_precision=PREC)
+            if HAS_TAIL:
+                dk2 += tl.dot(ac, bc2, input_precision=PREC)
+        else:
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+            dk1 += tl.dot(dst.to(q1.dtype), q1, input_precision=PREC)
+            if HAS_TAIL:
+                dk2 += tl.dot(dst.to(q2.dtype), q2, input_precision=PREC)
+    # the rows again, not the loop-invariant ixs: addresses computed before the loop would stay live through it
+    ix = tl.load(IDX + b * sib + t * sil + kk, mask=kk < KSEL, other=-1, volatile=True)
+    ok = ix >= 0
+    ixs = tl.where(ok, ix, 0).to(tl.int64)
+    dkrow = GK + b * sgkb + hk * sgkh + ixs[:, None] * sgkl
+    tl.atomic_add(dkrow + d1[None, :], dk1, mask=ok[:, None] & m1[None, :], sem="relaxed")
+    if HAS_TAIL:
+        tl.atomic_add(dkrow + d2[None, :], dk2, mask=ok[:, None] & m2[None, :], sem="relaxed")
+    if not V_FROM_K:
+        tl.atomic_add(GV + b * sgvb + hk * sgvh + ixs[:, None] * sgvl + ee[None, :], dv,
+                      mask=ok[:, None] & em[None, :], sem="relaxed")
+

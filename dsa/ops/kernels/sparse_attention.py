@@ -34,16 +34,33 @@ _WIDE_HEADS = 1024
 # every layout, 1.5x at MHA 16 (G = 1, 16K), 9x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
 # the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
 DKV_DEFAULT = "atomic"
+# 'headsum': dQ by the dQ kernel alone, dK/dV by a kernel per (query, block of slots, KV head) that sums the
+# G heads of the group in registers before its atomics (sparse_attn_dkv_headsum_kernel: its docstring gives
+# the atomic bytes per pair of each strategy). Compiled and checked for resources, not yet timed on a GPU.
+DKV_MODES = ("atomic", "inverted", "headsum")
 # The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
 # forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
 _WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
+# The headsum dK/dV kernel's tiles (BLOCK_H, BLOCK_K, warps, stages), chosen without a GPU by compiling for
+# sm_90a (scripts/check_kernel_resources.py --only attention --all-tiles; not timed yet). Its registers hold
+# the fp32 accumulators of a whole [BLOCK_K, d] key block across the head loop, so BLOCK_K decides the fit:
+# - MLA 128 x 576/512 with v a view of k (the layer's path): BLOCK_K 64 is the smallest M of Hopper's wgmma
+#   and its [64, 512 + 64] accumulators take 144 of 255 registers at 8 warps; 8 heads per step (16 rows of
+#   the interleaved [dO; q] tile) leave 176 B spilled, mostly outside the loop (16 heads: 300 B, 32: 936 B;
+#   4 warps cannot hold the accumulators; 16 warps get 128 registers and spill more). 131 KB shared memory.
+#   The mma.sync alternative (16 heads x 32 rows) spills nothing: scripts/gpu/gpu_complete.sh mlabwd times both.
+# - MLA dims with v apart: two [BLOCK_K, 512] accumulators; 32 rows (mma.sync) x 16 heads, no spill.
+# - narrow heads (the other layouts): 32 heads x 64 rows, 8 warps, no spill (MQA 64 x 128: 170 registers).
+# - fp32 (tests, small sizes): 16 heads x 16 rows.
+_HEADSUM_TILE = {("wide", True): (8, 64, 8, 2), ("wide", False): (16, 32, 8, 2), "narrow": (32, 64, 8, 2),
+                 "fp32": (16, 16, 8, 2)}
 
 
 def _kernels():
     from . import _sparse_attn_kernels as m
 
     return (jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel), jit(m.sparse_attn_probs_kernel),
-            jit(m.sparse_attn_dkv_inv_kernel))
+            jit(m.sparse_attn_dkv_inv_kernel), jit(m.sparse_attn_dkv_headsum_kernel))
 
 
 def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +121,36 @@ def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_
     if num_stages is not None or wide:
         meta["num_stages"] = num_stages or 2
     return meta
+
+
+def dkv_meta(g: int, d: int, dv: int, dtype: torch.dtype, *, block_h=None, block_k=None, num_warps=None,
+             num_stages=None, interp: bool = False, shared_kv: bool = False, aligned: bool = False) -> dict:
+    """The compile-time arguments of the headsum dK/dV kernel (sparse_attn_dkv_headsum_kernel) for a group of
+    g query heads per K/V head, score dim d, value dim dv: attn_meta's, at _HEADSUM_TILE's defaults (wide: MLA's
+    576/512; narrow: the rest) unless given. BLOCK_H heads per step of the kernel's loop over the group,
+    BLOCK_K selected slots per program; ALIGNED (aligned): every q and dO row starts on 16 bytes (see
+    rows_aligned), which lets the kernel load both through one pointer tile with vector loads."""
+    d1, d2 = split_dim(d)
+    wide = d1 + d2 + _pad(dv) >= _WIDE_HEADS
+    elem = torch.empty((), dtype=dtype).element_size()
+    key = "fp32" if elem == 4 else ("wide", shared_kv) if wide else "narrow"
+    bh, bk, warps, stages = _HEADSUM_TILE[key]
+    block_h, block_k = block_h or min(_pad(g), bh), block_k or bk
+    # tl.dot's smallest size is 16: the latent path's products run over 2 * BLOCK_H interleaved rows
+    if block_h < (8 if shared_kv else 16) or block_k < 16:
+        raise ValueError(f"headsum tile: block_h >= {8 if shared_kv else 16} and block_k >= 16, got block_h "
+                         f"{block_h}, block_k {block_k}")
+    meta = attn_meta(g, d, dv, dtype, "bwd", block_h=block_h, block_k=block_k,
+                     num_warps=num_warps or warps, num_stages=num_stages or stages, interp=interp,
+                     shared_kv=shared_kv)
+    return dict(meta, ALIGNED=aligned)
+
+
+def rows_aligned(*xs: torch.Tensor) -> bool:
+    """Whether every row (last dim) of each tensor, at any index of the other dims, starts on a 16-byte
+    boundary: 16-byte aligned data and strides of whole 16-byte units."""
+    return all(x.data_ptr() % 16 == 0 and all(s * x.element_size() % 16 == 0 for s in x.stride()[:-1])
+               for x in xs)
 
 
 def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
@@ -173,27 +220,15 @@ def _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv, block_t=None):
     )
 
 
-def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
-         num_stages=None):
-    """The gradients (dq, dk, dv) in the dtypes of (q, k, v). dkv: 'atomic' (dK/dV accumulate in fp32 by
-    atomics in the dQ kernel) or 'inverted' (a second kernel over the inverted index; deterministic);
-    default DKV_DEFAULT."""
+def _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk=None, gv=None, **tile) -> None:
+    """dQ into gq (q's shape and dtype) by sparse_attn_bwd_kernel; with gk, gv (fp32, zero-filled, k's and
+    v's shapes) also dK/dV by its atomics (one per element and head block), else dQ only."""
     bwd_kernel = _kernels()[1]
     b, _, l, _ = q.shape
     hkv = k.shape[1]
-    dkv = dkv or DKV_DEFAULT
-    if dkv not in ("atomic", "inverted"):
-        raise ValueError(f"dkv must be 'atomic' or 'inverted', got {dkv!r}")
-    atomic = dkv == "atomic"
-    do = _lastdim_contig(do)
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
-    gq = torch.empty_like(q)
-    if atomic:
-        gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
-        gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
-    else:
-        gk, gv = torch.empty_like(k), torch.empty_like(v)
-    meta, nhb = _meta(q, k, v, "bwd", block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    atomic = gk is not None
+    gk, gv = (gk, gv) if atomic else (gq, gq)  # dQ only: the dK/dV pointers are never used
+    meta, nhb = _meta(q, k, v, "bwd", **tile)
     bwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, do, lse, delta, gq, gk, gv, scale,
         q.stride(0), q.stride(1), q.stride(2),
@@ -208,8 +243,64 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
         hkv, idx32.shape[-1], nhb,
         DKV_ATOMIC=atomic, **meta,
     )
-    if atomic:
+
+
+def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dk (B, H_kv, L, d_qk), dv (B, H_kv, L, d_v)) in k's and v's dtypes by sparse_attn_dkv_headsum_kernel
+    (the G heads summed before the atomics), for q (B, H, L, d_qk), do (B, H, L, d_v), lse and delta
+    (B, H, L) fp32; tile: dkv_meta's knobs. When v is a view of k's first columns (v_from_k), dk holds dV too
+    and dv is zeros: the latent's gradient (k's plus v's, as autograd sums them through the view) is the same,
+    rounded once instead of twice."""
+    kernel = _kernels()[4]
+    b, h, l, d = q.shape
+    hkv, dv, ksel = k.shape[1], v.shape[-1], idx32.shape[-1]
+    meta = dkv_meta(h // hkv, d, dv, q.dtype, interp=interpret_mode(), shared_kv=v_from_k(k, v),
+                    aligned=rows_aligned(q, do), **tile)
+    gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+    gv = gk if meta["V_FROM_K"] else torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+    nkb = -(-ksel // meta["BLOCK_K"])
+    kernel[(l * nkb, b * hkv)](
+        q, k, v, idx32, do, lse, delta, gk, gv, scale,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        idx32.stride(0), idx32.stride(1),
+        do.stride(0), do.stride(1), do.stride(2),
+        lse.stride(0), lse.stride(1),
+        gk.stride(0), gk.stride(1), gk.stride(2),
+        gv.stride(0), gv.stride(1), gv.stride(2),
+        hkv, ksel, nkb,
+        **meta,
+    )
+    if meta["V_FROM_K"]:
+        return gk.to(k.dtype), torch.zeros_like(v)
+    return gk.to(k.dtype), gv.to(v.dtype)
+
+
+def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
+         num_stages=None, dkv_tile=None):
+    """The gradients (dq, dk, dv) in the dtypes of (q, k, v); do (B, H, L, d_v) the output's gradient.
+    dkv (default DKV_DEFAULT): 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ kernel), 'inverted'
+    (a second kernel over the inverted index; deterministic) or 'headsum' (a second kernel summing the heads
+    before its atomics; with v a view of k, dk then carries dV and dv is zeros, see _dkv_headsum).
+    block_k, num_warps, block_h, num_stages: the dQ kernel's tile; dkv_tile: the headsum kernel's (a dict
+    of the same knobs, see dkv_meta)."""
+    dkv = dkv or DKV_DEFAULT
+    if dkv not in DKV_MODES:
+        raise ValueError(f"dkv must be one of {', '.join(map(repr, DKV_MODES))}, got {dkv!r}")
+    do = _lastdim_contig(do)
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
+    gq = torch.empty_like(q)
+    tile = dict(block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
+    if dkv == "atomic":
+        gk = torch.zeros(k.shape, device=k.device, dtype=torch.float32)
+        gv = torch.zeros(v.shape, device=v.device, dtype=torch.float32)
+        _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk, gv, **tile)
         return gq, gk.to(k.dtype), gv.to(v.dtype)
+    _dq(q, k, v, idx32, do, lse, delta, scale, gq, **tile)
+    if dkv == "headsum":
+        return (gq, *_dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **(dkv_tile or {})))
+    gk, gv = torch.empty_like(k), torch.empty_like(v)
     _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv)
     return gq, gk, gv
 
