@@ -282,6 +282,10 @@ def long_context_pilot(size: str) -> list[TrainConfig]:
     return out
 
 
+def _half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
 def shortened(configs: Sequence[TrainConfig], steps: int) -> list[TrainConfig]:
     """The configs scaled to LR schedules of ``steps`` global LM steps (quick runs: notebooks, CPU checks).
 
@@ -293,7 +297,8 @@ def shortened(configs: Sequence[TrainConfig], steps: int) -> list[TrainConfig]:
     out = []
     for c in configs:
         length = c.schedule_length()
-        start, end = round(c.start_step * steps / length), round((c.start_step + c.steps) * steps / length)
+        # half-up, not Python's half-to-even: a run of >= length / steps steps then keeps at least one
+        start, end = _half_up(c.start_step * steps / length), _half_up((c.start_step + c.steps) * steps / length)
         if end <= start:
             raise ValueError(f"steps ({steps}) leaves {c.run_name()} without a step (it runs {c.steps} of "
                              f"{length}); give at least {math.ceil(length / c.steps)}")
@@ -301,7 +306,7 @@ def shortened(configs: Sequence[TrainConfig], steps: int) -> list[TrainConfig]:
         warm = min(c.warmup_steps, max(1, c.warmup_steps * n // c.steps)) if c.warmup_steps else 0
         out.append(replace(c, start_step=start, steps=n, dense_steps=c.dense_steps * n // c.steps,
                            warmup_steps=warm, schedule_steps=None if c.schedule_steps is None else steps,
-                           lr_warmup_steps=round(c.lr_warmup_steps * steps / length), eval_every=n))
+                           lr_warmup_steps=_half_up(c.lr_warmup_steps * steps / length), eval_every=n))
     return out
 
 

@@ -287,6 +287,15 @@ def test_shortened_arms_keep_one_schedule(steps):
         shortened(cfgs, 0)
 
 
+def test_shortened_keeps_a_step_where_half_to_even_rounding_would_not():
+    # a run of global steps 3..5 of 10, shortened to 5: 1.5 .. 2.5, which round() (half to even) makes 2 .. 2
+    base = long_context_recipe("small")[0]
+    c = replace(base, start_step=3, steps=2, dense_steps=0, warmup_steps=0, schedule_steps=10, init_from=None,
+                design={**base.design, "init_from_arm": None})
+    (s,) = shortened([c], 5)
+    assert (s.start_step, s.steps) == (2, 1)
+
+
 def test_long_context_experiments_are_not_sweep_experiments():
     from dsa.train.experiments import EXPERIMENTS, LONG_CONTEXT_EXPERIMENTS
 
