@@ -220,13 +220,18 @@ def dense_timings(cfg: MapConfig, layout: str, l: int, dev: torch.device, budget
                 torch.cuda.empty_cache()
             continue
         for pass_, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
-            name = f"dense_{backend}_{pass_}"
-            ms, why = (None, "budget") if budget.spent() else measure(fn, cuda, cfg.reps)
-            out[f"{name}_ms"] = ms
-            if why:
-                out[f"{name}_why"] = why
-            x.grad = None
+            _time_into(out, f"dense_{backend}_{pass_}", fn, cfg, budget, x)
     return out
+
+
+def _time_into(out: dict, name: str, fn: Callable[[], object], cfg: MapConfig, budget: _Budget,
+               x: torch.Tensor) -> None:
+    """out[name_ms] (None once the budget is spent or on failure) and out[name_why] (why not); x's grad reset."""
+    ms, why = (None, "budget") if budget.spent() else measure(fn, x.is_cuda, cfg.reps)
+    out[f"{name}_ms"] = ms
+    if why:
+        out[f"{name}_why"] = why
+    x.grad = None
 
 
 def dsa_timings(cfg: MapConfig, layout: str, l: int, indexer: str, dev: torch.device, budget: _Budget) -> dict:
@@ -244,11 +249,7 @@ def dsa_timings(cfg: MapConfig, layout: str, l: int, indexer: str, dev: torch.de
         return _skipped(names, "oom")
     out: dict = {"impl": impl_on_device(dsa.cfg.impl, dev)}
     for name, fn in zip(names, _dsa_fns(dsa, x, go)):
-        ms, why = (None, "budget") if budget.spent() else measure(fn, cuda, cfg.reps)
-        out[f"{name}_ms"] = ms
-        if why:
-            out[f"{name}_why"] = why
-        x.grad = None
+        _time_into(out, name, fn, cfg, budget, x)
     return out
 
 
