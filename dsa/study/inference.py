@@ -143,9 +143,7 @@ def decode_frame(results: list[dict]) -> pd.DataFrame:
     indexer keys is suffixed ``_fp8`` (``dsa_fp8``, ...): the two key formats are different methods."""
     rows = []
     for i, res in enumerate(results):
-        for r in res["rows"]:
-            if r.get("kind") != "decode" or "skipped" in r:
-                continue
+        for r in decode_rows([res]):
             for m in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"):
                 if r.get(f"{m}_ms") is None:
                     continue
@@ -154,6 +152,11 @@ def decode_frame(results: list[dict]) -> pd.DataFrame:
                              "gbps": r[f"{m}_gbps"], "hbm_frac": r.get(f"{m}_hbm_frac", np.nan),
                              "graph": r.get(f"{m}_graph", False)})
     return pd.DataFrame(rows)
+
+
+def decode_rows(results: list[dict]) -> list[dict]:
+    """The measured decode rows of dsa.bench.decode results (neither requests nor contexts skipped)."""
+    return [r for res in results for r in res["rows"] if r.get("kind") == "decode" and "skipped" not in r]
 
 
 def keys_dtype(r: dict) -> str:
@@ -175,7 +178,7 @@ def speedup_table(results: list[dict]) -> pd.DataFrame:
     rows = [{"layout": r["layout"], "indexer keys": keys_dtype(r), "batch": r["batch"], "context": r["context"],
              "x vs dense kernel": _ratio(r, "dense_ms", "dsa_ms"), "x vs SDPA": _ratio(r, "dense_sdpa_ms", "dsa_ms"),
              "DSA % of HBM": 100 * r["dsa_hbm_frac"] if r.get("dsa_hbm_frac") is not None else None}
-            for res in results for r in res["rows"] if r.get("kind") == "decode" and "skipped" not in r]
+            for r in decode_rows(results)]
     return pd.DataFrame(rows)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .inference import decode_rows, keys_dtype
 from .map_tables import map_frame
 
 # The map's layout names and the decode benchmark's, for the same shapes (MLA in MQA mode; MQA 64 x 128).
@@ -80,15 +81,12 @@ def decode_cost_frame(decode_results: Iterable[dict], cost: TokenCost = TokenCos
     (the split-K kernel over the whole cache) and DSA (indexer + top-k + sparse attention). Columns: layout,
     method, batch, position, ms_per_token, usd_per_mtok."""
     rows = []
-    for res in decode_results:
-        for r in res["rows"]:
-            if r.get("kind") != "decode" or "skipped" in r:
-                continue
-            dsa = "DSA, FP8 keys" if (r.get("indexer_dtype") or "bf16") == "fp8" else "DSA"
-            for key, method in (("dense_ms", "dense (split-K kernel)"), ("dsa_ms", dsa)):
-                if r.get(key) is not None:
-                    rows.append({"layout": LAYOUT_NAMES.get(r["layout"], r["layout"]), "method": method,
-                                 "batch": r["batch"], "position": r["context"], "ms_per_token": r[key] / r["batch"]})
+    for r in decode_rows(list(decode_results)):
+        dsa = "DSA, FP8 keys" if keys_dtype(r) == "fp8" else "DSA"
+        for key, method in (("dense_ms", "dense (split-K kernel)"), ("dsa_ms", dsa)):
+            if r.get(key) is not None:
+                rows.append({"layout": LAYOUT_NAMES.get(r["layout"], r["layout"]), "method": method,
+                             "batch": r["batch"], "position": r["context"], "ms_per_token": r[key] / r["batch"]})
     res = pd.DataFrame(rows, columns=["layout", "method", "batch", "position", "ms_per_token"])
     # a method measured in several runs (dense beside the bf16 and the FP8 key runs): their median per point
     res = res.groupby(["layout", "method", "batch", "position"], as_index=False).ms_per_token.median()
