@@ -20,9 +20,14 @@ def _mla_inputs(l: int, ksel: int, seed: int):
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(1, 128, l, 576, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, 1, l, 576, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q, k, _causal_selection(1, l, ksel, g)
+
+
+def _causal_selection(b: int, l: int, ksel: int, g: torch.Generator) -> torch.Tensor:
+    """(B, L, K) int32: for each query t, K random positions s <= t (repeats allowed)."""
     t = torch.arange(l, device="cuda")[:, None]
-    idx = (t - torch.randint(0, l, (l, ksel), device="cuda", generator=g) % (t + 1)).to(torch.int32)[None]
-    return q, k, idx
+    return torch.stack([t - torch.randint(0, l, (l, ksel), device="cuda", generator=g) % (t + 1)
+                        for _ in range(b)]).to(torch.int32)
 
 
 def _rows_reference(q, k, idx, rows, scale):
@@ -59,9 +64,7 @@ def test_indexer_scores_at_selection_over_a_batch_of_two_128k_rows():
     ki = torch.randn(b, l, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     w = torch.randn(b, l, 64, device="cuda", dtype=torch.bfloat16, generator=g)
     assert qi.numel() > 2**31  # else every offset fits in int32 and the test could not fail
-    t = torch.arange(l, device="cuda")[:, None]
-    idx = torch.stack([(t - torch.randint(0, l, (l, ksel), device="cuda", generator=g) % (t + 1))
-                       for _ in range(b)]).to(torch.int32)
+    idx = _causal_selection(b, l, ksel, g)
     got = ops.indexer_scores_at(qi, ki, w, idx, impl="triton")
     torch.cuda.synchronize()
     rows = torch.arange(l - 4, l, device="cuda")
