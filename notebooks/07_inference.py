@@ -339,13 +339,12 @@ if bench:
 # %%
 cost = TC.TokenCost(P.usd_per_gpu_hour, P.cost_layers)
 map_recorded = load_records(P.recorded_map) if P.recorded_map else []
-decode_recorded = recorded if recorded else []
-if map_recorded or decode_recorded:
+if map_recorded or recorded:
     prefill_cost = TC.prefill_cost_frame(map_recorded, cost)
-    decode_cost = TC.decode_cost_frame(decode_recorded, cost)
+    decode_cost = TC.decode_cost_frame(recorded, cost)
     shown = sorted(set(decode_cost.layout)) or sorted(set(prefill_cost.layout))
     prefill_cost = prefill_cost[prefill_cost.layout.isin(shown)]
-    COST_LABEL = summarize_provenance(r["provenance"] for r in map_recorded + decode_recorded)
+    COST_LABEL = summarize_provenance(r["provenance"] for r in map_recorded + recorded)
     fig = TC.token_cost_figure(prefill_cost, decode_cost, cost, f"Attention cost per token — {COST_LABEL}")
     maybe_save(fig, "07_token_cost", COST_LABEL)
     plt.show()
