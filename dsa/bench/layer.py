@@ -128,6 +128,9 @@ def _layers(cfg: LayerBenchConfig, l: int, hi: int, di: int, dev: torch.device, 
     return dense, dsa
 
 
+FLEX_MAX_ELEMENTS = 2**31  # FlexAttention's compiled kernel indexes q/k/v in int32
+
+
 def _dense_fns(dense: DenseAttention, backend: str, x: torch.Tensor, go: torch.Tensor, cuda: bool):
     """(fwd, fwdbwd) of the dense layer on one SDPA backend, or around FlexAttention."""
     from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
@@ -136,6 +139,13 @@ def _dense_fns(dense: DenseAttention, backend: str, x: torch.Tensor, go: torch.T
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: PLC0415
 
         l = x.shape[1]
+        with torch.no_grad():
+            t = dense.proj(x)
+            biggest = max(y.numel() for y in (t.q, t.k, t.v))
+        if cuda and biggest >= FLEX_MAX_ELEMENTS:
+            raise ValueError(f"flex: {biggest} elements in one of q/k/v, past 2^31; FlexAttention's kernel then "
+                             "faults (illegal memory access measured at MLA-MHA 128 x 192, L = 128K, torch 2.11)")
+        del t
         # _compile: the eager construction materialises the L x L mask (128 GiB asked for at L = 128K)
         mask = create_block_mask(lambda b, h, q, k: q >= k, None, None, l, l, device=x.device, _compile=cuda)
         flex = torch.compile(flex_attention, dynamic=False)
