@@ -277,6 +277,19 @@ def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.T
     return gk.to(k.dtype), gv.to(v.dtype)
 
 
+DELTA_CHUNK_ELEMENTS = 2**28  # whole fp32 copies of dO and O: 64 GiB at MLA 128 x 512, L = 128K (an H200's OOM)
+
+
+def _row_dot(do: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """do, o (B, H, L, d_v) -> (B, H, L) float32 sum over d_v of do * o in fp32, a chunk of L at a time."""
+    b, h, l, dv = o.shape
+    step = max(1, DELTA_CHUNK_ELEMENTS // max(1, b * h * dv))
+    out = torch.empty(b, h, l, device=o.device, dtype=torch.float32)
+    for s in range(0, l, step):
+        out[:, :, s:s + step] = (do[:, :, s:s + step].float() * o[:, :, s:s + step].float()).sum(-1)
+    return out
+
+
 def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
          num_stages=None, dkv_tile=None):
     """The gradients (dq, dk, dv) in the dtypes of (q, k, v); do (B, H, L, d_v) the output's gradient.
@@ -289,7 +302,7 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
     if dkv not in DKV_MODES:
         raise ValueError(f"dkv must be one of {', '.join(map(repr, DKV_MODES))}, got {dkv!r}")
     do = _lastdim_contig(do)
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
+    delta = _row_dot(do, o)  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
     gq = torch.empty_like(q)
     tile = dict(block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
     if dkv == "atomic":
