@@ -43,7 +43,7 @@ LAYOUTS = {
     "mha16": (16, 16, 128, 128),
     "tiny": (20, 1, 72, 40),  # the CPU smoke layout: two head blocks of 16, a score dim with a tail
 }
-DKV_MODES = ("atomic", "inverted", "headsum")  # dsa.ops.kernels.sparse_attention.DKV_MODES (not imported: triton)
+DKV_MODES = ("atomic", "inverted", "headsum")  # the kernels' DKV_MODES less "auto" (not imported: triton)
 
 
 def fwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:

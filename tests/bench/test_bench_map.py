@@ -53,6 +53,22 @@ def test_a_dense_backend_that_fails_to_build_is_recorded_and_the_run_goes_on(mon
         assert row["dsa_fwd_ms"] > 0
 
 
+def test_flex_is_refused_past_its_int32_offsets_before_building_a_mask(monkeypatch):
+    """FlexAttention faults past 2^31 elements per q/k/v (measured at MLA-MHA 128K): the map's builder raises a
+    ValueError naming it instead (recorded as that backend's failure), before any block mask is built."""
+    import torch  # noqa: PLC0415
+
+    import dsa.bench.layer as BL  # noqa: PLC0415
+    import dsa.bench.map as M  # noqa: PLC0415
+
+    cfg = MapConfig(layouts=["tiny-mqa"], seq_lens=[16], indexers=["2x8"], top_k=4, d_model=16, device="cpu")
+    dense = M.DenseAttention(M._attention_config(cfg, "tiny-mqa", 16, dense=True))
+    x, go = M._inputs(cfg, 16, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(BL, "FLEX_MAX_ELEMENTS", 16)
+    with pytest.raises(ValueError, match="flex: .* past 2\\^31"):
+        BL._dense_fns(dense, "flex", x, go, cuda=True)
+
+
 def test_layout_shapes_of_the_real_layouts():
     assert layout_shape("mla128") == dict(H=128, H_kv=1, d_qk=576, d_v=512, dense_H_kv=128, dense_d_qk=192,
                                           dense_d_v=128)

@@ -248,12 +248,53 @@ def test_dkv_headsum_latent_folds_dv_into_dk(gen, d, crowded):
     assert rel(dq, aq) < 1e-6 and rel(dk, ak) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("v_view", [True, False])
+def test_auto_dkv_takes_headsum_only_for_a_large_group_reading_v_from_k(gen, v_view, monkeypatch):
+    """dkv='auto' (the default) runs the headsum kernel where it was timed faster (a group of at least
+    HEADSUM_MIN_GROUP heads with v a view of k; the threshold lowered to the test's group) and the atomic
+    path elsewhere, each giving the reference's gradients."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    calls = []
+    headsum = sa._dkv_headsum
+    monkeypatch.setattr(sa, "_dkv_headsum", lambda *a, **kw: calls.append(1) or headsum(*a, **kw))
+    _small_headsum_tiles(monkeypatch, 8)
+    h, l, k = _odd(gen, 9, 15), _odd(gen, 9, 19), _odd(gen, 5, 21)
+    monkeypatch.setattr(sa, "HEADSUM_MIN_GROUP", h)
+    q = torch.randn(1, h, l, 40, generator=gen).to(DEV)
+    lat = torch.randn(1, 1, l, 40, generator=gen).to(DEV)
+    v = lat[..., :32] if v_view else lat[..., :32].clone()
+    idx = _selection(1, l, k, gen)
+    dq, dk, dv = _kernel_grads(q, lat, v, idx, 0.3, None)
+    assert len(calls) == (1 if v_view else 0)
+    rq, rk, rv = _kernel_grads(q, lat, v, idx, 0.3, "atomic")
+    if v_view:  # headsum folds dV into dk's first columns
+        rk[..., :32] += rv
+    else:
+        assert rel(dv, rv) < 1e-6
+    assert rel(dq, rq) < 1e-6 and rel(dk, rk) < TOL[torch.float32]
+    assert sa.auto_dkv(sa.HEADSUM_MIN_GROUP - 1, True) == "atomic"
+
+
+def test_row_dot_by_chunks_equals_the_whole_product(gen, monkeypatch):
+    """The backward's rowsum(dO * O) taken a few rows at a time (chunk boundaries inside L, a last short
+    chunk) equals the one-shot fp32 product, for bf16 inputs."""
+    import dsa.ops.kernels.sparse_attention as sa  # noqa: PLC0415
+
+    b, h, l, dv = 2, 3, _odd(gen, 11, 31), _odd(gen, 5, 13)
+    do, o = (torch.randn(b, h, l, dv, generator=gen).to(torch.bfloat16) for _ in range(2))
+    monkeypatch.setattr(sa, "DELTA_CHUNK_ELEMENTS", b * h * dv * 4)  # 4 rows of L per chunk
+    got = sa._row_dot(do, o)
+    assert got.dtype == torch.float32 and got.shape == (b, h, l)
+    torch.testing.assert_close(got, (do.float() * o.float()).sum(-1), rtol=0, atol=0)
+
+
 def test_dkv_names_bad_strategies_and_tiles(gen):
     """A dkv outside DKV_MODES and a headsum tile below tl.dot's 16 (8 heads only with the latent's
     interleaved rows) are ValueErrors naming them, before any kernel runs."""
     q, kk, v = _attention_inputs(gen, 1, 4, 2, 9, 16, 16, torch.float32)
     idx = _selection(1, 9, 5, gen)
-    with pytest.raises(ValueError, match="dkv must be one of 'atomic', 'inverted', 'headsum', got 'sorted'"):
+    with pytest.raises(ValueError, match="dkv must be one of 'auto', 'atomic', 'inverted', 'headsum', got 'sorted'"):
         _kernel_grads(q, kk, v, idx, 0.25, "sorted")
     with pytest.raises(ValueError, match="block_h >= 16"):
         _kernel_grads(q, kk, v, idx, 0.25, "headsum", dkv_tile=dict(block_h=8))

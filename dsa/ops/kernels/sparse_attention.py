@@ -32,12 +32,15 @@ _WIDE_HEADS = 1024
 # index (a program per key row, no atomics, deterministic). The inverted kernel re-reads q and dO of every
 # head of the group per (query, key) pair: measured on an H200 at k = 2048 (data/bench/mla/) it is slower in
 # every layout, 1.5x at MHA 16 (G = 1, 16K), 9x at GQA 16/2, 41x at MQA 64 x 128, 20x at MLA 128 (4K), so
-# the atomics are the default and the inverted index is there for runs that need bitwise-repeatable grads.
-DKV_DEFAULT = "atomic"
+# atomics beat it everywhere; the inverted index is there for runs that need bitwise-repeatable grads.
 # 'headsum': dQ by the dQ kernel alone, dK/dV by a kernel per (query, block of slots, KV head) that sums the
 # G heads of the group in registers before its atomics (sparse_attn_dkv_headsum_kernel: its docstring gives
-# the atomic bytes per pair of each strategy). Compiled and checked for resources, not yet timed on a GPU.
-DKV_MODES = ("atomic", "inverted", "headsum")
+# the atomic bytes per pair of each strategy). Timed on an H200 at MLA 128 x 576/512, k = 2048 (v a view of
+# k; data/bench/mla/h200-mla-headsum.json): the backward 1.5% faster at 16K, 5.6% at 32K, with 7.4x fewer
+# atomic bytes. 'auto' takes it there only (G >= HEADSUM_MIN_GROUP with v a view of k), where it was timed.
+DKV_DEFAULT = "auto"
+HEADSUM_MIN_GROUP = 128
+DKV_MODES = ("auto", "atomic", "inverted", "headsum")
 # The wide heads' tiles, from the H200 sweep at MLA 128 x 576/512, L = 16K (data/bench/mla/h200-mla-tiles-16k):
 # forward 64 heads x 32 rows (173 TFLOP/s; 16 rows: 113), backward 32 heads x 32 rows (68; 16 rows: 51).
 _WIDE_BLOCK_K = {"fwd": 32, "bwd": 32}
@@ -95,6 +98,12 @@ def v_from_k(k: torch.Tensor, v: torch.Tensor) -> bool:
     d1 = split_dim(k.shape[-1])[0]
     return v.shape[-1] == d1 < k.shape[-1] and v.data_ptr() == k.data_ptr() and v.stride() == k.stride() \
         and v.dtype == k.dtype
+
+
+def auto_dkv(group: int, v_is_k_view: bool) -> str:
+    """The dK/dV strategy 'auto' takes for `group` query heads per K/V head: 'headsum' at MLA-like layouts
+    (a group of at least HEADSUM_MIN_GROUP reading V from K, where it was timed faster), else 'atomic'."""
+    return "headsum" if v_is_k_view and group >= HEADSUM_MIN_GROUP else "atomic"
 
 
 def attn_meta(g: int, d: int, dv: int, dtype: torch.dtype, pass_: str, *, block_h=None, block_k=None,
@@ -293,7 +302,7 @@ def _row_dot(do: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
 def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
          num_stages=None, dkv_tile=None):
     """The gradients (dq, dk, dv) in the dtypes of (q, k, v); do (B, H, L, d_v) the output's gradient.
-    dkv (default DKV_DEFAULT): 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ kernel), 'inverted'
+    dkv (default DKV_DEFAULT): 'auto' (see auto_dkv), 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ kernel), 'inverted'
     (a second kernel over the inverted index; deterministic) or 'headsum' (a second kernel summing the heads
     before its atomics; with v a view of k, dk then carries dV and dv is zeros, see _dkv_headsum).
     block_k, num_warps, block_h, num_stages: the dQ kernel's tile; dkv_tile: the headsum kernel's (a dict
@@ -301,6 +310,8 @@ def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_
     dkv = dkv or DKV_DEFAULT
     if dkv not in DKV_MODES:
         raise ValueError(f"dkv must be one of {', '.join(map(repr, DKV_MODES))}, got {dkv!r}")
+    if dkv == "auto":
+        dkv = auto_dkv(q.shape[1] // k.shape[1], v_from_k(k, v))
     do = _lastdim_contig(do)
     delta = _row_dot(do, o)  # (B, H, L): rowsum(dO * O) = rowsum(P * dP)
     gq = torch.empty_like(q)
