@@ -254,11 +254,12 @@ display(Markdown(f"Priced at {DENSE_MS:.0f} ms per dense step and {DSA_MS:.0f} m
 # %% [markdown]
 # ## 6 · Recorded GPU runs of this study
 #
-# The pilot ran before `TrainConfig.start_step` existed: its continued arms restarted warm-up and cosine with
-# fresh optimisers, while DSA from scratch ran one schedule. The verdicts flag that comparison as confounded
-# (`same_lr_schedule`: DSA from scratch against dense continued); DSA from dense against dense continued is not
-# flagged, since both restarted alike. Only a re-run compares the attention alone: the recipe now continues the
-# dense base's step, schedule, batch stream and optimiser state.
+# `recorded` (default `gpu/long_context/*.jsonl`) holds the pilot's re-run on one LR schedule: the recipe's
+# continued arms continue the dense base's step, schedule, batch stream and optimiser state. The first pilot ran
+# before `TrainConfig.start_step` existed (its continued arms restarted warm-up and cosine with fresh
+# optimisers, while DSA from scratch ran one schedule); its records are kept in `gpu/long_context/pilot-1/`,
+# and with `recorded` pointing there the verdicts flag DSA from scratch against dense continued as confounded
+# (`same_lr_schedule`). Runs of the two kinds are never averaged together, nor taken as re-runs of each other.
 
 # %%
 REC = recorded_runs(P.recorded)  # this study's records carry no sweep key: re-runs are all kept

@@ -143,7 +143,8 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
     margins = {**MARGINS, **(margins or {})}
     rows = []
     for (exp, task, metric, length), g in metrics.groupby(["experiment", "task", "metric", "seq_len"]):
-        floor = noise_floor(g, ["arm", "top_k", "seed"], "value")
+        # a restarted run is no re-run of a continued one: replicates share their LR schedule too
+        floor = noise_floor(g, ["arm", "top_k", "seed", "lr_schedule"], "value")
         noise = floor["sd_diff"] if floor["n_groups"] else None
         g0 = g[g.replicate == 0]
         base = g0[g0.arm == baseline]

@@ -10,7 +10,8 @@
 # (one JSON line each, written when the run ends) and the integrator reports the rest as not run.
 # The continued arms continue the dense base (TrainConfig.start_step: the same LR schedule over the global step,
 # the next batches, the base's optimiser state), so each process runs a seed's base before its continued arms.
-# Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
+# Usage: here `bash scripts/gpu/gpu_env.sh write` and build the text corpus once (`make report` or any text run
+#   does: data/cache/), then on the GPU machine (carry scripts/.gpu_env and data/cache: it has no network)
 #   OUT=<folder> bash scripts/gpu/gpu_long_context.sh ; results: $OUT/long_context_pilot.seed-*.jsonl + logs.
 # Time estimate (notebooks/08_long_context.py, section 5): a few minutes of GPU work (the table in section 5 of the notebook), 8 min cap.
 set -uo pipefail
@@ -26,7 +27,8 @@ n=$(wc -w <<<"$JOBS")
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { echo "error: no CUDA device"; exit 2; }
 # build the corpus and tokenizer once, before the processes that read them start
 python -c "from dsa.text.corpus import load_corpus; load_corpus('shakespeare', tokenizer='bpe', vocab_size=2048)" \
-  > "$OUT/corpus.log" 2>&1
+  > "$OUT/corpus.log" 2>&1 || { echo "error: no text corpus (carry data/cache from a machine that built it):"; \
+  tail -2 "$OUT/corpus.log"; exit 2; }
 pids=()
 for job in $JOBS; do
   s=${job%%:*}; t=${job#*:}; tag="seed-$s${t:+-$t}"

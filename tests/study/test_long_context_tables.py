@@ -75,11 +75,13 @@ def test_lr_schedule_of_records_old_and_new():
     assert LC.lr_schedule(_text_rec("dsa_scratch", 0, 4, 4, 4)) == "own"
     assert LC.lr_schedule(_text_rec("dense_continued", 0, 4, 4, 4, start_step=0)) == "restarted"
     assert LC.lr_schedule(_text_rec("dense_continued", 0, 4, 4, 4, start_step=200)) == "continued"
-    pilot = Path(__file__).resolve().parents[2] / "data" / "gpu" / "long_context" / "long_context_pilot.seed-1.jsonl"
-    got = {(r["design"]["task"], r["design"]["arm"]): LC.lr_schedule(r)
-           for r in map(json.loads, pilot.read_text().splitlines())}
-    assert got[("text", "dense_continued")] == got[("text", "dsa_from_dense")] == "restarted"
-    assert got[("text", "dense_base")] == got[("text", "dsa_scratch")] == "own"
+    recorded = Path(__file__).resolve().parents[2] / "data" / "gpu" / "long_context"
+    for path, continued in (("pilot-1/long_context_pilot.seed-1.jsonl", "restarted"),
+                            ("long_context_pilot.seed-1-text.jsonl", "continued")):  # the first pilot, its re-run
+        got = {(r["design"]["task"], r["design"]["arm"]): LC.lr_schedule(r)
+               for r in map(json.loads, (recorded / path).read_text().splitlines())}
+        assert got[("text", "dense_continued")] == got[("text", "dsa_from_dense")] == continued, path
+        assert got[("text", "dense_base")] == got[("text", "dsa_scratch")] == "own", path
 
 
 @pytest.mark.parametrize("continued_at", [0, 5])
@@ -122,3 +124,16 @@ def test_design_and_not_recorded():
     rec = {"design": {"task": "recall", "arm": "dsa_scratch"}, "config": {"seq_len": 128, "top_k": 8, "seed": 0}}
     miss = LC.not_recorded([rec], cfgs).set_index("arm")
     assert miss.loc["dsa_scratch", "seeds missing"] == "1" and miss.loc["dense_base", "seeds missing"] == "0, 1"
+
+
+def test_the_noise_floor_pairs_replicates_of_one_lr_schedule_only():
+    """A restarted run and a continued run of one arm and seed are no re-runs of each other: with re-runs of
+    each kind within 0.01 and the two kinds 0.5 apart, the noise floor stays at the re-runs' scale."""
+    recs = []
+    for start, base in ((0, 4.5), (5, 4.0)):  # the pilot's restarted arm, the re-run's continued arm
+        recs += [_text_rec("dense_continued", s, base + 0.1 * s, 4, 4, start_step=start) for s in range(3)]
+        recs += [_text_rec("dense_continued", 0, base + 0.01 * (rep == 2), 4, 4, start_step=start, rep=rep)
+                 for rep in (1, 2)]
+    recs += [_text_rec("dsa_scratch", s, 4.0 + 0.1 * s, 4, 4) for s in range(3)]
+    v = LC.arm_verdicts(LC.run_metrics(LC.task_table(recs), LC.text_table(recs)), "dense_continued")
+    assert (v.noise_floor < 0.02).all()  # pooled across the kinds it would be ~0.25
