@@ -120,9 +120,16 @@ def _kilo(x: float) -> str:
     return f"{x / 1024:g}K" if x >= 1024 else f"{x:g}"
 
 
+MIN_TICK_RATIO = 1.4  # neighbouring labels on a log axis closer than this overlap ("10K12K")
+
+
 def _position_ticks(ax: Any, positions: pd.Series) -> None:
-    """Ticks at the measured positions of a log axis, in K tokens (1K = 1024)."""
-    xs = sorted(positions.unique())
+    """Ticks at the measured positions of a log axis, in K tokens (1K = 1024); a position within
+    MIN_TICK_RATIO of the last ticked one gets no label of its own."""
+    xs: list[float] = []
+    for x in sorted(positions.unique()):
+        if not xs or x / xs[-1] >= MIN_TICK_RATIO:
+            xs.append(x)
     if xs:
         ax.set_xticks(xs, [_kilo(x) for x in xs])
         ax.minorticks_off()

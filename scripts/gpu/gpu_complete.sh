@@ -15,6 +15,7 @@
 #                    both checked against the fp32 reference first; then copy to data/bench/mla/.
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_complete.sh STAGE ; copy $OUT's files to data/bench/{map,decode,indexer}/.
+# All five stages ran in the fourth session (H200, commit 2ca694f): data/bench/{map,decode,mla,indexer}/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env

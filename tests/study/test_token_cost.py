@@ -119,3 +119,21 @@ def test_fp8_key_runs_are_their_own_method_and_dense_is_one_point_per_position()
     t = cost_ratio_table(_empty_prefill(), d, batch=4)
     assert t.set_index("stage").dense_over_dsa.to_dict() == pytest.approx(
         {"decode, batch 4": 2.0, "decode, batch 4, FP8 keys": 4.0})
+
+
+def test_position_ticks_skip_a_label_too_close_to_the_last():
+    """Mid positions 10K and 12K (intervals of different indexers) would print as "10K12K" on a log axis: the
+    second gets no label; well separated positions keep theirs."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import pandas as pd  # noqa: PLC0415
+
+    from dsa.study.token_cost import _position_ticks  # noqa: PLC0415
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    _position_ticks(ax, pd.Series([3072.0, 10240.0, 12288.0, 24576.0, 3072.0]))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3K", "10K", "24K"]
+    plt.close(fig)
