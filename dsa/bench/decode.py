@@ -19,7 +19,9 @@ Per (layout, context S, batch B), each timed on the same cache, one new token pe
   no mask; PyTorch picks flash / cuDNN for d <= 256, the math backend for MLA's 576);
 - ``dsa``: :func:`dsa.ops.decode_indexer_topk` + :func:`dsa.ops.decode_sparse_attention`, and its parts
   ``dsa_indexer_topk`` and ``dsa_sparse`` (on a precomputed selection); ``dsa_indexer_scores``, the indexer's
-  scores alone (their difference from ``dsa_indexer_topk`` is the top-k's time).
+  scores alone (their difference from ``dsa_indexer_topk`` is the top-k's time); ``dsa_topk`` our top-k alone
+  over those scores and ``dsa_topk_torch`` ``torch.topk`` over the same (which of the two decode should run:
+  B rows of S scores give the radix top-k only B programs).
 Projections are left out (the same for both). On CUDA every step is captured in a CUDA graph and replayed
 (launch overhead would hide the bandwidth), with a 128 MiB write between replays to flush L2 (as the other
 60 layers of a real model would), its own time subtracted. ``*_ms``: median per step; ``tokens_per_s``:
@@ -240,11 +242,13 @@ def decode_bytes(lay: Layout, s: int, b: int, k: int, d_i: int, idx_bytes: int =
                  scale_bytes: int = 0) -> dict:
     """Modelled HBM reads per decode step at context s: dense reads every cached row; DSA reads every indexer
     key (d_i values of idx_bytes, and scale_bytes of its scale: 4 for FP8 keys), writes and reads one fp32
-    score per key (the top-k's input) and reads k rows; the scores alone read the keys and write the scores."""
+    score per key (the top-k's input) and reads k rows; the scores alone read the keys and write the scores;
+    a top-k alone reads the scores once."""
     row = lay.row_values * val_bytes
     idx = s * (d_i * idx_bytes + scale_bytes + 8)
     return {"dense": b * s * row, "dsa": b * (idx + min(k, s) * row), "dsa_indexer_topk": b * idx,
-            "dsa_indexer_scores": b * s * (d_i * idx_bytes + scale_bytes + 4), "dsa_sparse": b * min(k, s) * row}
+            "dsa_indexer_scores": b * s * (d_i * idx_bytes + scale_bytes + 4), "dsa_sparse": b * min(k, s) * row,
+            "dsa_topk": b * s * 4, "dsa_topk_torch": b * s * 4}
 
 
 # ------------------------------------------------------------------------------------------------- steps
@@ -294,6 +298,9 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
     quantization of the new query in the indexer's step."""
     b, h = x.q.shape[:2]
     idx = ops.decode_indexer_topk(x.qi, x.ki, x.w, top_k, x.pos, k_scale=x.ks)
+    scores = ops.decode_indexer_scores(x.qi, x.ki, x.w, x.pos, k_scale=x.ks).view(b, -1)  # (B, S): T = 1
+    lengths = (x.pos[:, 0] + 1).clamp(max=scores.shape[1])
+    k_sel = min(top_k, scores.shape[1])
 
     def dense():
         return ops.decode_dense_attention(x.q, x.k, x.v, x.pos, scale=scale)
@@ -314,8 +321,15 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
     def dsa_sparse():
         return ops.decode_sparse_attention(x.q, x.k, x.v, idx, scale=scale)
 
+    def dsa_topk():  # our top-k alone over the step's scores: one program per row, B rows at decode
+        return ops.topk_positions(scores, k_sel, lengths, out_dtype=torch.int32)
+
+    def dsa_topk_torch():  # torch.topk over the same scores (every row is its full length here): a baseline
+        return torch.topk(scores, k_sel, dim=-1, sorted=False).indices.sort(-1).values
+
     return {"dense": dense, "dense_sdpa": dense_sdpa, "dsa": dsa, "dsa_indexer_topk": dsa_indexer_topk,
-            "dsa_indexer_scores": dsa_indexer_scores, "dsa_sparse": dsa_sparse}
+            "dsa_indexer_scores": dsa_indexer_scores, "dsa_sparse": dsa_sparse, "dsa_topk": dsa_topk,
+            "dsa_topk_torch": dsa_topk_torch}
 
 
 def bench_decode_row(cfg: DecodeBenchConfig, lay: Layout, caches, s: int, timer: Timer, hbm: float | None,

@@ -16,7 +16,8 @@ def test_rows_time_every_step_and_derive_the_ratios():
     rows = [r for r in res["rows"] if r["kind"] == "decode"]
     assert [(r["layout"], r["context"]) for r in rows] == [("mqa", 23), ("mqa", 40), ("mla", 23), ("mla", 40)]
     for r in rows:
-        for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"):
+        for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse",
+                     "dsa_topk", "dsa_topk_torch"):
             assert r[f"{name}_ms"] > 0, name
             assert r[f"{name}_tokens_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
             assert r[f"{name}_gbps"] == pytest.approx(r[f"{name}_bytes"] / r[f"{name}_ms"] / 1e6)
@@ -28,6 +29,24 @@ def test_rows_time_every_step_and_derive_the_ratios():
         assert r["request_dsa_ms"] == pytest.approx(r["prefill_dsa_ms"] + r["decode_dsa_ms"])
         assert "speedup_request" not in r
     assert res["provenance"]["device"].startswith("cpu") and res["hbm_gbps"] is None
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_the_top_k_alone_steps_select_what_the_indexer_step_selects(fp8):
+    """dsa_topk (ours) and dsa_topk_torch (torch.topk) time the top-k over the step's own scores: both return
+    the positions the whole indexer step selects, sorted, at an odd context and k."""
+    import torch  # noqa: PLC0415
+
+    from dsa.bench.decode import _caches, _inputs, step_fns  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(3)
+    lay = TINY_LAYOUTS["mqa"]
+    caches = _caches(lay, 3, 41, 16, torch.device("cpu"), torch.float32, gen, fp8=fp8)
+    x = _inputs(lay, caches, 37, 2, 16, torch.device("cpu"), torch.float32, gen)
+    fns = step_fns(x, 11, 0.25)
+    want = fns["dsa_indexer_topk"]().view(3, 11).long().sort(-1).values  # the reference ranks by score
+    assert torch.equal(fns["dsa_topk"]().long(), want)
+    assert torch.equal(fns["dsa_topk_torch"](), want)
 
 
 def test_fp8_indexer_keys_are_timed_and_counted_at_one_byte_and_a_scale():

@@ -37,8 +37,9 @@ def test_decode_tables_from_a_cpu_run():
     res = run(DecodeBenchConfig(layouts=["mla"], contexts=[20, 33], batches=[1], top_k=6, request_contexts=[12],
                                 gen_tokens=2), log=lambda s: None)
     frame = I.decode_frame([res])
-    assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse"}
-    assert len(frame) == 2 * 6 and not frame.ms.isna().any()
+    assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse",
+                                 "dsa_topk", "dsa_topk_torch"}
+    assert len(frame) == 2 * 8 and not frame.ms.isna().any()
     sp = I.speedup_table([res])
     assert list(sp.context) == [20, 33] and sp["DSA % of HBM"].isna().all()  # no bandwidth on a CPU
     req = I.request_table([res])
@@ -46,6 +47,8 @@ def test_decode_tables_from_a_cpu_run():
     assert req.speedup_request.iloc[0] == pytest.approx(req.request_dense_ms.iloc[0] / req.request_dsa_ms.iloc[0])
     assert sp["x vs dense kernel"].tolist() == pytest.approx(
         [r["dense_ms"] / r["dsa_ms"] for r in res["rows"] if r["kind"] == "decode"])
+    assert sp["x vs best dense"].tolist() == pytest.approx(
+        [min(r["dense_ms"], r["dense_sdpa_ms"]) / r["dsa_ms"] for r in res["rows"] if r["kind"] == "decode"])
     fig = I.decode_cost_figure(frame, "t")
     assert len(fig.axes) == 2
 

@@ -36,7 +36,7 @@ _WIDE_HEADS = 1024
 # 'headsum': dQ by the dQ kernel alone, dK/dV by a kernel per (query, block of slots, KV head) that sums the
 # G heads of the group in registers before its atomics (sparse_attn_dkv_headsum_kernel: its docstring gives
 # the atomic bytes per pair of each strategy). Timed on an H200 at MLA 128 x 576/512, k = 2048 (v a view of
-# k; data/bench/mla/h200-mla-headsum.json): the backward 1.5% faster at 16K, 5.6% at 32K, with 7.4x fewer
+# k; data/bench/mla/h200-mla-headsum.json): the backward 1.5% faster at 16K, 5.6% at 32K, with 7.6x fewer
 # atomic bytes. 'auto' takes it there only (G >= HEADSUM_MIN_GROUP with v a view of k), where it was timed.
 DKV_DEFAULT = "auto"
 HEADSUM_MIN_GROUP = 128
