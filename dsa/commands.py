@@ -26,6 +26,8 @@ COMMANDS: dict[str, Command] = {
     "bench-layer": Command("dsa.bench.cli:bench_layer_main", "benchmark the model's DSA layer against its dense layer"),
     "profile": Command("dsa.bench.cli:profile_main", "profile a training step: dense vs DSA variants, op breakdown"),
     "map": Command("dsa.bench.map:main", "the map of where DSA pays: its layer vs dense per layout, indexer and L"),
+    "launch-profile": Command("dsa.bench.launch_profile:main",
+                              "where a map row's time goes: its dense and DSA layers per kernel launch"),
     "bench-mla": Command("dsa.bench.mla:main", "the sparse attention kernel at the MLA-MQA shape: tiles, dK/dV"),
     "decode-bench": Command("dsa.bench.decode:main", "one decode step, DSA vs dense, per cache layout, context, batch"),
     "indexer-bench": Command("dsa.bench.indexer:main", "the indexer at DeepSeek's size, bf16 vs FP8, and its top-k"),

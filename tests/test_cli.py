@@ -29,6 +29,7 @@ def no_work(monkeypatch):
     import dsa.bench.decode
     import dsa.bench.indexer
     import dsa.bench.kernels
+    import dsa.bench.launch_profile
     import dsa.bench.layer
     import dsa.bench.map
     import dsa.bench.mla
@@ -48,6 +49,7 @@ def no_work(monkeypatch):
                           (dsa.bench.kernels, ("bench", "run")), (dsa.bench.layer, ("bench", "run")),
                           (dsa.bench.step_profile, ("run", "profile_variant")),
                           (dsa.bench.map, ("run",)), (dsa.bench.mla, ("run",)), (dsa.bench.decode, ("run",)),
+                          (dsa.bench.launch_profile, ("run",)),
                           (dsa.bench.indexer, ("run",)), (dsa.inference.export, ("_load_model", "export_onnx")),
                           (dsa.study.readme_figures, ("write_readme_figures",)),
                           (dsa.study.report, ("run_report",))):

@@ -15,14 +15,17 @@
 #                    both checked against the fp32 reference first; then copy to data/bench/mla/.
 # Usage: here `bash scripts/gpu/gpu_env.sh write`, then on the GPU machine (carry scripts/.gpu_env)
 #   OUT=<folder> bash scripts/gpu/gpu_complete.sh STAGE ; copy $OUT's files to data/bench/{map,decode,indexer}/.
-# All five stages ran in the fourth session (H200, commit 2ca694f): data/bench/{map,decode,mla,indexer}/README.md.
+# The first five stages ran in the fourth session (H200, commit 2ca694f): data/bench/{map,decode,mla,indexer}/README.md.
+# profile (~4 min): the per-launch profile of the MLA-MQA map rows at 64K and 128K (dsa.bench.launch_profile),
+#   dense on cuDNN beside DSA with DeepSeek's FP8 64 x 128 indexer, and DSA with a 4 x 64 indexer; copy to
+#   data/bench/map/profile/. Not yet run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -44,5 +47,12 @@ case $stage in
   mlabwd)
     timeout 240 python -m dsa.bench.mla --layouts mla128 --seq-lens 16384 32768 --top-k 2048 --dkv atomic headsum \
       --check --tiles dkv:16:32:8:2 --out "$OUT/mla-headsum.json" 2>&1 | grep -v Warn ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd)"; exit 2 ;;
+  profile)  # issue 15's per-launch profile of the MLA-MQA map rows (what bounds the missed targets), ~4 min
+    for l in 65536 131072; do
+      timeout 200 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 64x128:fp8 --top-k 2048 \
+        --d-model 2048 --calls 1 --out "$OUT/profile-mla128-$l-64x128-fp8.json" 2>&1 | grep -v "USDT\|Warn"
+      timeout 120 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 4x64 --top-k 2048 \
+        --d-model 2048 --calls 1 --layers dsa --out "$OUT/profile-mla128-$l-4x64.json" 2>&1 | grep -v "USDT\|Warn"
+    done ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile)"; exit 2 ;;
 esac
