@@ -69,6 +69,7 @@ recorded: str = "bench/*.json"  # glob under data/: the recorded benchmark files
 step_profiles: str = "bench/step-profile/*/*.json"  # glob under data/: dsa.bench.step_profile files ("" to skip)
 layer_bench: str = "bench/layer/*.json"  # glob under data/: dsa.bench.layer files, the model's own layer ("" to skip)
 map_bench: str = "bench/map/*.json"  # glob under data/: dsa.bench.map files, the map of where DSA pays ("" to skip)
+launch_profiles: str = "bench/map/profile/*.json"  # glob under data/: dsa.bench.launch_profile files ("" to skip)
 plot_k: str = "2048"  # the k shown in the plots over L: an integer, or "L/8"
 flex_artifact_factor: float = 10.0  # FlexAttention this many times slower than flash is flagged as an artefact
 save_figures: bool = True  # write the static figures to figures/ (or $DSA_FIGURES_DIR)
@@ -518,6 +519,36 @@ fig.add_hline(y=1.0, line_dash="dot")
 fig.update_layout(height=650, margin=dict(t=110))
 fig.show()
 display(readable(MT.crossover(dmap), 2))
+
+# %% [markdown]
+# ### Where a map row's time goes, per kernel launch
+#
+# `python -m dsa launch-profile` profiles one row of the map (the same layers, weights and inputs) under
+# `torch.profiler`: the GPU kernels' time per call, grouped into the sparse attention's forward and
+# backward, the indexer's scores, the top-k, the indexer loss, dense attention, matrix products (the
+# projections) and the rest. This is what bounds a missed target: **the tallest block is the one to make
+# faster**. A CPU profile of the reference ops says nothing about GPU kernels (the indexer and the attention
+# share the same matrix products there).
+
+# %%
+prof_records = load_records(P.launch_profiles) if P.launch_profiles else []
+if prof_records:
+    prof_label = summarize_provenance(r["provenance"] for r in prof_records)
+else:  # nothing recorded: a tiny CPU profile, which shows the machinery only
+    from dsa.bench import launch_profile as LP
+
+    prof_records = [LP.run(LP.LaunchProfileConfig(device="cpu", calls=1), log=lambda s: None)]
+    prof_label = f"TINY CPU RUN ({FRESH_LABEL}): reference ops, toy sizes; not a measurement of any GPU kernel"
+lp = MT.launch_profile_frame(prof_records)
+lp["row"] = lp.layer + ", " + lp.layout + ", L = " + lp.L.astype(str) + ", indexer " + lp.indexer
+fig = px.bar(lp, x="row", y="ms", color="category", facet_col="pass", hover_data=["share"],
+             labels={"ms": "kernel time per call (ms)", "row": ""},
+             title=f"Where the layer's time goes, per kernel category (lower is better)<br><sup>{prof_label}</sup>")
+fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+fig.update_layout(height=560, margin=dict(t=110))
+fig.show()
+display(readable(lp.pivot_table(index=["layout", "L", "indexer", "layer", "pass"], columns="category",
+                                values="share", fill_value=0.0).reset_index(), 2))
 
 # %% [markdown]
 # ### A caveat on FlexAttention

@@ -123,3 +123,20 @@ def long_speedups(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.concat([meas, model], ignore_index=True)
     out["pass"] = out["pass"].map(PASS_LABELS)
     return out.dropna(subset=["value"])
+
+
+def launch_profile_frame(results: Iterable[dict]) -> pd.DataFrame:
+    """One row per (profile file's row, category) from :mod:`dsa.bench.launch_profile` results: device,
+    layout, L, indexer ('HxD precision'), layer, pass (labelled as PASS_LABELS), category, ms per call and
+    share of the (layer, pass)'s kernel time."""
+    rows = []
+    for res in results:
+        dev = res.get("provenance", {}).get("device", "?")
+        for r in res["rows"]:
+            for cat, v in r["categories"].items():
+                rows.append({"device": dev, "layout": r["layout"], "L": r["L"],
+                             "indexer": f"{r['H_I']}x{r['d_I']} {r['indexer_precision']}",
+                             "layer": "dense" if r["layer"] == "dense" else "DSA",
+                             "pass": PASS_LABELS[r["pass"]], "category": cat, "ms": v["ms"], "share": v["share"]})
+    return pd.DataFrame(rows, columns=["device", "layout", "L", "indexer", "layer", "pass", "category", "ms",
+                                       "share"])

@@ -56,3 +56,21 @@ def test_cost_model_grows_with_l_and_pays_more_with_fp8():
 def test_long_frame_has_measured_and_model_rows():
     long = long_speedups(map_frame([_rec([_row(4096, 3.0, 2.0, 4.0)])]))
     assert set(long.source) == {"measured", "cost model"} and long["value"].notna().all()
+
+
+def test_launch_profile_frame_one_row_per_category_with_labels():
+    """dsa.bench.launch_profile results -> one row per (row, category): the pass labelled as in the map tables,
+    the layer named, the shares as recorded."""
+    from dsa.study.map_tables import PASS_LABELS, launch_profile_frame  # noqa: PLC0415
+
+    res = {"provenance": {"device": "H200"}, "rows": [
+        {"layer": "dsa", "pass": "fwd", "layout": "mla128", "L": 65536, "H_I": 64, "d_I": 128,
+         "indexer_precision": "fp8", "categories": {"indexer scores": {"ms": 3.0, "share": 0.75},
+                                                    "top-k": {"ms": 1.0, "share": 0.25}}},
+        {"layer": "dense", "pass": "fwdbwd", "layout": "mla128", "L": 65536, "H_I": 64, "d_I": 128,
+         "indexer_precision": "fp8", "categories": {"dense attention": {"ms": 2.0, "share": 1.0}}}]}
+    f = launch_profile_frame([res])
+    assert len(f) == 3 and set(f.layer) == {"DSA", "dense"}
+    assert f[f.category == "top-k"].iloc[0][["indexer", "pass", "ms"]].tolist() == [
+        "64x128 fp8", PASS_LABELS["fwd"], 1.0]
+    assert f.groupby(["layer", "pass"]).share.sum().tolist() == [1.0, 1.0]
