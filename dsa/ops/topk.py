@@ -143,21 +143,29 @@ def topk_positions_reference(scores: torch.Tensor, k: int, lengths: torch.Tensor
 
 def topk_positions(
     scores: torch.Tensor, k: int, lengths: torch.Tensor | None = None, *, out_dtype: torch.dtype = torch.int64,
-    impl: str = "auto",
+    impl: str = "auto", chunk: int | None = None,
 ) -> torch.Tensor:
     """Positions of the k largest scores of each row, among its first ``lengths`` entries.
 
     scores (..., N) float; k int in [1, N]; lengths (...) integer, default N (a causal L x L matrix:
     :func:`causal_lengths`). Returns (..., k) ``out_dtype`` positions in ascending order; a row with fewer
     than k valid entries returns all of them and -1 in the remaining slots. NaN is refused; -0.0 ties +0.0.
-    Triton: the radix top-k (``dsa.ops.kernels.radix_topk``, ties: the first positions).
+    Triton: the radix top-k (``dsa.ops.kernels.radix_topk``, ties: the first positions). chunk (an int
+    >= k): Triton in two stages, each row's chunks of that many scores first (more programs for few long
+    rows, as in decode); the same positions. The reference ignores it.
     """
     _check_positions_args(scores, k, lengths)
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < k):
+        raise ValueError(f"chunk must be an int >= k ({k}), got {chunk!r}")
     if resolve_impl(impl, scores, op="topk_positions") == "reference":
         return topk_positions_reference(scores, k, lengths).to(out_dtype)
-    from dsa.ops.kernels.radix_topk import radix_topk  # noqa: PLC0415
+    from dsa.ops.kernels.radix_topk import radix_topk, radix_topk_split  # noqa: PLC0415
 
-    return radix_topk(scores, k, lengths, out_dtype=out_dtype)
+    if chunk is None:
+        return radix_topk(scores, k, lengths, out_dtype=out_dtype)
+    rows = scores.reshape(-1, scores.shape[-1])
+    flat = None if lengths is None else lengths.reshape(-1)
+    return radix_topk_split(rows, k, flat, chunk=chunk).view(*scores.shape[:-1], k).to(out_dtype)
 
 
 @torch.no_grad()

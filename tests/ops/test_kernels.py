@@ -812,6 +812,28 @@ def test_radix_topk_ties_take_the_first_positions(gen):
         assert torch.equal(got[r][s[r, got[r]] == thr], eq[:n_eq])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["random", "ties", "infinities"])
+def test_radix_topk_split_equals_the_one_stage_top_k(gen, dtype, kind):
+    """radix_topk_split (chunks of a few long rows keep their top k, then the top k of the candidates) gives
+    exactly radix_topk's positions, ties to the first positions included, on odd row lengths that are no
+    multiple of the chunk, lengths of 0, below k, within one chunk and across several."""
+    from dsa.ops.kernels.radix_topk import radix_topk, radix_topk_split  # noqa: PLC0415
+
+    rows, n, k = 6, _odd(gen, 151, 221), _odd(gen, 7, 13)
+    s = torch.randn(rows, n, generator=gen) * 10
+    if kind == "ties":
+        s = torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5
+    elif kind == "infinities":
+        s[1, ::4] = float("-inf")
+    s = s.to(dtype).to(DEV)
+    lens = torch.tensor([n, n - 3, 0, k - 2, 2 * k + 1, n // 2], device=DEV)
+    want = radix_topk(s, k, lens, out_dtype=torch.int32)
+    got = radix_topk_split(s, k, lens, chunk=2 * k + 3)
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    assert torch.equal(radix_topk_split(s, k, chunk=4 * k), radix_topk(s, k, out_dtype=torch.int32))
+
+
 def test_radix_topk_signs_infinities_and_empty_rows(gen):
     """Order across signs and -inf entries; a row of length 0 returns only -1."""
     radix_topk, ref, _ = _radix()
@@ -969,6 +991,10 @@ def test_topk_positions_op_runs_the_kernel(gen):
     lens = torch.randint(0, 41, (2, 9), generator=gen).to(DEV)
     got = topk_positions(s, 7, lens, impl="triton")
     assert torch.equal(got, topk_positions(s, 7, lens, impl="reference"))
+    # in two stages (chunks of 11 scores first): the same positions, batch dims kept; a chunk below k refused
+    assert torch.equal(topk_positions(s, 7, lens, impl="triton", chunk=11), got)
+    with pytest.raises(ValueError, match="chunk must be an int >= k"):
+        topk_positions(s, 7, lens, impl="triton", chunk=5)
 
 
 @gpu_only

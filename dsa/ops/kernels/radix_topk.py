@@ -159,3 +159,37 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
             s2, ln, state, thr, quota, out, s2.stride(0), out.stride(0), n, k, BLOCK=f_block, num_warps=f_warps)),
     ]
     return out, stages
+
+
+@torch.no_grad()
+def radix_topk_split(scores: torch.Tensor, k: int, lengths: torch.Tensor | None = None, *,
+                     chunk: int | None = None) -> torch.Tensor:
+    """:func:`radix_topk` of few long rows in two stages, for more programs than rows: each row's chunks of
+    ``chunk`` scores (default 4k) keep their own top k (rows x chunks programs), then the top k of those
+    candidates (chunks x k per row). Same contract and result as :func:`radix_topk` (int32 positions in
+    ascending order, -1 in unused slots; ties: the first by position, since candidates keep position order).
+
+    scores (R, N) fp32/bf16/fp16 with a unit last stride; k in [1, N]; lengths (R,) integer, default N.
+    Decode has R = batch rows of N = cache length: one program per row leaves most of a GPU idle."""
+    r, n = scores.shape
+    chunk = max(k, chunk or 4 * k)
+    if n <= chunk:
+        return radix_topk(scores, k, lengths, out_dtype=torch.int32)
+    c = -(-n // chunk)
+    pad = c * chunk - n
+    if pad == 0 and scores.is_contiguous():
+        parts = scores.view(r * c, chunk)
+    else:  # padded scores lie past every row's length
+        parts = torch.nn.functional.pad(scores, (0, pad)).view(r * c, chunk)
+    lengths = torch.full((r,), n, device=scores.device) if lengths is None else lengths
+    starts = torch.arange(c, device=scores.device) * chunk
+    part_len = (lengths.to(torch.int64)[:, None] - starts[None, :]).clamp(0, chunk).to(torch.int32).reshape(-1)
+    local = radix_topk(parts, k, part_len, out_dtype=torch.int32).view(r, c, k)
+    pos = torch.where(local >= 0, local + starts.view(1, c, 1).to(torch.int32), local).view(r, c * k)
+    # every chunk before a row's last valid one is full (k of its >= k scores kept), so the candidates are
+    # ascending positions with unused slots (-1) only after them: a valid prefix of n_valid, and stage 2's
+    # first-by-index tie rule is the first-by-position rule
+    n_valid = (pos >= 0).sum(1).to(torch.int32)
+    vals = scores.gather(1, pos.clamp(min=0).long())
+    pick = radix_topk(vals.contiguous(), k, n_valid, out_dtype=torch.int32)
+    return torch.where(pick < 0, -1, pos.gather(1, pick.clamp(min=0).long()))
