@@ -19,13 +19,16 @@
 # profile (~4 min): the per-launch profile of the MLA-MQA map rows at 64K and 128K (dsa.bench.launch_profile),
 #   dense on cuDNN beside DSA with DeepSeek's FP8 64 x 128 indexer, and DSA with a 4 x 64 indexer; copy to
 #   data/bench/map/profile/. Not yet run.
+# topk (~2 min): decode's top-k alone, one stage / two stages / torch.topk (dsa_topk*, dsa.bench.decode), after the
+#   two-stage kernel's GPU tests; copy to data/bench/decode/topk/ (outside the decode glob: its dense and DSA
+#   rows would be averaged with the full run's). Not yet run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -47,6 +50,10 @@ case $stage in
   mlabwd)
     timeout 240 python -m dsa.bench.mla --layouts mla128 --seq-lens 16384 32768 --top-k 2048 --dkv atomic headsum \
       --check --tiles dkv:16:32:8:2 --out "$OUT/mla-headsum.json" 2>&1 | grep -v Warn ;;
+  topk)  # decode's top-k alone (~2 min): ours, ours in two stages, torch.topk; the split's GPU tests first
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "split" 2>&1 | tail -2
+    CONTEXTS="32768 131072" BATCHES="1 16 64" REQUESTS="" BENCH_TIMEOUT=150 OUT=$OUT \
+      bash scripts/gpu/gpu_decode.sh bench ;;
   profile)  # issue 15's per-launch profile of the MLA-MQA map rows (what bounds the missed targets), ~4 min
     for l in 65536 131072; do
       timeout 200 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 64x128:fp8 --top-k 2048 \
@@ -54,5 +61,5 @@ case $stage in
       timeout 120 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 4x64 --top-k 2048 \
         --d-model 2048 --calls 1 --layers dsa --out "$OUT/profile-mla128-$l-4x64.json" 2>&1 | grep -v "USDT\|Warn"
     done ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile)"; exit 2 ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk)"; exit 2 ;;
 esac

@@ -998,6 +998,19 @@ def test_topk_positions_op_runs_the_kernel(gen):
 
 
 @gpu_only
+@pytest.mark.parametrize("rows,n", [(16, 131072), (64, 32767)])
+def test_radix_topk_split_real_decode_sizes(gen, rows, n):
+    """Decode's shape (B rows of a long cache, k = 2048): the two-stage top-k gives the one-stage kernel's
+    positions exactly, with rows of every length from 0 to n."""
+    from dsa.ops.kernels.radix_topk import radix_topk, radix_topk_split  # noqa: PLC0415
+
+    s = torch.randn(rows, n, generator=gen).to(DEV)
+    lens = torch.randint(0, n + 1, (rows,), generator=gen).to(DEV)
+    lens[0], lens[1] = n, 2047
+    assert torch.equal(radix_topk_split(s, 2048, lens), radix_topk(s, 2048, lens, out_dtype=torch.int32))
+
+
+@gpu_only
 @pytest.mark.parametrize("l,k", [(4096, 2048), (8191, 1000), (16384, 2048)])
 def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
     """Causal indexer scores at real sizes (bf16 inputs, fp32 scores): the same selected scores as
