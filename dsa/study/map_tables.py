@@ -27,6 +27,9 @@ from dsa.ops.flops import attention_pair_flops, indexer_pair_flops, sparse_pair_
 
 PASSES = ("fwd", "fwdbwd")
 PASS_LABELS = {"fwd": "prefill (forward)", "fwdbwd": "training (forward + backward)"}
+# The map's layout names and the decode benchmark's, for the same shapes (MLA in MQA mode; MQA 64 x 128).
+LAYOUT_NAMES = {"mla128": "MLA-MQA 128 x 576/512", "mla": "MLA-MQA 128 x 576/512",
+                "mqa64": "MQA 64 x 128", "mqa": "MQA 64 x 128", "gqa16/2": "GQA 16/2 x 128", "mha16": "MHA 16 x 128"}
 BACKEND_LABELS = {"cudnn": "cuDNN SDPA", "flash": "flash SDPA", "flex": "FlexAttention", "math": "SDPA math (CPU)"}
 
 

@@ -5,7 +5,10 @@
 - ``loss_curves``: causal DSA against dense at L = 512 … 4096 (``data/gpu/exp4_long.jsonl``): validation loss
   over the LM steps, mean over seeds;
 - ``layer_speed``: the model's own DSA layer against the dense layer (cuDNN) over L, prefill and training pass
-  (``data/bench/layer/h200-mqa-64x128-k2048.json``).
+  (``data/bench/layer/h200-mqa-64x128-k2048.json``);
+- ``where_dsa_pays``: the map (``data/bench/map/``): speed-up over the best dense kernel against L per layout,
+  the 4 x 64 indexer and DeepSeek's FP8 64 x 128 one, prefill and training;
+- ``token_cost``: cost per million tokens against position at the MLA-MQA shape (the map and the decode runs).
 
 ``python -m dsa.study.readme_figures [--out-dir DIR]`` (``make readme-figures``) writes them as
 ``figures/readme/<name>.png`` through :func:`dsa.study.figures.save_static`, which checks each one
@@ -122,7 +125,42 @@ def token_cost_figure() -> tuple[Any, str]:
         r.get("provenance") or {} for r in maps + decs)
 
 
+MAP_INDEXERS = {"4x64 bf16": "indexer 4 x 64 bf16", "64x128 fp8": "indexer 64 x 128 FP8 (DeepSeek's)"}
+
+
+def where_dsa_pays_figure() -> tuple[Any, str]:
+    """The map: DSA layer speed-up over the best dense kernel against L, per layout, for the small indexer and
+    DeepSeek's FP8 one; prefill and training side by side (above 1: DSA faster)."""
+    from .map_tables import LAYOUT_NAMES, PASS_LABELS, map_frame  # noqa: PLC0415
+
+    recs = load_records(MAP_BENCH)
+    df = map_frame(recs)
+    df = df[df.indexer.isin(list(MAP_INDEXERS)) & df.speedup.notna() & (df.L >= 2048)].copy()
+    df["layout"] = [LAYOUT_NAMES.get(x, x) for x in df.layout]
+    df["indexer"] = df.indexer.map(MAP_INDEXERS)
+    df["L (K tokens)"] = df.L / 1024
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, pass_ in zip(axes, ("fwd", "fwdbwd")):
+        d = df[df["pass"] == pass_]
+        sns.lineplot(d, x="L (K tokens)", y="speedup", hue="layout", style="indexer", markers=True, dashes=True,
+                     ax=ax, legend=pass_ == "fwdbwd", errorbar=None)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length L (tokens)",
+               ylabel="speed-up: best dense ms / DSA ms (x)", title=PASS_LABELS[pass_])
+        ticks = sorted(df["L (K tokens)"].unique())
+        ax.set_xticks(ticks, [f"{t:g}K" for t in ticks])
+        ax.minorticks_off()
+        yt = [0.05, 0.1, 0.2, 0.5, 1, 2, 4]
+        ax.set_yticks(yt, [f"{y:g}" for y in yt])
+        ax.axhline(1.0, color="0.5", lw=1, ls=":")
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Where DSA pays: the model's DSA layer vs its dense layer on the fastest of cuDNN, flash and "
+                 "FlexAttention, k = 2048, H200 (above 1: DSA faster)", fontsize=10)
+    fig.tight_layout()
+    return fig, _source(MAP_BENCH, recs)
+
+
 FIGURES: dict[str, Callable[[], tuple[Any, str]]] = {
+    "where_dsa_pays": where_dsa_pays_figure,
     "leak": leak_figure, "loss_curves": loss_curves_figure, "layer_speed": layer_speed_figure,
     "token_cost": token_cost_figure}
 

@@ -21,11 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .inference import DENSE_DECODE, best_dense_ms, decode_rows, keys_dtype
-from .map_tables import map_frame
-
-# The map's layout names and the decode benchmark's, for the same shapes (MLA in MQA mode; MQA 64 x 128).
-LAYOUT_NAMES = {"mla128": "MLA-MQA 128 x 576/512", "mla": "MLA-MQA 128 x 576/512",
-                "mqa64": "MQA 64 x 128", "mqa": "MQA 64 x 128"}
+from .map_tables import LAYOUT_NAMES, map_frame
 
 
 @dataclass(frozen=True)
@@ -141,7 +137,7 @@ def token_cost_figure(prefill: pd.DataFrame, decode: pd.DataFrame, cost: TokenCo
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     layouts = sorted(set(prefill.layout) | set(decode.layout))
-    fig, axes = plt.subplots(max(1, len(layouts)), 2, figsize=(12.5, 3.9 * max(1, len(layouts))), squeeze=False)
+    fig, axes = plt.subplots(max(1, len(layouts)), 2, figsize=(11, 3.5 * max(1, len(layouts))), squeeze=False)
     unit = f"USD per million tokens ({cost.layers} attention layer{'s' if cost.layers > 1 else ''}, " \
            f"${cost.usd_per_gpu_hour:g}/GPU-hour)"
     for r, lay in enumerate(layouts):
@@ -163,9 +159,9 @@ def token_cost_figure(prefill: pd.DataFrame, decode: pd.DataFrame, cost: TokenCo
                     ms=4, label=f"{method}, batch {b}")
         ax.set(xscale="log", yscale="log", xlabel="token position (cached tokens)", ylabel=unit,
                title=f"{lay}: decode (lower is better)")
-        for ax in axes[r]:
-            if ax.has_data():
-                ax.legend(fontsize=7)
+        for c, ax in enumerate(axes[r]):
+            if ax.has_data():  # decode's lines fill its panel: its legend goes beside it
+                ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if c else {}))
                 ax.yaxis.label.set_size(8)
             else:
                 ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
