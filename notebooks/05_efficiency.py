@@ -494,7 +494,8 @@ else:
 # `python -m dsa.bench.map` (`scripts/gpu/gpu_map.sh` on one H200) times the model's own DSA layer against
 # its dense layer, prefill and training, for MHA 16 × 128, GQA 16/2, MQA 64 × 128 and DeepSeek-V3.2's MLA in
 # MQA mode (128 heads on one latent K/V, d_qk 576, d_v 512; its dense layer is MLA in MHA mode, 128 heads,
-# d_qk 192, d_v 128, DeepSeek's prefill), with the indexer at 4 × 64 and 64 × 128 (bf16; FP8 once merged).
+# d_qk 192, d_v 128, DeepSeek's prefill), with the indexer at 4 × 64 and 64 × 128 in bf16 and 64 × 128 in FP8
+# (DeepSeek's).
 # Speed-up = the **best** dense kernel's ms (cuDNN, flash or FlexAttention, same run) / the DSA layer's ms:
 # **above 1, DSA is faster**. Dashed: the cost model (`dsa.study.map_tables`: FLOPs and bytes per (query,
 # key) pair at the H200's measured matrix rates and bandwidth, attention and indexer only), the speed-up
