@@ -102,6 +102,24 @@ def pass_cases(h: int, di: int, dtype: str, tiles) -> list[Case]:
     return cases
 
 
+# (queries, keys, warps) of the heads-as-N score kernel tried at sm_90a (indexer_chunked.HN_TILE first)
+HN_TILES = ((2, 64, 4), (1, 64, 4), (2, 128, 8), (4, 64, 8), (2, 32, 4))
+
+
+def hn_cases(h: int, di: int, dtype: str, tiles=HN_TILES[:1]) -> list[Case]:
+    """idx_scores_hn_kernel (indexer_chunked.score_rows_hn, an alternative score pass) at each of ``tiles``."""
+    from dsa.ops.kernels._common import next_pow2
+    from dsa.ops.kernels.indexer_chunked import hn_meta
+
+    hp, ty = next_pow2(h), TRITON_TYPES[dtype]
+    types = dict(QI=f"*{ty}", KI=f"*{ty}", W="*fp32", OUT="*fp32", KS="*fp32")
+    ints = dict(sqb=L * hp * di, sql=hp * di, skb=L * di, skl=di, swb=L * hp, swl=hp, sob=L * KSEL, sol=KSEL,
+                sksb=L, L=L, ROW0=0, ROW_END=L)
+    return [Case("idx_scores_hn", h, di, dtype, f"{bq}q{bn}k/{w}w",
+                 hn_meta(hp, di, _torch_dtype(dtype), bq, bn, w, interp=False, ks_scaled=dtype == "fp8"), types, ints)
+            for bq, bn, w in tiles]
+
+
 def at_cases(h: int, di: int, dtype: str) -> list[Case]:
     """idx_at_fwd_kernel and idx_at_bwd_kernel (indexer_scores_at and its backward)."""
     from dsa.ops.kernels.indexer import _at_meta
@@ -178,6 +196,7 @@ def _jitted(kernel: str):
     from dsa.ops.kernels import _sparse_attn_kernels as a
 
     fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel,
+          "idx_scores_hn": m.idx_scores_hn_kernel,
           "attn_fwd": a.sparse_attn_fwd_kernel, "attn_bwd": a.sparse_attn_bwd_kernel,
           "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_dkv_hsum": a.sparse_attn_dkv_headsum_kernel,
           "attn_probs": a.sparse_attn_probs_kernel}
@@ -230,9 +249,10 @@ def measure(case: Case) -> dict:
     return dict(shared=shared, regs=regs, spills=spills, fits=shared <= SHARED_LIMIT)
 
 
-def all_cases(sizes, dtypes, tiles) -> list[Case]:
+def all_cases(sizes, dtypes, tiles, hn_tiles=HN_TILES[:1]) -> list[Case]:
     return [c for dtype in dtypes for h, di in sizes
-            for c in pass_cases(h, di, dtype, tiles) + (at_cases(h, di, dtype) if dtype != "fp8" else [])]
+            for c in pass_cases(h, di, dtype, tiles) + hn_cases(h, di, dtype, hn_tiles)
+            + (at_cases(h, di, dtype) if dtype != "fp8" else [])]
 
 
 def all_attn_cases(sizes, dtypes, tiles, headsum_tiles=()) -> list[Case]:
@@ -257,7 +277,8 @@ def main(argv=None) -> int:
 
     tiles = BENCH_TILES if args.all_tiles else (SCORE_TILE,)
     dtypes = args.dtypes.split(",")
-    cases = [] if args.only == "attention" else all_cases(args.sizes, dtypes, tiles)
+    cases = [] if args.only == "attention" else all_cases(args.sizes, dtypes, tiles,
+                                                          HN_TILES if args.all_tiles else HN_TILES[:1])
     if args.only == "attention" or (args.attention and args.only != "indexer"):
         cases += all_attn_cases(args.attention or ATTN_SIZES, dtypes, *((ATTN_TILES, HEADSUM_TILES) if args.all_tiles
                                                                       else ((), ())))

@@ -4,7 +4,8 @@ Measures, on one GPU, in one run (``python -m dsa.bench.indexer --out FILE``; ``
 - ``matmul``: the FP8 (e4m3, ``torch._scaled_mm``) and bf16 matrix-multiply rates of this card, the yardsticks;
 - ``score_pass``: the score kernel alone (``indexer_chunked.score_rows``) on the last ``chunk`` query rows of
   each L, bf16 and FP8, in TFLOP/s (causal pairs x (2 H_I d_I + 2 H_I)) and as a share of the matmul rate of
-  its precision (target for FP8: >= 0.6);
+  its precision (target for FP8: >= 0.6); beside it (``kernel`` 'heads_n') the heads-as-N score kernel
+  (``score_rows_hn``) on the same rows, with its largest difference from the score pass;
 - ``topk``: the whole ``ops.indexer_topk`` (scores + selection, no L x L tensor) in bf16 and FP8 per L, and
   the two fixed-k selections alone, chunked (stored score rows) and fused (``indexer_fused``: no score
   stored), with whether they agree;
@@ -88,16 +89,19 @@ def matmul_rates(device: str, n: int = 8192) -> dict:
     return out
 
 
-def score_pass(q, k, w, precision: str, chunk: int, tile: tuple[int, int, int] | None = None) -> dict:
+def score_pass(q, k, w, precision: str, chunk: int, tile: tuple[int, int, int] | None = None,
+               kernel: str = "rows") -> dict:
     """The score kernel on the last ``chunk`` query rows (stored fp32), its time and TFLOP/s; tile: (query rows,
-    keys, warps) per program (default: the launch's own, ``indexer_chunked.SCORE_TILE``)."""
+    keys, warps) per program (default: the launch's own, ``indexer_chunked.SCORE_TILE``). kernel: 'rows' (the
+    score pass, ``score_rows``) or 'heads_n' (``score_rows_hn``: the queries' heads as the product's N; its
+    tile (queries, keys, warps), default ``HN_TILE``); the same rows either way."""
     from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
     from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
-    from dsa.ops.kernels.indexer_chunked import score_rows, score_tile  # noqa: PLC0415
+    from dsa.ops.kernels.indexer_chunked import HN_TILE, score_rows, score_rows_hn, score_tile  # noqa: PLC0415
     from dsa.ops.quantize import fp8_operands  # noqa: PLC0415
 
     b, l, h, d = q.shape
-    bm = score_tile(tile)[0]
+    bm = score_tile(tile if kernel == "rows" else None)[0]
     t0 = max(0, (l - chunk) // bm * bm)
     ks = None
     if precision == "fp8":
@@ -106,10 +110,24 @@ def score_pass(q, k, w, precision: str, chunk: int, tile: tuple[int, int, int] |
     qp, wp = _pad_heads(q, w.float(), next_pow2(h))
     kc = k.contiguous()
     scores = torch.empty(b, l - t0, l, device=q.device, dtype=torch.float32)
-    ms = _ms(lambda: score_rows(qp, kc, wp, scores, t0, l, tile=tile, k_scale=ks), q.is_cuda)
+    fn = score_rows if kernel == "rows" else score_rows_hn
+    ms = _ms(lambda: fn(qp, kc, wp, scores, t0, l, tile=tile, k_scale=ks), q.is_cuda)
     flops = b * (indexer_flops(l, h, d) - indexer_flops(t0, h, d))
-    return {"rows": l - t0, "ms": ms, "tflops": flops / ms / 1e9, "operands": str(qp.dtype),
-            "tile": list(score_tile(tile)), "scores": scores}
+    return {"rows": l - t0, "ms": ms, "tflops": flops / ms / 1e9, "operands": str(qp.dtype), "kernel": kernel,
+            "tile": list(score_tile(tile) if kernel == "rows" else tile or HN_TILE), "scores": scores}
+
+
+def heads_n_pass(q, k, w, precision: str, chunk: int, scores: torch.Tensor, rate: float | None, l: int) -> dict:
+    """The heads-as-N score kernel on the same rows as the score pass (whose ``scores`` it is checked against:
+    the largest difference on the causal entries relative to the largest score)."""
+    hn = score_pass(q, k, w, precision, chunk, kernel="heads_n")
+    got = hn.pop("scores")
+    t = torch.arange(l - got.shape[1], l, device=got.device)
+    causal = torch.arange(l, device=got.device)[None, :] <= t[:, None]
+    ref = scores[:, -got.shape[1]:]
+    diff = ((got - ref).abs()[:, causal].max() / ref[:, causal].abs().max().clamp(min=1e-30)).item()
+    return {**hn, "L": l, "precision": precision, "of_matmul": hn["tflops"] / rate if rate else None,
+            "max_rel_diff_vs_rows": diff}
 
 
 def selection_vs_read(scores: torch.Tensor, l: int, top_k: int) -> dict:
@@ -218,6 +236,8 @@ def run(args, on_update=None) -> dict:
                     sel = selection_vs_read(scores, l, args.top_k)
                     res["selection"].append({"L": l, **sel})
                     print(f"[indexer] selection {res['selection'][-1]}", flush=True)
+                res["score_pass"].append(heads_n_pass(q, k, w, precision, args.chunk, scores, rate, l))
+                print(f"[indexer] score pass, heads as N {res['score_pass'][-1]}", flush=True)
                 del scores
             ms = _ms(lambda: ops.indexer_topk(q, k, w, args.top_k, precision=precision), cuda)
             res["topk"].append({"L": l, "precision": precision, "ms": ms})

@@ -74,8 +74,8 @@ def prefill_cost_frame(map_results: Iterable[dict], cost: TokenCost = TokenCost(
 
 def decode_cost_frame(decode_results: Iterable[dict], cost: TokenCost = TokenCost()) -> pd.DataFrame:
     """Decode cost per generated token against position (the cached context S), per layout and batch: dense
-    (the faster of the split-K kernel and SDPA over the whole cache, per point) and DSA (indexer + top-k + sparse attention). Columns: layout,
-    method, batch, position, ms_per_token, usd_per_mtok."""
+    (the faster of the split-K kernel and SDPA over the whole cache, per point) and DSA (indexer + top-k +
+    sparse attention). Columns: layout, method, batch, position, ms_per_token, usd_per_mtok."""
     rows = []
     for r in decode_rows(list(decode_results)):
         dsa = "DSA, FP8 keys" if keys_dtype(r) == "fp8" else "DSA"

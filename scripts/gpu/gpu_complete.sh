@@ -22,13 +22,16 @@
 # topk (~2 min): decode's top-k alone, one stage / two stages / torch.topk (dsa_topk*, dsa.bench.decode), after the
 #   two-stage kernel's GPU tests; copy to data/bench/decode/topk/ (outside the decode glob: its dense and DSA
 #   rows would be averaged with the full run's). Not yet run.
+# hn (~3 min): the heads-as-N indexer score kernel (indexer_chunked.score_rows_hn, untimed) beside the score pass
+#   in dsa.bench.indexer (score_pass rows with kernel 'heads_n', their rate as a share of the FP8 matmul rate and
+#   their difference from the score pass); copy to data/bench/indexer/. Not yet run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk|hn}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -54,6 +57,10 @@ case $stage in
     timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "split" 2>&1 | tail -2
     CONTEXTS="32768 131072" BATCHES="1 16 64" REQUESTS="" BENCH_TIMEOUT=150 OUT=$OUT \
       bash scripts/gpu/gpu_decode.sh bench ;;
+  hn)  # the heads-as-N score kernel against the score pass (~3 min): its GPU tests, then dsa.bench.indexer
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "score_rows_hn or bench_times_both" \
+      2>&1 | tail -2
+    INDEXER_LENS="16384 65536 131072" BENCH_TIMEOUT=240 OUT=$OUT bash scripts/gpu/gpu_indexer.sh ;;
   profile)  # issue 15's per-launch profile of the MLA-MQA map rows (what bounds the missed targets), ~4 min
     for l in 65536 131072; do
       timeout 200 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 64x128:fp8 --top-k 2048 \
@@ -61,5 +68,5 @@ case $stage in
       timeout 120 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 4x64 --top-k 2048 \
         --d-model 2048 --calls 1 --layers dsa --out "$OUT/profile-mla128-$l-4x64.json" 2>&1 | grep -v "USDT\|Warn"
     done ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk)"; exit 2 ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk|hn)"; exit 2 ;;
 esac

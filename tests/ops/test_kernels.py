@@ -467,6 +467,54 @@ def test_indexer_score_rows_match_the_reference(dtype):
     assert bool((got[:, ~causal] == 7.0).all()) and bool((out[:, t1 - t0:] == 7.0).all())
 
 
+@pytest.mark.parametrize("case", ["fp32", "bf16", "fp8", "fp8-as-bf16", "16-heads"])
+def test_indexer_score_rows_hn_equal_the_score_pass(case):
+    """The heads-as-N score kernel (score_rows_hn) writes the score pass's scores in the same places: a chunk
+    of rows starting inside the sequence, padded heads, odd L, batch 2; bf16, fp32 and FP8 (e4m3 operands, or
+    their bf16 copy, with per-key scales); nothing written past a row's own position."""
+    from dsa.ops.kernels.indexer import _pad_heads  # noqa: PLC0415
+    from dsa.ops.kernels.indexer_chunked import score_rows, score_rows_hn  # noqa: PLC0415
+    from dsa.ops.quantize import quantize_indexer  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(61)
+    hi = 16 if case == "16-heads" else 3
+    b, l, di, t0, t1 = 2, 71, 32, 16, 53
+    dtype = torch.float32 if case == "fp32" else torch.bfloat16
+    q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
+    kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
+    w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
+    ks = None
+    if case.startswith("fp8"):
+        z = quantize_indexer(q, kk, w)
+        q, kk, w, ks = z.q, z.k, z.w, z.k_scale
+        if case == "fp8-as-bf16":
+            q, kk = q.bfloat16(), kk.bfloat16()
+    qp, wp = _pad_heads(q, w.float(), max(4, hi))
+    outs = []
+    for fn in (score_rows, score_rows_hn):
+        out = torch.full((b, t1 - t0 + 3, l), 7.0, device=DEV)
+        fn(qp, kk.contiguous(), wp, out, t0, t1, k_scale=ks)
+        outs.append(out)
+    ref, got = outs
+    causal = torch.arange(l, device=DEV)[None, :] <= torch.arange(t0, t1, device=DEV)[:, None]
+    assert rel(got[:, : t1 - t0][:, causal], ref[:, : t1 - t0][:, causal]) < 1e-6
+    assert bool((got[:, : t1 - t0][:, ~causal] == 7.0).all()) and bool((got[:, t1 - t0:] == 7.0).all())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_the_indexer_bench_times_both_score_kernels_on_the_same_rows(precision):
+    """dsa.bench.indexer's score pass and its heads-as-N counterpart (interpreter, toy size): the same rows,
+    rates reported, the two kernels' scores within fp32 rounding of each other."""
+    from dsa.bench.indexer import heads_n_pass, random_indexer_inputs, score_pass  # noqa: PLC0415
+
+    l = 80
+    q, k, w = random_indexer_inputs(1, l, 4, 32, torch.Generator().manual_seed(5), str(DEV))
+    sp = score_pass(q, k, w, precision, 40)
+    hn = heads_n_pass(q, k, w, precision, 40, sp["scores"], None, l)
+    assert hn["kernel"] == "heads_n" and hn["rows"] == sp["rows"] >= 40 and hn["tflops"] > 0
+    assert hn["max_rel_diff_vs_rows"] < 1e-5 and hn["of_matmul"] is None
+
+
 def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
     """Negative queries against positive keys give exact-zero scores (every head's ReLU off) except where
     one head's query is positive: each row takes its few positive scores and then the first zeros by

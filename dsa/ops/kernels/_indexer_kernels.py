@@ -14,6 +14,12 @@ Per key tile, one [BLOCK_M, d_I] @ [d_I, BLOCK_N] tl.dot per indexer head, ReLU 
 over the HP heads; the heads go in blocks of HB (unrolled) under a runtime loop, so that only one block's q
 tiles take shared memory (HB == HP: one block, every head unrolled).
 
+``idx_scores_hn_kernel``: mode 3's scores with the roles turned (an alternative score pass, not yet timed):
+one program = BQ queries of one batch row, their HP heads resident as one [BQ * HP, d_I] q tile, the keys
+streamed; per key tile one [BLOCK_N, d_I] @ [d_I, BQ * HP] tl.dot (keys as M, the queries' heads as N: one
+large product instead of HP small ones, no q tile reloaded per key tile), ReLU and the head weight, and a sum
+over each query's HP columns.
+
 ``idx_at_fwd_kernel`` / ``idx_at_bwd_kernel``: scores at selected positions and their gradient; one program =
 one query t, its HP (padded to >= 16) indexer heads, in blocks of HB as a [HB, d_I] q tile, against BLOCK_K
 gathered keys.
@@ -203,3 +209,43 @@ def idx_at_bwd_kernel(
             tl.atomic_add(DK + b * sdkb + ixs[:, None] * sdkl + dd[None, :], dk_blk, mask=rm, sem="relaxed")
         tl.store(DQ + b * sqb + t * sql + j0 * DI + j[:, None] * DI + dd[None, :], dq, mask=jm[:, None] & dm[None, :])
         tl.store(DW + b * swb + t * swl + j0 + j, dw, mask=jm)
+
+
+def idx_scores_hn_kernel(
+    QI, KI, W, OUT, KS,
+    sqb, sql, skb, skl, swb, swl, sob, sol, sksb,
+    L, ROW0, ROW_END,
+    HP: tl.constexpr, DI: tl.constexpr, DI_PAD: tl.constexpr, BQ: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr, INTERP: tl.constexpr, FP8: tl.constexpr, F8OPS: tl.constexpr,
+):
+    nblk = tl.cdiv(ROW_END - ROW0, BQ)
+    qb = nblk - 1 - tl.program_id(0)  # longest rows first
+    b = tl.program_id(1).to(tl.int64)
+    t0 = ROW0 + qb * BQ
+    dd = tl.arange(0, DI_PAD)
+    r = tl.arange(0, BQ * HP)  # query-major: column r is query r // HP, head r % HP
+    rows_r = t0 + r // HP
+    rmask_r = rows_r < ROW_END
+    q = tl.load(QI + b * sqb + rows_r[:, None].to(tl.int64) * sql + (r % HP)[:, None] * DI + dd[None, :],
+                mask=rmask_r[:, None] & (dd < DI)[None, :], other=0.0)
+    w = tl.load(W + b * swb + rows_r.to(tl.int64) * swl + r % HP, mask=rmask_r, other=0.0).to(tl.float32)
+    if INTERP and not F8OPS:
+        q = q.to(tl.float32)
+    rows = t0 + tl.arange(0, BQ)
+    s_end = tl.minimum(t0 + BQ, ROW_END)
+    for s0 in range(0, s_end, BLOCK_N):
+        s = s0 + tl.arange(0, BLOCK_N)
+        kt = tl.load(KI + b * skb + s[:, None] * skl + dd[None, :], mask=(s < L)[:, None] & (dd < DI)[None, :],
+                     other=0.0)
+        if INTERP and not F8OPS:
+            kt = kt.to(tl.float32)
+        if IEEE:
+            logit = tl.dot(kt, tl.trans(q), input_precision="ieee")  # [BLOCK_N, BQ * HP]
+        else:
+            logit = tl.dot(kt, tl.trans(q))
+        v = tl.maximum(logit, 0.0) * w[None, :]
+        sc = tl.sum(tl.reshape(v, [BLOCK_N, BQ, HP]), axis=2)  # [BLOCK_N, BQ]: each query's head sum
+        if FP8:
+            sc *= tl.load(KS + b * sksb + s, mask=s < L, other=1.0)[:, None]
+        ok = (s[:, None] <= rows[None, :]) & (rows < ROW_END)[None, :]
+        tl.store(OUT + b * sob + (rows - ROW0)[None, :].to(tl.int64) * sol + s[:, None], sc, mask=ok)

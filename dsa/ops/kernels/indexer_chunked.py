@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import interpret_mode, next_pow2
-from .indexer import _pad_heads, _run_pass
+from ._common import interpret_mode, jit, next_pow2
+from .indexer import _pad_heads, _run_pass, min_dot_k
 from .radix_topk import radix_topk
 
 # default chunk: about 2 GiB of fp32 scores. Larger chunks mean fewer launches, each paying the tail of its
@@ -19,6 +19,9 @@ SCORE_BYTES = 2**31
 # query rows x keys per program, warps, of the score pass: the fastest of 8 tiles on an H100 at L = 32K and 64K
 # (data/bench/h100-selection-stage-tuning.json: 2.0 ms at 32K vs 2.7 ms for 64 x 64)
 SCORE_TILE = (64, 128, 4)
+# queries x keys per program, warps, of the heads-as-N score pass (score_rows_hn; untimed: a first guess that
+# keeps its [keys, queries x heads] fp32 product at 64 x 128, as the score pass's accumulator)
+HN_TILE = (2, 64, 4)
 
 
 def default_chunk(l: int, block_m: int, batch: int = 1) -> int:
@@ -60,6 +63,37 @@ def indexer_topk_chunked(
         for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
             idx[bi, t0:t1] = radix_topk(scores[bi, : t1 - t0, :cols], top_k, lens, out_dtype=torch.int32)
     return idx
+
+
+def score_rows_hn(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
+                  tile: tuple[int, int, int] | None = None, k_scale: torch.Tensor | None = None) -> None:
+    """:func:`score_rows` by ``idx_scores_hn_kernel`` (a few queries' heads as the product's N dimension, keys
+    streamed): the same scores written in the same places, for the same arguments (HP >= 16 / BQ and a
+    power of two). tile: (queries, keys, warps) per program, default HN_TILE."""
+    from . import _indexer_kernels as m  # noqa: PLC0415
+
+    bq, block_n, warps = (2, 16, 4) if interpret_mode() else (tile or HN_TILE)
+    b, l, hp, di = qp.shape
+    ks = k_scale.float().contiguous() if k_scale is not None else wp  # not read without FP8
+    meta = hn_meta(hp, di, qp.dtype, bq, block_n, warps, interpret_mode(), ks_scaled=k_scale is not None)
+    grid = (-(-(t1 - t0) // meta["BQ"]), b)
+    jit(m.idx_scores_hn_kernel)[grid](
+        qp, kc, wp, scores, ks,
+        qp.stride(0), qp.stride(1), kc.stride(0), kc.stride(1), wp.stride(0), wp.stride(1),
+        scores.stride(0), scores.stride(1), ks.stride(0),
+        l, t0, t1, **meta,
+    )
+
+
+def hn_meta(hp: int, di: int, dtype: torch.dtype, bq: int, block_n: int, num_warps: int, interp: bool,
+            ks_scaled: bool = False) -> dict:
+    """The compile-time arguments of ``idx_scores_hn_kernel`` (one place for the launch and the ahead-of-time
+    resource check, scripts/check_kernel_resources.py): bq raised until bq * hp >= 16 (tl.dot's N)."""
+    if hp & (hp - 1) or bq & (bq - 1):
+        raise ValueError(f"heads ({hp}) and queries per program ({bq}) must be powers of two")
+    return dict(HP=hp, DI=di, DI_PAD=max(min_dot_k(dtype), next_pow2(di)), BQ=max(bq, 16 // hp), BLOCK_N=block_n,
+                IEEE=dtype == torch.float32, INTERP=interp, FP8=ks_scaled, F8OPS=dtype.itemsize == 1,
+                num_warps=num_warps, num_stages=2)
 
 
 @torch.no_grad()
