@@ -31,6 +31,16 @@ def lr_schedule(record: dict) -> str:
     return "restarted"
 
 
+LEARNED_OVER_CHANCE = 2.0  # exact match below this many times chance on both sides: the task was not learned
+
+
+def chance_accuracy(record: dict) -> float:
+    """Exact match by guessing on a synthetic task run: one of its (vocab_size - 1) // 4 values
+    (``dsa.text.synthetic``: a quarter of the vocabulary are values); NaN without a vocabulary size."""
+    v = (record.get("config") or {}).get("vocab_size") or (record.get("model_config") or {}).get("vocab_size")
+    return 1.0 / ((v - 1) // 4) if v and v > 4 else math.nan
+
+
 def _ident(r: dict) -> dict:
     d = r.get("design") or {}
     c = r.get("config") or {}
@@ -50,7 +60,8 @@ def task_table(records: Iterable[dict], confidence: float = 0.95, method: str = 
             continue
         for bucket, c in lc["by_bucket"].items():
             lo, hi = binomial_ci(c["correct"], c["n"], confidence, method)
-            rows.append({**_ident(r), "bucket": bucket, "n": c["n"], "correct": c["correct"],
+            rows.append({**_ident(r), "chance": chance_accuracy(r), "bucket": bucket, "n": c["n"],
+                         "correct": c["correct"],
                          "accuracy": c["correct"] / c["n"], "acc_low": lo, "acc_high": hi,
                          "correct_cut": c["correct_cut"], "accuracy_cut": c["correct_cut"] / c["n"],
                          "hit_rate": c["hits"] / c["hit_pairs"] if c["hit_pairs"] else math.nan})
@@ -123,11 +134,19 @@ def run_metrics(tasks: pd.DataFrame, texts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if len(tasks):
         for key, g in tasks.groupby(list(_ID), dropna=False):
-            rows.append({**dict(zip(_ID, key)), "metric": "accuracy", "value": g.correct.sum() / g.n.sum()})
+            rows.append({**dict(zip(_ID, key)), "metric": "accuracy", "value": g.correct.sum() / g.n.sum(),
+                         "chance": g.chance.iloc[0] if "chance" in g else math.nan})
     if len(texts):
         for key, g in texts.groupby(list(_ID), dropna=False):
-            rows.append({**dict(zip(_ID, key)), "metric": "loss", "value": float(g.val_loss.iloc[0])})
-    return pd.DataFrame(rows, columns=[*_ID, "metric", "value"])
+            rows.append({**dict(zip(_ID, key)), "metric": "loss", "value": float(g.val_loss.iloc[0]),
+                         "chance": math.nan})
+    return pd.DataFrame(rows, columns=[*_ID, "metric", "value", "chance"])
+
+
+def _not_learned(metric: str, base: pd.Series, arm: pd.Series, chance: float) -> bool:
+    """Both sides' mean exact match below LEARNED_OVER_CHANCE x chance: an equivalence of two failures."""
+    return metric == "accuracy" and not math.isnan(chance) and \
+        max(base.mean(), arm.mean()) < LEARNED_OVER_CHANCE * chance
 
 
 def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = None,
@@ -139,7 +158,8 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
     pilot's) and runs on one schedule are never averaged together: each kind of an arm is its own row
     (``restarted``), paired with the baseline's runs of the same kind where there are any.
     ``same_lr_schedule`` is False where the two sides still differ in it (the difference then includes the
-    schedule, which the verdict's text says)."""
+    schedule, which the verdict's text says); ``learned`` is False for a synthetic task where both sides stay
+    below LEARNED_OVER_CHANCE x chance (said in the text too)."""
     margins = {**MARGINS, **(margins or {})}
     rows = []
     for (exp, task, metric, length), g in metrics.groupby(["experiment", "task", "metric", "seq_len"]):
@@ -157,13 +177,19 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
             res = tost_paired(b, ga.groupby("seed").value.mean(), margins[metric])
             unit = "nats/token" if metric == "loss" else "accuracy"
             same = len(like) > 0  # else paired with runs of the other kind: the schedule is part of the difference
-            confound = "" if same else (" Confounded: one side restarted its LR schedule (warm-up, cosine and "
+            confound = "" if same else (". Confounded: one side restarted its LR schedule (warm-up, cosine and "
                                         "optimiser of its own), the other did not; the difference includes it.")
+            chance = float(ga.chance.iloc[0]) if "chance" in ga else math.nan
+            failed = _not_learned(metric, b, ga.value, chance)
+            if failed:
+                confound += (f". Not learned: both sides below {LEARNED_OVER_CHANCE:g}x chance ({chance:.4f}); the "
+                             "verdict compares two failures and says nothing about selection.")
             rows.append({"experiment": exp, "task": task, "seq_len": length, "top_k": k, "arm": arm,
                          "restarted": bool(restarted), "baseline": baseline, "metric": metric,
                          "n_seeds": res["n_pairs"], "diff": res["diff"], "margin": res["margin"],
                          "resolution": res["resolution"], "verdict": res["verdict"],
                          "noise_floor": noise if noise is not None else math.nan, "same_lr_schedule": same,
+                         "learned": not failed,
                          "verdict_text": verdict_text(res, unit=unit, noise=noise) + confound})
     return pd.DataFrame(rows)
 

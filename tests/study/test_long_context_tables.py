@@ -137,3 +137,18 @@ def test_the_noise_floor_pairs_replicates_of_one_lr_schedule_only():
     recs += [_text_rec("dsa_scratch", s, 4.0 + 0.1 * s, 4, 4) for s in range(3)]
     v = LC.arm_verdicts(LC.run_metrics(LC.task_table(recs), LC.text_table(recs)), "dense_continued")
     assert (v.noise_floor < 0.02).all()  # pooled across the kinds it would be ~0.25
+
+
+@pytest.mark.parametrize("correct, learned", [(1, False), (60, True)])
+def test_a_task_neither_side_learned_is_flagged_not_evidence(correct, learned):
+    """Exact match of 1/200 on both sides (chance 1/127 at a 512 vocabulary) makes an 'equivalent' verdict of
+    two failures: flagged (learned False, said in the text); at 60/200 the verdict stands as it is."""
+    recs = []
+    for s in range(5):
+        for arm in ("dense_continued", "dsa_from_dense"):
+            r = _task_rec(arm, s, correct + (s % 2), 0)
+            r["config"]["vocab_size"] = 512
+            recs.append(r)
+    v = LC.arm_verdicts(LC.run_metrics(LC.task_table(recs), LC.text_table([])), "dense_continued").iloc[0]
+    assert bool(v.learned) == learned and ("Not learned" in v.verdict_text) == (not learned)
+    assert LC.chance_accuracy(recs[0]) == pytest.approx(1 / 127)
