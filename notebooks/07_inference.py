@@ -132,6 +132,7 @@ P, DEV, FRESH_LABEL, maybe_save = nb.params, nb.device, nb.fresh_label, nb.save
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
+import plotly.express as px
 from IPython.display import Markdown, display
 
 from dsa.bench import decode as bench_decode
@@ -317,6 +318,29 @@ if bench:
 # indexer keys, or $1152 / (128 + 8) \approx 8.5$ with FP8 keys, as DeepSeek stores them (the 8 bytes are the
 # fp32 score the top-k writes and reads per key). At MQA's 256-value rows (k and v, 512 bytes) the bound is
 # about 1.9x with bf16 indexer keys.
+
+# %% [markdown]
+# **Where a DSA decode step's time goes.** The benchmark also times the indexer's scores alone and the sparse
+# attention on a fixed selection; the top-k is the indexer step minus its scores. The scores read every cached
+# indexer key (bandwidth-bound: they reach most of the HBM rate at long contexts), the top-k runs one program per
+# score row (B rows: too few to fill the GPU) and the sparse attention gathers k rows per sequence. **The tallest
+# block bounds the step's share of HBM bandwidth** (the target: 70%).
+
+# %%
+parts = I.decode_parts_frame(bench) if bench else pd.DataFrame()
+if len(parts):
+    parts["context"] = [f"{c // 1024}K" if c >= 1024 else str(c) for c in parts.context]
+    parts["layout, keys"] = parts.layout + ", " + parts["indexer keys"] + " keys"
+    fig = px.bar(parts, x="context", y="ms", color="part", facet_col="batch", facet_row="layout, keys",
+                 hover_data=["share", "step_hbm_frac"],
+                 labels={"ms": "ms per step, one layer", "context": "context S (cached tokens)"},
+                 title=f"Where a DSA decode step's time goes (lower is better)<br><sup>{BENCH_LABEL}</sup>")
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    fig.update_yaxes(matches=None)
+    fig.update_layout(height=220 * parts["layout, keys"].nunique() + 120, margin=dict(t=110))
+    fig.show()
+else:
+    display(Markdown("No decode run here times the indexer's scores alone (recorded before that split existed)."))
 
 # %% [markdown]
 # ## 6 · What a token costs against its position

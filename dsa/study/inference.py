@@ -195,6 +195,26 @@ def speedup_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def decode_parts_frame(results: list[dict]) -> pd.DataFrame:
+    """Where a DSA decode step's time goes, per (layout, indexer keys, batch, context): the indexer's scores
+    alone, the top-k (the indexer step minus its scores) and the sparse attention, each in ms and as a share of
+    their sum, with the HBM share of the whole step. Rows recorded before the scores were timed alone are left
+    out. Columns: layout, indexer keys, batch, context, part, ms, share, step_hbm_frac."""
+    rows = []
+    for r in decode_rows(results):
+        if not all(r.get(k) for k in ("dsa_indexer_scores_ms", "dsa_indexer_topk_ms", "dsa_sparse_ms")):
+            continue
+        ms = {"indexer scores": r["dsa_indexer_scores_ms"],
+              "top-k": max(0.0, r["dsa_indexer_topk_ms"] - r["dsa_indexer_scores_ms"]),
+              "sparse attention": r["dsa_sparse_ms"]}
+        total = sum(ms.values())
+        rows += [{"layout": r["layout"], "indexer keys": keys_dtype(r), "batch": r["batch"], "context": r["context"],
+                  "part": part, "ms": v, "share": v / total, "step_hbm_frac": r.get("dsa_hbm_frac")}
+                 for part, v in ms.items()]
+    return pd.DataFrame(rows, columns=["layout", "indexer keys", "batch", "context", "part", "ms", "share",
+                                       "step_hbm_frac"])
+
+
 def request_table(results: list[dict]) -> pd.DataFrame:
     """Whole requests (prefill + generated tokens): ms per part and method, and dense / DSA for the request."""
     keys = ("layout", "prompt", "gen_tokens", "batch", "prefill_dense_ms", "prefill_dsa_ms", "decode_dense_ms",

@@ -62,3 +62,16 @@ def test_fp8_key_rows_are_separate_dsa_methods_in_the_tables():
     assert sp["indexer keys"].tolist() == ["fp8"]
     fig = I.decode_cost_figure(frame, "t")
     assert any("FP8 keys" in t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
+
+
+def test_decode_parts_split_the_step_and_skip_rows_without_the_split():
+    """The top-k's part is the indexer step minus its scores; shares add to 1; a row recorded before the scores
+    were timed alone is left out."""
+    rows = [{"kind": "decode", "layout": "mla", "context": 8192, "batch": 16, "dsa_indexer_scores_ms": 0.2,
+             "dsa_indexer_topk_ms": 0.9, "dsa_sparse_ms": 0.3, "dsa_hbm_frac": 0.1},
+            {"kind": "decode", "layout": "mla", "context": 4096, "batch": 16, "dsa_indexer_topk_ms": 0.5,
+             "dsa_sparse_ms": 0.3}]
+    f = I.decode_parts_frame([{"rows": rows}]).set_index("part")
+    assert list(f.index) == ["indexer scores", "top-k", "sparse attention"] and set(f.context) == {8192}
+    assert f.loc["top-k", "ms"] == pytest.approx(0.7) and f.share.sum() == pytest.approx(1.0)
+    assert f.loc["top-k", "share"] == pytest.approx(0.7 / 1.2)
