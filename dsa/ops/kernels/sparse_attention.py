@@ -162,6 +162,11 @@ def rows_aligned(*xs: torch.Tensor) -> bool:
                for x in xs)
 
 
+def _leading_strides(*xs: torch.Tensor) -> tuple[int, ...]:
+    """The stride arguments of the launches: every stride of each tensor but its last (unit) one, in order."""
+    return tuple(st for x in xs for st in x.stride()[:-1])
+
+
 def _meta(q, k, v, pass_, **tile) -> tuple[dict, int]:
     meta = attn_meta(q.shape[1] // k.shape[1], q.shape[-1], v.shape[-1], q.dtype, pass_, interp=interpret_mode(),
                      shared_kv=v_from_k(k, v), **tile)
@@ -178,12 +183,7 @@ def _fwd(q, k, v, idx32, scale, block_k=None, num_warps=None, block_h=None, num_
     meta, nhb = _meta(q, k, v, "fwd", block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages)
     fwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, o, lse, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        idx32.stride(0), idx32.stride(1),
-        o.stride(0), o.stride(1), o.stride(2),
-        lse.stride(0), lse.stride(1),
+        *_leading_strides(q, k, v, idx32, o, lse),
         hkv, idx32.shape[-1], nhb,
         **meta,
     )
@@ -217,13 +217,7 @@ def _dkv_inverted(q, k, v, idx32, do, lse, delta, scale, gk, gv, block_t=None):
     block_t = block_t or max(1, min(32, 8192 // max(_pad(d), _pad(dv))))
     dkv_kernel[(l, b * hkv)](
         q, k, v, do, lse, delta, inv_t, start, gk, gv, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        do.stride(0), do.stride(1), do.stride(2),
-        lse.stride(0), lse.stride(1),
-        gk.stride(0), gk.stride(1), gk.stride(2),
-        gv.stride(0), gv.stride(1), gv.stride(2),
+        *_leading_strides(q, k, v, do, lse, gk, gv),
         l, hkv,
         G=h // hkv, D=d, D_PAD=next_pow2(d), DV=dv, DV_PAD=next_pow2(dv), BLOCK_T=block_t, num_warps=4,
     )
@@ -240,15 +234,7 @@ def _dq(q, k, v, idx32, do, lse, delta, scale, gq, gk=None, gv=None, **tile) -> 
     meta, nhb = _meta(q, k, v, "bwd", **tile)
     bwd_kernel[(l * nhb, b * hkv)](
         q, k, v, idx32, do, lse, delta, gq, gk, gv, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        idx32.stride(0), idx32.stride(1),
-        do.stride(0), do.stride(1), do.stride(2),
-        lse.stride(0), lse.stride(1),
-        gq.stride(0), gq.stride(1), gq.stride(2),
-        gk.stride(0), gk.stride(1), gk.stride(2),
-        gv.stride(0), gv.stride(1), gv.stride(2),
+        *_leading_strides(q, k, v, idx32, do, lse, gq, gk, gv),
         hkv, idx32.shape[-1], nhb,
         DKV_ATOMIC=atomic, **meta,
     )
@@ -270,14 +256,7 @@ def _dkv_headsum(q, k, v, idx32, do, lse, delta, scale, **tile) -> tuple[torch.T
     nkb = -(-ksel // meta["BLOCK_K"])
     kernel[(l * nkb, b * hkv)](
         q, k, v, idx32, do, lse, delta, gk, gv, scale,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        idx32.stride(0), idx32.stride(1),
-        do.stride(0), do.stride(1), do.stride(2),
-        lse.stride(0), lse.stride(1),
-        gk.stride(0), gk.stride(1), gk.stride(2),
-        gv.stride(0), gv.stride(1), gv.stride(2),
+        *_leading_strides(q, k, v, idx32, do, lse, gk, gv),
         hkv, ksel, nkb,
         **meta,
     )
@@ -370,11 +349,7 @@ def sparse_attention_probs(
     nkb = -(-ksel // block_k)
     probs_kernel[(l, b * nkb)](
         q, k, idx32, lse, p, float(scale), 1.0 / h,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        idx32.stride(0), idx32.stride(1),
-        lse.stride(0), lse.stride(1),
-        p.stride(0), p.stride(1),
+        *_leading_strides(q, k, idx32, lse, p),
         hkv, ksel, nkb, nhb,
         # two stages, not three: the pipelined head loop at fp32 and d_qk 576 needs 262 KB of shared memory
         # with three (more than the 227 KB of an H100/H200), 131 KB with two
