@@ -25,9 +25,9 @@ import torch
 
 from dsa import cli
 from dsa.bench.layer import _dense_fns, _dsa_fns
-from dsa.bench.map import (DENSE_BACKENDS_CUDA, LAYOUTS, MapConfig, _attention_config, _inputs, _sparse_config,
-                           parse_indexer_spec)
-from dsa.layers import DenseAttention, DSAAttention
+from dsa.bench.map import DENSE_BACKENDS_CUDA, LAYOUTS, MapConfig, build_layer, parse_indexer_spec
+from dsa.bench.step_profile import timed_rows
+from dsa.checks import resolve_device
 from dsa.provenance import provenance, write_json_atomic
 
 PASSES = ("fwd", "fwdbwd")
@@ -86,11 +86,6 @@ class LaunchProfileConfig:
                          d_model=self.d_model, device=self.device, seed=self.seed)
 
 
-def _device(cfg: LaunchProfileConfig) -> torch.device:
-    return torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                        else "cpu")
-
-
 def profile_calls(fn: Callable[[], object], calls: int, cuda: bool, top: int) -> dict:
     """One warm-up call of ``fn``, then ``calls`` under the profiler -> kernel ms per call in all, per
     category (ms and share) and the ``top`` launches by name (ms per call, launches per call, category)."""
@@ -101,11 +96,7 @@ def profile_calls(fn: Callable[[], object], calls: int, cuda: bool, top: int) ->
             fn()
         if cuda:
             torch.cuda.synchronize()
-    from torch.autograd import DeviceType  # noqa: PLC0415
-
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    # on CUDA the kernels only: an operator row holds its kernels' time again
-    events = [e for e in prof.key_averages() if (e.device_type == DeviceType.CUDA) == cuda]
+    events, key = timed_rows(prof.key_averages(), cuda)
     launches = [{"name": e.key, "category": category(e.key), "ms": getattr(e, key, 0.0) / 1e3 / calls,
                  "launches": e.count / calls} for e in events if getattr(e, key, 0.0) > 0]
     total = sum(r["ms"] for r in launches)
@@ -120,16 +111,9 @@ def profile_calls(fn: Callable[[], object], calls: int, cuda: bool, top: int) ->
 
 def _layer_fns(cfg: LaunchProfileConfig, layer: str, dev: torch.device) -> tuple[Callable, Callable]:
     """(fwd, fwdbwd) of the dense or the DSA layer, built as the map builds them (weights, inputs)."""
-    mcfg, cuda = cfg.map_config(), dev.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    torch.manual_seed(cfg.seed)
+    mod, x, go = build_layer(cfg.map_config(), cfg.layout, cfg.seq_len, dev, cfg.indexer if layer == "dsa" else None)
     if layer == "dense":
-        mod = DenseAttention(_attention_config(mcfg, cfg.layout, cfg.seq_len, dense=True)).to(dev, dtype)
-    else:
-        mod = DSAAttention(_attention_config(mcfg, cfg.layout, cfg.seq_len, dense=False),
-                           _sparse_config(mcfg, cfg.indexer)).to(dev, dtype)
-    x, go = _inputs(mcfg, cfg.seq_len, dev, dtype)
-    if layer == "dense":
+        cuda = dev.type == "cuda"
         return _dense_fns(mod, cfg.dense_backend if cuda else "math", x, go, cuda)
     fwd, fwdbwd = _dsa_fns(mod, x, go)
     return fwd, fwdbwd
@@ -138,7 +122,7 @@ def _layer_fns(cfg: LaunchProfileConfig, layer: str, dev: torch.device) -> tuple
 def run(cfg: LaunchProfileConfig, log: Callable[[str], None] = print) -> dict:
     """Every (layer, pass) profiled -> {'config', 'rows', 'provenance'}; each row as :func:`profile_calls`.
     One layer lives at a time (at L = 128K each holds tens of GiB)."""
-    dev = _device(cfg)
+    dev = resolve_device(cfg.device)
     h_i, d_i, prec = parse_indexer_spec(cfg.indexer)
     rows = []
     for layer in cfg.layers:

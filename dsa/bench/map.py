@@ -34,6 +34,7 @@ import torch
 
 from dsa import cli
 from dsa.bench.layer import _dense_fns, _dsa_fns, parse_indexer
+from dsa.checks import resolve_device
 from dsa.layers import AttentionConfig, DenseAttention, DSAAttention, SparseConfig
 from dsa.layers.config import MLAConfig
 from dsa.ops.dispatch import impl_on_device
@@ -196,6 +197,19 @@ def _inputs(cfg: MapConfig, l: int, dev: torch.device, dtype: torch.dtype):
     return x, torch.randn(1, l, cfg.d_model, device=dev, dtype=dtype, generator=g)
 
 
+def build_layer(cfg: MapConfig, layout: str, l: int, dev: torch.device, indexer: str | None = None):
+    """(layer, x, go): the dense layer (``indexer`` None) or the DSA layer with that indexer at (layout, L), in
+    bf16 on CUDA and fp32 on a CPU, weights from cfg.seed; x (1, L, d_model) requiring grad, go its output
+    gradient (the same inputs for both layers)."""
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    torch.manual_seed(cfg.seed)
+    if indexer is None:
+        layer = DenseAttention(_attention_config(cfg, layout, l, dense=True))
+    else:
+        layer = DSAAttention(_attention_config(cfg, layout, l, dense=False), _sparse_config(cfg, indexer))
+    return (layer.to(dev, dtype), *_inputs(cfg, l, dev, dtype))
+
+
 def dense_timings(cfg: MapConfig, layout: str, l: int, dev: torch.device, budget: _Budget) -> dict:
     """dense_<backend>_{fwd,fwdbwd}_ms of the dense layer at (layout, L)."""
     cuda = dev.type == "cuda"
@@ -205,10 +219,7 @@ def dense_timings(cfg: MapConfig, layout: str, l: int, dev: torch.device, budget
         return _skipped(names, "budget")
     out: dict = {}
     try:
-        dtype = torch.bfloat16 if cuda else torch.float32
-        torch.manual_seed(cfg.seed)
-        dense = DenseAttention(_attention_config(cfg, layout, l, dense=True)).to(dev, dtype)
-        x, go = _inputs(cfg, l, dev, dtype)
+        dense, x, go = build_layer(cfg, layout, l, dev)
     except torch.cuda.OutOfMemoryError:
         return _skipped(names, "oom")
     for backend in backends:
@@ -236,15 +247,11 @@ def _time_into(out: dict, name: str, fn: Callable[[], object], cfg: MapConfig, b
 
 def dsa_timings(cfg: MapConfig, layout: str, l: int, indexer: str, dev: torch.device, budget: _Budget) -> dict:
     """dsa_{fwd,fwdbwd}_ms of the DSA layer at (layout, L, indexer)."""
-    cuda = dev.type == "cuda"
     names = ["dsa_fwd", "dsa_fwdbwd"]
     if budget.spent():
         return _skipped(names, "budget")
     try:
-        dtype = torch.bfloat16 if cuda else torch.float32
-        torch.manual_seed(cfg.seed)
-        dsa = DSAAttention(_attention_config(cfg, layout, l, dense=False), _sparse_config(cfg, indexer)).to(dev, dtype)
-        x, go = _inputs(cfg, l, dev, dtype)
+        dsa, x, go = build_layer(cfg, layout, l, dev, indexer)
     except torch.cuda.OutOfMemoryError:
         return _skipped(names, "oom")
     out: dict = {"impl": impl_on_device(dsa.cfg.impl, dev)}
@@ -255,8 +262,7 @@ def dsa_timings(cfg: MapConfig, layout: str, l: int, indexer: str, dev: torch.de
 
 def run(cfg: MapConfig, on_row: Callable[[dict], None] | None = None) -> dict:
     """Every (layout, L, indexer) row; layouts in the order given, L ascending (the budget cuts the largest)."""
-    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                       else "cpu")
+    dev = resolve_device(cfg.device)
     res = {"config": asdict(cfg), "rows": [], "provenance": provenance(dev)}
     budget = _Budget(cfg.budget_s)
     dtype = "bfloat16" if dev.type == "cuda" else "float32"

@@ -79,13 +79,18 @@ ATTENTION_OPS = ("flash", "cudnn", "fmha", "sdpa", "efficient_attention", "scale
                  "idx_", "radix", "bracket", "write_positions", "sample_", "flex")
 
 
-def attention_share(events, cuda: bool) -> float | None:
-    """Share of a step's self time spent in attention: over the GPU kernels on CUDA (operator rows hold the
-    same time as their kernels and would count it twice), over the operators on CPU."""
+def timed_rows(events, cuda: bool) -> tuple[list, str]:
+    """(the profiler rows to sum, the attribute holding their self time in us): the GPU kernels on CUDA
+    (operator rows hold the same time as their kernels and would count it twice), the operators on CPU."""
     from torch.autograd import DeviceType  # noqa: PLC0415
 
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    rows = [e for e in events if (e.device_type == DeviceType.CUDA) == cuda]
+    return [e for e in events if (e.device_type == DeviceType.CUDA) == cuda], key
+
+
+def attention_share(events, cuda: bool) -> float | None:
+    """Share of a step's self time spent in attention (over :func:`timed_rows`)."""
+    rows, key = timed_rows(events, cuda)
     total = sum(getattr(e, key, 0.0) for e in rows)
     attn = sum(getattr(e, key, 0.0) for e in rows if any(f in e.key.lower() for f in ATTENTION_OPS))
     return attn / total if total else None
