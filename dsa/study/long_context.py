@@ -135,7 +135,7 @@ def run_metrics(tasks: pd.DataFrame, texts: pd.DataFrame) -> pd.DataFrame:
     if len(tasks):
         for key, g in tasks.groupby(list(_ID), dropna=False):
             rows.append({**dict(zip(_ID, key)), "metric": "accuracy", "value": g.correct.sum() / g.n.sum(),
-                         "chance": g.chance.iloc[0] if "chance" in g else math.nan})
+                         "chance": g.chance.iloc[0]})
     if len(texts):
         for key, g in texts.groupby(list(_ID), dropna=False):
             rows.append({**dict(zip(_ID, key)), "metric": "loss", "value": float(g.val_loss.iloc[0]),
@@ -179,7 +179,7 @@ def arm_verdicts(metrics: pd.DataFrame, baseline: str, margins: dict | None = No
             same = len(like) > 0  # else paired with runs of the other kind: the schedule is part of the difference
             confound = "" if same else (". Confounded: one side restarted its LR schedule (warm-up, cosine and "
                                         "optimiser of its own), the other did not; the difference includes it.")
-            chance = float(ga.chance.iloc[0]) if "chance" in ga else math.nan
+            chance = float(ga.chance.iloc[0])
             failed = _not_learned(metric, b, ga.value, chance)
             if failed:
                 confound += (f". Not learned: both sides below {LEARNED_OVER_CHANCE:g}x chance ({chance:.4f}); the "
