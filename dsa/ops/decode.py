@@ -151,6 +151,14 @@ def _check_key_values(k_idx: torch.Tensor, fp8: bool) -> None:
                          "or their bf16/fp32 copy)")
 
 
+def _indexer_impl(impl: str, op: str, q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
+                  q_pos: torch.Tensor, k_scale: torch.Tensor | None) -> str:
+    """The decode indexer op's inputs checked, then the implementation ``impl`` resolves to for them."""
+    _check_indexer_cache(q_idx, k_idx, w, q_pos, k_scale)
+    tensors = (q_idx, k_idx, w, q_pos) + (() if k_scale is None else (k_scale,))
+    return resolve_impl(impl, *tensors, op=op)
+
+
 def _scores_reference(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, q_pos: torch.Tensor,
                       k_scale: torch.Tensor | None) -> torch.Tensor:
     """The reference scores (B, T, S) float32 of the checked op inputs, FP8 when k_scale is given."""
@@ -197,9 +205,7 @@ def decode_indexer_topk(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    _check_indexer_cache(q_idx, k_idx, w, q_pos, k_scale)
-    tensors = (q_idx, k_idx, w, q_pos) + (() if k_scale is None else (k_scale,))
-    if resolve_impl(impl, *tensors, op="decode_indexer_topk") == "reference":
+    if _indexer_impl(impl, "decode_indexer_topk", q_idx, k_idx, w, q_pos, k_scale) == "reference":
         return decode_topk_reference(_scores_reference(q_idx, k_idx, w, q_pos, k_scale), top_k, q_pos)
     from dsa.ops.kernels.decode import decode_indexer_topk_triton  # noqa: PLC0415
 
@@ -214,9 +220,7 @@ def decode_indexer_scores(
 ) -> torch.Tensor:
     """The scores :func:`decode_indexer_topk` ranks: (B, T, S) float32, -inf where s > q_pos. Shapes and
     ``k_scale`` (FP8 keys) as there."""
-    _check_indexer_cache(q_idx, k_idx, w, q_pos, k_scale)
-    tensors = (q_idx, k_idx, w, q_pos) + (() if k_scale is None else (k_scale,))
-    if resolve_impl(impl, *tensors, op="decode_indexer_scores") == "reference":
+    if _indexer_impl(impl, "decode_indexer_scores", q_idx, k_idx, w, q_pos, k_scale) == "reference":
         return _scores_reference(q_idx, k_idx, w, q_pos, k_scale)
     from dsa.ops.kernels.decode import decode_indexer_scores_triton  # noqa: PLC0415
 

@@ -68,8 +68,8 @@ def indexer_topk_chunked(
 def score_rows_hn(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
                   tile: tuple[int, int, int] | None = None, k_scale: torch.Tensor | None = None) -> None:
     """:func:`score_rows` by ``idx_scores_hn_kernel`` (a few queries' heads as the product's N dimension, keys
-    streamed): the same scores written in the same places, for the same arguments (HP >= 16 / BQ and a
-    power of two). tile: (queries, keys, warps) per program, default HN_TILE."""
+    streamed): the same scores written in the same places, for the same arguments (HP a power of two).
+    tile: (queries, keys, warps) per program, default HN_TILE (queries a power of two, raised by hn_meta)."""
     from . import _indexer_kernels as m  # noqa: PLC0415
 
     bq, block_n, warps = (2, 16, 4) if interpret_mode() else (tile or HN_TILE)
