@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from dsa import cli, ops
 from dsa.checks import check_out_file
 from dsa.ops.dispatch import impl_on_device
-from dsa.ops.quantize import fp8_cache_dtype, quantize_indexer_keys
+from dsa.ops.quantize import fp8_cache_dtype, indexer_key_bytes, quantize_indexer_keys
 from dsa.provenance import provenance, run_writing_json
 
 DEFAULT_OUT_DIR = Path("runs/bench/decode")
@@ -440,8 +440,7 @@ def bench_request(cfg: DecodeBenchConfig, lay: Layout, l: int, timer: Timer, dev
 
 def _cache_gib(lay: Layout, b: int, s: int, d_i: int, fp8: bool = False) -> float:
     """GiB of the K/V rows (2 bytes a value) and indexer keys (FP8: 1 byte a value + a 4-byte scale)."""
-    idx = d_i + 4 if fp8 else 2 * d_i
-    return b * s * (2 * lay.row_values + idx) / 2**30
+    return b * s * (2 * lay.row_values + indexer_key_bytes(d_i, fp8)) / 2**30
 
 
 def run(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None, log: Callable[[str], None] = print

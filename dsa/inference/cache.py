@@ -9,6 +9,7 @@ from __future__ import annotations
 from dsa.layers.cache import LayerCache
 from dsa.model.cache import ModelCache
 from dsa.model.config import ModelConfig
+from dsa.ops.quantize import indexer_key_bytes
 
 __all__ = ["LayerCache", "ModelCache", "cache_row_bytes"]
 
@@ -23,10 +24,6 @@ def cache_row_bytes(cfg: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
     else:
         acfg = cfg.attention_config()
         kv = acfg.kv_heads * (acfg.qk_dim + acfg.v_dim)
-    if cfg.attention != "dsa":
-        idx = 0
-    elif cfg.indexer_precision == "fp8":
-        idx = cfg.indexer_dim + 4
-    else:
-        idx = cfg.indexer_dim * dtype_bytes
+    idx = indexer_key_bytes(cfg.indexer_dim, cfg.indexer_precision == "fp8", dtype_bytes) \
+        if cfg.attention == "dsa" else 0
     return {"kv": kv * dtype_bytes, "indexer": idx}

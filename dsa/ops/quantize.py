@@ -131,6 +131,12 @@ def quantize_indexer_keys(k_idx: torch.Tensor, *, rotate: bool = True) -> tuple[
     return _quantize_rows(k_idx, rotate)
 
 
+def indexer_key_bytes(d_i: int, fp8: bool, dtype_bytes: int = 2) -> int:
+    """Bytes one cached indexer key takes: d_I values at ``dtype_bytes``, or FP8 (DeepSeek-V3.2's cache) one byte
+    a value + its fp32 scale (132 bytes at d_I = 128)."""
+    return d_i + 4 if fp8 else d_i * dtype_bytes
+
+
 def fp8_dot_supported(device: torch.device | str) -> bool:
     """True where the Triton kernels multiply e4m3 operands natively: a CUDA device of compute capability
     >= 8.9 (Ada, Hopper, Blackwell). The interpreter on CPU runs fp8 tl.dot too (checked with triton 3.9), but
