@@ -187,19 +187,20 @@ def fused_selection(q, k, w, top_k: int, precision: str) -> dict:
     return out
 
 
-def tile_sweep(q, k, w, chunk: int, tiles: list[tuple[int, int, int]], fp8_rate: float | None) -> list[dict]:
-    """The FP8 score pass at other tiles (the default was tuned for bf16 at 4 x 64): TFLOP/s per tile, or the
-    error (a tile over the shared-memory limit raises OutOfResources)."""
+def tile_sweep(q, k, w, chunk: int, tiles: list[tuple[int, int, int]], fp8_rate: float | None,
+               kernel: str = "rows") -> list[dict]:
+    """The FP8 score kernel (``kernel`` as :func:`score_pass`) at other tiles: TFLOP/s per tile, or the error (a
+    tile over the shared-memory limit raises OutOfResources)."""
     rows = []
     for tile in tiles:
         try:
-            sp = score_pass(q, k, w, "fp8", chunk, tile)
+            sp = score_pass(q, k, w, "fp8", chunk, tile, kernel)
             del sp["scores"]
             sp["of_matmul"] = sp["tflops"] / fp8_rate if fp8_rate else None
         except Exception as exc:  # keep the sweep going, record why
             sp = {"tile": list(tile), "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
         rows.append(sp)
-        print(f"[indexer] fp8 tile {sp}", flush=True)
+        print(f"[indexer] fp8 {kernel} tile {sp}", flush=True)
         torch.cuda.empty_cache()
     return rows
 
@@ -253,8 +254,9 @@ def run(args, on_update=None) -> dict:
                                         "fused": topk_bytes(l, args.top_k, fused=True)})
         if on_update:
             on_update(res)
-        if cuda and l == max(args.seq_lens) and args.tiles:
+        if cuda and l == max(args.seq_lens) and (args.tiles or args.hn_tiles):
             res["fp8_tiles"] = tile_sweep(q, k, w, args.chunk, args.tiles, res["matmul"]["fp8_tflops"])
+            res["fp8_tiles"] += tile_sweep(q, k, w, args.chunk, args.hn_tiles, res["matmul"]["fp8_tflops"], "heads_n")
     res["recall"] = {"L": args.recall_len, **recall(args.recall_len, args.heads, args.dim,
                                                     min(args.top_k, args.recall_len // 4), device)}
     print(f"[indexer] recall {res['recall']}", flush=True)
@@ -278,6 +280,9 @@ def build_parser(prog: str | None = "python -m dsa.bench.indexer") -> argparse.A
     ap.add_argument("--tiles", type=_parse_tile, nargs="*", default=[(64, 64, 4), (128, 128, 8)], metavar="TILE",
                     help="extra tiles ROWSxKEYSxWARPS of the FP8 score pass, timed at the longest L (GPU only; "
                          "default: 64x64x4 128x128x8)")
+    ap.add_argument("--hn-tiles", type=_parse_tile, nargs="*", default=[], metavar="TILE",
+                    help="tiles QUERIESxKEYSxWARPS of the FP8 heads-as-N score kernel, QUERIES a power of two, "
+                         "timed at the longest L (GPU only; default: none)")
     ap.add_argument("--cpu", action="store_true", help="run on CPU (references, toy sizes: a smoke run)")
     ap.add_argument("--out", type=Path, default=None, metavar="PATH",
                     help="JSON path, rewritten after every L (default: none written)")
@@ -293,6 +298,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("every --seq-lens value must be >= --top-k")
     if args.dim & (args.dim - 1):
         raise ValueError("--dim must be a power of two (the Hadamard rotation)")
+    if any(bq & (bq - 1) for bq, _, _ in args.hn_tiles):
+        raise ValueError("--hn-tiles: the queries per program (QUERIES) must be powers of two")
     check_out_file("--out", args.out)
 
 

@@ -24,7 +24,7 @@ def test_cpu_smoke_run_writes_a_record_with_provenance(tmp_path):
 
 
 @pytest.mark.parametrize("argv,msg", [(["--dim", "24"], "power of two"), (["--seq-lens", "16"], "--top-k"),
-                                      (["--heads", "0"], "--heads")])
+                                      (["--heads", "0"], "--heads"), (["--hn-tiles", "3x64x4"], "--hn-tiles")])
 def test_bad_arguments_exit_2_with_an_error(capsys, argv, msg):
     with pytest.raises(SystemExit) as exc:
         main(["--cpu", *argv])

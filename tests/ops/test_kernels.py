@@ -419,14 +419,16 @@ def test_indexer_topk_threshold(dtype, boundary):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("k,chunk", [(19, 20), (40, 16), (83, None)])
-def test_indexer_topk_chunked(dtype, k, chunk):
+@pytest.mark.parametrize("k,chunk,hi", [(19, 20, 3), (40, 16, 3), (83, None, 3), (40, 16, 17)])
+def test_indexer_topk_chunked(dtype, k, chunk, hi):
     """Stored score chunks + radix_topk: valid, causal, the k best scores (ties aside) on odd shapes (L 83,
-    3 indexer heads padded to 4, d_I 24), chunks that do not divide L, k larger than a chunk, k = L."""
-    from dsa.ops.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
+    3 indexer heads padded to 4: the score pass; 17 padded to 32: the heads-as-N kernel; d_I 24), chunks that
+    do not divide L, k larger than a chunk, k = L."""
+    from dsa.ops.kernels.indexer_chunked import HN_MIN_HEADS, indexer_topk_chunked  # noqa: PLC0415
 
+    assert (hi >= HN_MIN_HEADS) == (hi == 17)  # the cases cover both score kernels
     gen = torch.Generator().manual_seed(11 + k)
-    b, l, hi, di = 2, 83, 3, 24
+    b, l, di = 2, 83, 24
     q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)
     kk = torch.randn(b, l, di, generator=gen).to(DEV, dtype)
     w = torch.randn(b, l, hi, generator=gen).to(DEV, dtype)
@@ -515,16 +517,18 @@ def test_the_indexer_bench_times_both_score_kernels_on_the_same_rows(precision):
     assert hn["max_rel_diff_vs_rows"] < 1e-5 and hn["of_matmul"] is None
 
 
-def test_indexer_topk_chunked_takes_the_first_of_tied_scores():
+@pytest.mark.parametrize("hi", [2, 16])
+def test_indexer_topk_chunked_takes_the_first_of_tied_scores(hi):
     """Negative queries against positive keys give exact-zero scores (every head's ReLU off) except where
     one head's query is positive: each row takes its few positive scores and then the first zeros by
-    position, the same positions as a stable reference over the scores."""
+    position, the same positions as a stable reference over the scores (2 heads: the score pass; 16: the
+    heads-as-N kernel)."""
     from dsa.ops.kernels.indexer_chunked import indexer_topk_chunked  # noqa: PLC0415
     from dsa.ops.topk import causal_lengths  # noqa: PLC0415
     from dsa.ops.topk import topk_positions_reference as radix_topk_reference  # noqa: PLC0415
 
     gen = torch.Generator().manual_seed(13)
-    b, l, hi, di, k = 2, 75, 2, 16, 20
+    b, l, di, k = 2, 75, 16, 20
     kk = torch.randn(b, l, di, generator=gen).abs()
     q = -torch.rand(b, l, hi, di, generator=gen)
     q[:, :, 0, 0] = torch.where(torch.rand(b, l, generator=gen) < 0.2, 5.0, -1.0)  # a few positive rows...

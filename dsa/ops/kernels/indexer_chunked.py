@@ -1,6 +1,7 @@
-"""Causal indexer top-k through chunks of stored scores: the Triton score pass writes the scores of a chunk
-of query rows (C x L fp32, ``_indexer_kernels.idx_pass_kernel`` mode 3) and :func:`radix_topk` selects in
-them. Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold`` recomputes
+"""Causal indexer top-k through chunks of stored scores: a Triton score kernel writes the scores of a chunk
+of query rows (C x L fp32) and :func:`radix_topk` selects in them. The score kernel (:func:`score_rows_auto`):
+with many indexer heads the heads-as-N kernel (``idx_scores_hn_kernel``: a few queries' heads as the product's
+N, keys streamed), else the score pass (``idx_pass_kernel`` mode 3: per key tile one product per head). Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold`` recomputes
 them in every one of its threshold passes) at the price of writing and reading them back once.
 """
 
@@ -19,9 +20,15 @@ SCORE_BYTES = 2**31
 # query rows x keys per program, warps, of the score pass: the fastest of 8 tiles on an H100 at L = 32K and 64K
 # (data/bench/h100-selection-stage-tuning.json: 2.0 ms at 32K vs 2.7 ms for 64 x 64)
 SCORE_TILE = (64, 128, 4)
-# queries x keys per program, warps, of the heads-as-N score pass (score_rows_hn; untimed: a first guess that
-# keeps its [keys, queries x heads] fp32 product at 64 x 128, as the score pass's accumulator)
+# queries x keys per program, warps, of the heads-as-N score kernel (score_rows_hn): a first guess that keeps its
+# [keys, queries x heads] fp32 product at 64 x 128, as the score pass's accumulator; at 64 x 128 on an H200 it
+# ran at 862-924 TFLOP/s in FP8 (59-63% of the FP8 matmul rate), 563-614 in bf16, at L = 16K-128K
+# (data/bench/indexer/h200-indexer-hn.json)
 HN_TILE = (2, 64, 4)
+# the heads-as-N kernel from this many (padded) indexer heads on: at 64 heads x 128 it was 4.2-5.0x (FP8) and
+# 2.9-3.4x (bf16) faster than the score pass on the H200 (same record); with few heads its product is narrow
+# (N = queries x heads) and every program streams every key for a few queries
+HN_MIN_HEADS = 16
 
 
 def default_chunk(l: int, block_m: int, batch: int = 1) -> int:
@@ -57,12 +64,21 @@ def indexer_topk_chunked(
     idx = torch.empty(b, l, top_k, device=dev, dtype=torch.int32)
     for t0 in range(0, l, chunk):
         t1 = min(l, t0 + chunk)
-        score_rows(qp, kc, wp, scores, t0, t1, k_scale=k_scale)
+        score_rows_auto(qp, kc, wp, scores, t0, t1, k_scale=k_scale)
         lens = torch.arange(t0 + 1, t1 + 1, device=dev, dtype=torch.int32)
         cols = max(t1, top_k)  # the columns past a row's length are never read
         for bi in range(b):  # a 2-D view per batch row: radix_topk reads it in place
             idx[bi, t0:t1] = radix_topk(scores[bi, : t1 - t0, :cols], top_k, lens, out_dtype=torch.int32)
     return idx
+
+
+def score_rows_auto(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
+                    k_scale: torch.Tensor | None = None) -> None:
+    """:func:`score_rows` (the arguments and the scores written) by the faster kernel for qp's HP padded heads:
+    :func:`score_rows_hn` from HN_MIN_HEADS heads on (HP a power of two, as ``_pad_heads`` makes it), else the
+    score pass."""
+    fn = score_rows_hn if qp.shape[2] >= HN_MIN_HEADS else score_rows
+    fn(qp, kc, wp, scores, t0, t1, k_scale=k_scale)
 
 
 def score_rows_hn(qp: torch.Tensor, kc: torch.Tensor, wp: torch.Tensor, scores: torch.Tensor, t0: int, t1: int,
@@ -99,7 +115,7 @@ def hn_meta(hp: int, di: int, dtype: torch.dtype, bq: int, block_n: int, num_war
 @torch.no_grad()
 def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
                           k_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The causal L x L indexer scores by the score pass: q_idx (B, L, H_I, d_I), k_idx (B, L, d_I),
+    """The causal L x L indexer scores by :func:`score_rows_auto`'s kernel: q_idx (B, L, H_I, d_I), k_idx (B, L, d_I),
     w (B, L, H_I), k_scale (B, L) fp32 or None (FP8, as :func:`indexer_topk_chunked`) -> (B, L, L) float32,
     -inf for s > t. Forward only."""
     b, l, h, _ = q_idx.shape
@@ -107,7 +123,7 @@ def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Ten
     kc = k_idx.to(q_idx.dtype).contiguous()
     rows = -(-l // score_tile()[0]) * score_tile()[0]
     scores = torch.full((b, rows, l), float("-inf"), device=q_idx.device, dtype=torch.float32)
-    score_rows(qp, kc, wp, scores, 0, l, k_scale=k_scale)
+    score_rows_auto(qp, kc, wp, scores, 0, l, k_scale=k_scale)
     return scores[:, :l]
 
 
