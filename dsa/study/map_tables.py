@@ -66,12 +66,20 @@ def model_ms(row: dict, pass_: str, ceil: Ceilings = Ceilings()) -> tuple[float,
     return dense * 1e3, (att + indexer + topk) * 1e3
 
 
+# a map point: the same layout, L, k, indexer and pass on the same device
+POINT = ["device", "layout", "L", "k", "indexer", "pass"]
+
+
 def map_frame(results: Iterable[dict]) -> pd.DataFrame:
-    """One row per (file, layout, L, indexer, pass): dense ms per backend, the best dense backend and its ms,
-    DSA ms, the measured speed-up over the best dense and over cuDNN, and the cost model's speed-up."""
+    """One row per map point (:data:`POINT`): dense ms per backend, the best dense backend and its ms, DSA ms,
+    the measured speed-up over the best dense and over cuDNN, and the cost model's speed-up. A point measured
+    by several files takes the newest file's row (by provenance date) that timed the DSA layer, else the
+    newest row (``superseded`` counts the rows it replaced; ``commit`` / ``date`` name its file's): a re-run
+    after a kernel change replaces the old numbers instead of being averaged or drawn beside them."""
     rows = []
     for res in results:
-        dev = res.get("provenance", {}).get("device", "?")
+        prov = res.get("provenance", {})
+        dev = prov.get("device", "?")
         for r in res["rows"]:
             indexer = f"{r['H_I']}x{r['d_I']} {r.get('indexer_precision', 'bf16')}"
             for pass_ in PASSES:
@@ -88,8 +96,18 @@ def map_frame(results: Iterable[dict]) -> pd.DataFrame:
                     "speedup": ok[best] / dsa if best and dsa else np.nan,
                     "speedup_cudnn": ok["cudnn"] / dsa if ok.get("cudnn") and dsa else np.nan,
                     "model_speedup": m_dense / m_dsa, "model_dense_ms": m_dense, "model_dsa_ms": m_dsa,
+                    "commit": str(prov.get("git_commit") or "")[:7], "date": str(prov.get("date") or ""),
                 })
-    return pd.DataFrame(rows)
+    return _newest_per_point(pd.DataFrame(rows))
+
+
+def _newest_per_point(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    df = df.assign(_timed=df.dsa_ms.notna()).sort_values(["_timed", "date"], kind="stable")
+    df["superseded"] = df.groupby(POINT)["L"].transform("size") - 1
+    df = df.drop_duplicates(POINT, keep="last").drop(columns="_timed")
+    return df.sort_values(POINT, kind="stable").reset_index(drop=True)
 
 
 def crossover(df: pd.DataFrame) -> pd.DataFrame:

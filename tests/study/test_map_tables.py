@@ -13,8 +13,8 @@ MLA = dict(layout="mla128", H=128, H_kv=1, d_qk=576, d_v=512, dense_H_kv=128, de
            k=2048, H_I=64, d_I=128, indexer_precision="bf16")
 
 
-def _rec(rows):
-    return {"provenance": {"device": "GPU X"}, "rows": rows}
+def _rec(rows, date="2026-12-01"):
+    return {"provenance": {"device": "GPU X", "date": date}, "rows": rows}
 
 
 def _row(l, cudnn, flash, dsa, **extra):
@@ -74,3 +74,15 @@ def test_launch_profile_frame_one_row_per_category_with_labels():
     assert f[f.category == "top-k"].iloc[0][["indexer", "pass", "ms"]].tolist() == [
         "64x128 fp8", PASS_LABELS["fwd"], 1.0]
     assert f.groupby(["layer", "pass"]).share.sum().tolist() == [1.0, 1.0]
+
+
+def test_a_point_measured_twice_takes_the_newest_timed_row():
+    """A re-run after a kernel change replaces the old row (not averaged, not drawn twice); a newer row cut
+    by the budget (no DSA time) does not replace a timed one."""
+    old = _rec([_row(4096, 3.0, 3.0, 4.0), _row(8192, 9.0, 9.0, 6.0)], date="2026-12-01T10:00")
+    new = _rec([_row(4096, 3.0, 3.0, 2.0), _row(8192, 9.0, 9.0, None, dsa_fwd_why="budget")], date="2026-12-02")
+    for recs in ([old, new], [new, old]):  # file order does not matter
+        fwd = map_frame(recs).query("`pass` == 'fwd'").set_index("L")
+        assert list(fwd.index) == [4096, 8192]
+        assert fwd.loc[4096, "speedup"] == pytest.approx(1.5) and fwd.loc[4096, "superseded"] == 1
+        assert fwd.loc[8192, "speedup"] == pytest.approx(1.5) and fwd.loc[8192, "date"] == "2026-12-01T10:00"
