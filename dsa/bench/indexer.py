@@ -10,7 +10,8 @@ Measures, on one GPU, in one run (``python -m dsa.bench.indexer --out FILE``; ``
   the two fixed-k selections alone, chunked (stored score rows) and fused (``indexer_fused``: no score
   stored), with whether they agree;
 - ``selection``: the radix top-k over those stored score rows against one read of them (a row max), with the
-  bytes model of :func:`dsa.ops.flops.topk_bytes` beside it;
+  bytes model of :func:`dsa.ops.flops.topk_bytes` beside it, and ``torch.topk`` over the same rows (their
+  uncausal ends at -inf) beside it;
 - ``fp8_tiles``: the FP8 score pass at a few other tiles, at the longest L;
 - ``recall``: the FP8 selection against the bf16 one on random and structured inputs
   (:func:`dsa.ops.selection_score_mass`: share of the reference selection's indexer mass kept, and overlap).
@@ -140,12 +141,17 @@ def selection_vs_read(scores: torch.Tensor, l: int, top_k: int) -> dict:
     cuda = scores.is_cuda
     topk_ms = _ms(lambda: radix_topk(s2, top_k, lens, out_dtype=torch.int32), cuda)
     read_ms = _ms(lambda: s2.amax(-1), cuda)
+    causal = torch.arange(s2.shape[1], device=s2.device)[None, :] < lens[:, None]
+    masked = s2.masked_fill(~causal, float("-inf"))  # torch.topk has no row lengths: the rest of a row at -inf
+    torch_ms = _ms(lambda: torch.topk(masked, top_k, dim=-1, sorted=False), cuda)
+    del masked, causal
     n_mean = float(lens.float().mean())
     read_bytes = 4.0 * float(lens.sum())  # the valid triangle part; amax reads the whole rows (about the same)
     from dsa.ops.flops import topk_bytes_per_row  # noqa: PLC0415
 
     model = topk_bytes_per_row(int(n_mean), top_k)
     return {"rows": rows, "topk_ms": topk_ms, "read_ms": read_ms, "topk_over_read": topk_ms / read_ms,
+            "torch_topk_ms": torch_ms, "torch_topk_over_read": torch_ms / read_ms,
             "read_gbps": 4.0 * s2.numel() / read_ms / 1e6, "valid_bytes": read_bytes,
             "model_selection_over_read": model["selection_over_read"]}
 

@@ -8,7 +8,8 @@
 The layers are built as :mod:`dsa.bench.map` builds them (the same config, weights and inputs), so a profile
 explains a row of the map. Per (layer, pass): the profiled calls' kernel time per call (self device time of
 the GPU kernels on CUDA, self CPU time of the operators on a CPU), grouped by :data:`CATEGORIES` (sparse
-attention forward / backward, indexer scores, top-k, indexer loss, dense attention, matmul, other), and the
+attention forward / backward, indexer scores, the FP8 indexer's rotation and quantization, top-k, indexer loss,
+dense attention, matmul, other), and the
 top kernels by name. JSON with provenance; the category shares are what a missed target is bounded by.
 The categories mean something on CUDA, where each of our kernels has its own name; on a CPU the reference
 ops' operators (matrix products shared by the indexer and the attention) do not separate.
@@ -36,7 +37,8 @@ CATEGORIES = (
     ("sparse attention backward", ("sparse_attn_bwd", "sparse_attn_dkv")),
     ("sparse attention forward", ("sparse_attn_fwd", "dsa::sparse_attention")),
     ("indexer loss (KL)", ("sparse_attn_probs", "idx_at_")),
-    ("indexer scores", ("idx_pass", "indexer")),
+    ("indexer scores", ("idx_pass", "idx_scores", "indexer")),
+    ("indexer FP8 rotation + quantization", ("quantize", "hadamard")),
     ("top-k", ("radix", "bracket", "write_positions", "topk", "sort")),
     ("dense attention", ("flash", "cudnn", "fmha", "sdpa", "scaled_dot_product", "flex", "triton_tem")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "aten::mm", "aten::bmm", "aten::addmm", "aten::matmul")),

@@ -18,20 +18,26 @@
 # The first five stages ran in the fourth session (H200, commit 2ca694f): data/bench/{map,decode,mla,indexer}/README.md.
 # profile (~4 min): the per-launch profile of the MLA-MQA map rows at 64K and 128K (dsa.bench.launch_profile),
 #   dense on cuDNN beside DSA with DeepSeek's FP8 64 x 128 indexer, and DSA with a 4 x 64 indexer; copy to
-#   data/bench/map/profile/. Not yet run.
+#   data/bench/map/profile/ (the 4 x 64 rows only with PROFILE_4X64=1).
 # topk (~2 min): decode's top-k alone, one stage / two stages / torch.topk (dsa_topk*, dsa.bench.decode), after the
 #   two-stage kernel's GPU tests; copy to data/bench/decode/topk/ (outside the decode glob: its dense and DSA
 #   rows would be averaged with the full run's). Not yet run.
 # hn (~3 min): the heads-as-N indexer score kernel (indexer_chunked.score_rows_hn, untimed) beside the score pass
 #   in dsa.bench.indexer (score_pass rows with kernel 'heads_n', their rate as a share of the FP8 matmul rate and
 #   their difference from the score pass); copy to data/bench/indexer/. Not yet run.
+# Fifth session (after the heads-as-N kernel became the score kernel from 16 heads on, b024c8b):
+# check5 (~1.5 min): the GPU tests of the chunked top-k on both score kernels, the FP8 indexer, the quantize kernel;
+# idx5 (~3 min): dsa.bench.indexer at 64 x 128 (64K, 128K) with the heads-as-N tiles swept, then at 4 x 64
+#   (whether the heads-as-N kernel also pays with few heads); copy to data/bench/indexer/;
+# map5 / map5b (~6 + ~3 min): the map's 64 x 128 rows (bf16 and FP8) again with the new score kernel, MLA-MQA at
+#   16K-128K, then MQA 64 at 32K-128K; copy to data/bench/map/ (the tables keep the newest row per point).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk|hn}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -65,8 +71,30 @@ case $stage in
     for l in 65536 131072; do
       timeout 200 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 64x128:fp8 --top-k 2048 \
         --d-model 2048 --calls 1 --out "$OUT/profile-mla128-$l-64x128-fp8.json" 2>&1 | grep -v "USDT\|Warn"
-      timeout 120 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 4x64 --top-k 2048 \
-        --d-model 2048 --calls 1 --layers dsa --out "$OUT/profile-mla128-$l-4x64.json" 2>&1 | grep -v "USDT\|Warn"
+      if [[ ${PROFILE_4X64:-0} == 1 ]]; then  # the small indexer's DSA layer too (set PROFILE_4X64=1)
+        timeout 120 python -m dsa.bench.launch_profile --layout mla128 --seq-len $l --indexer 4x64 --top-k 2048 \
+          --d-model 2048 --calls 1 --layers dsa --out "$OUT/profile-mla128-$l-4x64.json" 2>&1 | grep -v "USDT\|Warn"
+      fi
     done ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk|hn)"; exit 2 ;;
+  check5)
+    timeout 60 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "chunked or score_rows" \
+      > "$OUT/gpu-tests-5.log" 2>&1
+    rc=$?
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py \
+      $(ls tests/ops/test_quantize*.py 2>/dev/null) >> "$OUT/gpu-tests-5.log" 2>&1
+    rc=$((rc | $?))
+    tail -5 "$OUT/gpu-tests-5.log"
+    exit "$rc" ;;
+  idx5)
+    timeout 150 python -m dsa.bench.indexer --seq-lens 65536 131072 --heads 64 --dim 128 --top-k 2048 --tiles \
+      --hn-tiles 2x64x4 2x128x8 4x64x8 2x64x8 1x64x4 4x32x4 --out "$OUT/indexer-64x128.json" 2>&1 | grep -v Warn
+    timeout 60 python -m dsa.bench.indexer --seq-lens 65536 131072 --heads 4 --dim 64 --top-k 2048 --tiles \
+      --out "$OUT/indexer-4x64.json" 2>&1 | grep -v Warn ;;
+  map5)
+    LAYOUTS=mla128 LENS="16384 32768 65536 131072" INDEXERS="64x128:fp8 64x128" REPS=2 BUDGET_S=360 OUT=$OUT \
+      timeout 400 bash scripts/gpu/gpu_map.sh ;;
+  map5b)
+    LAYOUTS=mqa64 LENS="32768 65536 131072" INDEXERS="64x128:fp8 64x128" REPS=3 BUDGET_S=170 OUT=$OUT \
+      timeout 200 bash scripts/gpu/gpu_map.sh ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b)"; exit 2 ;;
 esac
