@@ -22,7 +22,8 @@ Per (layout, context S, batch B), each timed on the same cache, one new token pe
   scores alone (their difference from ``dsa_indexer_topk`` is the top-k's time); ``dsa_topk`` our top-k alone
   over those scores, ``dsa_topk_split`` the same in two stages (chunks of 4k scores per row first) and
   ``dsa_topk_torch`` ``torch.topk`` over the same (which one decode should run: B rows of S scores give the
-  one-stage radix top-k only B programs).
+  one-stage radix top-k only B programs), ``dsa_topk_torch_exact`` our top-k's contract (lengths, ties to the
+  first positions) by torch.topk (``radix_topk.torch_topk_positions``).
 Projections are left out (the same for both). On CUDA every step is captured in a CUDA graph and replayed
 (launch overhead would hide the bandwidth), with a 128 MiB write between replays to flush L2 (as the other
 60 layers of a real model would), its own time subtracted. ``*_ms``: median per step; ``tokens_per_s``:
@@ -249,7 +250,8 @@ def decode_bytes(lay: Layout, s: int, b: int, k: int, d_i: int, idx_bytes: int =
     idx = s * (d_i * idx_bytes + scale_bytes + 8)
     return {"dense": b * s * row, "dsa": b * (idx + min(k, s) * row), "dsa_indexer_topk": b * idx,
             "dsa_indexer_scores": b * s * (d_i * idx_bytes + scale_bytes + 4), "dsa_sparse": b * min(k, s) * row,
-            "dsa_topk": b * s * 4, "dsa_topk_split": b * s * 4, "dsa_topk_torch": b * s * 4}
+            "dsa_topk": b * s * 4, "dsa_topk_split": b * s * 4, "dsa_topk_torch": b * s * 4,
+            "dsa_topk_torch_exact": b * s * 4}
 
 
 # ------------------------------------------------------------------------------------------------- steps
@@ -331,9 +333,15 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
     def dsa_topk_torch():  # torch.topk over the same scores (every row is its full length here): a baseline
         return torch.topk(scores, k_sel, dim=-1, sorted=False).indices.sort(-1).values
 
+    def dsa_topk_torch_exact():  # our contract by torch.topk (ties: the first positions; lengths)
+        from dsa.ops.kernels.radix_topk import torch_topk_positions  # noqa: PLC0415
+
+        return torch_topk_positions(scores.reshape(-1, scores.shape[-1]), k_sel, lengths.reshape(-1))
+
     return {"dense": dense, "dense_sdpa": dense_sdpa, "dsa": dsa, "dsa_indexer_topk": dsa_indexer_topk,
             "dsa_indexer_scores": dsa_indexer_scores, "dsa_sparse": dsa_sparse, "dsa_topk": dsa_topk,
-            "dsa_topk_split": dsa_topk_split, "dsa_topk_torch": dsa_topk_torch}
+            "dsa_topk_split": dsa_topk_split, "dsa_topk_torch": dsa_topk_torch,
+            "dsa_topk_torch_exact": dsa_topk_torch_exact}
 
 
 def bench_decode_row(cfg: DecodeBenchConfig, lay: Layout, caches, s: int, timer: Timer, hbm: float | None,

@@ -145,7 +145,7 @@ def decode_frame(results: list[dict]) -> pd.DataFrame:
     for i, res in enumerate(results):
         for r in decode_rows([res]):
             for m in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse",
-                      "dsa_topk", "dsa_topk_split", "dsa_topk_torch"):
+                      "dsa_topk", "dsa_topk_split", "dsa_topk_torch", "dsa_topk_torch_exact"):
                 if r.get(f"{m}_ms") is None:
                     continue
                 rows.append({"file": i, "layout": r["layout"], "context": r["context"], "batch": r["batch"],

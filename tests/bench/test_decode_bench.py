@@ -17,7 +17,7 @@ def test_rows_time_every_step_and_derive_the_ratios():
     assert [(r["layout"], r["context"]) for r in rows] == [("mqa", 23), ("mqa", 40), ("mla", 23), ("mla", 40)]
     for r in rows:
         for name in ("dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse",
-                     "dsa_topk", "dsa_topk_split", "dsa_topk_torch"):
+                     "dsa_topk", "dsa_topk_split", "dsa_topk_torch", "dsa_topk_torch_exact"):
             assert r[f"{name}_ms"] > 0, name
             assert r[f"{name}_tokens_per_s"] == pytest.approx(2 / (r[f"{name}_ms"] / 1e3))
             assert r[f"{name}_gbps"] == pytest.approx(r[f"{name}_bytes"] / r[f"{name}_ms"] / 1e6)
@@ -33,9 +33,10 @@ def test_rows_time_every_step_and_derive_the_ratios():
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_the_top_k_alone_steps_select_what_the_indexer_step_selects(fp8):
-    """dsa_topk (ours), dsa_topk_split (ours in two stages) and dsa_topk_torch (torch.topk) time the top-k over
-    the step's own scores: each returns the positions the whole indexer step selects, sorted, at an odd
-    context and k (the kernels' own equality: tests/ops/test_kernels.py)."""
+    """dsa_topk (ours), dsa_topk_split (ours in two stages), dsa_topk_torch (torch.topk) and dsa_topk_torch_exact
+    (our contract by torch.topk) time the top-k over the step's own scores: each returns the positions the
+    whole indexer step selects, sorted, at an odd context and k (the kernels' own equality:
+    tests/ops/test_kernels.py)."""
     import torch  # noqa: PLC0415
 
     from dsa.bench.decode import _caches, _inputs, step_fns  # noqa: PLC0415
@@ -49,6 +50,7 @@ def test_the_top_k_alone_steps_select_what_the_indexer_step_selects(fp8):
     assert torch.equal(fns["dsa_topk"]().long(), want)
     assert torch.equal(fns["dsa_topk_split"]().long(), want)
     assert torch.equal(fns["dsa_topk_torch"](), want)
+    assert torch.equal(fns["dsa_topk_torch_exact"]().long(), want)
 
 
 def test_fp8_indexer_keys_are_timed_and_counted_at_one_byte_and_a_scale():

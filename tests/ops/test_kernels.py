@@ -886,6 +886,31 @@ def test_radix_topk_split_equals_the_one_stage_top_k(gen, dtype, kind):
     assert torch.equal(radix_topk_split(s, k, chunk=4 * k), radix_topk(s, k, out_dtype=torch.int32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["random", "ties", "infinities", "signed zeros"])
+def test_torch_topk_positions_equal_the_radix_top_k(gen, dtype, kind):
+    """torch_topk_positions (torch.topk's k-th score, then the positions above it and the first equal to it)
+    gives exactly radix_topk's positions: ties to the first positions, -inf entries, -0.0 tied with +0.0,
+    lengths of 0, below k and the full row."""
+    from dsa.ops.kernels.radix_topk import radix_topk, torch_topk_positions  # noqa: PLC0415
+
+    rows, n, k = 6, _odd(gen, 151, 221), _odd(gen, 7, 13)
+    s = torch.randn(rows, n, generator=gen) * 10
+    if kind == "ties":
+        s = torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5
+    elif kind == "infinities":
+        s[1, ::4] = float("-inf")
+        s[4, 5:] = float("-inf")  # fewer finite than k: the first -inf positions fill the rest
+    elif kind == "signed zeros":
+        zeros = torch.where(torch.rand(rows, n, generator=gen) < 0.5, 0.0, -0.0)
+        s = zeros - (torch.rand(rows, n, generator=gen) < 0.3).float()
+    s = s.to(dtype).to(DEV)
+    lens = torch.tensor([n, n - 3, 0, k - 2, 2 * k + 1, n // 2], device=DEV)
+    got = torch_topk_positions(s, k, lens)
+    assert got.dtype == torch.int32 and torch.equal(got, radix_topk(s, k, lens, out_dtype=torch.int32))
+    assert torch.equal(torch_topk_positions(s, k), radix_topk(s, k, out_dtype=torch.int32))
+
+
 def test_radix_topk_signs_infinities_and_empty_rows(gen):
     """Order across signs and -inf entries; a row of length 0 returns only -1."""
     radix_topk, ref, _ = _radix()

@@ -38,8 +38,8 @@ def test_decode_tables_from_a_cpu_run():
                                 gen_tokens=2), log=lambda s: None)
     frame = I.decode_frame([res])
     assert set(frame.method) == {"dense", "dense_sdpa", "dsa", "dsa_indexer_topk", "dsa_indexer_scores", "dsa_sparse",
-                                 "dsa_topk", "dsa_topk_split", "dsa_topk_torch"}
-    assert len(frame) == 2 * 9 and not frame.ms.isna().any()
+                                 "dsa_topk", "dsa_topk_split", "dsa_topk_torch", "dsa_topk_torch_exact"}
+    assert len(frame) == 2 * 10 and not frame.ms.isna().any()
     sp = I.speedup_table([res])
     assert list(sp.context) == [20, 33] and sp["DSA % of HBM"].isna().all()  # no bandwidth on a CPU
     req = I.request_table([res])

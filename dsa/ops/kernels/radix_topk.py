@@ -193,3 +193,25 @@ def radix_topk_split(scores: torch.Tensor, k: int, lengths: torch.Tensor | None 
     vals = scores.gather(1, pos.clamp(min=0).long())
     pick = radix_topk(vals.contiguous(), k, n_valid, out_dtype=torch.int32)
     return torch.where(pick < 0, -1, pos.gather(1, pick.clamp(min=0).long()))
+
+
+@torch.no_grad()
+def torch_topk_positions(scores: torch.Tensor, k: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`radix_topk`'s contract and result (int32 positions ascending, -1 in unused slots, ties at the
+    threshold: the first by position) by ``torch.topk``, for few long rows: torch.topk finds each row's k-th
+    score, and the positions above it plus the first ones equal to it are compacted in position order (a
+    cumulative sum; torch.topk's own choice among ties is not specified).
+
+    scores (R, N) fp32/bf16/fp16; k in [1, N]; lengths (R,) integer, default N. Memory O(R * N)."""
+    r, n = scores.shape
+    pos = torch.arange(n, device=scores.device)
+    ln = torch.full((r,), n, device=scores.device) if lengths is None else lengths.to(scores.device)
+    valid = pos[None, :] < ln.to(torch.int64)[:, None]
+    s = scores.float().masked_fill(~valid, float("-inf"))
+    kth = torch.topk(s, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # -inf in a row shorter than k
+    above = (s > kth) & valid
+    tied = (s == kth) & valid
+    sel = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
+    out = torch.full((r, k + 1), -1, device=scores.device, dtype=torch.int32)  # column k takes the unselected
+    out.scatter_(1, torch.where(sel, sel.cumsum(-1) - 1, k), pos.to(torch.int32).expand(r, n))
+    return out[:, :k]
