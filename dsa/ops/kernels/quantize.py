@@ -17,8 +17,11 @@ from .indexer import min_dot_k
 
 FP8 = torch.float8_e4m3fn
 # rows per program and warps, compiled (untimed: 64 rows x 128 dims is a 16 KiB bf16 tile and a 64 x 128 fp32
-# product, the score pass's accumulator size) and in the interpreter (small: it runs a program at a time)
+# product, the score pass's accumulator size) and in the interpreter (small: it runs a program at a time).
+# fp32 rows rotate by an ieee tl.dot (FMAs, no tensor cores): at 64 rows x 4 warps ptxas spilled 30 KB a thread
+# at d 128 for sm_90a, at 32 x 8 none (218 registers; scripts/check_kernel_resources.py)
 ROWS_TILE = (64, 4)
+FP32_ROWS_TILE = (32, 8)
 INTERP_ROWS_TILE = (16, 1)
 
 
@@ -26,7 +29,7 @@ def quantize_meta(d: int, dtype: torch.dtype, rotate: bool, interp: bool) -> dic
     """The compile-time arguments of ``quantize_rows_kernel`` for rows of d values of ``dtype`` (one place for
     the launch and the ahead-of-time resource check, scripts/check_kernel_resources.py). Rotating, the columns
     are padded to tl.dot's smallest K (zero columns of x and H add nothing and change no amax)."""
-    block_r, warps = INTERP_ROWS_TILE if interp else ROWS_TILE
+    block_r, warps = INTERP_ROWS_TILE if interp else FP32_ROWS_TILE if dtype == torch.float32 else ROWS_TILE
     d_pad = max(min_dot_k(dtype), next_pow2(d)) if rotate else next_pow2(d)
     return dict(D=d, D_PAD=d_pad, BLOCK_R=block_r, ROTATE=rotate, IEEE=dtype == torch.float32, INTERP=interp,
                 FP8_MAX=torch.finfo(FP8).max, num_warps=warps)
