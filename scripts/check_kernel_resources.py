@@ -19,7 +19,8 @@ kernel and the probabilities kernel, at the launch code's tiles (``dsa.ops.kerne
 ``dkv_meta``), with --all-tiles also at ATTN_TILES and HEADSUM_TILES.
 
 fp8: the score pass on e4m3 operands with per-key scales (the FP8 indexer, ``dsa.ops.quantize``); the
-scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype).
+scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype). The FP8 indexer's
+quantization kernel (``quantize_rows``, rotated and not) runs once per d_I in each non-fp8 dtype.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ scales, and the scores I[t,s] = k_scale[s] * sum_j w'[t,j] * ReLU(q8[t,j] . k8[s
 - :func:`quantize_indexer_queries`, :func:`quantize_indexer_keys`: its two halves, row by row: an FP8 indexer
   cache (:class:`dsa.layers.cache.LayerCache`) stores the keys so quantized, and a decode step quantizes its
   new queries so (:func:`dsa.ops.decode_indexer_topk` with ``k_scale``).
+- :func:`quantize_rows`: the rows by ``impl``: the eager reference :func:`_quantize_rows` (the specification:
+  the butterfly, ~100 passes over memory at 128K tokens x 64 heads x 128) or the Triton kernel
+  (:mod:`dsa.ops.kernels.quantize`: one pass, the rotation as one tl.dot with the +-1 matrix).
 - :func:`fp8_dot_supported`: whether a device multiplies e4m3 operands natively (sm_89+: Ada, Hopper). On
   other GPUs the kernels take the same e4m3 values cast to bf16 (exact: e4m3 values are bf16 values), so the
   scores are the same up to the accumulation order.
