@@ -139,9 +139,10 @@ def quantize_rows(x: torch.Tensor, rotate: bool, *, impl: str = "auto",
     _check_rows(name, x, rotate)
     if resolve_impl(impl, x, op="quantize_rows", unsupported=_why_no_kernel(x)) == "reference":
         return _quantize_rows(x, rotate)
-    from .kernels.quantize import quantize_rows_triton  # noqa: PLC0415 (imports triton: only when it runs)
+    # a custom op: torch.compile sees one node, not the launch code (imports triton: only when it runs)
+    from .kernels.registered import quantize_rows_op  # noqa: PLC0415
 
-    return quantize_rows_triton(x, rotate, amax_floor=_AMAX_FLOOR)
+    return quantize_rows_op(x, rotate, _AMAX_FLOOR)
 
 
 @torch.no_grad()

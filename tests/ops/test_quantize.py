@@ -127,6 +127,20 @@ def test_public_entries_by_impl_and_row_by_row_as_a_decode_step(gen):
         assert _same(k8, z.k[:, t:t + 1]) and torch.equal(ks, z.k_scale[:, t:t + 1])
 
 
+def test_the_kernel_path_compiles_fullgraph(gen):
+    """The FP8 layer's quantization inside torch.compile(fullgraph=True): the kernel is one custom-op node (aot_eager
+    without CUDA, where the interpreter runs it; inductor with CUDA), with the eager bytes."""
+    torch._dynamo.reset()
+    x = _rows(gen, (5, 3), 32, torch.bfloat16)
+
+    def quantize(x):
+        return quantize_rows(x, True, impl="triton")
+
+    got = torch.compile(quantize, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(x)
+    want = quantize(x)
+    assert _same(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_auto_is_the_kernel_on_cuda_and_the_reference_on_cpu(gen):
     x = _rows(gen, (7,), 16, torch.bfloat16)
     want = quantize_rows(x, True, impl="triton" if CUDA else "reference")
