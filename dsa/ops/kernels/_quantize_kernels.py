@@ -5,11 +5,10 @@ the padded ones zero). ROTATE: the rows times the +-1 Sylvester matrix H (D_PAD 
 corner, zeros elsewhere, in the input's dtype) by one tl.dot with fp32 accumulation, times D^-0.5: +-1 is exact
 in bf16/fp16, so the products are exact and only their fp32 sum order differs from the butterfly's. Then each
 row's amax, its scale max(amax, AMAX_FLOOR) / FP8_MAX, the values divided by it, clamped to +-FP8_MAX and cast to
-e4m3 (round to nearest even, as torch's cast: by hand in fp32, ``_round_to_e4m3``, then an exact cast). Padded
+e4m3 (round to nearest even, as torch's cast: by hand in fp32, then an exact cast). Padded
 columns hold zeros: they change neither amax nor a value.
 """
 
-import triton
 import triton.language as tl
 
 
@@ -42,23 +41,17 @@ def quantize_rows_kernel(
     scale = tl.math.div_rn(tl.maximum(amax, AMAX_FLOOR), tl.full([BLOCK_R], FP8_MAX, tl.float32))
     v = tl.math.div_rn(y, tl.broadcast_to(scale[:, None], [BLOCK_R, D_PAD]))
     v = tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX)
-    tl.store(V + offs, _round_to_e4m3(v).to(tl.float8e4nv), mask=mask)
-    tl.store(S + rows, scale, mask=rmask)
-
-
-
-@triton.jit
-def _round_to_e4m3(v):
-    """v (fp32, |v| <= 448) rounded to nearest even on e4m3's grid, in fp32: then the cast to e4m3 is exact on
-    every backend. Triton 3.9's CPU interpreter rounds a cast itself half up and drops a carry into the exponent
-    (124.7 -> 64, not 128); the GPU's cvt rounds right, and gets the same values this way."""
+    # v rounded to nearest even on e4m3's grid in fp32, so that the cast below is exact on every backend:
+    # Triton 3.9's CPU interpreter rounds a cast half up and drops a carry into the exponent (124.7 -> 64, not
+    # 128); the GPU's cvt rounds right and gets the same values this way
     bits = v.to(tl.int32, bitcast=True)
-    a = tl.abs(v)
     e = (bits >> 23) & 0xFF  # biased fp32 exponent of |v|
     # e4m3's step: 3 mantissa bits below 2^e down to its smallest normal, 2^-6; 2^-9 among the subnormals
     step_e = tl.maximum(e, 127 - 6) - 3
-    # 1.5 * 2^23 * step: a + magic lies in a binade whose fp32 spacing is the step, so the add rounds (to nearest
-    # even) to a multiple of it and the subtraction is exact
+    # 1.5 * 2^23 * step: |v| + magic lies in a binade whose fp32 spacing is the step, so the add rounds (to
+    # nearest even) to a multiple of it and the subtraction is exact
     magic = ((step_e + 23) << 23 | 0x400000).to(tl.float32, bitcast=True)
-    r = (a + magic) - magic
-    return tl.where(bits < 0, -r, r)  # the sign bit: -0.0 stays -0.0, as in torch's cast
+    r = (tl.abs(v) + magic) - magic
+    v = tl.where(bits < 0, -r, r)  # by the sign bit: -0.0 stays -0.0, as in torch's cast
+    tl.store(V + offs, v.to(tl.float8e4nv), mask=mask)
+    tl.store(S + rows, scale, mask=rmask)
