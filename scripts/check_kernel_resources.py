@@ -19,7 +19,8 @@ kernel and the probabilities kernel, at the launch code's tiles (``dsa.ops.kerne
 ``dkv_meta``), with --all-tiles also at ATTN_TILES and HEADSUM_TILES.
 
 fp8: the score pass on e4m3 operands with per-key scales (the FP8 indexer, ``dsa.ops.quantize``); the
-scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype).
+scores-at kernels have no fp8 launch (the KL loss scores in the indexer's own dtype). The FP8 indexer's
+quantization kernel (``quantize_rows``, rotated and not) runs once per d_I in each non-fp8 dtype.
 """
 
 from __future__ import annotations
@@ -135,6 +136,22 @@ def at_cases(h: int, di: int, dtype: str) -> list[Case]:
             Case("idx_at_bwd", h, di, dtype, tile, meta, bwd, ints)]
 
 
+def quant_cases(di: int, dtype: str) -> list[Case]:
+    """quantize_rows_kernel (the FP8 indexer's rotation + quantization, dsa.ops.kernels.quantize) on rows of
+    d_I values, rotated (d_I a power of two) and not; no fp8 launch (it reads the bf16/fp16/fp32 rows it
+    quantizes)."""
+    from dsa.ops.kernels.quantize import quantize_meta
+
+    ty = TRITON_TYPES[dtype]
+    types = dict(X=f"*{ty}", H=f"*{ty}", V="*fp8e4nv", S="*fp32", AMAX_FLOOR="fp32")
+    cases = []
+    for rotate in (True, False) if di & (di - 1) == 0 else (False,):
+        meta = quantize_meta(di, _torch_dtype(dtype), rotate, interp=False)
+        cases.append(Case("quantize_rows" + (" rot" if rotate else ""), 1, di, dtype,
+                          f"{meta['BLOCK_R']}r/{meta['num_warps']}w", meta, types, dict(N=L * 64)))
+    return cases
+
+
 def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=(), headsum_tiles=()) -> list[Case]:
     """The sparse-attention kernels at one layout: forward, backward (atomic dK/dV, and dQ only), the inverted
     dK/dV kernel, the headsum dK/dV kernel, the probabilities kernel, at the launch code's tiles; then each of
@@ -193,10 +210,11 @@ def _jitted(kernel: str):
     from triton.runtime.jit import JITFunction
 
     from dsa.ops.kernels import _indexer_kernels as m
+    from dsa.ops.kernels import _quantize_kernels as qk
     from dsa.ops.kernels import _sparse_attn_kernels as a
 
     fn = {"idx_pass": m.idx_pass_kernel, "idx_at_fwd": m.idx_at_fwd_kernel, "idx_at_bwd": m.idx_at_bwd_kernel,
-          "idx_scores_hn": m.idx_scores_hn_kernel,
+          "idx_scores_hn": m.idx_scores_hn_kernel, "quantize_rows": qk.quantize_rows_kernel,
           "attn_fwd": a.sparse_attn_fwd_kernel, "attn_bwd": a.sparse_attn_bwd_kernel,
           "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_dkv_hsum": a.sparse_attn_dkv_headsum_kernel,
           "attn_probs": a.sparse_attn_probs_kernel}
@@ -250,9 +268,11 @@ def measure(case: Case) -> dict:
 
 
 def all_cases(sizes, dtypes, tiles, hn_tiles=HN_TILES[:1]) -> list[Case]:
+    quant_dims = sorted({di for _, di in sizes})  # the quantization kernel depends on d_I only
     return [c for dtype in dtypes for h, di in sizes
             for c in pass_cases(h, di, dtype, tiles) + hn_cases(h, di, dtype, hn_tiles)
-            + (at_cases(h, di, dtype) if dtype != "fp8" else [])]
+            + (at_cases(h, di, dtype) if dtype != "fp8" else [])] + \
+        [c for dtype in dtypes if dtype != "fp8" for di in quant_dims for c in quant_cases(di, dtype)]
 
 
 def all_attn_cases(sizes, dtypes, tiles, headsum_tiles=()) -> list[Case]:

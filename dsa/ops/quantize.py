@@ -11,6 +11,9 @@ scales, and the scores I[t,s] = k_scale[s] * sum_j w'[t,j] * ReLU(q8[t,j] . k8[s
 - :func:`quantize_indexer_queries`, :func:`quantize_indexer_keys`: its two halves, row by row: an FP8 indexer
   cache (:class:`dsa.layers.cache.LayerCache`) stores the keys so quantized, and a decode step quantizes its
   new queries so (:func:`dsa.ops.decode_indexer_topk` with ``k_scale``).
+- :func:`quantize_rows`: the rows by ``impl``: the eager reference :func:`_quantize_rows` (the specification:
+  the butterfly, ~100 passes over memory at 128K tokens x 64 heads x 128) or the Triton kernel
+  (:mod:`dsa.ops.kernels.quantize`: one pass, the rotation as one tl.dot with the +-1 matrix).
 - :func:`fp8_dot_supported`: whether a device multiplies e4m3 operands natively (sm_89+: Ada, Hopper). On
   other GPUs the kernels take the same e4m3 values cast to bf16 (exact: e4m3 values are bf16 values), so the
   scores are the same up to the accumulation order.
@@ -24,6 +27,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from .dispatch import resolve_impl
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value
@@ -95,40 +100,97 @@ def _quantize_rows(x: torch.Tensor, rotate: bool) -> tuple[torch.Tensor, torch.T
     return vals.view(x.shape), scale.view(x.shape[:-1])
 
 
+# the kernel holds H_d (d x d) and a BLOCK_R x d fp32 product per program: d_I <= 128 (DeepSeek-V3.2's) checked
+# to fit an H200 (scripts/check_kernel_resources.py); larger dims take the reference
+TRITON_MAX_D = 128
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _check_rows(name: str, x: torch.Tensor, rotate: bool) -> None:
+    """x (..., d): a float tensor of at least one dim, d a power of two when rotated (before any work)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have a last (indexer) dim, got a 0-dim tensor")
+    d = x.shape[-1]
+    if rotate and (d < 1 or d & (d - 1)):
+        raise ValueError(f"{name}: the Hadamard rotation (rotate=True) needs a power-of-two last dim, got {d}")
+
+
+def _why_no_kernel(x: torch.Tensor) -> str | None:
+    """Why ``quantize_rows_triton`` does not cover x (None when it does)."""
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"the kernel reads bf16, fp16 or fp32 rows, got {x.dtype}"
+    if x.shape[-1] > TRITON_MAX_D:
+        return f"the kernel takes a last dim <= {TRITON_MAX_D}, got {x.shape[-1]}"
+    if x.is_cuda and not fp8_dot_supported(x.device):
+        return "Triton has no e4m3 type below compute capability 8.9"
+    return None
+
+
+def quantize_rows(x: torch.Tensor, rotate: bool, *, impl: str = "auto",
+                  name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., d) -> (e4m3 values (..., d), fp32 scale (...)) by ``impl``: the reference :func:`_quantize_rows`
+    (the specification) or the Triton kernel (one pass; its fp32 sums in another order than the butterfly's, so
+    a value on a rounding boundary may land one e4m3 step away). Rows are independent in both, and ``auto``
+    picks one per device (the kernel on CUDA with an e4m3 type, d <= TRITON_MAX_D), so a row quantizes alike
+    whichever call holds it. name: the argument's name in error messages."""
+    _check_rows(name, x, rotate)
+    if resolve_impl(impl, x, op="quantize_rows", unsupported=_why_no_kernel(x)) == "reference":
+        return _quantize_rows(x, rotate)
+    # a custom op: torch.compile sees one node, not the launch code (imports triton: only when it runs)
+    from .kernels.registered import quantize_rows_op  # noqa: PLC0415
+
+    return quantize_rows_op(x, rotate, _AMAX_FLOOR)
+
+
 @torch.no_grad()
 def quantize_indexer(
-    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True
+    q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True, impl: str = "auto"
 ) -> IndexerFP8:
     """The indexer's queries, key and head weights in FP8 with per-token scales (see the module docstring).
 
     q_idx (B, L, H_I, d_I), k_idx (B, Lk, d_I), w (B, L, H_I) float; rotate: apply the Hadamard rotation first
-    (d_I a power of two; DeepSeek's choice; False only to measure what it buys). No gradient.
-    Returns :class:`IndexerFP8`."""
+    (d_I a power of two; DeepSeek's choice; False only to measure what it buys); impl: "auto" | "reference" |
+    "triton" (:func:`quantize_rows`). No gradient. Returns :class:`IndexerFP8`."""
     from .checks import check_indexer  # noqa: PLC0415 (checks import nothing from here)
 
     check_indexer(q_idx, k_idx, w, same_length=False)
-    q8, w8 = quantize_indexer_queries(q_idx, w, rotate=rotate)
-    k8, k_scale = quantize_indexer_keys(k_idx, rotate=rotate)
+    _check_rows("q_idx", q_idx, rotate)
+    _check_rows("k_idx", k_idx, rotate)
+    # one choice for both halves, made before either is quantized
+    impl = resolve_impl(impl, q_idx, k_idx, op="quantize_indexer",
+                        unsupported=_why_no_kernel(q_idx) or _why_no_kernel(k_idx))
+    q8, w8 = quantize_indexer_queries(q_idx, w, rotate=rotate, impl=impl)
+    k8, k_scale = quantize_indexer_keys(k_idx, rotate=rotate, impl=impl)
     return IndexerFP8(q8, k8, w8, k_scale)
 
 
 @torch.no_grad()
 def quantize_indexer_queries(
-    q_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True
+    q_idx: torch.Tensor, w: torch.Tensor, *, rotate: bool = True, impl: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q_idx (..., H_I, d_I), w (..., H_I) -> (e4m3 queries (..., H_I, d_I), w * q_scale (..., H_I) fp32): the
     query half of :func:`quantize_indexer`, one scale per (token, head), each row on its own (so a decode step
-    quantizes its new queries exactly as the full forward quantizes the same rows)."""
-    q8, q_scale = _quantize_rows(q_idx, rotate)  # rotated in fp32 and quantized once: no bf16 rounding between
+    quantizes its new queries exactly as the full forward quantizes the same rows, with the same ``impl``)."""
+    _check_rows("q_idx", q_idx, rotate)
+    if not isinstance(w, torch.Tensor) or w.shape != q_idx.shape[:-1]:
+        raise ValueError(f"w must have shape q_idx.shape[:-1] = {tuple(q_idx.shape[:-1])}, got "
+                         f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+    # rotated in fp32 and quantized once: no bf16 rounding between
+    q8, q_scale = quantize_rows(q_idx, rotate, impl=impl, name="q_idx")
     return q8, w.float() * q_scale
 
 
 @torch.no_grad()
-def quantize_indexer_keys(k_idx: torch.Tensor, *, rotate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_indexer_keys(
+    k_idx: torch.Tensor, *, rotate: bool = True, impl: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k_idx (..., d_I) -> (e4m3 keys (..., d_I), k_scale (...) fp32): the key half of :func:`quantize_indexer`,
     one scale per token; what an FP8 indexer cache stores (each token's row on its own: appending tokens one
-    by one gives the rows of quantizing the whole sequence at once)."""
-    return _quantize_rows(k_idx, rotate)
+    by one gives the rows of quantizing the whole sequence at once, with the same ``impl``)."""
+    return quantize_rows(k_idx, rotate, impl=impl, name="k_idx")
 
 
 def indexer_key_bytes(d_i: int, fp8: bool, dtype_bytes: int = 2) -> int:

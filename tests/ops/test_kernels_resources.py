@@ -51,6 +51,10 @@ def test_indexer_kernels_fit_hopper_shared_memory(can_compile, sizes, dtypes):
     assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
     per_size = 5 if dtypes == "fp8" else 7  # fp8: the score pass only (the scores-at kernels stay bf16)
     assert res.stdout.count(" yes") >= per_size * len(sizes.split(","))  # every launch was compiled and measured
+    if dtypes != "fp8":  # the FP8 indexer's quantization kernel, rotated and not, once per d_I: and no spills
+        quant = [line.split() for line in res.stdout.splitlines() if line.startswith("quantize_rows")]
+        assert len(quant) == 2 * len({s.split("x")[1] for s in sizes.split(",")})
+        assert all(q[-2] == "0" for q in quant), res.stdout
 
 
 def test_sparse_attention_kernels_fit_hopper_at_the_mla_mqa_shape(can_compile):

@@ -8,6 +8,7 @@ inputs and choose between these kernels and the plain-PyTorch references, which 
 - :mod:`.radix_topk`: top-k positions of each row of precomputed scores.
 - :mod:`.decode`: the decode step: split-K attention of new queries over selected (or all) cached rows, and
   the indexer scores of new queries over the cached indexer keys (then the radix top-k).
+- :mod:`.quantize`: the FP8 indexer's Hadamard rotation and per-row e4m3 quantization in one pass.
 
 The Triton path runs on CUDA tensors, or on CPU when ``TRITON_INTERPRET=1`` is set before the first call.
 """

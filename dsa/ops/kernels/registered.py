@@ -9,6 +9,7 @@ the differentiable ones, an autograd formula: no graph break, no tracing into la
 - ``dsa::indexer_topk`` (q_idx, k_idx, w, top_k) -> idx32 (no gradient)
 - ``dsa::indexer_topk_fp8`` (q8, k8, w, k_scale, top_k) -> idx32 (no gradient)
 - ``dsa::indexer_scores_at`` (q_idx, k_idx, w, idx32) -> scores; backward ``dsa::indexer_scores_at_bwd``
+- ``dsa::quantize_rows`` (x, rotate, amax_floor) -> (e4m3 values, scales) (no gradient)
 """
 
 from __future__ import annotations
@@ -154,3 +155,17 @@ def _scores_backward(ctx, go):
 
 
 indexer_scores_at_op.register_autograd(_scores_backward, setup_context=_scores_context)
+
+
+@torch.library.custom_op("dsa::quantize_rows", mutates_args=())
+def quantize_rows_op(x: Tensor, rotate: bool, amax_floor: float) -> tuple[Tensor, Tensor]:
+    """x (..., d) -> (e4m3 values (..., d), fp32 scale (...)): the FP8 indexer's rotation and per-row
+    quantization (:func:`dsa.ops.kernels.quantize.quantize_rows_triton`)."""
+    from .quantize import quantize_rows_triton  # noqa: PLC0415
+
+    return quantize_rows_triton(x, rotate, amax_floor=amax_floor)
+
+
+@quantize_rows_op.register_fake
+def _(x, rotate, amax_floor):
+    return x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty(x.shape[:-1], dtype=torch.float32)
