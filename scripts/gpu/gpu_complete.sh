@@ -26,7 +26,8 @@
 #   in dsa.bench.indexer (score_pass rows with kernel 'heads_n', their rate as a share of the FP8 matmul rate and
 #   their difference from the score pass); copy to data/bench/indexer/. Not yet run.
 # Fifth session (after the heads-as-N kernel became the score kernel from 16 heads on, b024c8b):
-# check5 (~1.5 min): the GPU tests of the chunked top-k on both score kernels, the FP8 indexer, the quantize kernel;
+# check5 (~2.5 min): the GPU tests of the chunked top-k on both score kernels, the FP8 indexer, the quantize kernel
+#   (dsa::quantize_rows) and the FP8 layer compiled;
 # idx5 (~3 min): dsa.bench.indexer at 64 x 128 (64K, 128K) with the heads-as-N tiles swept, then at 4 x 64
 #   (whether the heads-as-N kernel also pays with few heads); copy to data/bench/indexer/;
 # map5 / map5b (~6 + ~3 min): the map's 64 x 128 rows (bf16 and FP8) again with the new score kernel, MLA-MQA at
@@ -80,8 +81,10 @@ case $stage in
     timeout 60 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "chunked or score_rows" \
       > "$OUT/gpu-tests-5.log" 2>&1
     rc=$?
-    timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py \
-      $(ls tests/ops/test_quantize*.py 2>/dev/null) >> "$OUT/gpu-tests-5.log" 2>&1
+    timeout 100 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_quantize.py \
+      >> "$OUT/gpu-tests-5.log" 2>&1
+    rc=$((rc | $?))
+    timeout 90 python -m pytest -q -p no:cacheprovider tests/ops/test_compile.py -k fp8 >> "$OUT/gpu-tests-5.log" 2>&1
     rc=$((rc | $?))
     tail -5 "$OUT/gpu-tests-5.log"
     exit "$rc" ;;
