@@ -419,14 +419,15 @@ def test_indexer_topk_threshold(dtype, boundary):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("k,chunk,hi", [(19, 20, 3), (40, 16, 3), (83, None, 3), (40, 16, 17)])
+@pytest.mark.parametrize("k,chunk,hi", [(19, 20, 3), (40, 16, 2), (83, None, 3), (40, 16, 17)])
 def test_indexer_topk_chunked(dtype, k, chunk, hi):
     """Stored score chunks + radix_topk: valid, causal, the k best scores (ties aside) on odd shapes (L 83,
-    3 indexer heads padded to 4: the score pass; 17 padded to 32: the heads-as-N kernel; d_I 24), chunks that
-    do not divide L, k larger than a chunk, k = L."""
+    2 indexer heads: the score pass; 3 padded to 4 and 17 padded to 32: the heads-as-N kernel; d_I 24),
+    chunks that do not divide L, k larger than a chunk, k = L."""
+    from dsa.ops.kernels._common import next_pow2  # noqa: PLC0415
     from dsa.ops.kernels.indexer_chunked import HN_MIN_HEADS, indexer_topk_chunked  # noqa: PLC0415
 
-    assert (hi >= HN_MIN_HEADS) == (hi == 17)  # the cases cover both score kernels
+    assert (next_pow2(hi) >= HN_MIN_HEADS) == (hi != 2)  # the cases cover both score kernels
     gen = torch.Generator().manual_seed(11 + k)
     b, l, di = 2, 83, 24
     q = torch.randn(b, l, hi, di, generator=gen).to(DEV, dtype)

@@ -4,7 +4,10 @@ on fresh random odd shapes with outlier rows and an all-zero row, through the pu
 choice, and the input checks.
 
 The kernel sums the +-1 products in fp32 in another order than the reference's butterfly: a rotated value on a
-rounding boundary may land on the neighbouring e4m3 value. Unrotated, nothing is summed: the bytes are equal."""
+rounding boundary may land on the neighbouring e4m3 value. Unrotated, nothing is summed: the bytes are equal on
+CPU. On CUDA torch divides by a scalar as a product with its reciprocal (amax / 448 then differs from the
+kernel's IEEE division by an ulp, measured on an H200), so there the unrotated rows are held to the rotated
+bound."""
 
 import pytest
 import torch
@@ -62,7 +65,7 @@ def assert_quantized_close(got: tuple[torch.Tensor, torch.Tensor], want: tuple[t
     (v, s), (vr, sr) = got, want
     assert v.dtype == vr.dtype == FP8_DTYPE and s.dtype == sr.dtype == torch.float32
     assert v.shape == vr.shape and s.shape == sr.shape
-    if exact:
+    if exact and not CUDA:
         assert torch.equal(s, sr) and _same(v, vr)
         return
     torch.testing.assert_close(s, sr, rtol=SCALE_RTOL, atol=0)

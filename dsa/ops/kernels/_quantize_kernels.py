@@ -52,6 +52,8 @@ def quantize_rows_kernel(
     # nearest even) to a multiple of it and the subtraction is exact
     magic = ((step_e + 23) << 23 | 0x400000).to(tl.float32, bitcast=True)
     r = (tl.abs(v) + magic) - magic
-    v = tl.where(bits < 0, -r, r)  # by the sign bit: -0.0 stays -0.0, as in torch's cast
+    # v's sign bit on r, by bits: -0.0 stays -0.0 (and a negative value rounded to zero gives -0.0), as torch's
+    # cast; tl.where(bits < 0, -r, r) gave +0.0 there on an H200
+    v = (r.to(tl.int32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
     tl.store(V + offs, v.to(tl.float8e4nv), mask=mask)
     tl.store(S + rows, scale, mask=rmask)

@@ -26,9 +26,10 @@ SCORE_TILE = (64, 128, 4)
 # (data/bench/indexer/h200-indexer-hn.json)
 HN_TILE = (2, 64, 4)
 # the heads-as-N kernel from this many (padded) indexer heads on: at 64 heads x 128 it was 4.2-5.0x (FP8) and
-# 2.9-3.4x (bf16) faster than the score pass on the H200 (same record); with few heads its product is narrow
-# (N = queries x heads) and every program streams every key for a few queries
-HN_MIN_HEADS = 16
+# 2.9-3.4x (bf16) faster than the score pass on the H200 (same record), at 4 x 64 1.26-1.43x (L = 64K, 128K:
+# data/bench/indexer/h200-indexer-4x64.json); below 4 heads not timed (its product's N = queries x heads
+# narrows and every program streams every key for a few queries)
+HN_MIN_HEADS = 4
 
 
 def default_chunk(l: int, block_m: int, batch: int = 1) -> int:
