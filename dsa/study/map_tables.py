@@ -75,7 +75,8 @@ def map_frame(results: Iterable[dict]) -> pd.DataFrame:
     the measured speed-up over the best dense and over cuDNN, and the cost model's speed-up. A point measured
     by several files takes the newest file's row (by provenance date) that timed the DSA layer, else the
     newest row (``superseded`` counts the rows it replaced; ``commit`` / ``date`` name its file's): a re-run
-    after a kernel change replaces the old numbers instead of being averaged or drawn beside them."""
+    after a kernel change replaces the old numbers instead of being averaged or drawn beside them; ``stale``
+    marks the rows of the series that the re-run did not reach."""
     rows = []
     for res in results:
         prov = res.get("provenance", {})
@@ -102,12 +103,19 @@ def map_frame(results: Iterable[dict]) -> pd.DataFrame:
 
 
 def _newest_per_point(df: pd.DataFrame) -> pd.DataFrame:
+    """The newest timed row per point, with ``superseded`` (rows it replaced) and ``stale``: the row is older
+    than a file that timed the same series (device, layout, k, indexer, pass) again at another point, i.e.
+    it predates a change the newer run measured (its DSA time is not comparable with that run's)."""
     if df.empty:
-        return df
+        return df.assign(superseded=pd.Series(dtype=int), stale=pd.Series(dtype=bool))
     df = df.assign(_timed=df.dsa_ms.notna()).sort_values(["_timed", "date"], kind="stable")
     df["superseded"] = df.groupby(POINT)["L"].transform("size") - 1
-    df = df.drop_duplicates(POINT, keep="last").drop(columns="_timed")
-    return df.sort_values(POINT, kind="stable").reset_index(drop=True)
+    retimed = df.groupby(POINT)["_timed"].transform("sum") > 1  # a timed row replaced a timed row
+    df = df.drop_duplicates(POINT, keep="last")
+    series = [c for c in POINT if c != "L"]
+    last_retime = df.assign(_d=df.date.where(retimed.loc[df.index])).groupby(series)["_d"].transform("max")
+    df["stale"] = df.date < last_retime.fillna("")
+    return df.drop(columns="_timed").sort_values(POINT, kind="stable").reset_index(drop=True)
 
 
 def crossover(df: pd.DataFrame) -> pd.DataFrame:

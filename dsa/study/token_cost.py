@@ -59,13 +59,15 @@ def prefill_cost_frame(map_results: Iterable[dict], cost: TokenCost = TokenCost(
     """Marginal prefill cost per token against position, per layout: the best dense kernel at each L, and DSA
     per indexer in ``indexers`` ('HxD precision'). Columns: layout, method, position, from_L, to_L,
     ms_per_token, usd_per_mtok. A length without a time is skipped: the interval then spans it (from_L, to_L).
-    An interval whose time fell (T(L2) <= T(L1): noise larger than the difference, at short L) is left out."""
+    An interval whose time fell (T(L2) <= T(L1): noise larger than the difference, at short L) is left out, and
+    so are DSA rows marked ``stale`` by :func:`map_frame` (older than a re-run of their series)."""
     df = map_frame(map_results)
     out = []
     for layout, d in (df[df["pass"] == "fwd"].groupby("layout") if len(df) else ()):
         out.append(_marginal(d, "best_dense_ms").assign(method="dense (best kernel)", layout=layout))
-        for ix in indexers:
-            out.append(_marginal(d[d.indexer == ix], "dsa_ms").assign(method=f"DSA, indexer {ix}", layout=layout))
+        for ix in indexers:  # stale rows predate a re-run of the series: an interval to them mixes two codes
+            di = d[(d.indexer == ix) & ~d.stale.astype(bool)]
+            out.append(_marginal(di, "dsa_ms").assign(method=f"DSA, indexer {ix}", layout=layout))
     res = pd.concat(out, ignore_index=True) if out else pd.DataFrame(
         columns=["from_L", "to_L", "position", "ms_per_token", "method", "layout"], dtype=float)
     res["layout"] = [LAYOUT_NAMES.get(x, x) for x in res["layout"]]

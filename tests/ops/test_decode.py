@@ -129,9 +129,16 @@ def test_mla_latent_cache_with_value_view(gen):
                                    atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 41, 3, 12, 9), (1, 3, 70, 5, 20, 70), (2, 2, 23, 2, 8, 4)])
-def test_indexer_kernel_matches_reference(shape, gen):
+@pytest.mark.parametrize("shape,selection", [((2, 1, 41, 3, 12, 9), "radix"), ((1, 3, 70, 5, 20, 70), "radix"),
+                                             ((2, 2, 23, 2, 8, 4), "radix"), ((1, 1, 47, 3, 12, 5), "torch"),
+                                             ((2, 1, 171, 3, 12, 5), "split")])
+def test_indexer_kernel_matches_reference(shape, selection, gen):
+    """The indexer kernel's scores and its top-k by each of decode's three selections (one row: torch.topk's
+    k-th score; rows of >= 8 chunks of 4k scores: the two-stage radix top-k; else the radix top-k)."""
+    from dsa.ops.kernels.decode import decode_selection  # noqa: PLC0415
+
     b, t, s, h_i, d_i, k = shape
+    assert decode_selection(b * t, s, min(k, s)) == selection
     qi, ki, w = _indexer(b, t, s, h_i, d_i, gen)
     pos = _positions(b, t, s, gen).to(DEV)
     torch.testing.assert_close(decode_indexer_scores(qi, ki, w, pos, impl="triton"),

@@ -86,3 +86,14 @@ def test_a_point_measured_twice_takes_the_newest_timed_row():
         assert list(fwd.index) == [4096, 8192]
         assert fwd.loc[4096, "speedup"] == pytest.approx(1.5) and fwd.loc[4096, "superseded"] == 1
         assert fwd.loc[8192, "speedup"] == pytest.approx(1.5) and fwd.loc[8192, "date"] == "2026-12-01T10:00"
+
+
+def test_rows_older_than_a_rerun_of_their_series_are_stale():
+    """A re-run that timed some lengths again (after a kernel change) marks the series' older rows it did not
+    reach as stale; a run that only adds new lengths marks nothing."""
+    old = _rec([_row(2048, 1.0, 1.0, 2.0), _row(4096, 3.0, 3.0, 4.0)], date="2026-12-01")
+    rerun = _rec([_row(4096, 3.0, 3.0, 2.0), _row(8192, 9.0, 9.0, 5.0)], date="2026-12-02")
+    fwd = map_frame([old, rerun]).query("`pass` == 'fwd'").set_index("L")
+    assert fwd.stale.tolist() == [True, False, False]
+    extension = _rec([_row(8192, 9.0, 9.0, 5.0)], date="2026-12-02")
+    assert not map_frame([old, extension]).stale.any()

@@ -3,8 +3,9 @@
 - :func:`decode_attention_triton`: split-K attention of new queries over selected cached rows (sparse) or over
   every cached row up to the query (dense flash decoding); the splits are merged by their log-sum-exp.
 - :func:`decode_indexer_scores_triton`, :func:`decode_indexer_topk_triton`: the indexer scores of new queries
-  over the cached indexer keys (bf16, or FP8: e4m3 operands and a per-key scale), then the radix top-k among
-  the positions s <= q_pos.
+  over the cached indexer keys (bf16, or FP8: e4m3 operands and a per-key scale), then the top-k among the
+  positions s <= q_pos (:func:`decode_selection`: the radix top-k in one or two stages, or torch.topk's k-th
+  score for one row).
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import torch
 
 from ._common import interpret_mode, jit, next_pow2
 from .indexer import min_dot_k
-from .radix_topk import radix_topk
+from .radix_topk import radix_topk, radix_topk_split, torch_topk_positions
 
 # programs to aim for when splitting the rows of one query: about two waves on an H100/H200 (132 SMs)
 TARGET_PROGRAMS = 264
+# The decode top-k over R rows of S scores, by the fastest measured on an H200 (k = 2048, MLA and MQA alike;
+# data/bench/decode/topk/h200-decode-topk-2.json, ms at S = 32K / 128K): one row -> torch.topk's k-th score and
+# a compaction (0.11 / 0.13, against 0.23 / 0.71 for the radix top-k: one program for the whole row); rows of
+# at least SPLIT_MIN_CHUNKS chunks of 4k scores -> the two-stage radix top-k (128K, 16 chunks: 0.38 / 0.49 at
+# B = 16 / 64, against 0.76 / 0.80 one-stage, 0.64 / 1.07 by torch.topk); else the one-stage radix top-k (32K,
+# 4 chunks: 0.24 / 0.25 against 0.27 / 0.32 in two stages). Between 4 and 16 chunks not measured.
+SPLIT_MIN_CHUNKS = 8
 
 
 def _kernels() -> dict:
@@ -136,8 +144,23 @@ def decode_indexer_topk_triton(
     q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor, k: int, q_pos: torch.Tensor, *,
     k_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The scores of :func:`decode_indexer_scores_triton` (FP8 with ``k_scale``), then the radix top-k of each
-    query among its first q_pos + 1 rows -> (B, T, k) int32 positions ascending, -1 in unused slots; k <= S."""
+    """The scores of :func:`decode_indexer_scores_triton` (FP8 with ``k_scale``), then the top-k of each query
+    among its first q_pos + 1 rows (the selection :func:`decode_selection` picks: the same positions by each)
+    -> (B, T, k) int32 positions ascending, -1 in unused slots; k <= S."""
     scores = decode_indexer_scores_triton(q_idx, k_idx, w, q_pos, k_scale=k_scale)
     lengths = (q_pos.to(torch.int32) + 1).clamp(max=k_idx.shape[1])
-    return radix_topk(scores, k, lengths, out_dtype=torch.int32)
+    rows, n = scores.shape[0] * scores.shape[1], scores.shape[-1]
+    how = decode_selection(rows, n, k)
+    if how == "radix":
+        return radix_topk(scores, k, lengths, out_dtype=torch.int32)
+    fn = torch_topk_positions if how == "torch" else radix_topk_split
+    return fn(scores.reshape(rows, n), k, lengths.reshape(rows)).view(*scores.shape[:-1], k)
+
+
+def decode_selection(rows: int, n: int, k: int) -> str:
+    """Which top-k a decode step runs over ``rows`` rows of ``n`` scores: 'torch' (one row), 'split' (rows of
+    at least SPLIT_MIN_CHUNKS chunks of 4k scores) or 'radix' (see SPLIT_MIN_CHUNKS for the measurements).
+    All three return the same positions (radix_topk's contract)."""
+    if rows == 1:
+        return "torch"
+    return "split" if n >= SPLIT_MIN_CHUNKS * 4 * k else "radix"
