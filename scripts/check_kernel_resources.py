@@ -189,8 +189,11 @@ def attn_cases(h: int, hkv: int, d: int, dv: int, dtype: str, tiles=(), headsum_
     probs = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items()
              if k not in ("DV", "DV_PAD", "num_warps", "V_FROM_K")}
     probs.update(BLOCK_K=32, num_warps=4, num_stages=2)
-    cases.append(case("attn_probs", probs, dict(Q=ptr, K=ptr, IDX="*i32", LSE="*fp32", P="*fp32", sm_scale="fp32",
-                                                inv_h="fp32")))
+    probs_t = dict(Q=ptr, K=ptr, IDX="*i32", LSE="*fp32", P="*fp32", sm_scale="fp32", inv_h="fp32")
+    cases.append(case("attn_probs", probs, probs_t))
+    # the per-query probabilities kernel at the forward's tiles (sparse_attention._probs_by_query)
+    probs_q = {k: v for k, v in attn_meta(g, d, d, td, "fwd").items() if k not in ("DV", "DV_PAD", "V_FROM_K")}
+    cases.append(case("attn_probs_q", probs_q, probs_t))
     for pass_, bh, bk, w, st in tiles:
         meta = attn_meta(g, d, dv, td, pass_, block_h=bh, block_k=bk, num_warps=w, num_stages=st, **shared)
         if pass_ == "bwd":
@@ -217,7 +220,7 @@ def _jitted(kernel: str):
           "idx_scores_hn": m.idx_scores_hn_kernel, "quantize_rows": qk.quantize_rows_kernel,
           "attn_fwd": a.sparse_attn_fwd_kernel, "attn_bwd": a.sparse_attn_bwd_kernel,
           "attn_dkv_inv": a.sparse_attn_dkv_inv_kernel, "attn_dkv_hsum": a.sparse_attn_dkv_headsum_kernel,
-          "attn_probs": a.sparse_attn_probs_kernel}
+          "attn_probs": a.sparse_attn_probs_kernel, "attn_probs_q": a.sparse_attn_probs_query_kernel}
     return JITFunction(fn[kernel.split()[0]])
 
 

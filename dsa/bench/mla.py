@@ -96,6 +96,9 @@ class MLABenchConfig:
     # the inverted dK/dV re-reads q and dO of all G heads per pair: small L only
     inverted_max_len: int = field(default=8192, metadata={"help": "largest L timed with dkv 'inverted'",
                                                           "metavar": "L"})
+    probs: list[str] = field(default_factory=list, metadata={
+        "help": "kernels of the indexer loss's target probabilities to time on each (layout, L) (CUDA only; "
+                "'slots', 'query': dsa.ops.kernels.sparse_attention.PROBS_KERNELS)", "choices": ("slots", "query")})
     check: bool = field(default=False, metadata={
         "help": "errors of the output and every gradient against the fp32 reference at a small L"})
     device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",
@@ -115,6 +118,9 @@ class MLABenchConfig:
                 raise ValueError(f"dkv must be among {DKV_MODES}, got {mode!r}")
         for spec in self.tiles:
             parse_tile(spec)
+        for name in self.probs:
+            if name not in ("slots", "query"):
+                raise ValueError(f"probs kernels must be among ('slots', 'query'), got {name!r}")
         for name, low in (("inverted_max_len", 1), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -303,10 +309,37 @@ def run(cfg: MLABenchConfig, on_row: Callable[[dict], None] | None = None) -> di
                     print(_line(row), file=sys.stderr, flush=True)
                     if on_row:
                         on_row(res)
+            if cuda and cfg.probs:
+                res.setdefault("probs", []).extend(bench_probs(cfg, layout, l, tensors))
+                print("probs", json.dumps(res["probs"][-len(cfg.probs):]), file=sys.stderr, flush=True)
             del tensors, q, k, v
             if cuda:
                 torch.cuda.empty_cache()
     return res
+
+
+def bench_probs(cfg: MLABenchConfig, layout: str, l: int, tensors) -> list[dict]:
+    """The indexer loss's target probabilities (``sparse_attention_probs``) on the forward's lse, once per
+    kernel in cfg.probs: ms, TFLOP/s (2·H·d_qk per causal pair: S recomputed) and the largest difference
+    from the first kernel's probabilities. CUDA only."""
+    from dsa.ops.kernels.sparse_attention import _fwd, sparse_attention_probs  # noqa: PLC0415
+
+    h, _, d, _ = LAYOUTS[layout]
+    q, k, v, idx = tensors
+    scale = d**-0.5
+    _, lse = _fwd(q, k, v, idx, scale)
+    pairs = attention_pairs(l, cfg.top_k)
+    rows, first = [], None
+    for name in cfg.probs:
+        ms, why = _measure(lambda n=name: sparse_attention_probs(q, k, idx, lse, scale, kernel=n), q.is_cuda)
+        row = {"layout": layout, "L": l, "k": cfg.top_k, "probs_kernel": name, "probs_ms": ms, "probs_why": why,
+               "probs_tflops": pairs * 2 * h * d / ms / 1e9 if ms else None}
+        if ms:
+            p = sparse_attention_probs(q, k, idx, lse, scale, kernel=name)
+            first = p if first is None else first
+            row["max_abs_diff_vs_first"] = float((p - first).abs().max())
+        rows.append(row)
+    return rows
 
 
 def _fmt(x, f="{:.2f}") -> str:

@@ -32,13 +32,18 @@
 #   (whether the heads-as-N kernel also pays with few heads); copy to data/bench/indexer/;
 # map5 / map5b (~6 + ~3 min): the map's 64 x 128 rows (bf16 and FP8) again with the new score kernel, MLA-MQA at
 #   16K-128K, then MQA 64 at 32K-128K; copy to data/bench/map/ (the tables keep the newest row per point).
+# All four ran in the fifth session (H200, 2c38194): data/bench/{indexer,map}/README.md. Next:
+# probs (~3 min): the indexer loss's target probabilities by the slot-block kernel (the default; 1073 ms at
+#   MLA-MQA 128K in the profile) against the per-query kernel (sparse_attention.PROBS_KERNEL 'query': built
+#   and resource-checked without a GPU, untimed), after their GPU tests; copy to data/bench/mla/. If 'query' is
+#   faster, make it the default and run map5 again (the training rows).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 [[ -f scripts/.gpu_env ]] && source scripts/.gpu_env
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b}
+stage=${1:?usage: gpu_complete.sh tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b|probs}
 case $stage in
   tests)
     timeout 500 python -m pytest -q -p no:cacheprovider tests/ops/test_indexer_fp8.py tests/ops/test_large_offsets.py \
@@ -99,5 +104,9 @@ case $stage in
   map5b)
     LAYOUTS=mqa64 LENS="32768 65536 131072" INDEXERS="64x128:fp8 64x128" REPS=3 BUDGET_S=170 OUT=$OUT \
       timeout 200 bash scripts/gpu/gpu_map.sh ;;
-  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b)"; exit 2 ;;
+  probs)
+    timeout 120 python -m pytest -q -p no:cacheprovider tests/ops/test_kernels.py -k "probs" 2>&1 | tail -2
+    timeout 200 python -m dsa.bench.mla --layouts mla128 --seq-lens 32768 131072 --top-k 2048 --dkv headsum \
+      --probs slots query --out "$OUT/mla-probs.json" 2>&1 | grep -v Warn ;;
+  *) echo "unknown stage $stage (tests|mla|l128|decode|mlabwd|profile|topk|hn|check5|idx5|map5|map5b|probs)"; exit 2 ;;
 esac

@@ -352,7 +352,7 @@ def _probs_reference(q, kk, idx, lse, scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40)])
+@pytest.mark.parametrize("h,hkv,d", [(3, 3, 16), (4, 2, 24), (16, 1, 40), (40, 1, 40)])
 def test_sparse_attention_probs(gen, dtype, h, hkv, d):
     """Against the gathered-score reference (on the reference's lse) and the dense-then-gather target of
     the indexer's KL loss; on the kernel's own lse every row with a selection sums to 1, empty rows to 0;
@@ -369,6 +369,11 @@ def test_sparse_attention_probs(gen, dtype, h, hkv, d):
     _, lse = attention_kernel(q, kk, kk, idx32, scale)
     p = sparse_attention_probs(q, kk, idx32, lse, scale)
     assert torch.allclose(sparse_attention_probs(q, kk, idx32, lse, scale, block_k=16), p, rtol=1e-6, atol=1e-7)
+    # the per-query kernel: the same probabilities, also with the heads in several blocks (its row of P summed
+    # over head blocks) and the slots in blocks of 16
+    for tile in ({}, {"block_h": 16 if h > 16 else None, "block_k": 16}):
+        by_query = sparse_attention_probs(q, kk, idx32, lse, scale, kernel="query", **tile)
+        assert torch.allclose(by_query, p, rtol=1e-5, atol=1e-6)
     assert bool((p[~valid] == 0).all()) and bool((p >= 0).all())
     has = valid.any(-1)
     assert bool(has.any()) and bool((~has).any())  # both kinds of rows are there
@@ -1111,3 +1116,18 @@ def test_radix_topk_real_sizes_on_indexer_scores(gen, l, k):
         short, sampled, radix = _paths(stats)
         eligible = l - max(k + 1, 2 * sample) + 1  # rows longer than k and than two samples
         assert short == k and (sampled >= 0.97 * eligible if sample else sampled == 0), (short, sampled, radix)
+
+
+def test_the_mla_bench_times_both_probability_kernels_and_they_agree():
+    """dsa.bench.mla --probs (interpreter, the tiny MLA-like layout: two head blocks of 16, a score dim with a
+    tail): each kernel of the indexer loss's target probabilities timed, the two within fp32 rounding."""
+    from dsa.bench.mla import MLABenchConfig, bench_probs, causal_selection, mla_inputs  # noqa: PLC0415
+
+    cfg = MLABenchConfig(seq_lens=[37], layouts=["tiny"], top_k=9, device="cpu", probs=["slots", "query"])
+    q, k, v = mla_inputs("tiny", 37, DEV, torch.float32, 0)
+    rows = bench_probs(cfg, "tiny", 37, (q, k, v, causal_selection(37, 9, DEV, 0)))
+    assert [r["probs_kernel"] for r in rows] == ["slots", "query"]
+    assert all(r["probs_ms"] > 0 and r["probs_tflops"] > 0 and r["probs_why"] is None for r in rows)
+    assert rows[0]["max_abs_diff_vs_first"] == 0.0 and rows[1]["max_abs_diff_vs_first"] < 1e-6
+    with pytest.raises(ValueError, match="probs"):
+        MLABenchConfig(seq_lens=[37], layouts=["tiny"], top_k=9, device="cpu", probs=["fast"])

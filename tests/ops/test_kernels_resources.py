@@ -60,8 +60,9 @@ def test_indexer_kernels_fit_hopper_shared_memory(can_compile, sizes, dtypes):
 def test_sparse_attention_kernels_fit_hopper_at_the_mla_mqa_shape(can_compile):
     """The sparse attention at DeepSeek-V3.2's MLA in MQA mode (128 query heads on one latent K/V, d_qk 576 =
     512 + 64, d_v 512, bf16) and at MQA 64 x 128: forward, backward (atomic dK/dV and dQ only), the inverted
-    and the headsum dK/dV kernels and the probabilities, at the launch code's tiles. Before the head blocks and
-    the 512 + 64 split, 128 heads on one K/V head and d_qk padded to 1024 could not launch."""
+    and the headsum dK/dV kernels and both probabilities kernels, at the launch code's tiles. Before the head
+    blocks and the 512 + 64 split, 128 heads on one K/V head and d_qk padded to 1024 could not launch."""
     res = _run("1x16", "bf16", "--only", "attention", "--attention", "128x1x576x512,64x1x128x128")
     assert res.returncode == 0 and "all fit" in res.stdout, res.stdout + res.stderr[-2000:]
-    assert res.stdout.count("attn_") == 12 and res.stdout.count("attn_dkv_hsum") == 2
+    assert res.stdout.count("attn_") == 14 and res.stdout.count("attn_dkv_hsum") == 2
+    assert res.stdout.count("attn_probs_q") == 2

@@ -19,7 +19,8 @@ one program per (query, block of selected slots, KV head) that sums all G heads 
 atomics (one per element and query); ``sparse_attn_dkv_inv_kernel`` gives dK/dV without atomics, one program
 per key row over the queries that selected it (an inverted key -> queries index): deterministic. ``sparse_attn_probs_kernel``
 (no grad) turns the forward's lse back into the per-slot probabilities, averaged over the H heads: the
-indexer's sparse KL target in O(L * K) memory.
+indexer's sparse KL target in O(L * K) memory; ``sparse_attn_probs_query_kernel`` computes the same with one
+program per query over all its slots (the query's head tiles loaded once, not once per slot block).
 
 PREC: tl.dot's input precision ("ieee" for fp32 inputs, so that fp32 is exact; ignored for bf16/fp16).
 """
@@ -321,6 +322,67 @@ def sparse_attn_probs_kernel(
         total += tl.sum(tl.math.exp2(s * qk_scale - lse2[:, None]), 0)
     total = tl.where(ok, total * inv_h, 0.0)
     tl.store(P + b * spb + t * spl + kk, total, mask=kk < KSEL)
+
+
+def sparse_attn_probs_query_kernel(
+    Q, K, IDX, LSE, P, sm_scale, inv_h,
+    sqb, sqh, sql,
+    skb, skh, skl,
+    sib, sil,
+    slb, slh,
+    spb, spl,
+    HKV, KSEL, NHB,
+    G: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+    HAS_TAIL: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr,
+):
+    """P as ``sparse_attn_probs_kernel``, one program = one query t over all its selected slots: per head block
+    (outer loop) its [BLOCK_H, D] q tile and lse are loaded once and held while the selected keys stream past in
+    blocks of BLOCK_K (inner loop, as the forward); each block's head sum (times 1/H) is added to the program's
+    own row of P, which the first head block writes. The slot-block kernel reloads the whole q tile of the
+    query (MLA: 128 x 576) for every block of slots."""
+    t = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    d1 = tl.arange(0, D1)
+    m1 = d1 < D
+    d2 = D1 + tl.arange(0, D2)
+    m2 = d2 < D
+    qk_scale = sm_scale * 1.4426950408889634
+    prow = P + b * spb + t * spl
+    ibase = IDX + b * sib + t * sil
+    for hbk in range(0, HKV * NHB):
+        hk = (hbk // NHB).to(tl.int64)
+        g = (hbk % NHB) * BLOCK_H + tl.arange(0, BLOCK_H)
+        gm = g < G
+        h = hk * G + g
+        qrow = Q + b * sqb + h[:, None] * sqh + t * sql
+        q1 = tl.load(qrow + d1[None, :], mask=gm[:, None] & m1[None, :], other=0.0)
+        if HAS_TAIL:
+            q2 = tl.load(qrow + d2[None, :], mask=gm[:, None] & m2[None, :], other=0.0)
+            if INTERP:
+                q2 = q2.to(tl.float32)
+        if INTERP:
+            q1 = q1.to(tl.float32)
+        lse = tl.load(LSE + b * slb + h * slh + t, mask=gm, other=float("inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        kbase = K + b * skb + hk * skh
+        for k0 in range(0, KSEL, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            ix = tl.load(ibase + kk, mask=kk < KSEL, other=-1)
+            ok = ix >= 0
+            krow = kbase + tl.where(ok, ix, 0).to(tl.int64)[:, None] * skl
+            k1 = tl.load(krow + d1[None, :], mask=ok[:, None] & m1[None, :], other=0.0)
+            if INTERP:
+                k1 = k1.to(tl.float32)
+            s = tl.dot(q1, tl.trans(k1), input_precision=PREC)
+            if HAS_TAIL:
+                k2 = tl.load(krow + d2[None, :], mask=ok[:, None] & m2[None, :], other=0.0)
+                if INTERP:
+                    k2 = k2.to(tl.float32)
+                s += tl.dot(q2, tl.trans(k2), input_precision=PREC)
+            part = tl.sum(tl.math.exp2(s * qk_scale - lse2[:, None]), 0) * inv_h
+            part += tl.load(prow + kk, mask=(kk < KSEL) & (hbk > 0), other=0.0)  # the earlier head blocks' sum
+            tl.store(prow + kk, tl.where(ok, part, 0.0), mask=kk < KSEL)
+        tl.debug_barrier()  # this block's row of P written before the next block's threads read it
 
 
 def sparse_attn_dkv_headsum_kernel(

@@ -63,7 +63,8 @@ def _kernels():
     from . import _sparse_attn_kernels as m
 
     return (jit(m.sparse_attn_fwd_kernel), jit(m.sparse_attn_bwd_kernel), jit(m.sparse_attn_probs_kernel),
-            jit(m.sparse_attn_dkv_inv_kernel), jit(m.sparse_attn_dkv_headsum_kernel))
+            jit(m.sparse_attn_dkv_inv_kernel), jit(m.sparse_attn_dkv_headsum_kernel),
+            jit(m.sparse_attn_probs_query_kernel))
 
 
 def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
@@ -325,9 +326,17 @@ def sparse_attention(
     return sparse_attention_op(_lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v), idx32, float(scale))
 
 
+# The probabilities kernel: 'slots' (a program per (query, block of slots), the query's head tiles reloaded
+# per block: 1073 ms at MLA-MQA 128K on an H200, 37 TFLOP/s, data/bench/map/profile/) or 'query' (a program per
+# query over all its slots, the head tiles loaded once: not yet timed; the GPU stage `probs` times both)
+PROBS_KERNEL = "slots"
+PROBS_KERNELS = ("slots", "query")
+
+
 @torch.no_grad()
 def sparse_attention_probs(
-    q: torch.Tensor, k: torch.Tensor, idx32: torch.Tensor, lse: torch.Tensor, scale: float, *, block_k=None
+    q: torch.Tensor, k: torch.Tensor, idx32: torch.Tensor, lse: torch.Tensor, scale: float, *, block_k=None,
+    block_h=None, kernel: str | None = None,
 ) -> torch.Tensor:
     """The sparse attention probabilities per selected slot, averaged over the H query heads (no grad).
 
@@ -336,13 +345,20 @@ def sparse_attention_probs(
     returns p (B, L, K) fp32: p[b, t, j] = mean_h exp(scale * q[b, h, t] . k[b, h // G, idx32[b, t, j]]
     - lse[b, h, t]), 0 at unused slots and for queries whose lse is -inf. Each row with a selected key sums
     to 1: the indexer's sparse KL target, in O(L * K) memory instead of a dense score product.
+    kernel: 'slots' or 'query' (default PROBS_KERNEL): the same probabilities up to fp32 summation order;
+    block_k, block_h: slots and heads per block (default: the launch's own; tuning and tests only).
     """
+    kernel = kernel or PROBS_KERNEL
+    if kernel not in PROBS_KERNELS:
+        raise ValueError(f"kernel must be one of {PROBS_KERNELS}, got {kernel!r}")
+    if kernel == "query":
+        return _probs_by_query(q, k, idx32, lse, scale, block_k, block_h)
     probs_kernel = _kernels()[2]
     b, h, l, _ = q.shape
     hkv, ksel = k.shape[1], idx32.shape[-1]
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
-    meta, nhb = _meta(q, k, k, "fwd")
+    meta, nhb = _meta(q, k, k, "fwd", block_h=block_h)
     meta = {n: meta[n] for n in ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "PREC", "INTERP")}  # no V
     # 32 rows, not 64: at d = 128 (bf16, 16 heads) 64 rows take all 255 registers, 32 take 128 (ptxas, sm_90)
     block_k = block_k or _block_k(_FWD_BLOCK_BYTES, (meta["D1"] + meta["D2"]) * q.element_size(), 32)
@@ -354,5 +370,22 @@ def sparse_attention_probs(
         # two stages, not three: the pipelined head loop at fp32 and d_qk 576 needs 262 KB of shared memory
         # with three (more than the 227 KB of an H100/H200), 131 KB with two
         BLOCK_K=block_k, num_warps=4, num_stages=2, **meta,
+    )
+    return p
+
+
+def _probs_by_query(q, k, idx32, lse, scale, block_k=None, block_h=None) -> torch.Tensor:
+    """sparse_attention_probs by ``sparse_attn_probs_query_kernel`` (one program per query), at the forward's
+    tiles: it holds the forward's q tiles and gathers its key blocks, without the value accumulator."""
+    b, h, l, _ = q.shape
+    hkv, ksel = k.shape[1], idx32.shape[-1]
+    q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
+    p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
+    meta, nhb = _meta(q, k, k, "fwd", block_k=block_k, block_h=block_h)
+    keep = ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "BLOCK_K", "PREC", "INTERP", "num_warps", "num_stages")
+    _kernels()[5][(l, b)](
+        q, k, idx32, lse, p, float(scale), 1.0 / h,
+        *_leading_strides(q, k, idx32, lse, p),
+        hkv, ksel, nhb, **{n: meta[n] for n in keep if n in meta},
     )
     return p
