@@ -500,7 +500,9 @@ else:
 # **above 1, DSA is faster**. Dashed: the cost model (`dsa.study.map_tables`: FLOPs and bytes per (query,
 # key) pair at the H200's measured matrix rates and bandwidth, attention and indexer only), the speed-up
 # ideal kernels would give. The table names, per layout and indexer, the L from which DSA beats the best dense
-# kernel at every larger measured L.
+# kernel at every larger measured L. A point measured in several runs shows the newest run's time; a series
+# re-run after a kernel change (the 64 × 128 indexer's heads-as-N score kernel, 2026-12-02) keeps its older
+# points at the lengths the re-run did not reach, flagged `stale` in `MT.map_frame`.
 
 # %%
 map_records = load_records(P.map_bench) if P.map_bench else []
