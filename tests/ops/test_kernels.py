@@ -870,6 +870,24 @@ def test_radix_topk_ties_take_the_first_positions(gen):
         assert torch.equal(got[r][s[r, got[r]] == thr], eq[:n_eq])
 
 
+def _few_long_rows(gen, dtype, kind):
+    """(scores (6, n), k, lengths (6,)) for the few-long-rows top-k variants: odd n and k, scores random,
+    ties ('ties'), -inf entries incl. a row with fewer finite than k ('infinities') or signed zeros
+    ('signed zeros'); lengths n, n - 3, 0, below k, across chunks, n // 2."""
+    rows, n, k = 6, _odd(gen, 151, 221), _odd(gen, 7, 13)
+    s = torch.randn(rows, n, generator=gen) * 10
+    if kind == "ties":
+        s = torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5
+    elif kind == "infinities":
+        s[1, ::4] = float("-inf")
+        s[4, 5:] = float("-inf")  # fewer finite than k: the first -inf positions fill the rest
+    elif kind == "signed zeros":
+        zeros = torch.where(torch.rand(rows, n, generator=gen) < 0.5, 0.0, -0.0)
+        s = zeros - (torch.rand(rows, n, generator=gen) < 0.3).float()
+    lens = torch.tensor([n, n - 3, 0, k - 2, 2 * k + 1, n // 2], device=DEV)
+    return s.to(dtype).to(DEV), k, lens
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["random", "ties", "infinities"])
 def test_radix_topk_split_equals_the_one_stage_top_k(gen, dtype, kind):
@@ -878,14 +896,7 @@ def test_radix_topk_split_equals_the_one_stage_top_k(gen, dtype, kind):
     multiple of the chunk, lengths of 0, below k, within one chunk and across several."""
     from dsa.ops.kernels.radix_topk import radix_topk, radix_topk_split  # noqa: PLC0415
 
-    rows, n, k = 6, _odd(gen, 151, 221), _odd(gen, 7, 13)
-    s = torch.randn(rows, n, generator=gen) * 10
-    if kind == "ties":
-        s = torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5
-    elif kind == "infinities":
-        s[1, ::4] = float("-inf")
-    s = s.to(dtype).to(DEV)
-    lens = torch.tensor([n, n - 3, 0, k - 2, 2 * k + 1, n // 2], device=DEV)
+    s, k, lens = _few_long_rows(gen, dtype, kind)
     want = radix_topk(s, k, lens, out_dtype=torch.int32)
     got = radix_topk_split(s, k, lens, chunk=2 * k + 3)
     assert got.dtype == torch.int32 and torch.equal(got, want)
@@ -900,18 +911,7 @@ def test_torch_topk_positions_equal_the_radix_top_k(gen, dtype, kind):
     lengths of 0, below k and the full row."""
     from dsa.ops.kernels.radix_topk import radix_topk, torch_topk_positions  # noqa: PLC0415
 
-    rows, n, k = 6, _odd(gen, 151, 221), _odd(gen, 7, 13)
-    s = torch.randn(rows, n, generator=gen) * 10
-    if kind == "ties":
-        s = torch.randint(-2, 3, (rows, n), generator=gen).float() * 0.5
-    elif kind == "infinities":
-        s[1, ::4] = float("-inf")
-        s[4, 5:] = float("-inf")  # fewer finite than k: the first -inf positions fill the rest
-    elif kind == "signed zeros":
-        zeros = torch.where(torch.rand(rows, n, generator=gen) < 0.5, 0.0, -0.0)
-        s = zeros - (torch.rand(rows, n, generator=gen) < 0.3).float()
-    s = s.to(dtype).to(DEV)
-    lens = torch.tensor([n, n - 3, 0, k - 2, 2 * k + 1, n // 2], device=DEV)
+    s, k, lens = _few_long_rows(gen, dtype, kind)
     got = torch_topk_positions(s, k, lens)
     assert got.dtype == torch.int32 and torch.equal(got, radix_topk(s, k, lens, out_dtype=torch.int32))
     assert torch.equal(torch_topk_positions(s, k), radix_topk(s, k, out_dtype=torch.int32))
