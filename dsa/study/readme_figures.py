@@ -50,7 +50,18 @@ COLORS = {"dense": "#444444", V.LEAKY: "#d62728", GUARD_ON: "#ff9896", "DSA scra
 
 
 def _source(path: str, records: list[dict]) -> str:
-    return f"data/{path}: " + summarize_provenance(r.get("provenance") or {} for r in records)
+    """The figure's footer: where its data came from. Many runs over several commits in one short line (a
+    footer wrapped over lines costs the PNG its size budget): devices, dates, torch, the commits."""
+    text = summarize_provenance(r.get("provenance") or {} for r in records)
+    if len(text) <= 200:
+        return f"data/{path}: " + text
+    provs = [r.get("provenance") or {} for r in records]
+
+    def values(key: str, n: int | None = None) -> str:
+        return ", ".join(sorted({str(p.get(key) or "?")[:n] for p in provs}))
+
+    return (f"data/{path}: {len(provs)} runs on {values('device')}, {values('date', 10)}, torch "
+            f"{values('torch_version')}, commits {values('git_commit', 7)}")
 
 
 def leak_figure() -> tuple[Any, str]:
@@ -121,8 +132,7 @@ def token_cost_figure() -> tuple[Any, str]:
     p, d = prefill_cost_frame(maps, cost), decode_cost_frame(decs, cost)
     fig = draw(p[p.layout == lay], d[d.layout == lay], cost,
                "What a token's attention costs against its position, DeepSeek-V3.2's MLA-MQA shape, H200, k = 2048")
-    return fig, f"data/{MAP_BENCH} + data/{DECODE_BENCH}: " + summarize_provenance(
-        r.get("provenance") or {} for r in maps + decs)
+    return fig, _source(f"{MAP_BENCH} + data/{DECODE_BENCH}", maps + decs)
 
 
 MAP_INDEXERS = {"4x64 bf16": "indexer 4 x 64 bf16", "64x128 fp8": "indexer 64 x 128 FP8 (DeepSeek's)"}
