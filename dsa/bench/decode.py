@@ -336,7 +336,7 @@ def step_fns(x: Inputs, top_k: int, scale: float) -> dict[str, Callable[[], obje
     def dsa_topk_torch_exact():  # our contract by torch.topk (ties: the first positions; lengths)
         from dsa.ops.kernels.radix_topk import torch_topk_positions  # noqa: PLC0415
 
-        return torch_topk_positions(scores.reshape(-1, scores.shape[-1]), k_sel, lengths.reshape(-1))
+        return torch_topk_positions(scores, k_sel, lengths)
 
     return {"dense": dense, "dense_sdpa": dense_sdpa, "dsa": dsa, "dsa_indexer_topk": dsa_indexer_topk,
             "dsa_indexer_scores": dsa_indexer_scores, "dsa_sparse": dsa_sparse, "dsa_topk": dsa_topk,

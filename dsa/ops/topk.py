@@ -163,9 +163,7 @@ def topk_positions(
 
     if chunk is None:
         return radix_topk(scores, k, lengths, out_dtype=out_dtype)
-    rows = scores.reshape(-1, scores.shape[-1])
-    flat = None if lengths is None else lengths.reshape(-1)
-    return radix_topk_split(rows, k, flat, chunk=chunk).view(*scores.shape[:-1], k).to(out_dtype)
+    return radix_topk_split(scores, k, lengths, chunk=chunk).to(out_dtype)
 
 
 @torch.no_grad()

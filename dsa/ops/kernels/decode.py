@@ -149,12 +149,10 @@ def decode_indexer_topk_triton(
     -> (B, T, k) int32 positions ascending, -1 in unused slots; k <= S."""
     scores = decode_indexer_scores_triton(q_idx, k_idx, w, q_pos, k_scale=k_scale)
     lengths = (q_pos.to(torch.int32) + 1).clamp(max=k_idx.shape[1])
-    rows, n = scores.shape[0] * scores.shape[1], scores.shape[-1]
-    how = decode_selection(rows, n, k)
+    how = decode_selection(scores.numel() // scores.shape[-1], scores.shape[-1], k)  # B x T rows of S scores
     if how == "radix":
         return radix_topk(scores, k, lengths, out_dtype=torch.int32)
-    fn = torch_topk_positions if how == "torch" else radix_topk_split
-    return fn(scores.reshape(rows, n), k, lengths.reshape(rows)).view(*scores.shape[:-1], k)
+    return (torch_topk_positions if how == "torch" else radix_topk_split)(scores, k, lengths)
 
 
 def decode_selection(rows: int, n: int, k: int) -> str:

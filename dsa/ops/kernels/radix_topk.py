@@ -96,6 +96,18 @@ keys and positions, int32); stats: an
     return out if out_dtype == torch.int32 else out.to(out_dtype)
 
 
+def _as_rows(scores: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores (..., N) -> (R, N) rows with a unit last stride (a view when it can be), lengths (...) -> (R,)
+    int32 contiguous (default N): the form every top-k here works on."""
+    n = scores.shape[-1]
+    s2 = scores.reshape(-1, n)
+    if s2.stride(-1) != 1:
+        s2 = s2.contiguous()
+    if lengths is None:
+        return s2, torch.full((s2.shape[0],), n, device=scores.device, dtype=torch.int32)
+    return s2, lengths.reshape(-1).to(device=scores.device, dtype=torch.int32).contiguous()
+
+
 def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block: int | None, sample: int,
             cap: int | None, stats: torch.Tensor | None, num_warps: int | None,
             tune: dict | None = None) -> tuple[torch.Tensor, list]:
@@ -104,16 +116,9 @@ def _stages(scores: torch.Tensor, k: int, lengths: torch.Tensor | None, *, block
     profile can time them one by one (``dsa.bench.kernels --profile-selection``). tune: per-launch overrides for the
     benchmark's tuning, {'gather_block', 'gather_warps', 'select_block', 'select_warps', 'fallback_block',
     'fallback_warps'} (the fallback: the radix passes and the position writer after a sampled bracket)."""
-    n = scores.shape[-1]
-    s2 = scores.reshape(-1, n)
-    if s2.stride(-1) != 1:
-        s2 = s2.contiguous()
-    rows = s2.shape[0]
+    s2, ln = _as_rows(scores, lengths)
+    rows, n = s2.shape
     dev = scores.device
-    if lengths is None:
-        ln = torch.full((rows,), n, device=dev, dtype=torch.int32)
-    else:
-        ln = lengths.reshape(-1).to(device=dev, dtype=torch.int32).contiguous()
     out = torch.empty(rows, k, device=dev, dtype=torch.int32)
     if not rows:
         return out, []
@@ -169,30 +174,31 @@ def radix_topk_split(scores: torch.Tensor, k: int, lengths: torch.Tensor | None 
     candidates (chunks x k per row). Same contract and result as :func:`radix_topk` (int32 positions in
     ascending order, -1 in unused slots; ties: the first by position, since candidates keep position order).
 
-    scores (R, N) fp32/bf16/fp16 with a unit last stride; k in [1, N]; lengths (R,) integer, default N.
-    Decode has R = batch rows of N = cache length: one program per row leaves most of a GPU idle."""
-    r, n = scores.shape
+    scores (..., N) fp32/bf16/fp16; k in [1, N]; lengths (...) integer, default N -> (..., k) int32.
+    Decode has batch rows of N = cache length: one program per row leaves most of a GPU idle."""
     chunk = max(k, chunk or 4 * k)
-    if n <= chunk:
+    if scores.shape[-1] <= chunk:
         return radix_topk(scores, k, lengths, out_dtype=torch.int32)
+    s2, ln = _as_rows(scores, lengths)
+    r, n = s2.shape
     c = -(-n // chunk)
     pad = c * chunk - n
-    if pad == 0 and scores.is_contiguous():
-        parts = scores.view(r * c, chunk)
+    if pad == 0 and s2.is_contiguous():
+        parts = s2.view(r * c, chunk)
     else:  # padded scores lie past every row's length
-        parts = torch.nn.functional.pad(scores, (0, pad)).view(r * c, chunk)
-    lengths = torch.full((r,), n, device=scores.device) if lengths is None else lengths
+        parts = torch.nn.functional.pad(s2, (0, pad)).view(r * c, chunk)
     starts = torch.arange(c, device=scores.device) * chunk
-    part_len = (lengths.to(torch.int64)[:, None] - starts[None, :]).clamp(0, chunk).to(torch.int32).reshape(-1)
+    part_len = (ln.to(torch.int64)[:, None] - starts[None, :]).clamp(0, chunk).to(torch.int32).reshape(-1)
     local = radix_topk(parts, k, part_len, out_dtype=torch.int32).view(r, c, k)
     pos = torch.where(local >= 0, local + starts.view(1, c, 1).to(torch.int32), local).view(r, c * k)
     # every chunk before a row's last valid one is full (k of its >= k scores kept), so the candidates are
     # ascending positions with unused slots (-1) only after them: a valid prefix of n_valid, and stage 2's
     # first-by-index tie rule is the first-by-position rule
     n_valid = (pos >= 0).sum(1).to(torch.int32)
-    vals = scores.gather(1, pos.clamp(min=0).long())
+    vals = s2.gather(1, pos.clamp(min=0).long())
     pick = radix_topk(vals.contiguous(), k, n_valid, out_dtype=torch.int32)
-    return torch.where(pick < 0, -1, pos.gather(1, pick.clamp(min=0).long()))
+    out = torch.where(pick < 0, -1, pos.gather(1, pick.clamp(min=0).long()))
+    return out.view(*scores.shape[:-1], k)
 
 
 @torch.no_grad()
@@ -202,16 +208,17 @@ def torch_topk_positions(scores: torch.Tensor, k: int, lengths: torch.Tensor | N
     score, and the positions above it plus the first ones equal to it are compacted in position order (a
     cumulative sum; torch.topk's own choice among ties is not specified).
 
-    scores (R, N) fp32/bf16/fp16; k in [1, N]; lengths (R,) integer, default N. Memory O(R * N)."""
-    r, n = scores.shape
+    scores (..., N) fp32/bf16/fp16; k in [1, N]; lengths (...) integer, default N -> (..., k) int32. Memory
+    O(rows * N)."""
+    s2, ln = _as_rows(scores, lengths)
+    r, n = s2.shape
     pos = torch.arange(n, device=scores.device)
-    ln = torch.full((r,), n, device=scores.device) if lengths is None else lengths.to(scores.device)
     valid = pos[None, :] < ln.to(torch.int64)[:, None]
-    s = scores.float().masked_fill(~valid, float("-inf"))
+    s = s2.float().masked_fill(~valid, float("-inf"))
     kth = torch.topk(s, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # -inf in a row shorter than k
     above = (s > kth) & valid
     tied = (s == kth) & valid
     sel = above | (tied & (tied.cumsum(-1) <= k - above.sum(-1, keepdim=True)))
     out = torch.full((r, k + 1), -1, device=scores.device, dtype=torch.int32)  # column k takes the unselected
     out.scatter_(1, torch.where(sel, sel.cumsum(-1) - 1, k), pos.to(torch.int32).expand(r, n))
-    return out[:, :k]
+    return out[:, :k].reshape(*scores.shape[:-1], k)
