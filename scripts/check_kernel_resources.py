@@ -108,7 +108,7 @@ HN_TILES = ((2, 64, 4), (1, 64, 4), (2, 128, 8), (4, 64, 8), (2, 32, 4))
 
 
 def hn_cases(h: int, di: int, dtype: str, tiles=HN_TILES[:1]) -> list[Case]:
-    """idx_scores_hn_kernel (indexer_chunked.score_rows_hn, an alternative score pass) at each of ``tiles``."""
+    """idx_scores_hn_kernel (indexer_chunked.score_rows_hn, the heads-as-N score kernel) at each of ``tiles``."""
     from dsa.ops.kernels._common import next_pow2
     from dsa.ops.kernels.indexer_chunked import hn_meta
 

@@ -44,6 +44,7 @@ LAYOUTS = {
     "tiny": (20, 1, 72, 40),  # the CPU smoke layout: two head blocks of 16, a score dim with a tail
 }
 DKV_MODES = ("atomic", "inverted", "headsum")  # the kernels' DKV_MODES less "auto" (not imported: triton)
+PROBS_KERNELS = ("slots", "query")  # dsa.ops.kernels.sparse_attention.PROBS_KERNELS (not imported: triton)
 
 
 def fwd_flops_per_pair(h: int, d_qk: int, d_v: int) -> int:
@@ -97,8 +98,8 @@ class MLABenchConfig:
     inverted_max_len: int = field(default=8192, metadata={"help": "largest L timed with dkv 'inverted'",
                                                           "metavar": "L"})
     probs: list[str] = field(default_factory=list, metadata={
-        "help": "kernels of the indexer loss's target probabilities to time on each (layout, L) (CUDA only; "
-                "'slots', 'query': dsa.ops.kernels.sparse_attention.PROBS_KERNELS)", "choices": ("slots", "query")})
+        "help": "kernels of the indexer loss's target probabilities to time on each (layout, L) (CUDA only)",
+        "choices": PROBS_KERNELS})
     check: bool = field(default=False, metadata={
         "help": "errors of the output and every gradient against the fp32 reference at a small L"})
     device: str = field(default="auto", metadata={"help": "where to run (cuda must be available)",
@@ -119,8 +120,8 @@ class MLABenchConfig:
         for spec in self.tiles:
             parse_tile(spec)
         for name in self.probs:
-            if name not in ("slots", "query"):
-                raise ValueError(f"probs kernels must be among ('slots', 'query'), got {name!r}")
+            if name not in PROBS_KERNELS:
+                raise ValueError(f"probs kernels must be among {PROBS_KERNELS}, got {name!r}")
         for name, low in (("inverted_max_len", 1), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

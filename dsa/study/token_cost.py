@@ -66,7 +66,7 @@ def prefill_cost_frame(map_results: Iterable[dict], cost: TokenCost = TokenCost(
     for layout, d in (df[df["pass"] == "fwd"].groupby("layout") if len(df) else ()):
         out.append(_marginal(d, "best_dense_ms").assign(method="dense (best kernel)", layout=layout))
         for ix in indexers:  # stale rows predate a re-run of the series: an interval to them mixes two codes
-            di = d[(d.indexer == ix) & ~d.stale.astype(bool)]
+            di = d[(d.indexer == ix) & ~d.stale]
             out.append(_marginal(di, "dsa_ms").assign(method=f"DSA, indexer {ix}", layout=layout))
     res = pd.concat(out, ignore_index=True) if out else pd.DataFrame(
         columns=["from_L", "to_L", "position", "ms_per_token", "method", "layout"], dtype=float)

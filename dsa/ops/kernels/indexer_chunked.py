@@ -1,8 +1,9 @@
 """Causal indexer top-k through chunks of stored scores: a Triton score kernel writes the scores of a chunk
 of query rows (C x L fp32) and :func:`radix_topk` selects in them. The score kernel (:func:`score_rows_auto`):
-with many indexer heads the heads-as-N kernel (``idx_scores_hn_kernel``: a few queries' heads as the product's
-N, keys streamed), else the score pass (``idx_pass_kernel`` mode 3: per key tile one product per head). Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold`` recomputes
-them in every one of its threshold passes) at the price of writing and reading them back once.
+from HN_MIN_HEADS indexer heads the heads-as-N kernel (``idx_scores_hn_kernel``: a few queries' heads as the
+product's N, keys streamed), else the score pass (``idx_pass_kernel`` mode 3: per key tile one product per
+head). Memory O(C * L + L * k), never L x L; the scores are computed once (``indexer_topk_threshold``
+recomputes them in every one of its threshold passes) at the price of writing and reading them back once.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def hn_meta(hp: int, di: int, dtype: torch.dtype, bq: int, block_n: int, num_war
 @torch.no_grad()
 def indexer_scores_triton(q_idx: torch.Tensor, k_idx: torch.Tensor, w: torch.Tensor,
                           k_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The causal L x L indexer scores by :func:`score_rows_auto`'s kernel: q_idx (B, L, H_I, d_I), k_idx (B, L, d_I),
-    w (B, L, H_I), k_scale (B, L) fp32 or None (FP8, as :func:`indexer_topk_chunked`) -> (B, L, L) float32,
+    """The causal L x L indexer scores by :func:`score_rows_auto`'s kernel: q_idx (B, L, H_I, d_I), k_idx
+    (B, L, d_I), w (B, L, H_I), k_scale (B, L) fp32 or None (FP8, as :func:`indexer_topk_chunked`) -> (B, L, L) float32,
     -inf for s > t. Forward only."""
     b, l, h, _ = q_idx.shape
     qp, wp = _pad_heads(q_idx, w.float(), next_pow2(h))

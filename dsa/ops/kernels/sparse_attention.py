@@ -282,9 +282,10 @@ def _row_dot(do: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
 def _bwd(q, k, v, idx32, o, lse, do, scale, block_k=None, num_warps=None, block_h=None, dkv=None,
          num_stages=None, dkv_tile=None):
     """The gradients (dq, dk, dv) in the dtypes of (q, k, v); do (B, H, L, d_v) the output's gradient.
-    dkv (default DKV_DEFAULT): 'auto' (see auto_dkv), 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ kernel), 'inverted'
-    (a second kernel over the inverted index; deterministic) or 'headsum' (a second kernel summing the heads
-    before its atomics; with v a view of k, dk then carries dV and dv is zeros, see _dkv_headsum).
+    dkv (default DKV_DEFAULT): 'auto' (see auto_dkv), 'atomic' (dK/dV accumulate in fp32 by atomics in the dQ
+    kernel), 'inverted' (a second kernel over the inverted index; deterministic) or 'headsum' (a second kernel
+    summing the heads before its atomics; with v a view of k, dk then carries dV and dv is zeros, see
+    _dkv_headsum).
     block_k, num_warps, block_h, num_stages: the dQ kernel's tile; dkv_tile: the headsum kernel's (a dict
     of the same knobs, see dkv_meta)."""
     dkv = dkv or DKV_DEFAULT
@@ -351,22 +352,21 @@ def sparse_attention_probs(
     kernel = kernel or PROBS_KERNEL
     if kernel not in PROBS_KERNELS:
         raise ValueError(f"kernel must be one of {PROBS_KERNELS}, got {kernel!r}")
-    if kernel == "query":
-        return _probs_by_query(q, k, idx32, lse, scale, block_k, block_h)
-    probs_kernel = _kernels()[2]
     b, h, l, _ = q.shape
     hkv, ksel = k.shape[1], idx32.shape[-1]
     q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
     p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
+    args = (q, k, idx32, lse, p, float(scale), 1.0 / h, *_leading_strides(q, k, idx32, lse, p), hkv, ksel)
+    if kernel == "query":
+        _probs_by_query(q, k, args, block_k, block_h)
+        return p
     meta, nhb = _meta(q, k, k, "fwd", block_h=block_h)
     meta = {n: meta[n] for n in ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "PREC", "INTERP")}  # no V
     # 32 rows, not 64: at d = 128 (bf16, 16 heads) 64 rows take all 255 registers, 32 take 128 (ptxas, sm_90)
     block_k = block_k or _block_k(_FWD_BLOCK_BYTES, (meta["D1"] + meta["D2"]) * q.element_size(), 32)
     nkb = -(-ksel // block_k)
-    probs_kernel[(l, b * nkb)](
-        q, k, idx32, lse, p, float(scale), 1.0 / h,
-        *_leading_strides(q, k, idx32, lse, p),
-        hkv, ksel, nkb, nhb,
+    _kernels()[2][(l, b * nkb)](
+        *args, nkb, nhb,
         # two stages, not three: the pipelined head loop at fp32 and d_qk 576 needs 262 KB of shared memory
         # with three (more than the 227 KB of an H100/H200), 131 KB with two
         BLOCK_K=block_k, num_warps=4, num_stages=2, **meta,
@@ -374,18 +374,11 @@ def sparse_attention_probs(
     return p
 
 
-def _probs_by_query(q, k, idx32, lse, scale, block_k=None, block_h=None) -> torch.Tensor:
-    """sparse_attention_probs by ``sparse_attn_probs_query_kernel`` (one program per query), at the forward's
-    tiles: it holds the forward's q tiles and gathers its key blocks, without the value accumulator."""
-    b, h, l, _ = q.shape
-    hkv, ksel = k.shape[1], idx32.shape[-1]
-    q, k, lse = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(lse.float())
-    p = torch.empty(b, l, ksel, device=q.device, dtype=torch.float32)
+def _probs_by_query(q, k, args: tuple, block_k=None, block_h=None) -> None:
+    """Launches ``sparse_attn_probs_query_kernel`` (one program per query) on sparse_attention_probs's
+    arguments, at the forward's tiles: it holds the forward's q tiles and gathers its key blocks, without the
+    value accumulator."""
     meta, nhb = _meta(q, k, k, "fwd", block_k=block_k, block_h=block_h)
     keep = ("G", "BLOCK_H", "D", "D1", "D2", "HAS_TAIL", "BLOCK_K", "PREC", "INTERP", "num_warps", "num_stages")
-    _kernels()[5][(l, b)](
-        q, k, idx32, lse, p, float(scale), 1.0 / h,
-        *_leading_strides(q, k, idx32, lse, p),
-        hkv, ksel, nhb, **{n: meta[n] for n in keep if n in meta},
-    )
-    return p
+    b, _, l, _ = q.shape
+    _kernels()[5][(l, b)](*args, nhb, **{n: meta[n] for n in keep if n in meta})
